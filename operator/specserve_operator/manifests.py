@@ -1,0 +1,468 @@
+"""Pure functions: a validated SpecServeDeployment spec -> the Kubernetes objects it owns.
+
+No I/O here (not even the clock or randomness: the control token is passed in), so every
+object can be checked in plain unit tests. `handlers.py` sends these dicts to the API server.
+
+Objects owned by a SpecServeDeployment NAME (all carry an owner reference to it):
+    Deployment      NAME              engine pods running `specserve serve`
+    Service         NAME              OpenAI port 8000 (`http`) and control port 8001 (`control`)
+    Secret          NAME-control      the control-port bearer token (created once, never updated)
+    ConfigMap       NAME-policy       policy.json: the current speculation policy
+    ServiceMonitor  NAME              only when the Prometheus Operator's CRD exists
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from specserve_engine.policy.params import Policy, SloTargets
+
+from specserve_operator.spec import (
+    API_VERSION,
+    KIND,
+    NO_DRAFT,
+    TINY,
+    SpecServeDeploymentSpec,
+)
+
+HTTP_PORT = 8000  # vLLM's OpenAI server: /v1/*, /health, /metrics (vllm:*)
+CONTROL_PORT = 8001  # SpecServe's control server: policy PUT/GET, /metrics (specserve_*)
+HEALTH_PATH = "/health"
+MODELS_MOUNT = "/models"
+POLICY_DIR = "/etc/specserve/policy"
+POLICY_KEY = "policy.json"
+POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"
+PROFILE_DIR = "/etc/specserve/profile"
+TOKEN_KEY = "token"
+ENGINE_CONTAINER = "engine"
+
+APP_NAME = "specserve-engine"
+MANAGED_BY = "specserve-operator"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+
+# Fields of the policy that come from the spec; the rest (fitted model parameters) belong to the
+# tuning loop and survive spec changes. See `merge_policy`.
+SPEC_POLICY_FIELDS = ("mode", "k_max", "static_k", "slo")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The identity of the SpecServeDeployment that owns the objects."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+# ------------------------------------------------------------------------------ naming & labels
+
+
+def deployment_name(owner: Owner) -> str:
+    return owner.name
+
+
+def service_name(owner: Owner) -> str:
+    return owner.name
+
+
+def secret_name(owner: Owner) -> str:
+    return f"{owner.name}-control"
+
+
+def configmap_name(owner: Owner) -> str:
+    return f"{owner.name}-policy"
+
+
+def servicemonitor_name(owner: Owner) -> str:
+    return owner.name
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    """Labels that select the engine pods (immutable in a Deployment: keep them minimal)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner.name}
+
+
+def selector_string(owner: Owner) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
+
+
+def labels(owner: Owner, spec: SpecServeDeploymentSpec, component: str) -> dict[str, str]:
+    """Kubernetes recommended labels (app.kubernetes.io/*)."""
+    out = {
+        **selector_labels(owner),
+        LABEL_COMPONENT: component,
+        LABEL_PART_OF: "specserve",
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+    tag = image_tag(spec.image)
+    if tag:
+        out[LABEL_VERSION] = tag
+    return out
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference, if it has one that fits in a label value."""
+    ref = image.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    tag = last.rsplit(":", 1)[1]
+    return tag if len(tag) <= 63 else None
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    owner: Owner, spec: SpecServeDeploymentSpec, name: str, component: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, spec, component),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+# ------------------------------------------------------------------------------------- policy
+
+
+def policy_from_spec(spec: SpecServeDeploymentSpec, version: int) -> dict[str, Any]:
+    """The initial policy the engine loads from SPECSERVE_POLICY_FILE, as the engine's
+    `Policy` model (specserve_engine.policy.params) dumps it.
+
+    Mapping: speculation.mode/kMax/staticK -> mode/k_max/static_k; slo.ttftP90Ms and
+    slo.tpotP90Ms -> slo.ttft_seconds/tpot_seconds (the engine plans each step against one
+    target; p99 and attainment are the operator's, for tuning and autoscaling). The
+    efficiency-model parameters start at the engine's defaults until the tuning loop refits them.
+    """
+    sp = spec.speculation
+    policy = Policy(
+        version=version,
+        mode=sp.mode,
+        k_max=sp.k_max,
+        static_k=min(sp.static_k, sp.k_max),
+        slo=SloTargets(
+            ttft_seconds=spec.slo.ttft_p90_ms / 1000.0,
+            tpot_seconds=spec.slo.tpot_p90_ms / 1000.0,
+        ),
+    )
+    return policy.model_dump(mode="json")
+
+
+def merge_policy(
+    current: dict[str, Any] | None, spec: SpecServeDeploymentSpec
+) -> tuple[dict[str, Any], bool]:
+    """The policy to store given the one in the ConfigMap: (policy, changed).
+
+    Spec-derived fields follow the spec; everything else (e.g. parameters fitted by the tuning
+    loop) is kept. The version goes up by one exactly when something changes, so an operator
+    restart with an unchanged spec rewrites nothing. A stored policy the engine would refuse
+    is replaced by a fresh one (with a higher version).
+    """
+    if not current:
+        return policy_from_spec(spec, version=1), True
+    version = current.get("version")
+    next_version = (version if isinstance(version, int) and version >= 0 else 0) + 1
+    wanted = policy_from_spec(spec, version=0)
+    try:
+        Policy.model_validate(current)
+    except ValidationError:
+        return policy_from_spec(spec, version=next_version), True
+    if all(current.get(f) == wanted[f] for f in SPEC_POLICY_FIELDS):
+        return current, False
+    merged = {**current, **{f: wanted[f] for f in SPEC_POLICY_FIELDS}, "version": next_version}
+    return Policy.model_validate(merged).model_dump(mode="json"), True
+
+
+def policy_json(policy: dict[str, Any]) -> str:
+    return json.dumps(policy, sort_keys=True, indent=2) + "\n"
+
+
+def parse_policy(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The policy stored in a ConfigMap, or None if absent or unreadable."""
+    if not configmap:
+        return None
+    text = (configmap.get("data") or {}).get(POLICY_KEY)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ----------------------------------------------------------------------------------- objects
+
+
+def _model_path(ref: str, spec: SpecServeDeploymentSpec) -> str:
+    """Where the engine finds a model: PVC-relative paths live under /models."""
+    if spec.model.pvc is not None and not ref.startswith("/"):
+        return f"{MODELS_MOUNT}/{ref}"
+    return ref
+
+
+def engine_args(spec: SpecServeDeploymentSpec, served_name: str) -> list[str]:
+    """Arguments of `specserve serve` (after the command)."""
+    args: list[str] = []
+    if spec.model.target != TINY:
+        args += ["--model", _model_path(spec.model.target, spec)]
+    draft = spec.model.draft
+    if spec.speculation.mode == "off" or draft == NO_DRAFT:
+        args += ["--draft", NO_DRAFT]
+    elif draft != TINY:
+        args += ["--draft", _model_path(draft, spec)]
+    k_max = spec.speculation.k_max
+    args += [
+        "--k-max", str(k_max),
+        "--served-model-name", served_name,
+        "--host", "0.0.0.0",
+        "--port", str(HTTP_PORT),
+        "--control-port", str(CONTROL_PORT),
+    ]
+    if spec.vllm_args:
+        args += ["--", *spec.vllm_args]
+    return args
+
+
+def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    r = spec.resources
+    if r.cpu:
+        requests["cpu"] = limits["cpu"] = r.cpu
+    if r.memory:
+        requests["memory"] = limits["memory"] = r.memory
+    if r.gpu:
+        limits["nvidia.com/gpu"] = str(r.gpu)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {
+            "name": "SPECSERVE_CONTROL_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret_name(owner), "key": TOKEN_KEY}},
+        },
+        {"name": "SPECSERVE_POLICY_FILE", "value": POLICY_FILE},
+    ]
+    cm = spec.profile.config_map
+    if cm is not None:
+        env.append({"name": "SPECSERVE_PROFILE_FILE", "value": f"{PROFILE_DIR}/{cm.key}"})
+    else:
+        env.append({"name": "SPECSERVE_PROFILE", "value": spec.profile.builtin or "default"})
+    return env
+
+
+def _probe(**timing: int) -> dict[str, Any]:
+    return {"httpGet": {"path": HEALTH_PATH, "port": "http"}, **timing}
+
+
+def deployment(
+    owner: Owner, spec: SpecServeDeploymentSpec, replicas: int | None = None
+) -> dict[str, Any]:
+    """The engine Deployment; `replicas` defaults to spec.replicas.initial."""
+    served_name = spec.model.served_name or owner.name
+    mounts: list[dict[str, Any]] = [
+        {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "policy",
+            "configMap": {"name": configmap_name(owner), "items": [
+                {"key": POLICY_KEY, "path": POLICY_KEY}]},
+        },
+        # vLLM (PyTorch) workers exchange tensors through shared memory.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    if spec.model.pvc is not None:
+        mount: dict[str, Any] = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
+        if spec.model.pvc.sub_path:
+            mount["subPath"] = spec.model.pvc.sub_path
+        mounts.append(mount)
+        volumes.append({
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": spec.model.pvc.claim_name, "readOnly": True},
+        })
+    if spec.profile.config_map is not None:
+        mounts.append({"name": "profile", "mountPath": PROFILE_DIR, "readOnly": True})
+        volumes.append({"name": "profile", "configMap": {"name": spec.profile.config_map.name}})
+
+    container: dict[str, Any] = {
+        "name": ENGINE_CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["specserve", "serve"],
+        "args": engine_args(spec, served_name),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "control", "containerPort": CONTROL_PORT, "protocol": "TCP"},
+        ],
+        "env": _env(owner, spec),
+        "resources": _resources(spec),
+        # Loading weights (and compiling) can take many minutes: the startup probe allows
+        # 30 min before liveness takes over; readiness gates the Service endpoints.
+        "startupProbe": _probe(periodSeconds=10, failureThreshold=180, timeoutSeconds=5),
+        "readinessProbe": _probe(periodSeconds=5, failureThreshold=3, timeoutSeconds=5),
+        "livenessProbe": _probe(periodSeconds=15, failureThreshold=4, timeoutSeconds=10),
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 60,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in spec.resources.tolerations
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, spec, deployment_name(owner), "engine"),
+        "spec": {
+            "replicas": spec.replicas.initial if replicas is None else replicas,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "template": {
+                "metadata": {"labels": labels(owner, spec, "engine")},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, spec, service_name(owner), "engine"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "control", "port": CONTROL_PORT, "targetPort": "control",
+                 "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def secret(owner: Owner, spec: SpecServeDeploymentSpec, token: str) -> dict[str, Any]:
+    """The control token Secret. The caller makes the token and creates this only once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(owner, spec, secret_name(owner), "control-token"),
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def configmap(
+    owner: Owner, spec: SpecServeDeploymentSpec, policy: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, spec, configmap_name(owner), "policy"),
+        "data": {POLICY_KEY: policy_json(policy)},
+    }
+
+
+def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    interval = spec.metrics.scrape_interval
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(owner, spec, servicemonitor_name(owner), "metrics"),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [
+                {"port": "http", "path": "/metrics", "interval": interval},
+                {"port": "control", "path": "/metrics", "interval": interval},
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+def k_summary(spec: SpecServeDeploymentSpec) -> str:
+    """Printer column K: `adaptive<=5`, `static 3` or `off`."""
+    sp = spec.speculation
+    if sp.mode == "off":
+        return "off"
+    if sp.mode == "static":
+        return f"static {sp.static_k}"
+    return f"adaptive<={sp.k_max}"
+
+
+def slo_summary(spec: SpecServeDeploymentSpec, attainment: float | None = None) -> str:
+    """Printer column SLO: the TPOT target and, once measured, the attainment."""
+    target = f"tpot<={spec.slo.tpot_p90_ms}ms"
+    if attainment is None:
+        return target
+    return f"{target} {attainment:.0%}/{spec.slo.attainment:.0%}"
+
+
+# ---------------------------------------------------------------------------------- diffing
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """Does `actual` already contain everything in `desired`?
+
+    The API server adds defaults (imagePullPolicy, protocol, terminationMessagePath, ...), so
+    an object is up to date when every field we set has our value; extra fields are fine.
+    Lists must match item by item (same length), each item compared the same way.
+    """
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return False
+        return all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return False
+        return all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+    return bool(desired == actual)
+
+
+def patch_for(desired: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that brings an object to `desired` (metadata we own + spec/data)."""
+    meta = desired["metadata"]
+    body: dict[str, Any] = {
+        "metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
+    }
+    for key in ("spec", "data"):
+        if key in desired:
+            body[key] = desired[key]
+    return body

@@ -1,0 +1,405 @@
+"""The SpecServeDeployment resource as pydantic models: the single source of truth.
+
+`crds/specserve.io_specservedeployments.yaml` is generated from these models
+(`python -m specserve_operator.crdgen`), and the operator validates every spec it sees with
+them (`parse_spec`), so the CRD's OpenAPI schema and the operator can never disagree about
+field names, types, bounds or defaults. Cross-field rules (min <= max, a draft only when
+speculating, ...) live in `model_validator`s here, with messages a user can act on.
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "specserve.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SpecServeDeployment"
+PLURAL = "specservedeployments"
+SINGULAR = "specservedeployment"
+SHORT_NAMES = ["ssd"]
+
+DEFAULT_IMAGE = "specserve/engine:0.1.0"
+# The engine refuses larger K (vLLM sizes its speculative buffers from K_max).
+K_MAX_LIMIT = 16
+# The value of model.target / model.draft that selects the engine's built-in tiny models.
+TINY = "tiny"
+NO_DRAFT = "none"
+
+# A Kubernetes resource quantity, restricted to the common forms ("500m", "2", "16Gi", "1.5").
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DURATION = r"^[0-9]+(ms|s|m|h)$"
+# Flags of `vllm serve` that SpecServe sets itself; passing them again would contradict the spec.
+RESERVED_VLLM_FLAGS = (
+    "--model",
+    "--host",
+    "--port",
+    "--served-model-name",
+    "--speculative-config",
+    "--scheduler-cls",
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+# --------------------------------------------------------------------------------------- spec
+
+
+class PvcSource(_Model):
+    """A PersistentVolumeClaim holding model weights, mounted read-only at /models."""
+
+    claim_name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the PVC."
+    )
+    sub_path: str = Field(
+        default="", max_length=1024, description="Folder inside the PVC to mount at /models."
+    )
+
+
+class ModelSpec(_Model):
+    """What to serve: the target model, its draft, and the name clients send."""
+
+    target: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Target model: a Hugging Face id (org/name), an absolute path in the image, "
+        "a path relative to the PVC when `pvc` is set, or `tiny` for the built-in tiny model.",
+    )
+    draft: str = Field(
+        default=NO_DRAFT,
+        min_length=1,
+        max_length=1024,
+        description="Draft model, same forms as `target`, or `none` for no speculation.",
+    )
+    served_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        description="Model name clients send in OpenAI requests; default: the resource name.",
+    )
+    pvc: PvcSource | None = Field(default=None, description="Volume holding the weights.")
+
+
+class SpeculationSpec(_Model):
+    """How many draft tokens to verify per step."""
+
+    mode: Literal["adaptive", "static", "off"] = Field(
+        default="adaptive",
+        description="adaptive: the policy picks K every step (0..kMax); static: always staticK; "
+        "off: no speculation (draft must be `none`).",
+    )
+    k_max: int = Field(
+        default=5, ge=1, le=K_MAX_LIMIT, description="Largest K the policy may use (1-16)."
+    )
+    static_k: int = Field(
+        default=3, ge=1, le=K_MAX_LIMIT, description="K used in static mode (<= kMax)."
+    )
+
+
+class SloSpec(_Model):
+    """Latency objectives the operator tunes and scales for."""
+
+    ttft_p90_ms: int = Field(
+        default=2000, ge=1, le=600_000, description="Time to first token, p90 target (ms)."
+    )
+    ttft_p99_ms: int = Field(
+        default=5000, ge=1, le=600_000, description="Time to first token, p99 target (ms)."
+    )
+    tpot_p90_ms: int = Field(
+        default=100, ge=1, le=60_000, description="Time per output token, p90 target (ms)."
+    )
+    attainment: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of requests that must meet the targets (0 < x <= 1).",
+    )
+
+    @model_validator(mode="after")
+    def _p90_below_p99(self) -> SloSpec:
+        if self.ttft_p90_ms > self.ttft_p99_ms:
+            raise ValueError(
+                f"ttftP90Ms ({self.ttft_p90_ms}) must not exceed ttftP99Ms ({self.ttft_p99_ms})"
+            )
+        return self
+
+
+class ReplicasSpec(_Model):
+    """Engine pod count bounds; `kubectl scale ssd/NAME --replicas=N` sets `initial`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "replicas.min must be <= max"},
+            ]
+        }
+    )
+
+    min: int = Field(default=1, ge=0, le=1000, description="Fewest engine pods.")
+    max: int = Field(default=1, ge=1, le=1000, description="Most engine pods.")
+    initial: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Pods to start with (and the target of the scale subresource); min..max.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicasSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(
+                f"initial ({self.initial}) must lie between min ({self.min}) and max ({self.max})"
+            )
+        return self
+
+
+class Toleration(_Model):
+    """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not set value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds only applies to effect NoExecute")
+        return self
+
+
+class ResourcesSpec(_Model):
+    """Compute for each engine pod."""
+
+    gpu: int = Field(default=0, ge=0, le=16, description="NVIDIA GPUs per pod (0 = CPU).")
+    cpu: str | None = Field(
+        default=None, pattern=QUANTITY, description="CPU request and limit, e.g. `4` or `500m`."
+    )
+    memory: str | None = Field(
+        default=None, pattern=QUANTITY, description="Memory request and limit, e.g. `16Gi`."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Pod tolerations."
+    )
+
+
+class ConfigMapKeyRef(_Model):
+    """A key of a ConfigMap in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(default="profile.json", min_length=1, max_length=253)
+
+
+class ProfileSpec(_Model):
+    """Step-time profile of this hardware and these models (`specserve profile` writes one)."""
+
+    builtin: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Name of a profile shipped in the image; default `default`.",
+    )
+    config_map: ConfigMapKeyRef | None = Field(
+        default=None, description="A profile JSON stored in a ConfigMap."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ProfileSpec:
+        if self.builtin is not None and self.config_map is not None:
+            raise ValueError("set either builtin or configMap, not both")
+        return self
+
+
+class MetricsSpec(_Model):
+    """Where the operator reads SLO metrics, and how Prometheus scrapes the pods."""
+
+    prometheus_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Prometheus base URL the operator queries, e.g. http://prometheus:9090.",
+    )
+    service_monitor: bool = Field(
+        default=True,
+        description="Create a ServiceMonitor when the Prometheus Operator's CRD exists.",
+    )
+    scrape_interval: str = Field(
+        default="15s", pattern=DURATION, description="ServiceMonitor scrape interval."
+    )
+
+
+class SpecServeDeploymentSpec(_Model):
+    """Desired state of a SpecServe model deployment."""
+
+    model: ModelSpec
+    speculation: SpeculationSpec = Field(default_factory=SpeculationSpec)
+    slo: SloSpec = Field(default_factory=SloSpec)
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    image: str = Field(
+        default=DEFAULT_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$",
+        description="Engine container image.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    vllm_args: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra `vllm serve` arguments, passed as is (after SpecServe's own).",
+    )
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpecServeDeploymentSpec:
+        has_draft = self.model.draft != NO_DRAFT
+        mode = self.speculation.mode
+        if mode == "off" and has_draft:
+            raise ValueError(
+                f"model.draft is {self.model.draft!r} but speculation.mode is off: "
+                "set model.draft to 'none' or use mode adaptive or static"
+            )
+        if mode != "off" and not has_draft:
+            raise ValueError(
+                f"speculation.mode {mode} needs a draft model: set model.draft "
+                "or use speculation.mode off"
+            )
+        if mode == "static" and self.speculation.static_k > self.speculation.k_max:
+            raise ValueError(
+                f"speculation.staticK ({self.speculation.static_k}) must be <= "
+                f"speculation.kMax ({self.speculation.k_max})"
+            )
+        if self.model.draft == self.model.target and self.model.draft != TINY:
+            raise ValueError("model.draft must differ from model.target")
+        for arg in self.vllm_args:
+            flag = arg.split("=", 1)[0]
+            if flag in RESERVED_VLLM_FLAGS:
+                raise ValueError(
+                    f"vllmArgs must not contain {flag}: SpecServe sets it from the spec"
+                )
+        return self
+
+
+# ------------------------------------------------------------------------------------- status
+
+Phase = Literal["Pending", "Progressing", "Running", "Degraded", "Invalid"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied"]
+CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied")
+
+
+class Condition(_Model):
+    """A standard Kubernetes condition."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=128)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ReplicasStatus(_Model):
+    """Engine pod counts."""
+
+    desired: int = 0
+    current: int = 0
+    ready: int = 0
+
+
+class PolicyStatus(_Model):
+    """The policy in the ConfigMap and how many pods acknowledged it."""
+
+    version: int = 0
+    applied_pods: int = 0
+
+
+class SloSnapshotStatus(_Model):
+    """The last measured SLO quantiles (from Prometheus)."""
+
+    ttft_p90_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tpot_p90_ms: float | None = None
+    attainment: float | None = None
+    time: str | None = None
+
+
+class SpecServeDeploymentStatus(_Model):
+    """Observed state, written by the operator."""
+
+    phase: Phase | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    replicas: ReplicasStatus | None = None
+    selector: str | None = Field(default=None, description="Label selector of the engine pods.")
+    policy: PolicyStatus | None = None
+    slo_snapshot: SloSnapshotStatus | None = None
+    k: str | None = Field(default=None, description="Speculation summary (printer column K).")
+    slo: str | None = Field(default=None, description="SLO summary (printer column SLO).")
+
+
+class SpecServeDeployment(_Model):
+    """The whole resource (what the CRD schema describes)."""
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: SpecServeDeploymentSpec
+    status: SpecServeDeploymentStatus | None = None
+
+
+# --------------------------------------------------------------------------------- validation
+
+
+class SpecError(ValueError):
+    """A spec the operator refuses; `str()` is a message for the user (status and event)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid spec: " + "; ".join(problems))
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _clean(msg: str) -> str:
+    # pydantic prefixes messages raised from validators with "Value error, ".
+    return re.sub(r"^Value error, ", "", msg)
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: `spec.replicas.min: Input should be ...`."""
+    return [f"{_location(err['loc'])}: {_clean(err['msg'])}" for err in exc.errors()]
+
+
+def parse_spec(spec: Any) -> SpecServeDeploymentSpec:
+    """Validate a raw `spec` dict; raise SpecError with user-facing messages."""
+    if not isinstance(spec, dict):
+        raise SpecError(["spec: must be an object"])
+    try:
+        return SpecServeDeploymentSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc)) from None
