@@ -1,0 +1,162 @@
+"""Pure functions: observed children -> the SpecServeDeployment's .status.
+
+Conditions follow the Kubernetes convention (type/status/reason/message/lastTransitionTime):
+    Ready          every desired engine pod is ready (or zero are desired)
+    Progressing    pods are being created, started or rolled out
+    Degraded       the Deployment failed to progress, or the spec is invalid
+    SLOMet         the last SLO snapshot meets the targets (Unknown until measured)
+    PolicyApplied  every ready pod acknowledged the current policy version
+lastTransitionTime changes only when a condition's status changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specserve_operator import manifests as m
+from specserve_operator.spec import CONDITION_TYPES, SpecServeDeploymentSpec
+
+
+def condition(type_: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
+    value = "Unknown" if status is None else ("True" if status else "False")
+    return {"type": type_, "status": value, "reason": reason, "message": message}
+
+
+def merge_conditions(
+    old: list[dict[str, Any]] | None,
+    new: list[dict[str, Any]],
+    now: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """New conditions, keeping each one's lastTransitionTime while its status is unchanged.
+
+    Types absent from `new` are kept as they were; the result is in a fixed order.
+    """
+    by_type = {c.get("type"): c for c in old or []}
+    merged = dict(by_type)
+    for cond in new:
+        prev = by_type.get(cond["type"])
+        unchanged = prev is not None and prev.get("status") == cond["status"]
+        out = dict(cond)
+        out["lastTransitionTime"] = prev.get("lastTransitionTime") if unchanged else now
+        if unchanged and not out["lastTransitionTime"]:
+            out["lastTransitionTime"] = now
+        if generation is not None:
+            out["observedGeneration"] = generation
+        merged[cond["type"]] = out
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(merged.values(), key=lambda c: order.get(c.get("type"), len(order)))
+
+
+def _deployment_condition(dep: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((dep or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return cond
+    return {}
+
+
+def running_status(
+    spec: SpecServeDeploymentSpec,
+    owner: m.Owner,
+    deployment: dict[str, Any] | None,
+    policy_version: int,
+    old: dict[str, Any] | None,
+    now: str,
+    generation: int | None = None,
+) -> dict[str, Any]:
+    """The full status of a valid resource given its Deployment as last read."""
+    old = old or {}
+    dep_status = (deployment or {}).get("status") or {}
+    desired = int(((deployment or {}).get("spec") or {}).get("replicas", spec.replicas.initial))
+    current = int(dep_status.get("replicas") or 0)
+    ready = int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+
+    progress = _deployment_condition(deployment, "Progressing")
+    failure = _deployment_condition(deployment, "ReplicaFailure")
+    stuck = progress.get("reason") == "ProgressDeadlineExceeded"
+    failing = failure.get("status") == "True"
+    is_ready = ready >= desired
+    rolling = not is_ready or updated < desired or current > desired
+
+    pods = f"{ready}/{desired} engine pods ready"
+    conds = [
+        condition("Ready", is_ready, "AllPodsReady" if is_ready else "PodsNotReady", pods),
+    ]
+    if stuck or failing:
+        why = progress.get("message") if stuck else failure.get("message")
+        conds.append(condition("Degraded", True, "DeploymentFailing", why or pods))
+    else:
+        conds.append(condition("Degraded", False, "AsExpected", pods))
+    if rolling and not (stuck or failing):
+        conds.append(condition("Progressing", True, "RollingOut", pods))
+    else:
+        conds.append(condition("Progressing", False, "Stable" if is_ready else "Stalled", pods))
+
+    # Policy acknowledgements count for the current version only.
+    old_policy = old.get("policy") or {}
+    applied = int(old_policy.get("appliedPods") or 0)
+    if old_policy.get("version") != policy_version:
+        applied = 0
+    if ready and applied >= ready:
+        conds.append(condition("PolicyApplied", True, "Acknowledged",
+                               f"policy v{policy_version} acknowledged by {applied} pods"))
+    else:
+        conds.append(condition(
+            "PolicyApplied", None if ready else False, "AwaitingAcknowledgement",
+            f"policy v{policy_version} is in ConfigMap {m.configmap_name(owner)}; "
+            f"{applied}/{ready} ready pods acknowledged it",
+        ))
+
+    snapshot = old.get("sloSnapshot") or {}
+    attainment = snapshot.get("attainment")
+    if attainment is None:
+        conds.append(condition("SLOMet", None, "NoMeasurement", "no SLO snapshot yet"))
+    else:
+        met = attainment >= spec.slo.attainment
+        conds.append(condition(
+            "SLOMet", met, "TargetsMet" if met else "TargetsMissed",
+            f"{attainment:.1%} of requests met the targets (target {spec.slo.attainment:.0%})",
+        ))
+
+    if stuck or failing:
+        phase = "Degraded"
+    elif is_ready:
+        phase = "Running"
+    else:
+        phase = "Progressing"
+    return {
+        "phase": phase,
+        "message": pods,
+        "conditions": merge_conditions(old.get("conditions"), conds, now, generation),
+        "observedGeneration": generation,
+        "replicas": {"desired": desired, "current": current, "ready": ready},
+        "selector": m.selector_string(owner),
+        "policy": {"version": policy_version, "appliedPods": applied},
+        "k": m.k_summary(spec),
+        "slo": m.slo_summary(spec, attainment),
+    }
+
+
+def invalid_status(
+    message: str, old: dict[str, Any] | None, now: str, generation: int | None = None
+) -> dict[str, Any]:
+    """Status of a resource whose spec the operator refuses; the children are left as they are."""
+    old = old or {}
+    conds = [
+        condition("Ready", False, "InvalidSpec", message),
+        condition("Degraded", True, "InvalidSpec", message),
+        condition("Progressing", False, "InvalidSpec", "fix the spec to continue"),
+    ]
+    return {
+        "phase": "Invalid",
+        "message": message,
+        "conditions": merge_conditions(old.get("conditions"), conds, now, generation),
+        "observedGeneration": generation,
+    }
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The top-level status keys that differ (empty when nothing changed)."""
+    old = old or {}
+    return {k: v for k, v in new.items() if old.get(k) != v}
