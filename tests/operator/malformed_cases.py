@@ -1,0 +1,123 @@
+"""Malformed SpecServeDeployment specs, each with the message the user must see.
+
+Each case: (id, spec, expected message fragment, rejected by the CRD's OpenAPI schema).
+Cases with `schema=False` are cross-field rules (pydantic validators, some also CEL rules in the
+CRD) or unknown fields (pruned / refused by `kubectl apply --validate=strict` in a cluster):
+plain JSON-Schema validation cannot see them, the operator does.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+VALID: dict[str, Any] = {
+    "model": {"target": "org/target-1b", "draft": "org/draft-100m"},
+    "speculation": {"mode": "adaptive", "kMax": 5, "staticK": 3},
+    "replicas": {"min": 1, "max": 2, "initial": 1},
+}
+
+
+def _with(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID if base is None else base)
+    node = spec
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return spec
+
+
+def _without(path: str) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID)
+    node = spec
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    return spec
+
+
+_OFF = _with("speculation.mode", "off")
+
+CASES: list[tuple[str, Any, str, bool]] = [
+    ("min-above-max", _with("replicas", {"min": 3, "max": 2, "initial": 2}),
+     "spec.replicas: min (3) must be <= max (2)", False),
+    ("initial-above-max", _with("replicas", {"min": 1, "max": 2, "initial": 5}),
+     "initial (5) must lie between min (1) and max (2)", False),
+    ("initial-below-min", _with("replicas", {"min": 2, "max": 4, "initial": 1}),
+     "initial (1) must lie between min (2) and max (4)", False),
+    ("draft-with-mode-off", _OFF, "speculation.mode is off", False),
+    ("no-draft-adaptive", _with("model.draft", "none"), "needs a draft model", False),
+    ("k-max-17", _with("speculation.kMax", 17),
+     "spec.speculation.kMax: Input should be less than or equal to 16", True),
+    ("k-max-0", _with("speculation.kMax", 0), "spec.speculation.kMax: Input should be greater", True),
+    ("static-k-above-k-max",
+     _with("speculation", {"mode": "static", "kMax": 4, "staticK": 6}),
+     "speculation.staticK (6) must be <= speculation.kMax (4)", False),
+    ("static-k-17", _with("speculation.staticK", 17), "spec.speculation.staticK", True),
+    ("mode-unknown", _with("speculation.mode", "fast"),
+     "spec.speculation.mode: Input should be 'adaptive', 'static' or 'off'", True),
+    ("no-model", _without("model"), "spec.model: Field required", True),
+    ("no-target", _with("model", {"draft": "org/draft"}), "spec.model.target: Field required",
+     True),
+    ("empty-target", _with("model.target", ""), "spec.model.target: String should have at least",
+     True),
+    ("draft-equals-target", _with("model.draft", "org/target-1b"),
+     "model.draft must differ from model.target", False),
+    ("bad-served-name", _with("model.servedName", "-chat"), "spec.model.servedName", True),
+    ("bad-pvc-name", _with("model.pvc", {"claimName": "Models_PVC"}),
+     "spec.model.pvc.claimName: String should match pattern", True),
+    ("unknown-field", _with("replica", 3), "spec.replica: Extra inputs are not permitted", False),
+    ("replicas-min-negative", _with("replicas.min", -1), "spec.replicas.min", True),
+    ("replicas-max-zero", _with("replicas", {"min": 0, "max": 0, "initial": 0}),
+     "spec.replicas.max: Input should be greater than or equal to 1", True),
+    ("replicas-max-text", _with("replicas.max", "two"),
+     "spec.replicas.max: Input should be a valid integer", True),
+    ("ttft-zero", _with("slo", {"ttftP90Ms": 0}), "spec.slo.ttftP90Ms", True),
+    ("ttft-p90-above-p99", _with("slo", {"ttftP90Ms": 6000, "ttftP99Ms": 5000}),
+     "ttftP90Ms (6000) must not exceed ttftP99Ms (5000)", False),
+    ("tpot-negative", _with("slo", {"tpotP90Ms": -5}), "spec.slo.tpotP90Ms", True),
+    ("attainment-zero", _with("slo", {"attainment": 0}),
+     "spec.slo.attainment: Input should be greater than 0", True),
+    ("attainment-above-one", _with("slo", {"attainment": 1.5}),
+     "spec.slo.attainment: Input should be less than or equal to 1", True),
+    ("attainment-text", _with("slo", {"attainment": "high"}), "spec.slo.attainment", True),
+    ("gpu-17", _with("resources", {"gpu": 17}), "spec.resources.gpu", True),
+    ("gpu-negative", _with("resources", {"gpu": -1}), "spec.resources.gpu", True),
+    ("memory-words", _with("resources", {"memory": "lots"}),
+     "spec.resources.memory: String should match pattern", True),
+    ("cpu-malformed", _with("resources", {"cpu": "1.5.2"}), "spec.resources.cpu", True),
+    ("node-selector-int", _with("resources", {"nodeSelector": {"gpu": 1}}),
+     "spec.resources.nodeSelector.gpu: Input should be a valid string", True),
+    ("toleration-exists-with-value",
+     _with("resources", {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}),
+     "spec.resources.tolerations[0]: a toleration with operator Exists must not set value", False),
+    ("toleration-bad-effect", _with("resources", {"tolerations": [{"effect": "Sometimes"}]}),
+     "spec.resources.tolerations[0].effect", True),
+    ("toleration-seconds-without-noexecute",
+     _with("resources", {"tolerations": [{"key": "k", "tolerationSeconds": 5,
+                                          "effect": "NoSchedule"}]}),
+     "tolerationSeconds only applies to effect NoExecute", False),
+    ("image-empty", _with("image", ""), "spec.image: String should have at least 1", True),
+    ("image-with-space", _with("image", "specserve engine"), "spec.image: String should match",
+     True),
+    ("pull-policy-unknown", _with("imagePullPolicy", "Sometimes"), "spec.imagePullPolicy", True),
+    ("vllm-args-port", _with("vllmArgs", ["--port", "9000"]),
+     "vllmArgs must not contain --port: SpecServe sets it from the spec", False),
+    ("vllm-args-model-eq", _with("vllmArgs", ["--model=x"]), "vllmArgs must not contain --model",
+     False),
+    ("vllm-args-string", _with("vllmArgs", "--enforce-eager"),
+     "spec.vllmArgs: Input should be a valid list", True),
+    ("profile-both",
+     _with("profile", {"builtin": "a100", "configMap": {"name": "prof"}}),
+     "spec.profile: set either builtin or configMap, not both", False),
+    ("profile-configmap-no-name", _with("profile", {"configMap": {"key": "p.json"}}),
+     "spec.profile.configMap.name: Field required", True),
+    ("prometheus-url-no-scheme", _with("metrics", {"prometheusUrl": "prometheus:9090"}),
+     "spec.metrics.prometheusUrl: String should match pattern", True),
+    ("scrape-interval-words", _with("metrics", {"scrapeInterval": "soon"}),
+     "spec.metrics.scrapeInterval", True),
+    ("speculation-not-object", _with("speculation", "adaptive"),
+     "spec.speculation: Input should be a valid dictionary", True),
+]
