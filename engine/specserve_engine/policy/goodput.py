@@ -1,0 +1,286 @@
+"""EfficiencyModel: pick K (and per-request K_i) that maximises goodput under the TPOT SLO.
+
+For a batch of B decoding requests with mean context L, `extra` prefill tokens in the same step,
+and c_ij from `AcceptanceModel` (row i = c_i1, c_i2, ... non-increasing), a step where request i
+verifies K_i draft tokens and the drafter ran K = max_i K_i steps is predicted as
+
+    tokens(K)   = sum_i (1 + sum_{j <= K_i} c_ij)                 expected tokens emitted
+    T(K)        = T_draft(K) + T_verify(K)                        see `timing`
+    G(K)        = tokens(K) / T(K)                                goodput, tokens / second
+    TPOT_i(K)   = T(K) / (1 + sum_{j <= K_i} c_ij)                seconds per token of request i
+
+The TPOT SLO binds one aggregate of TPOT_i, chosen by `Policy.tpot_aggregate`:
+- "worst" (default): max_i TPOT_i, the request that gains least from the drafts. Every request
+  pays the full step time but only the confident ones get extra tokens, so this is the number a
+  per-request TPOT SLO (and its p99) is about.
+- "mean": mean_i TPOT_i, the batch-average per-request TPOT.
+(The ratio T(K) / mean_i(1 + sum c_ij) is not offered: it equals B / G(K), so constraining it
+never changes the argmax of G.) The bound is `tpot_headroom * slo.tpot_seconds`; K = 0 is always
+allowed, so a batch too slow to meet the SLO at all still decodes without speculation.
+
+Decisions, cheapest first (all pure Python, O(B * K_max) with the inner loops in builtins):
+- `choose_k`: the batch-wide K for the next step, from look-ahead rows (drafts do not exist yet).
+- `should_continue`: inside the drafter, after `step` tokens: does any deeper K beat stopping?
+- `trim`: before verification, per-request K_i that drop low-c tails when that raises G.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate, chain
+from operator import ge, neg
+
+from specserve_engine.policy.acceptance import AcceptanceModel
+from specserve_engine.policy.params import Policy, TimingCoefficients
+from specserve_engine.policy.timing import StepTimeModel, predict_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class StepPrediction:
+    """What the efficiency model expects of one decode step with batch-wide K = `k`."""
+
+    k: int
+    num_requests: int
+    expected_tokens: float
+    draft_seconds: float
+    verify_seconds: float
+    tpot_seconds: float  # the `Policy.tpot_aggregate` of the per-request TPOTs
+
+    @property
+    def step_seconds(self) -> float:
+        return self.draft_seconds + self.verify_seconds
+
+    @property
+    def goodput(self) -> float:
+        """Expected tokens per second of the whole batch."""
+        return self.expected_tokens / self.step_seconds if self.step_seconds > 0 else 0.0
+
+
+def _count_paying_drops(
+    values: Sequence[float], expected: float, tokens: int, step: float,
+    target: TimingCoefficients,
+) -> int:
+    """How many of the lowest-c tokens (`values`, ascending) to drop to maximise G.
+
+    After m drops, G_m = (E - P_m) / T_m with P_m the sum of the m lowest values and
+    T_m = T - d * min(m, tokens - knee) (d = per-token verify cost; tokens below the knee are
+    free). Drop m+1 pays iff values[m] * T_m < d_m * (E - P_m). The values grow with m while G
+    grows and d_m can only fall to 0, so the predicate is true up to some m and false after:
+    binary search it on prefix sums instead of walking every token.
+    """
+    d = target.per_token_s
+    droppable = min(len(values), max(0, tokens - target.knee_tokens))
+    if d <= 0 or droppable == 0:
+        return 0
+    prefix = [0.0, *accumulate(values)]
+
+    def pays(m: int) -> bool:
+        return values[m] * (step - d * m) < d * (expected - prefix[m])
+
+    lo, hi = 0, droppable  # invariant: every m < lo pays; the answer is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pays(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _pad(rows: Sequence[Sequence[float]], k: int) -> list[Sequence[float]]:
+    """Each row cut or zero-padded to length k (a request with fewer drafts gains nothing more)."""
+    return [row[:k] if len(row) >= k else [*row, *([0.0] * (k - len(row)))] for row in rows]
+
+
+class EfficiencyModel:
+    """Goodput-maximising K under the TPOT SLO, from a `StepTimeModel` and an `AcceptanceModel`."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        timing: StepTimeModel | None = None,
+        acceptance: AcceptanceModel | None = None,
+    ) -> None:
+        self.policy = policy
+        self.timing = timing or StepTimeModel.from_params(policy.model)
+        self.acceptance = acceptance or AcceptanceModel(policy.model)
+
+    def set_policy(self, policy: Policy) -> None:
+        """Adopt a pushed policy. Its `model` replaces the fitted models only when it changed,
+        so a push that only retunes knobs keeps what this engine learned online."""
+        if policy.model != self.policy.model:
+            self.timing = StepTimeModel.from_params(policy.model)
+            self.acceptance = AcceptanceModel(policy.model)
+        self.policy = policy
+
+    # -- predictions --
+
+    def predict_all(
+        self,
+        rows: Sequence[Sequence[float]],
+        context_len: float,
+        extra_tokens: int = 0,
+        k_max: int | None = None,
+        k_min: int = 0,
+    ) -> list[StepPrediction]:
+        """Predictions for every uniform K in k_min..k_max (every request drafts K tokens)."""
+        k_max = self.policy.k_max if k_max is None else k_max
+        b = len(rows)
+        # Column K-1 of `by_k` holds every request's prefix sum_{j <= K} c_ij (builtins only).
+        by_k = list(zip(*map(accumulate, _pad(rows, k_max)), strict=True)) if b and k_max else []
+        gained = [0.0, *map(sum, by_k)]  # gained[K] = sum_i sum_{j <= K} c_ij
+        mean_tpot = self.policy.tpot_aggregate == "mean"
+        least = [0.0, *map(min, by_k)] if not mean_tpot else []
+        draft_step = predict_seconds(self.timing.draft, b, b, context_len) if b else 0.0
+        out = []
+        for k in range(k_min, k_max + 1):
+            draft = k * draft_step
+            verify = predict_seconds(self.timing.target, b, b * (k + 1) + extra_tokens,
+                                     context_len)
+            step = draft + verify
+            if not b:
+                tpot = 0.0
+            elif mean_tpot:
+                tpot = step / b * (sum(1 / (1 + s) for s in by_k[k - 1]) if k else b)
+            else:
+                tpot = step / (1 + least[k])
+            out.append(StepPrediction(k, b, b + gained[k], draft, verify, tpot))
+        return out
+
+    def goodput(
+        self,
+        rows: Sequence[Sequence[float]],
+        lengths: Sequence[int],
+        context_len: float,
+        extra_tokens: int = 0,
+        draft_steps: int | None = None,
+    ) -> StepPrediction:
+        """Prediction for per-request lengths K_i (the drafter ran `draft_steps`, default max)."""
+        b = len(rows)
+        steps = max(lengths, default=0) if draft_steps is None else draft_steps
+        gained = [sum(row[:k]) for row, k in zip(rows, lengths, strict=True)]
+        draft = self.timing.draft_seconds(b, context_len, steps)
+        verify = self.timing.verify_seconds(b, b + sum(lengths) + extra_tokens, context_len)
+        step = draft + verify
+        if not b:
+            tpot = 0.0
+        elif self.policy.tpot_aggregate == "mean":
+            tpot = step / b * sum(1 / (1 + g) for g in gained)
+        else:
+            tpot = step / (1 + min(gained))
+        return StepPrediction(steps, b, b + sum(gained), draft, verify, tpot)
+
+    # -- decisions --
+
+    def _best(self, predictions: Sequence[StepPrediction]) -> StepPrediction:
+        """Highest goodput among SLO-feasible predictions; the first one is always feasible."""
+        limit = self.policy.tpot_limit_seconds
+        best = predictions[0]
+        for p in predictions[1:]:
+            if (limit is None or p.tpot_seconds <= limit) and p.goodput > best.goodput:
+                best = p
+        return best
+
+    def choose_k(
+        self, rows: Sequence[Sequence[float]], context_len: float, extra_tokens: int = 0
+    ) -> StepPrediction:
+        """The batch-wide K for the next step (`.k`) and what is predicted for it.
+
+        `rows` are look-ahead c rows (`AcceptanceModel.lookahead`), at least k_max long to let
+        every K compete; shorter rows count their missing positions as never accepted.
+        Mode "off" gives K=0, "static" gives `static_k`, "adaptive" the best feasible K in
+        0..k_max (ties go to the smaller K).
+        """
+        mode = self.policy.mode
+        if mode == "off" or not rows:
+            return self.predict_all(rows, context_len, extra_tokens, k_max=0)[0]
+        if mode == "static":
+            k = self.policy.static_k
+            return self.predict_all(rows, context_len, extra_tokens, k_max=k, k_min=k)[0]
+        return self._best(self.predict_all(rows, context_len, extra_tokens))
+
+    def choose_k_for(
+        self, request_ids: Sequence[object], context_len: float, extra_tokens: int = 0
+    ) -> StepPrediction:
+        """`choose_k` with look-ahead rows from the acceptance model's per-request rates."""
+        rows = self.acceptance.lookahead(request_ids, self.policy.k_max)
+        return self.choose_k(rows, context_len, extra_tokens)
+
+    def should_continue(
+        self,
+        step: int,
+        rows: Sequence[Sequence[float]],
+        context_len: float,
+        extra_tokens: int = 0,
+        rates: Sequence[float] | None = None,
+    ) -> bool:
+        """After `step` draft tokens with cumulative c `rows`, should the drafter draft another?
+
+        Yes when some deeper K in step+1..k_max, each undrafted token predicted at the request's
+        rate (`rates`, default the batch-wide running acceptance), beats stopping at K = step
+        and meets the SLO, and some request's c is still above the confidence floor.
+        """
+        policy = self.policy
+        if policy.mode != "adaptive":
+            return step < (policy.static_k if policy.mode == "static" else 0)
+        if step >= policy.k_max or not rows:
+            return False
+        if step > 0 and max(row[step - 1] if len(row) >= step else 0.0 for row in rows) \
+                < policy.confidence_floor:
+            return False
+        mean = self.acceptance.mean_acceptance
+        extended = [self.acceptance.extend(row[:step], policy.k_max,
+                                           rates[i] if rates is not None else mean)
+                    for i, row in enumerate(rows)]
+        predictions = self.predict_all(extended, context_len, extra_tokens, k_min=step)
+        return self._best(predictions).k > step
+
+    def trim(
+        self,
+        rows: Sequence[Sequence[float]],
+        context_len: float,
+        extra_tokens: int = 0,
+        draft_steps: int | None = None,
+    ) -> list[int]:
+        """Per-request verify lengths K_i <= len(row_i) that maximise G (mode "adaptive" only).
+
+        Tokens below the confidence floor are always dropped. Of the rest, the lowest-c draft
+        tokens are dropped one by one while that raises G: dropping a token with probability c
+        loses c expected tokens and saves the marginal verify cost d of one token, and pays off
+        while c < d * G (found by binary search, see `_count_paying_drops`). Rows must be
+        non-increasing (cumulative products are); a row that is not is made so by a running
+        minimum. The drafter's cost (`draft_steps`, default the
+        longest row) is counted in the step, as the next draft runs in the same step; dropping
+        only removes verify tokens, so predicted step time never increases.
+        """
+        lengths = [len(row) for row in rows]
+        if self.policy.mode != "adaptive" or not rows:
+            return lengths
+        floor = self.policy.confidence_floor
+        b = len(rows)
+        monotone = [row if all(map(ge, row, row[1:])) else list(accumulate(row, min))
+                    for row in rows]
+        # Rows are non-increasing: the tokens at or above the floor are a prefix of each row.
+        kept = [bisect_left(row, -floor, key=neg) if floor > 0 else len(row) for row in monotone]
+        values = sorted(chain.from_iterable(row[:k] for row, k in zip(monotone, kept, strict=True)))
+        steps = max(lengths) if draft_steps is None else draft_steps
+        target = self.timing.target
+        tokens = b + sum(kept) + extra_tokens
+        expected = b + sum(values)
+        step = (self.timing.draft_seconds(b, context_len, steps)
+                + predict_seconds(target, b, tokens, context_len))
+        dropped = _count_paying_drops(values, expected, tokens, step, target)
+        if not dropped:
+            return kept
+        # Drop every token with c <= the last dropped value, then give back the extra ties.
+        threshold = values[dropped - 1]
+        trimmed = [bisect_left(row, -threshold, hi=k, key=neg)
+                   for row, k in zip(monotone, kept, strict=True)]
+        surplus = sum(kept) - sum(trimmed) - dropped
+        for i, row in enumerate(monotone):
+            while surplus > 0 and trimmed[i] < kept[i] and row[trimmed[i]] == threshold:
+                trimmed[i] += 1
+                surplus -= 1
+        return trimmed

@@ -1,0 +1,66 @@
+"""Profile: measured step times of the target and draft models on this hardware.
+
+`specserve profile` drives the engine through a grid of batch sizes x context lengths (and, for
+the target, several tokens per request, as when verifying K+1 tokens) and writes one point per
+grid cell: the median seconds of one forward step over `repeats` runs. `StepTimeModel` fits
+its coefficients to these points.
+
+JSON shape (`Profile.save` / `Profile.load`):
+
+    {"version": 1, "target_model": "...", "draft_model": "...", "device": "...",
+     "meta": {"vllm": "0.32.0"},
+     "points": [{"role": "target", "num_requests": 8, "num_tokens": 32,
+                 "context_len": 512.0, "seconds": 0.0213, "repeats": 5}, ...]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["target", "draft"]
+
+
+class ProfilePoint(BaseModel):
+    """One measured step: `num_requests` requests, `num_tokens` tokens in total."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role
+    num_requests: int = Field(ge=1)
+    num_tokens: int = Field(ge=1, description="all tokens in the step, >= num_requests")
+    context_len: float = Field(ge=0, description="mean KV context length per request")
+    seconds: float = Field(gt=0, description="median step time")
+    repeats: int = Field(default=1, ge=1, description="measurements behind the median")
+
+    @model_validator(mode="after")
+    def _at_least_one_token_per_request(self) -> Self:
+        if self.num_tokens < self.num_requests:
+            raise ValueError(
+                f"num_tokens ({self.num_tokens}) must be >= num_requests ({self.num_requests})")
+        return self
+
+
+class Profile(BaseModel):
+    """All measured points of one (target, draft, hardware) combination."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    target_model: str = ""
+    draft_model: str = ""
+    device: str = ""
+    meta: dict[str, str] = Field(default_factory=dict)
+    points: list[ProfilePoint] = Field(default_factory=list)
+
+    def for_role(self, role: Role) -> list[ProfilePoint]:
+        return [p for p in self.points if p.role == role]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        return cls.model_validate_json(Path(path).read_text())

@@ -1,0 +1,299 @@
+"""StepTimeModel: how long one target or draft forward step takes, from what is in the step.
+
+One forward step of a model costs (see `TimingCoefficients`)
+
+    t(B, N, L) = overhead + per_token * max(0, N - knee) + per_kv_token * B*L + per_request * B
+
+for B requests, N batched tokens (a verify step holds B*(K+1) of them, plus any prefill chunk)
+and mean context length L. A speculative decode step with K draft tokens costs
+
+    T(K) = T_draft(K) + T_verify(K)
+    T_draft(K)  = K * t_draft(B, B, L)                     (K sequential draft steps, B tokens each;
+                                                             0 when K = 0: no draft runs at all)
+    T_verify(K) = t_target(B, sum_i (K_i + 1) + prefill, L)
+
+The first draft step also re-reads the tokens accepted at the previous step; that is a few tokens
+per request, folded into the fitted draft overhead rather than modelled.
+
+Coefficients come from a `Profile` (fit at start) and are refitted online from live measurements.
+Both fits are weighted least squares on *relative* error (a 2 ms step mispredicted by 1 ms is as
+bad as a 200 ms step mispredicted by 100 ms), non-negative (so a bigger step never predicts as
+faster), with the knee chosen among the profiled token counts, and Huber-reweighted so a few
+outliers (a GC pause, a preempted core) do not move the fit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from specserve_engine.policy.params import ModelParams, TimingCoefficients
+from specserve_engine.policy.profile import Profile, Role
+
+
+@dataclass(frozen=True, slots=True)
+class StepObservation:
+    """A measured forward step of one model (the features of the step and its seconds)."""
+
+    role: Role
+    num_requests: int
+    num_tokens: int
+    context_len: float
+    seconds: float
+
+
+def predict_seconds(
+    c: TimingCoefficients, num_requests: int, num_tokens: int, context_len: float
+) -> float:
+    """Seconds of one forward step under coefficients `c` (the formula in `TimingCoefficients`)."""
+    return (
+        c.overhead_s
+        + c.per_token_s * max(0, num_tokens - c.knee_tokens)
+        + c.per_kv_token_s * num_requests * context_len
+        + c.per_request_s * num_requests
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting: weighted non-negative least squares on four features, Huber-reweighted.
+# ---------------------------------------------------------------------------------------------
+
+_N_FEATURES = 4  # overhead, tokens past the knee, KV tokens, requests
+_HUBER_K = 1.345  # the usual Huber constant: 95% efficiency on clean Gaussian residuals
+_IRLS_ROUNDS = 5
+
+
+def _features(num_requests: int, num_tokens: int, context_len: float, knee: int) -> list[float]:
+    return [1.0, float(max(0, num_tokens - knee)), num_requests * context_len, float(num_requests)]
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Solve a small dense system by Gaussian elimination; None when (nearly) singular."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    scale = max((abs(x) for row in a for x in row), default=0.0)
+    if scale == 0.0:
+        return None
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) <= 1e-12 * scale:
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            if f:
+                for k in range(col, n + 1):
+                    m[r][k] -= f * m[col][k]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (m[r][n] - sum(m[r][k] * x[k] for k in range(r + 1, n))) / m[r][r]
+    return x
+
+
+def _nnls(rows: list[list[float]], y: list[float], w: list[float]) -> tuple[list[float], float]:
+    """Weighted least squares with every coefficient >= 0, exactly, for a handful of features.
+
+    The non-negative optimum is the unconstrained optimum on its own support, so trying every
+    support (2^4 = 16) and keeping the best feasible one is exact, and cheap at this size.
+    Columns are scaled to unit size first so that seconds-per-token and seconds-per-step terms
+    (seven orders of magnitude apart) are solved with the same precision.
+    """
+    p = len(rows[0])
+    col_scale = [max(abs(r[j]) for r in rows) or 1.0 for j in range(p)]
+    xs = [[r[j] / col_scale[j] for j in range(p)] for r in rows]
+    # Normal equations once; every support solves a sub-block of them.
+    ata = [[sum(wi * r[i] * r[j] for wi, r in zip(w, xs, strict=True)) for j in range(p)]
+           for i in range(p)]
+    aty = [sum(wi * r[i] * yi for wi, r, yi in zip(w, xs, y, strict=True)) for i in range(p)]
+    ywy = sum(wi * yi * yi for wi, yi in zip(w, y, strict=True))
+    best, best_loss = [0.0] * p, math.inf
+    for size in range(p + 1):
+        for support in itertools.combinations(range(p), size):
+            beta = [0.0] * p
+            if support:
+                sol = _solve([[ata[i][j] for j in support] for i in support],
+                             [aty[i] for i in support])
+                if sol is None or min(sol) < 0:
+                    continue
+                for j, v in zip(support, sol, strict=True):
+                    beta[j] = v
+            # Weighted SSE from the normal equations: y'Wy - 2 b'A'Wy + b'A'WA b.
+            loss = (ywy - 2 * sum(bi * ai for bi, ai in zip(beta, aty, strict=True))
+                    + sum(beta[i] * ata[i][j] * beta[j] for i in range(p) for j in range(p)))
+            # Strictly better only: among equal fits the smaller support (found first) wins.
+            if loss < best_loss * (1 - 1e-9):
+                best, best_loss = beta, loss
+    return [b / s for b, s in zip(best, col_scale, strict=True)], best_loss
+
+
+def _robust_fit(
+    points: Sequence[tuple[int, int, float, float]], weights: Sequence[float], knee: int
+) -> tuple[TimingCoefficients, float]:
+    """Huber-IRLS on relative residuals at a fixed knee. Returns coefficients and robust loss."""
+    rows = [_features(b, n, ctx, knee) for b, n, ctx, _ in points]
+    y = [t for *_, t in points]
+    base = [wt / (t * t) for wt, t in zip(weights, y, strict=True)]  # relative error
+    huber = [1.0] * len(points)
+    beta: list[float] = [0.0] * _N_FEATURES
+    loss = math.inf
+    for _ in range(_IRLS_ROUNDS):
+        beta, loss = _nnls(rows, y, [b * h for b, h in zip(base, huber, strict=True)])
+        rel = [(sum(bj * xj for bj, xj in zip(beta, r, strict=True)) - t) / t
+               for r, t in zip(rows, y, strict=True)]
+        # Robust scale: median absolute relative residual (1.4826 makes it sigma for Gaussians).
+        mad = 1.4826 * sorted(abs(r) for r in rel)[len(rel) // 2]
+        cut = _HUBER_K * max(mad, 1e-3)
+        new = [1.0 if abs(r) <= cut else cut / abs(r) for r in rel]
+        if new == huber:
+            break
+        huber = new
+    coeffs = TimingCoefficients(overhead_s=beta[0], per_token_s=beta[1], per_kv_token_s=beta[2],
+                                per_request_s=beta[3], knee_tokens=knee)
+    return coeffs, loss
+
+
+def _knee_candidates(token_counts: Iterable[int], limit: int = 24) -> list[int]:
+    """0 (no knee) plus the distinct measured token counts, thinned to at most `limit`.
+
+    A knee at or below the smallest count is the no-knee model with another overhead, and a knee
+    at the largest count leaves no slope: neither is a candidate.
+    """
+    distinct = sorted(set(token_counts))[1:-1]
+    if len(distinct) > limit:
+        step = len(distinct) / limit
+        distinct = [distinct[int(i * step)] for i in range(limit)]
+    return sorted({0, *distinct})
+
+
+def fit_coefficients(
+    points: Sequence[tuple[int, int, float, float]],
+    weights: Sequence[float] | None = None,
+    knee: int | None = None,
+) -> TimingCoefficients:
+    """Fit `TimingCoefficients` to (num_requests, num_tokens, context_len, seconds) points.
+
+    `knee=None` searches the knee among the measured token counts; an int keeps it fixed.
+    """
+    if not points:
+        raise ValueError("cannot fit step times from no points")
+    w = list(weights) if weights is not None else [1.0] * len(points)
+    knees = [knee] if knee is not None else _knee_candidates(n for _, n, _, _ in points)
+    best, best_loss = None, math.inf
+    for k in knees:
+        coeffs, loss = _robust_fit(points, w, k)
+        # A knee must earn its keep: clearly lower loss (the loss is a sum of squared relative
+        # errors, so 1e-12 per point is far below any measurement's noise).
+        if loss < best_loss * (1 - 1e-3) - 1e-12 * len(points):
+            best, best_loss = coeffs, loss
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The model the policy queries every step.
+# ---------------------------------------------------------------------------------------------
+
+
+def _anchor_grid(c: TimingCoefficients) -> list[tuple[int, int, float, float]]:
+    """Points predicted by `c` over a typical grid: the prior for a refit without a profile."""
+    grid = []
+    for b in (1, 4, 16, 64, 256):
+        for per_request in (1, 2, 4, 8):
+            for ctx in (128.0, 1024.0):
+                n = b * per_request
+                grid.append((b, n, ctx, max(predict_seconds(c, b, n, ctx), 1e-6)))
+    return grid
+
+
+class StepTimeModel:
+    """Predicts target verify and draft step times; refits online from live measurements.
+
+    `refit()` fits each role to its profile points (or, without a profile, to a grid predicted by
+    the current coefficients), each weighing `anchor_weight`, plus the last `window` live
+    observations, each weighing 1: live data dominate where the engine actually runs, the anchor
+    keeps the extrapolation sane where it does not.
+    """
+
+    def __init__(
+        self,
+        target: TimingCoefficients,
+        draft: TimingCoefficients,
+        *,
+        profile: Profile | None = None,
+        window: int = 512,
+        anchor_weight: float = 0.25,
+    ) -> None:
+        self.target = target
+        self.draft = draft
+        self.anchor_weight = anchor_weight
+        self._anchors: dict[Role, list[tuple[int, int, float, float]]] = {}
+        for role, c in (("target", target), ("draft", draft)):
+            pts = profile.for_role(role) if profile else []
+            self._anchors[role] = (
+                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts]
+                or _anchor_grid(c))
+        self._live: dict[Role, deque[StepObservation]] = {
+            "target": deque(maxlen=window), "draft": deque(maxlen=window)}
+
+    @classmethod
+    def from_params(cls, model: ModelParams) -> StepTimeModel:
+        return cls(model.target, model.draft)
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **kwargs: float | int) -> StepTimeModel:
+        """Fit both roles to the profile (each role needs at least one point)."""
+        fitted = {}
+        for role in ("target", "draft"):
+            pts = profile.for_role(role)
+            if not pts:
+                raise ValueError(f"profile has no '{role}' points")
+            fitted[role] = fit_coefficients(
+                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts])
+        return cls(fitted["target"], fitted["draft"], profile=profile, **kwargs)  # type: ignore[arg-type]
+
+    def coefficients(self, role: Role) -> TimingCoefficients:
+        return self.target if role == "target" else self.draft
+
+    # -- predictions (hot path: plain arithmetic) --
+
+    def step_seconds(
+        self, role: Role, num_requests: int, num_tokens: int, context_len: float
+    ) -> float:
+        return predict_seconds(self.coefficients(role), num_requests, num_tokens, context_len)
+
+    def verify_seconds(self, num_requests: int, num_tokens: int, context_len: float) -> float:
+        """One target step over `num_tokens` tokens (B*(K+1) verify tokens plus any prefill)."""
+        return predict_seconds(self.target, num_requests, num_tokens, context_len)
+
+    def draft_seconds(self, num_requests: int, context_len: float, steps: int) -> float:
+        """`steps` sequential draft steps of one token per request; 0 when steps == 0."""
+        if steps <= 0:
+            return 0.0
+        return steps * predict_seconds(self.draft, num_requests, num_requests, context_len)
+
+    # -- online refit --
+
+    def refit(self, observations: Iterable[StepObservation] = ()) -> None:
+        """Add live observations and refit each role that has any, keeping its knee.
+
+        Costs milliseconds (a few hundred points): call it every few hundred steps, not per step.
+        """
+        touched: set[Role] = set()
+        for obs in observations:
+            if obs.seconds > 0 and obs.num_requests > 0 and obs.num_tokens > 0:
+                self._live[obs.role].append(obs)
+                touched.add(obs.role)
+        for role in touched:
+            live = self._live[role]
+            anchors = self._anchors[role]
+            points = anchors + [(o.num_requests, o.num_tokens, o.context_len, o.seconds)
+                                for o in live]
+            weights = [self.anchor_weight] * len(anchors) + [1.0] * len(live)
+            fitted = fit_coefficients(points, weights, knee=self.coefficients(role).knee_tokens)
+            if role == "target":
+                self.target = fitted
+            else:
+                self.draft = fitted
