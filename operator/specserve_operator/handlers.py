@@ -158,6 +158,9 @@ def on_change(**kwargs: Any) -> None:
 
 @kopf.timer(s.GROUP, s.VERSION, s.PLURAL, interval=STATUS_INTERVAL_S, idle=STATUS_INTERVAL_S)
 def refresh(**kwargs: Any) -> None:
+    """Follow the Deployment into .status and repair drift (a deleted or edited child)."""
+    if not (kwargs["status"] or {}).get("phase"):
+        return  # not reconciled by on_change yet: do not race the create handler
     reconcile(**_reconcile_kwargs(kwargs))
 
 

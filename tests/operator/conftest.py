@@ -139,11 +139,21 @@ def count(kmock: kmock_lib.KubernetesEmulator, resource: str) -> int:
     )
 
 
+def posts(kmock: kmock_lib.KubernetesEmulator) -> list[Any]:
+    """Every POST request the emulator received so far (kmock requests, oldest first)."""
+    return list(kmock[kmock.method.POST])
+
+
 def events(kmock: kmock_lib.KubernetesEmulator, involved: str) -> list[dict[str, Any]]:
+    """Events posted about an object, from the request log.
+
+    (kopf names events with generateName; kmock 0.8 stores objects by name, so only the first
+    of them would survive as an object: read what was sent instead.)
+    """
     out = []
-    for (res, _ns, _), obj in kmock.objects.items():
-        if res.plural == "events" and not obj.deleted:
-            ev = dict(obj.raw)
+    for req in posts(kmock):
+        if req.resource is not None and req.resource.plural == "events":
+            ev = req.data or {}
             if (ev.get("involvedObject") or {}).get("name") == involved:
                 out.append(ev)
     return out
