@@ -1,0 +1,229 @@
+"""EfficiencyModel: G(K) by hand, K choice under the SLO, look-ahead stop, per-request trim."""
+
+from __future__ import annotations
+
+import itertools
+from itertools import accumulate
+from operator import mul
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from specserve_engine.policy.acceptance import AcceptanceModel
+from specserve_engine.policy.cost import decision_cost_seconds
+from specserve_engine.policy.goodput import EfficiencyModel
+from specserve_engine.policy.params import ModelParams, Policy, TimingCoefficients
+from specserve_engine.policy.timing import StepTimeModel
+
+# Round numbers so every expectation below can be checked on paper: a verify step costs
+# 10 ms + 1 ms per token, a draft step 2 ms, whatever the context.
+TARGET = TimingCoefficients(overhead_s=0.010, per_token_s=0.001)
+DRAFT = TimingCoefficients(overhead_s=0.002, per_token_s=0.0)
+
+
+def make_model(**policy: object) -> EfficiencyModel:
+    model = ModelParams(target=TARGET, draft=DRAFT)
+    return EfficiencyModel(Policy.model_validate({"k_max": 3, "model": model, **policy}))
+
+
+def geometric(rate: float, k: int) -> list[float]:
+    return list(accumulate([rate] * k, mul))
+
+
+ROWS = [[0.8, 0.6, 0.3], [0.5, 0.2, 0.1]]
+
+
+def test_goodput_matches_hand_computed_values() -> None:
+    predictions = make_model().predict_all(ROWS, context_len=100.0)
+    # K: expected tokens, draft s, verify s (B=2 requests, B*(K+1) verify tokens)
+    by_hand = [
+        (2.0, 0.000, 0.010 + 0.001 * 2),
+        (2.0 + 0.8 + 0.5, 0.002, 0.010 + 0.001 * 4),
+        (2.0 + 0.8 + 0.5 + 0.6 + 0.2, 0.004, 0.010 + 0.001 * 6),
+        (2.0 + 0.8 + 0.5 + 0.6 + 0.2 + 0.3 + 0.1, 0.006, 0.010 + 0.001 * 8),
+    ]
+    assert [p.k for p in predictions] == [0, 1, 2, 3]
+    for p, (tokens, draft, verify) in zip(predictions, by_hand, strict=True):
+        assert p.expected_tokens == pytest.approx(tokens)
+        assert p.draft_seconds == pytest.approx(draft)
+        assert p.verify_seconds == pytest.approx(verify)
+        assert p.goodput == pytest.approx(tokens / (draft + verify))
+    # G = 166.7, 206.25, 205.0, 187.5 tokens/s: K=1 wins.
+    assert make_model().choose_k(ROWS, 100.0).k == 1
+    # Worst-request TPOT at K=1: the second request gains 0.5 tokens: 16 ms / 1.5.
+    assert predictions[1].tpot_seconds == pytest.approx(0.016 / 1.5)
+
+
+def test_mean_tpot_aggregate_averages_per_request_tpot() -> None:
+    p = make_model(tpot_aggregate="mean").predict_all(ROWS, 100.0)[2]
+    assert p.tpot_seconds == pytest.approx(0.020 / 2 * (1 / 2.4 + 1 / 1.7))
+
+
+def test_speculation_pays_at_batch_1_and_switches_off_when_verification_dominates() -> None:
+    model = make_model()
+    assert model.choose_k([geometric(0.7, 3)], 100.0).k > 0
+    big_batch = [geometric(0.7, 3)] * 64
+    decision = model.choose_k(big_batch, 100.0)
+    assert decision.k == 0
+    assert decision.expected_tokens == 64
+    assert decision.draft_seconds == 0.0
+
+
+def test_tpot_slo_binds_when_one_request_gains_nothing() -> None:
+    rows = [[0.95, 0.9, 0.85], [0.01, 0.0, 0.0]]
+    free = make_model().choose_k(rows, 100.0)
+    assert free.k == 3  # G = 2/0.012=167, 2.96/0.016=185, 3.86/0.020=193, 4.71/0.024=196
+    # Worst-request TPOT = T(K) / 1.01: 12, 15.8, 19.8, 23.8 ms. Allow 20 ms: K=2 fits, 3 not.
+    bound = make_model(slo={"tpot_seconds": 0.020}, tpot_headroom=1.0).choose_k(rows, 100.0)
+    assert bound.k == 2
+    assert bound.tpot_seconds <= 0.020
+    # Allow 11 ms: even K=0 (12 ms) misses it, and K=0 is always allowed.
+    assert make_model(slo={"tpot_seconds": 0.011}, tpot_headroom=1.0).choose_k(rows, 100.0).k == 0
+
+
+def test_headroom_tightens_the_slo() -> None:
+    rows = [[0.95, 0.9, 0.85], [0.01, 0.0, 0.0]]
+    model = make_model(slo={"tpot_seconds": 0.020}, tpot_headroom=0.85)  # 17 ms
+    assert model.choose_k(rows, 100.0).k == 1
+
+
+def test_modes_off_and_static() -> None:
+    rows = [geometric(0.9, 3)]
+    assert make_model(mode="off").choose_k(rows, 100.0).k == 0
+    assert make_model(mode="static", static_k=2).choose_k(rows, 100.0).k == 2
+    assert make_model().choose_k([], 100.0).k == 0  # nothing decoding (prefill only)
+
+
+def test_prefill_tokens_share_the_verify_step() -> None:
+    rows = [geometric(0.6, 3)] * 4
+    decision = make_model().choose_k(rows, 100.0, extra_tokens=2000)
+    assert decision.verify_seconds == pytest.approx(0.010 + 0.001 * (4 * (decision.k + 1) + 2000))
+    # A step that is long anyway makes a few more verify tokens relatively cheap.
+    assert decision.k >= make_model().choose_k(rows, 100.0).k
+
+
+def test_choose_k_for_uses_request_history() -> None:
+    model = make_model(k_max=4)
+    for _ in range(50):
+        model.acceptance.observe(4, 0, "hard")
+        model.acceptance.observe(4, 4, "easy")
+    assert model.choose_k_for(["easy"], 100.0).k > model.choose_k_for(["hard"], 100.0).k
+
+
+def test_trim_drops_low_confidence_tails_by_hand() -> None:
+    rows = [[0.9, 0.8, 0.7], [0.3, 0.05, 0.01]]
+    # E = 4.76, T = 6 ms draft + 18 ms verify: G = 198.3. Dropping 0.01 -> 206.5, 0.05 -> 213.6,
+    # 0.3 would give 4.40 / 21 ms = 209.5: stop.
+    assert make_model().trim(rows, 100.0) == [3, 1]
+
+
+def test_trim_respects_the_confidence_floor_and_mode() -> None:
+    rows = [[0.9, 0.8, 0.7], [0.3, 0.05, 0.01]]
+    cheap = ModelParams(target=TARGET.model_copy(update={"per_token_s": 0.0}), draft=DRAFT)
+    # Free verify tokens: nothing is worth dropping, except what the floor forbids.
+    assert make_model(model=cheap).trim(rows, 100.0) == [3, 3]
+    assert make_model(model=cheap, confidence_floor=0.75).trim(rows, 100.0) == [2, 0]
+    assert make_model(mode="static").trim(rows, 100.0) == [3, 3]
+
+
+def test_trim_below_the_knee_keeps_everything() -> None:
+    kneed = ModelParams(target=TARGET.model_copy(update={"knee_tokens": 64}), draft=DRAFT)
+    rows = [[0.9, 0.1, 0.01]] * 4  # 16 verify tokens: all under the knee, all free
+    assert make_model(model=kneed).trim(rows, 100.0) == [3, 3, 3, 3]
+
+
+def test_should_continue_looks_ahead() -> None:
+    model = make_model()
+    assert model.should_continue(0, [[]], 100.0)  # batch 1: drafting pays
+    assert model.should_continue(1, [[0.9]], 100.0, rates=[0.9])
+    assert not model.should_continue(1, [[0.9]] * 64, 100.0)  # verification dominates
+    assert not model.should_continue(3, [[0.9, 0.8, 0.7]], 100.0)  # k_max reached
+    floored = make_model(confidence_floor=0.5)
+    assert not floored.should_continue(2, [[0.6, 0.4]], 100.0, rates=[0.99])
+    static = make_model(mode="static", static_k=2)
+    assert static.should_continue(1, [[0.1]], 100.0)
+    assert not static.should_continue(2, [[0.1, 0.01]], 100.0)
+    assert not make_model(mode="off").should_continue(0, [[]], 100.0)
+
+
+def test_set_policy_keeps_online_fits_unless_the_model_changes() -> None:
+    model = make_model()
+    model.acceptance.observe(3, 3, "r")
+    learned = model.acceptance
+    model.set_policy(model.policy.model_copy(update={"version": 2, "k_max": 4}))
+    assert model.acceptance is learned
+    assert model.policy.version == 2
+    new_model = ModelParams(target=TARGET, draft=DRAFT, prior_acceptance=0.4)
+    model.set_policy(model.policy.model_copy(update={"version": 3, "model": new_model}))
+    assert model.acceptance is not learned
+    assert model.acceptance.mean_acceptance == pytest.approx(0.4)
+
+
+def test_decision_cost_is_reported_for_each_decision() -> None:
+    cost = decision_cost_seconds(32, k_max=8, repeats=5)
+    assert set(cost) == {"choose_k", "trim", "should_continue"}
+    assert all(0 < seconds < 0.05 for seconds in cost.values())
+
+
+# -- properties --------------------------------------------------------------------------------
+
+coefficient = st.floats(min_value=0, max_value=0.01, allow_nan=False)
+timings = st.builds(TimingCoefficients, overhead_s=coefficient, per_token_s=coefficient,
+                    per_kv_token_s=st.floats(0, 1e-6), per_request_s=coefficient,
+                    knee_tokens=st.integers(0, 16))
+# Rows as AcceptanceModel builds them: running products of per-token probabilities.
+rows_strategy = st.lists(
+    st.lists(st.floats(0, 1), max_size=3).map(lambda a: list(accumulate(a, mul))),
+    min_size=1, max_size=3)
+
+
+def model_with(target: TimingCoefficients, draft: TimingCoefficients, **policy: object
+               ) -> EfficiencyModel:
+    p = Policy.model_validate({"k_max": 3, **policy})
+    return EfficiencyModel(p, StepTimeModel(target, draft), AcceptanceModel(p.model))
+
+
+@settings(max_examples=150, deadline=None)
+@given(target=timings, draft=timings, rows=rows_strategy, ctx=st.floats(0, 4096),
+       extra=st.integers(0, 64))
+def test_trim_is_optimal_and_never_predicts_a_slower_step(
+    target: TimingCoefficients, draft: TimingCoefficients, rows: list[list[float]],
+    ctx: float, extra: int,
+) -> None:
+    assume(target.overhead_s + draft.overhead_s > 0)
+    model = model_with(target, draft)
+    lengths = model.trim(rows, ctx, extra)
+    full = [len(r) for r in rows]
+    steps = max(full)
+    assert all(0 <= k <= n for k, n in zip(lengths, full, strict=True))
+    trimmed = model.goodput(rows, lengths, ctx, extra, draft_steps=steps)
+    untrimmed = model.goodput(rows, full, ctx, extra, draft_steps=steps)
+    assert trimmed.step_seconds <= untrimmed.step_seconds + 1e-15
+    # Brute force over every per-request length: trim is the best (3 requests x 4 lengths).
+    best = max(model.goodput(rows, list(ks), ctx, extra, draft_steps=steps).goodput
+               for ks in itertools.product(*(range(n + 1) for n in full)))
+    assert trimmed.goodput == pytest.approx(best, rel=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(target=timings, draft=timings, rows=rows_strategy, ctx=st.floats(0, 4096),
+       tpot=st.none() | st.floats(1e-4, 0.1), aggregate=st.sampled_from(["worst", "mean"]))
+def test_choose_k_is_the_best_feasible_k(
+    target: TimingCoefficients, draft: TimingCoefficients, rows: list[list[float]],
+    ctx: float, tpot: float | None, aggregate: str,
+) -> None:
+    assume(target.overhead_s + draft.overhead_s > 0)
+    model = model_with(target, draft, slo={"tpot_seconds": tpot}, tpot_aggregate=aggregate)
+    decision = model.choose_k(rows, ctx)
+    assert 0 <= decision.k <= 3
+    limit = model.policy.tpot_limit_seconds
+    assert decision.k == 0 or limit is None or decision.tpot_seconds <= limit
+    # Same numbers through the per-request path (every request drafts K, rows padded with 0).
+    for p in model.predict_all(rows, ctx):
+        padded = [[*r, 0.0, 0.0, 0.0][:3] for r in rows]
+        again = model.goodput(padded, [p.k] * len(rows), ctx)
+        assert p.goodput == pytest.approx(again.goodput, rel=1e-9)
+        assert p.tpot_seconds == pytest.approx(again.tpot_seconds, rel=1e-9)
+        if limit is None or p.tpot_seconds <= limit:
+            assert decision.goodput >= p.goodput * (1 - 1e-12)
