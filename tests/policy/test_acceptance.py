@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from specserve_engine.policy.acceptance import AcceptanceModel, fit_logistic
 from specserve_engine.policy.params import LogisticCalibration, ModelParams
 
@@ -114,7 +114,7 @@ def test_cumulative_is_a_non_increasing_probability(
     row = AcceptanceModel(ModelParams(calibration=calibration)).cumulative(probs)
     assert len(row) == len(probs)
     assert all(0 <= c <= 1 for c in row)
-    assert all(later <= earlier for earlier, later in zip(row, row[1:], strict=False))
+    assert all(later <= earlier for earlier, later in pairwise(row))
 
 
 @settings(max_examples=100, deadline=None)
