@@ -17,12 +17,11 @@ from typing import Any
 # Read by specserve_operator.handlers at import: refresh status every second in tests.
 os.environ.setdefault("SPECSERVE_STATUS_INTERVAL_S", "1")
 
-import kmock as kmock_lib  # noqa: E402
-import kopf  # noqa: E402
-import kopf.testing  # noqa: E402
-import pytest  # noqa: E402
-
-from specserve_operator import spec as s  # noqa: E402
+import kmock as kmock_lib
+import kopf
+import kopf.testing
+import pytest
+from specserve_operator import spec as s
 
 NS = "ns1"
 SSD = f"{s.API_VERSION}/{s.PLURAL}"

@@ -28,7 +28,7 @@ from conftest import (
     ssd,
     versions,
 )
-
+from malformed_cases import CASES
 from specserve_operator import manifests as m
 
 pytestmark = pytest.mark.asyncio
@@ -222,3 +222,28 @@ async def test_servicemonitor_only_when_its_crd_exists(cluster: Any) -> None:
         await create(cluster, ssd("no-monitor", {**SPEC, "metrics": {"serviceMonitor": False}}))
         await eventually(lambda: live(cluster, DEPLOYMENTS, "no-monitor"))
         assert live(cluster, SERVICEMONITORS, "no-monitor") is None
+
+
+async def test_every_malformed_resource_is_rejected_with_a_message(cluster: Any) -> None:
+    """All malformed specs at once, through the running operator: status and a Warning event."""
+    names = {f"bad-{i:02d}": (case_id, message) for i, (case_id, _, message, _) in enumerate(CASES)}
+    async with running_operator():
+        for name, (_, spec, _, _) in zip(names, CASES, strict=True):
+            await create(cluster, ssd(name, spec))
+
+        def all_invalid() -> bool:
+            return all(
+                (live(cluster, SSD, n).get("status") or {}).get("phase") == "Invalid"
+                for n in names)
+
+        await eventually(all_invalid, timeout=60)
+        for name, (case_id, message) in names.items():
+            status = live(cluster, SSD, name)["status"]
+            assert message in status["message"], case_id
+            ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+            assert ready["reason"] == "InvalidSpec" and message in ready["message"], case_id
+            warnings = [e for e in events(cluster, name) if e["reason"] == "InvalidSpec"]
+            assert warnings and warnings[0]["type"] == "Warning", case_id
+            assert message in warnings[0]["message"], case_id
+        assert count(cluster, DEPLOYMENTS) == 0
+        assert count(cluster, SECRETS) == 0

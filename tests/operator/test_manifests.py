@@ -11,7 +11,6 @@ import kubernetes_validate
 import pytest
 from malformed_cases import VALID
 from specserve_engine.policy.params import Policy
-
 from specserve_operator import manifests as m
 from specserve_operator import spec as s
 from specserve_operator import status as st

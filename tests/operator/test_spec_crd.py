@@ -11,7 +11,6 @@ import kubernetes_validate
 import pytest
 import yaml
 from malformed_cases import CASES, VALID
-
 from specserve_operator import crdgen
 from specserve_operator import spec as s
 
