@@ -196,11 +196,11 @@ def test_trim_is_optimal_and_never_predicts_a_slower_step(
     full = [len(r) for r in rows]
     steps = max(full)
     assert all(0 <= k <= n for k, n in zip(lengths, full, strict=True))
-    trimmed = model.goodput(rows, lengths, ctx, extra, draft_steps=steps)
-    untrimmed = model.goodput(rows, full, ctx, extra, draft_steps=steps)
+    trimmed = model.predict_lengths(rows, lengths, ctx, extra, draft_steps=steps)
+    untrimmed = model.predict_lengths(rows, full, ctx, extra, draft_steps=steps)
     assert trimmed.step_seconds <= untrimmed.step_seconds + 1e-15
     # Brute force over every per-request length: trim is the best (3 requests x 4 lengths).
-    best = max(model.goodput(rows, list(ks), ctx, extra, draft_steps=steps).goodput
+    best = max(model.predict_lengths(rows, list(ks), ctx, extra, draft_steps=steps).goodput
                for ks in itertools.product(*(range(n + 1) for n in full)))
     assert trimmed.goodput == pytest.approx(best, rel=1e-9)
 
@@ -221,7 +221,7 @@ def test_choose_k_is_the_best_feasible_k(
     # Same numbers through the per-request path (every request drafts K, rows padded with 0).
     for p in model.predict_all(rows, ctx):
         padded = [[*r, 0.0, 0.0, 0.0][:3] for r in rows]
-        again = model.goodput(padded, [p.k] * len(rows), ctx)
+        again = model.predict_lengths(padded, [p.k] * len(rows), ctx)
         assert p.goodput == pytest.approx(again.goodput, rel=1e-9)
         assert p.tpot_seconds == pytest.approx(again.tpot_seconds, rel=1e-9)
         if limit is None or p.tpot_seconds <= limit:

@@ -53,7 +53,7 @@ class StepPrediction:
         return self.draft_seconds + self.verify_seconds
 
     @property
-    def goodput(self) -> float:
+    def predict_lengths(self) -> float:
         """Expected tokens per second of the whole batch."""
         return self.expected_tokens / self.step_seconds if self.step_seconds > 0 else 0.0
 
@@ -149,7 +149,7 @@ class EfficiencyModel:
             out.append(StepPrediction(k, b, b + gained[k], draft, verify, tpot))
         return out
 
-    def goodput(
+    def predict_lengths(
         self,
         rows: Sequence[Sequence[float]],
         lengths: Sequence[int],
