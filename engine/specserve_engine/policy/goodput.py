@@ -53,7 +53,7 @@ class StepPrediction:
         return self.draft_seconds + self.verify_seconds
 
     @property
-    def predict_lengths(self) -> float:
+    def goodput(self) -> float:
         """Expected tokens per second of the whole batch."""
         return self.expected_tokens / self.step_seconds if self.step_seconds > 0 else 0.0
 
