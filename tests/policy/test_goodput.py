@@ -161,7 +161,7 @@ def test_set_policy_keeps_online_fits_unless_the_model_changes() -> None:
 
 def test_decision_cost_is_reported_for_each_decision() -> None:
     cost = decision_cost_seconds(32, k_max=8, repeats=5)
-    assert set(cost) == {"choose_k", "trim", "should_continue"}
+    assert set(cost) == {"choose_k", "calibrate", "trim", "should_continue"}
     assert all(0 < seconds < 0.05 for seconds in cost.values())
 
 

@@ -15,7 +15,8 @@ def decision_cost_seconds(
     """Median seconds of each per-step decision for a batch of `num_requests` requests.
 
     - "choose_k": look-ahead rows from per-request rates, then `choose_k` (once per step);
-    - "trim": calibrate k_max draft probabilities per request, then `trim` (once per step);
+    - "calibrate": c rows from k_max draft probabilities per request (once per step);
+    - "trim": `trim` of those rows (once per step);
     - "should_continue": one call at depth 1 (once per draft step).
     """
     rng = random.Random(seed)
@@ -39,8 +40,8 @@ def decision_cost_seconds(
     rows = model.acceptance.cumulative_batch(probs)
     return {
         "choose_k": median(lambda: model.choose_k_for(ids, context_len)),
-        "trim": median(
-            lambda: model.trim(model.acceptance.cumulative_batch(probs), context_len)),
+        "calibrate": median(lambda: model.acceptance.cumulative_batch(probs)),
+        "trim": median(lambda: model.trim(rows, context_len)),
         "should_continue": median(
             lambda: model.should_continue(1, [r[:1] for r in rows], context_len)),
     }
