@@ -279,7 +279,7 @@ class EfficiencyModel:
         trimmed = [bisect_left(row, -threshold, hi=k, key=neg)
                    for row, k in zip(monotone, kept, strict=True)]
         surplus = sum(kept) - sum(trimmed) - dropped
-        for i, row in enumerate(monotone):
+        for i, row in enumerate(monotone if surplus else ()):
             while surplus > 0 and trimmed[i] < kept[i] and row[trimmed[i]] == threshold:
                 trimmed[i] += 1
                 surplus -= 1
