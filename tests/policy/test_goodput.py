@@ -159,6 +159,16 @@ def test_set_policy_keeps_online_fits_unless_the_model_changes() -> None:
     assert model.acceptance.mean_acceptance == pytest.approx(0.4)
 
 
+def test_fitted_params_carry_online_learning_and_validate() -> None:
+    model = make_model()
+    for _ in range(30):
+        model.acceptance.observe(3, 0, "r")
+    fitted = model.fitted_params()
+    assert fitted.target == TARGET
+    assert fitted.prior_acceptance < model.policy.model.prior_acceptance
+    assert Policy(model=fitted.model_dump()).model == fitted
+
+
 def test_decision_cost_is_reported_for_each_decision() -> None:
     cost = decision_cost_seconds(32, k_max=8, repeats=5)
     assert set(cost) == {"choose_k", "calibrate", "trim", "should_continue"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 from specserve_engine.policy.goodput import EfficiencyModel
 from specserve_engine.policy.params import Policy
@@ -29,7 +30,7 @@ def decision_cost_seconds(
     probs = [[rng.random() ** 0.3 for _ in range(k_max)] for _ in ids]
     context_len = 512.0
 
-    def median(fn) -> float:  # type: ignore[no-untyped-def]
+    def median(fn: Callable[[], object]) -> float:
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

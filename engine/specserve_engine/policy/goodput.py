@@ -33,7 +33,7 @@ from itertools import accumulate, chain
 from operator import ge, neg
 
 from specserve_engine.policy.acceptance import AcceptanceModel
-from specserve_engine.policy.params import Policy, TimingCoefficients
+from specserve_engine.policy.params import ModelParams, Policy, TimingCoefficients
 from specserve_engine.policy.timing import StepTimeModel, predict_seconds
 
 
@@ -114,6 +114,13 @@ class EfficiencyModel:
             self.timing = StepTimeModel.from_params(policy.model)
             self.acceptance = AcceptanceModel(policy.model)
         self.policy = policy
+
+    def fitted_params(self) -> ModelParams:
+        """The policy's `model` with what this engine learned online (timing refits, calibration,
+        running acceptance): what GET /specserve/policy reports and the operator may push back."""
+        refitted = self.policy.model.model_copy(
+            update={"target": self.timing.target, "draft": self.timing.draft})
+        return self.acceptance.to_params(refitted)
 
     # -- predictions --
 
