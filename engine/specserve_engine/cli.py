@@ -1,0 +1,123 @@
+"""`specserve` command line: serve, models, demo (profile and bench live in their own modules)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from specserve_engine.serving import (
+    ServeConfig,
+    UserError,
+    cpu_runtime_env,
+    on_cpu_build,
+    vllm_serve_argv,
+)
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="target model folder (HF format); default: the tiny target")
+    p.add_argument(
+        "--draft",
+        help="draft model folder, or 'none' for no speculation; default: the tiny draft "
+        "when --model is not given, else none",
+    )
+    p.add_argument("--k-max", type=int, default=5, help="largest K the policy may use (1-16)")
+    p.add_argument("--served-model-name", default=None, help="model name clients send")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="vLLM dtype (default: the model's own)")
+    p.add_argument(
+        "--kv-cache-gib", type=float, default=None,
+        help="CPU KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE; default 1)",
+    )
+    p.add_argument(
+        "vllm_args", nargs=argparse.REMAINDER,
+        help="extra arguments passed to `vllm serve` as is (after a `--`)",
+    )
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    extra = [a for a in args.vllm_args if a != "--"]
+    return ServeConfig(
+        model=Path(args.model) if args.model else None,
+        draft=args.draft,
+        k_max=args.k_max,
+        served_model_name=args.served_model_name,
+        host=args.host,
+        port=args.port,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        extra_vllm_args=extra,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _serve_config(args).resolved()
+    if args.kv_cache_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
+    if on_cpu_build():
+        os.environ.update(cpu_runtime_env(dict(os.environ)))
+    argv = vllm_serve_argv(cfg)
+    print("specserve: " + " ".join(argv), file=sys.stderr, flush=True)
+    # vLLM's own CLI owns the process from here: its OpenAI server, signals and shutdown.
+    os.execvp(argv[0], argv)
+    return 0  # unreachable
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from specserve_engine import tiny
+
+    models = tiny.build(force=args.force)
+    print(json.dumps({"target": str(models.target), "draft": str(models.draft), **models.info},
+                     indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from specserve_engine.demo import run_demo
+
+    return run_demo(port=args.port, requests=args.requests, max_tokens=args.max_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specserve", description="SLO-aware adaptive speculative decoding on vLLM"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run vLLM's OpenAI server with SpecServe speculation")
+    _add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="build (or show the cached) tiny target/draft models")
+    models.add_argument("--force", action="store_true", help="rebuild even if cached")
+    models.set_defaults(func=cmd_models)
+
+    demo = sub.add_parser(
+        "demo", help="serve the tiny models, send a few OpenAI requests, print answers and stats"
+    )
+    demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--requests", type=int, default=4)
+    demo.add_argument("--max-tokens", type=int, default=48)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"specserve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

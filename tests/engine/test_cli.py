@@ -1,0 +1,62 @@
+"""`specserve serve` rejects bad input with one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specserve_engine.serving import ServeConfig, UserError, vllm_serve_argv
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "specserve_engine.cli", "serve", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_missing_model_dir(tmp_path: Path) -> None:
+    res = _serve("--model", str(tmp_path / "nope"), "--draft", "none")
+    assert res.returncode == 2
+    assert "does not exist" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_not_a_causal_lm(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    res = _serve("--model", str(tmp_path), "--draft", "none")
+    assert res.returncode == 2
+    assert "not a causal LM" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("k", ["0", "17", "-1"])
+def test_k_max_out_of_range(k: str) -> None:
+    res = _serve("--k-max", k)
+    assert res.returncode == 2
+    assert "--k-max" in res.stderr
+
+
+def test_draft_with_other_vocab_is_refused(tiny_models, tmp_path: Path) -> None:
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    cfg = json.loads((tiny_models.draft / "config.json").read_text())
+    cfg["vocab_size"] = cfg["vocab_size"] + 1
+    (draft / "config.json").write_text(json.dumps(cfg))
+    (draft / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="share a tokenizer"):
+        ServeConfig(model=tiny_models.target, draft=str(draft)).resolved()
+
+
+def test_argv_carries_the_speculative_config(tiny_models) -> None:
+    cfg = ServeConfig(model=tiny_models.target, draft=str(tiny_models.draft), k_max=4).resolved()
+    argv = vllm_serve_argv(cfg)
+    spec = json.loads(argv[argv.index("--speculative-config") + 1])
+    assert spec == {"method": "draft_model", "model": str(tiny_models.draft),
+                    "num_speculative_tokens": 4}
+    plain = vllm_serve_argv(ServeConfig(model=tiny_models.target, draft="none").resolved())
+    assert "--speculative-config" not in plain
