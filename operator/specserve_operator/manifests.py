@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from specserve_engine.policy.params import Policy, SloTargets
 
+from specserve_engine.policy.params import Policy, SloTargets
 from specserve_operator.spec import (
     API_VERSION,
     KIND,

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import (
+from operator_kit import (
     CONFIGMAPS,
     DEPLOYMENTS,
     NS,
@@ -28,7 +28,8 @@ from conftest import (
     ssd,
     versions,
 )
-from malformed_cases import CASES
+from operator_malformed_cases import CASES
+
 from specserve_operator import manifests as m
 
 pytestmark = pytest.mark.asyncio

@@ -10,7 +10,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from malformed_cases import CASES, VALID
+from operator_malformed_cases import CASES, VALID
+
 from specserve_operator import crdgen
 from specserve_operator import spec as s
 

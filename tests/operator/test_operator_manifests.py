@@ -9,7 +9,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from malformed_cases import VALID
+from operator_malformed_cases import VALID
+
 from specserve_engine.policy.params import Policy
 from specserve_operator import manifests as m
 from specserve_operator import spec as s

@@ -1,0 +1,134 @@
+"""Helpers for the operator tests: the emulator's objects, a running operator, polling.
+
+The operator runs for real (`kopf run` via KopfRunner, in a thread with its own loop) against
+kmock's HTTP server (in the test's loop), so tests await while it works and then assert on the
+emulator's objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import kmock as kmock_lib
+import kopf
+import kopf.testing
+
+from specserve_operator import spec as s
+
+NS = "ns1"
+SSD = f"{s.API_VERSION}/{s.PLURAL}"
+SSD_PATH = f"/apis/{s.API_VERSION}/namespaces/{NS}/{s.PLURAL}"
+DEPLOYMENTS = "apps/v1/deployments"
+SERVICES = "v1/services"
+SECRETS = "v1/secrets"
+CONFIGMAPS = "v1/configmaps"
+SERVICEMONITORS = "monitoring.coreos.com/v1/servicemonitors"
+
+
+class Emulator:
+    """Where the test-only login handler finds the current emulator."""
+
+    url: str | None = None
+
+
+def add_servicemonitor_crd(kmock: kmock_lib.KubernetesEmulator) -> None:
+    info = kmock.resources[SERVICEMONITORS]
+    info.kind = "ServiceMonitor"
+    info.namespaced = True
+    info.verbs = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+@asynccontextmanager
+async def running_operator() -> AsyncIterator[kopf.testing.KopfRunner]:
+    """Run the operator until the block ends (stopping it off the loop kmock serves from)."""
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True  # kmock 0.8 answers 500 to the cluster-wide namespace list
+    runner = kopf.testing.KopfRunner(
+        ["run", "--standalone", "-n", NS, "-m", "specserve_operator.handlers"],
+        settings=settings,
+        timeout=60,
+    )
+    runner.__enter__()
+    try:
+        yield runner
+    finally:
+        await asyncio.to_thread(runner.__exit__, None, None, None)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `check` until it returns something truthy (returned) or raise after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            result = check()
+        except (KeyError, AssertionError, TypeError):
+            result = None
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        await asyncio.sleep(0.1)
+
+
+def live(kmock: kmock_lib.KubernetesEmulator, resource: str, name: str) -> dict[str, Any] | None:
+    """The current object, or None if it never existed or was deleted."""
+    try:
+        obj = kmock.objects[resource, NS, name]
+    except KeyError:
+        return None
+    return None if obj.deleted else dict(obj.raw)
+
+
+def versions(kmock: kmock_lib.KubernetesEmulator, resource: str, name: str) -> int:
+    try:
+        return len(kmock.objects[resource, NS, name].history)
+    except KeyError:
+        return 0
+
+
+def count(kmock: kmock_lib.KubernetesEmulator, resource: str) -> int:
+    """How many live objects of a resource exist in the namespace."""
+    return sum(
+        1 for (res, ns, _), obj in kmock.objects.items()
+        if f"{res.group + '/' if res.group else ''}{res.version}/{res.plural}" == resource
+        and ns == NS and not obj.deleted
+    )
+
+
+def posts(kmock: kmock_lib.KubernetesEmulator) -> list[Any]:
+    """Every POST request the emulator received so far (kmock requests, oldest first)."""
+    return list(kmock[kmock.method.POST])
+
+
+def events(kmock: kmock_lib.KubernetesEmulator, involved: str) -> list[dict[str, Any]]:
+    """Events posted about an object, from the request log.
+
+    (kopf names events with generateName; kmock 0.8 stores objects by name, so only the first
+    of them would survive as an object: read what was sent instead.)
+    """
+    out = []
+    for req in posts(kmock):
+        if req.resource is not None and req.resource.plural == "events":
+            ev = req.data or {}
+            if (ev.get("involvedObject") or {}).get("name") == involved:
+                out.append(ev)
+    return out
+
+
+def ssd(name: str, spec: Any, uid: str | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": s.API_VERSION,
+        "kind": s.KIND,
+        "metadata": {"name": name, "namespace": NS, "uid": uid or f"uid-{name}",
+                     "generation": 1, "resourceVersion": "1"},
+        "spec": spec,
+    }
+
+
+async def create(kmock: kmock_lib.KubernetesEmulator, body: dict[str, Any]) -> None:
+    response = await kmock.post(SSD_PATH, json=body)
+    assert response.status < 300, await response.text()
