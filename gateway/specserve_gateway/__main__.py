@@ -1,0 +1,85 @@
+"""`python -m specserve_gateway`: run the gateway (uvicorn) with routes from flags, a file or
+the cluster.
+
+    python -m specserve_gateway --port 8080 --backend tiny=http://127.0.0.1:8000
+    python -m specserve_gateway --routes routes.yaml
+    python -m specserve_gateway --kubernetes [--namespace NS ...]   # in a pod
+    python -m specserve_gateway --kubernetes --kube-api http://127.0.0.1:8001   # kubectl proxy
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from specserve_gateway.app import GatewayConfig, create_app
+from specserve_gateway.routing import RouteError, table_from_flags
+from specserve_gateway.sources import CombinedSource, FileSource, RouteSource, StaticSource
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m specserve_gateway", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--backend", action="append", default=[], metavar="MODEL=URL[,URL...]",
+                   help="serve MODEL from these engine base URLs (repeatable)")
+    p.add_argument("--upstream-model", action="append", default=[], metavar="MODEL=NAME",
+                   help="send MODEL's requests to its backends as model NAME (repeatable)")
+    p.add_argument("--routes", type=Path, metavar="FILE",
+                   help="YAML/JSON routes file (`models: {name: [url, ...]}`), re-read on change")
+    p.add_argument("--kubernetes", action="store_true",
+                   help="route to the ready pods of every SpecServeDeployment (watches the API)")
+    p.add_argument("--namespace", action="append", default=[],
+                   help="with --kubernetes: only these namespaces (default: all)")
+    p.add_argument("--kube-api", metavar="URL",
+                   help="with --kubernetes: API server URL without auth (kubectl proxy); "
+                   "default: the pod's service account")
+    p.add_argument("--connect-timeout", type=float, default=2.0, metavar="S")
+    p.add_argument("--read-timeout", type=float, default=600.0, metavar="S",
+                   help="longest wait for a backend's next bytes")
+    p.add_argument("--retry-after", type=int, default=2, metavar="S",
+                   help="Retry-After header of 503 answers")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def build_source(args: argparse.Namespace) -> RouteSource:
+    sources: list[RouteSource] = []
+    if args.backend or args.upstream_model:
+        sources.append(StaticSource(table_from_flags(args.backend, args.upstream_model)))
+    if args.routes:
+        sources.append(FileSource(args.routes))
+    if args.kubernetes:
+        from specserve_gateway.kube import KubeApi, KubeSource
+
+        api = KubeApi(args.kube_api) if args.kube_api else KubeApi.in_cluster()
+        sources.append(KubeSource(api, args.namespace))
+    if not sources:
+        raise RouteError("no routes: give --backend, --routes or --kubernetes")
+    return sources[0] if len(sources) == 1 else CombinedSource(sources)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        source = build_source(args)
+    except (RouteError, RuntimeError, OSError) as exc:
+        print(f"specserve-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    config = GatewayConfig(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
+                           retry_after_s=args.retry_after)
+    uvicorn.run(create_app(source, config), host=args.host, port=args.port,
+                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Helpers for the gateway tests: run the gateway in a thread, and dead backends.
+
+A dead backend is what a killed pod looks like from the network: a port where nothing accepts
+(connection refused) or a peer that accepts and never answers. Both are real sockets here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+
+from specserve_engine.launcher import free_port
+from specserve_gateway.app import GatewayConfig, create_app
+from specserve_gateway.routing import RouteTable
+from specserve_gateway.sources import StaticSource
+
+
+@contextmanager
+def running_gateway(
+    table: RouteTable, config: GatewayConfig | None = None
+) -> Iterator[str]:
+    """The gateway on 127.0.0.1:<free port> (uvicorn in a thread); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(StaticSource(table), config), host="127.0.0.1", port=port,
+        log_level="warning", lifespan="on",
+    ))
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def refused_port() -> Iterator[str]:
+    """A base URL whose port is bound but not listening: every connect is refused at once
+    (holding the socket keeps anyone else from taking the port meanwhile)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@contextmanager
+def silent_port() -> Iterator[str]:
+    """A base URL whose port accepts connections (kernel backlog) and never answers: a hung pod."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@contextmanager
+def unreachable_port() -> Iterator[str]:
+    """A base URL where connecting hangs until the client's connect timeout: a listener whose
+    accept queue is full (Linux then drops new SYNs), like a node that stopped answering."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in fillers:
+            filler.close()
+        sock.close()
+
+
+@contextmanager
+def dies_mid_stream_fake_backend(first_event: bytes) -> Iterator[str]:
+    """NOT an engine: a raw socket that answers one request with the start of an SSE stream
+    (headers and `first_event`) and then drops the connection, the way a pod killed mid-answer
+    looks on the wire. Stands in for killing a real engine mid-stream, which the shared
+    session engines cannot be."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+
+    def serve() -> None:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            chunk = b"%x\r\n%s\r\n" % (len(first_event), first_event)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n" + chunk)
+            time.sleep(0.2)
+            # linger 0: close with a reset, as when the process is killed
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+        thread.join(5)
