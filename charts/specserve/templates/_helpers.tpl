@@ -1,0 +1,113 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "specserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "specserve.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's object name: <fullname>-<component>, at most 63 characters. */}}
+{{- define "specserve.componentName" -}}
+{{- printf "%s-%s" (include "specserve.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "specserve.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "specserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: specserve
+{{- end -}}
+
+{{/* Selector labels of one component (immutable in a Deployment: keep them minimal). */}}
+{{- define "specserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "specserve.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "specserve.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "specserve.operatorServiceAccount" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "specserve.componentName" (dict "root" . "component" "operator")) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "specserve.gatewayServiceAccount" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "specserve.componentName" (dict "root" . "component" "gateway")) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The label that selects SpecServe engine pods (set by the operator on every engine pod). */}}
+{{- define "specserve.enginePodSelector" -}}
+app.kubernetes.io/name: specserve-engine
+{{- end -}}
+
+{{/*
+Least-privilege rules of the operator: exactly the verbs of operator/specserve_operator
+(kopf: list/watch/patch on the resource, patch on its status, create events; handlers: get,
+create, patch, delete on the children it owns). tests/chart checks them against the kinds the
+operator's manifests produce.
+*/}}
+{{- define "specserve.operatorRules" -}}
+# Watch SpecServeDeployments; kopf patches them (finalizer, progress annotations).
+- apiGroups: ["specserve.io"]
+  resources: ["specservedeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["specserve.io"]
+  resources: ["specservedeployments/status"]
+  verbs: ["patch"]
+# The children of each SpecServeDeployment.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps", "secrets"]
+  verbs: ["get", "create", "patch", "delete"]
+# Events on the resources (Created, Updated, InvalidSpec, kopf's warnings).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if .Values.operator.manageServiceMonitors }}
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
+{{- end -}}
+
+{{/* kopf notices CRDs being added or removed (read-only, cluster-scoped by nature). */}}
+{{- define "specserve.operatorClusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end -}}
+
+{{/* The gateway only reads: which models exist and which engine pods are ready. */}}
+{{- define "specserve.gatewayRules" -}}
+- apiGroups: ["specserve.io"]
+  resources: ["specservedeployments"]
+  verbs: ["list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+{{- end -}}

@@ -1,0 +1,419 @@
+"""The Helm chart, rendered offline by Helm's own engine (helm-python-sdk embeds Helm's Go SDK):
+lint, render with default and non-default values, validate every object against the
+Kubernetes 1.32 schemas, and check it agrees with the code it deploys (CRD, RBAC, CLI flags,
+metric names)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (chart tests)")
+kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+
+from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
+from specserve_operator import manifests as m  # noqa: E402
+from specserve_operator import spec as s  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "specserve"
+KUBE_VERSION = "1.32"
+RELEASE, NAMESPACE = "specserve", "specserve-system"
+
+NON_DEFAULT: dict[str, dict[str, Any]] = {
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "monitoring": {
+        "monitoring": {"labels": {"release": "kube-prometheus-stack"},
+                       "serviceMonitor": {"enabled": True, "interval": "10s"},
+                       "podMonitor": {"enabled": True}},
+        "dashboard": {"namespace": "monitoring"},
+    },
+    "namespaced-monitoring": {
+        "watchNamespaces": ["team-a"],
+        "monitoring": {"podMonitor": {"enabled": True}},
+        "operator": {"manageServiceMonitors": False, "logLevel": "debug"},
+    },
+    "customised": {
+        "image": {"repository": "registry.example.com/specserve/operator", "tag": "0.2.0-rc1",
+                  "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "fullnameOverride": "ss",
+        "operator": {"statusIntervalSeconds": 5, "logLevel": "verbose",
+                     "extraEnv": [{"name": "SPECSERVE_EXTRA", "value": "1"}],
+                     "serviceAccount": {"name": "ss-op", "annotations": {"a": "b"}},
+                     "nodeSelector": {"kubernetes.io/os": "linux"},
+                     "tolerations": [{"key": "dedicated", "operator": "Exists",
+                                      "effect": "NoSchedule"}],
+                     "podAnnotations": {"x": "y"}},
+        "gateway": {"replicas": 3, "port": 9000, "connectTimeoutSeconds": 1,
+                    "readTimeoutSeconds": 120, "retryAfterSeconds": 5,
+                    "service": {"type": "LoadBalancer", "port": 8080},
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+                    "affinity": {"podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [{
+                            "weight": 1, "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"x": "y"}}}}]}}},
+    },
+    "gateway-only": {"operator": {"enabled": False}, "dashboard": {"enabled": False}},
+    "operator-only": {"gateway": {"enabled": False}},
+    "bring-your-own-rbac": {"rbac": {"create": False},
+                            "operator": {"serviceAccount": {"create": False, "name": "op"}},
+                            "gateway": {"serviceAccount": {"create": False}}},
+}
+ALL_VALUES = {"default": {}, **NON_DEFAULT}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    out = helm.Chart.load(CHART).render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+# ------------------------------------------------------------------------- lint & schemas
+
+
+@pytest.mark.parametrize("name", list(ALL_VALUES))
+def test_lint_is_clean(name: str) -> None:
+    report = helm.lint(CHART, ALL_VALUES[name], strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    problems = [msg for msg in report["messages"] if msg["severity"] >= 2]
+    assert problems == []
+
+
+@pytest.mark.parametrize("name", list(ALL_VALUES))
+def test_every_rendered_object_is_valid_kubernetes(name: str) -> None:
+    docs = render(ALL_VALUES[name])
+    assert docs
+    checked = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # not a built-in kind: checked in test_monitors_match_the_ports
+        kv.validate(doc, KUBE_VERSION, strict=True)
+        checked += 1
+    assert checked >= 1
+
+
+def test_values_schema_refuses_typos_and_bad_values() -> None:
+    chart = helm.Chart.load(CHART)
+    chart.validate_schema({})
+    for bad in ({"gateway": {"replica": 2}}, {"operator": {"logLevel": "loud"}},
+                {"watchNamespaces": ["Not_A_Namespace"]}, {"gateway": {"port": 0}},
+                {"monitoring": {"podMonitor": {"interval": "often"}}}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(bad, name=RELEASE, namespace=NAMESPACE)
+
+
+# --------------------------------------------------------------------------------- the CRD
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    """charts/specserve/crds/ must be a byte copy of crds/ (generated from spec.py):
+    `cp crds/*.yaml charts/specserve/crds/` after `python -m specserve_operator.crdgen`."""
+    repo = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
+    chart = {Path(c["filename"]).name: c["data"] for c in helm.Chart.load(CHART).crds}
+    assert sorted(chart) == sorted(repo)
+    for name, text in repo.items():
+        assert chart[name] == text, f"charts/specserve/crds/{name} differs from crds/{name}"
+
+
+def test_chart_crd_is_valid_and_names_the_resource() -> None:
+    (crd_file,) = helm.Chart.load(CHART).crds
+    crd = yaml.safe_load(crd_file["data"])
+    kv.validate(crd, KUBE_VERSION, strict=True)
+    assert crd["spec"]["group"] == s.GROUP
+    assert crd["spec"]["names"]["kind"] == s.KIND
+    assert crd["spec"]["names"]["plural"] == s.PLURAL
+
+
+# ------------------------------------------------------------------------------ components
+
+
+def test_default_install_objects() -> None:
+    docs = render()
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert kinds == sorted([
+        ("ServiceAccount", "specserve-operator"), ("ClusterRole", "specserve-operator"),
+        ("ClusterRoleBinding", "specserve-operator"), ("Deployment", "specserve-operator"),
+        ("ServiceAccount", "specserve-gateway"), ("ClusterRole", "specserve-gateway"),
+        ("ClusterRoleBinding", "specserve-gateway"), ("Deployment", "specserve-gateway"),
+        ("Service", "specserve-gateway"), ("ConfigMap", "specserve-dashboard"),
+    ])
+    for doc in docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "specserve"
+
+
+def test_operator_runs_the_kopf_handlers_cluster_wide() -> None:
+    dep = one(render(), "Deployment", "specserve-operator")
+    c = container(dep)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert c["image"] == "specserve/operator:0.1.0"
+    assert c["command"] == ["kopf"]
+    assert c["args"][:2] == ["run", "--standalone"]
+    assert c["args"][-2:] == ["-m", "specserve_operator.handlers"]
+    assert "--all-namespaces" in c["args"]
+    assert {"name": "SPECSERVE_STATUS_INTERVAL_S", "value": "15"} in c["env"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "specserve-operator"
+
+
+def test_gateway_args_are_accepted_by_the_gateway_cli() -> None:
+    for values, namespaces in ((ALL_VALUES["default"], []),
+                               (ALL_VALUES["namespaced"], ["team-a", "team-b"])):
+        c = container(one(render(values), "Deployment", "specserve-gateway"))
+        assert c["command"] == ["python", "-m", "specserve_gateway"]
+        args = gateway_parser().parse_args(c["args"])
+        assert args.kubernetes is True
+        assert args.namespace == namespaces
+        assert args.port == c["ports"][0]["containerPort"] == 8080
+        assert (args.connect_timeout, args.read_timeout, args.retry_after) == (2.0, 600.0, 2)
+
+
+def test_customised_values_reach_the_objects() -> None:
+    docs = render(NON_DEFAULT["customised"])
+    op = one(docs, "Deployment", "ss-operator")
+    gw = one(docs, "Deployment", "ss-gateway")
+    assert container(op)["image"] == "registry.example.com/specserve/operator:0.2.0-rc1"
+    assert container(op)["imagePullPolicy"] == "Always"
+    assert "--verbose" in container(op)["args"]
+    assert {"name": "SPECSERVE_STATUS_INTERVAL_S", "value": "5"} in container(op)["env"]
+    assert {"name": "SPECSERVE_EXTRA", "value": "1"} in container(op)["env"]
+    assert op["spec"]["template"]["spec"]["serviceAccountName"] == "ss-op"
+    assert op["spec"]["template"]["spec"]["tolerations"][0]["key"] == "dedicated"
+    assert op["spec"]["template"]["metadata"]["annotations"] == {"x": "y"}
+    assert gw["spec"]["replicas"] == 3
+    args = gateway_parser().parse_args(container(gw)["args"])
+    assert (args.port, args.connect_timeout, args.read_timeout, args.retry_after) == (
+        9000, 1.0, 120.0, 5)
+    svc = one(docs, "Service", "ss-gateway")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["ports"][0] == {"name": "http", "port": 8080, "targetPort": "http",
+                                       "protocol": "TCP"}
+    assert svc["spec"]["selector"] == gw["spec"]["selector"]["matchLabels"]
+    assert one(docs, "ServiceAccount", "ss-op")["metadata"]["annotations"] == {"a": "b"}
+
+
+def test_disabled_components_render_nothing() -> None:
+    gateway_only = render(NON_DEFAULT["gateway-only"])
+    assert {d["metadata"]["name"] for d in gateway_only} == {"specserve-gateway"}
+    operator_only = render(NON_DEFAULT["operator-only"])
+    assert all("gateway" not in d["metadata"]["name"] for d in operator_only)
+    byo = render(NON_DEFAULT["bring-your-own-rbac"])
+    assert not by_kind(byo, "ServiceAccount")
+    assert not [d for d in byo if d["apiVersion"].startswith("rbac.")]
+    assert one(byo, "Deployment", "specserve-operator")["spec"]["template"]["spec"][
+        "serviceAccountName"] == "op"
+    assert one(byo, "Deployment", "specserve-gateway")["spec"]["template"]["spec"][
+        "serviceAccountName"] == "default"
+
+
+def test_pods_run_unprivileged() -> None:
+    for dep in by_kind(render(), "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        sc = container(dep)["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert container(dep)["resources"]["requests"]
+
+
+# ------------------------------------------------------------------------------------ RBAC
+
+# The API group and resource of each kind the operator's manifests produce.
+RESOURCES = {
+    "Deployment": ("apps", "deployments"),
+    "Service": ("", "services"),
+    "Secret": ("", "secrets"),
+    "ConfigMap": ("", "configmaps"),
+    "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+}
+# kopf: list/watch/patch the resource, patch its status, post events; the handlers read the
+# resource too. Children: get, create, patch, delete (operator/specserve_operator/kube.py).
+CHILD_VERBS = {"get", "create", "patch", "delete"}
+
+
+def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def operator_children() -> set[tuple[str, str]]:
+    """(group, resource) of every object the operator creates, from its own manifests."""
+    owner = m.Owner(name="x", namespace="ns", uid="u")
+    spec = s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}})
+    objs = [m.deployment(owner, spec), m.service(owner, spec), m.secret(owner, spec, "t"),
+            m.configmap(owner, spec, m.policy_from_spec(spec, 1)),
+            m.servicemonitor(owner, spec)]
+    missing = {o["kind"] for o in objs} - set(RESOURCES)
+    assert not missing, f"the operator makes {missing}: add them to RESOURCES and the chart RBAC"
+    return {RESOURCES[o["kind"]] for o in objs}
+
+
+def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]]:
+    want = {
+        (s.GROUP, s.PLURAL): {"get", "list", "watch", "patch"},
+        (s.GROUP, f"{s.PLURAL}/status"): {"patch"},
+        ("", "events"): {"create"},
+    }
+    for child in operator_children():
+        if child[0] == "monitoring.coreos.com" and not service_monitors:
+            continue
+        want[child] = set(CHILD_VERBS)
+    return want
+
+
+CRD_WATCH = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+GATEWAY_GRANTS = {(s.GROUP, s.PLURAL): {"list", "watch"},
+                  ("discovery.k8s.io", "endpointslices"): {"list", "watch"}}
+
+
+def test_operator_rbac_is_exactly_what_the_operator_uses() -> None:
+    docs = render()
+    role = one(docs, "ClusterRole", "specserve-operator")
+    assert grants(role["rules"]) == {**expected_operator_grants(), **CRD_WATCH}
+    binding = one(docs, "ClusterRoleBinding", "specserve-operator")
+    assert binding["roleRef"]["name"] == "specserve-operator"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "specserve-operator",
+                                    "namespace": NAMESPACE}]
+
+
+def test_gateway_rbac_is_read_only() -> None:
+    role = one(render(), "ClusterRole", "specserve-gateway")
+    assert grants(role["rules"]) == GATEWAY_GRANTS
+
+
+def test_no_rule_uses_wildcards() -> None:
+    for name, values in ALL_VALUES.items():
+        for doc in render(values):
+            for rule in doc.get("rules", []):
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[key], f"{name}: {doc['metadata']['name']}: {rule}"
+
+
+def test_namespaced_mode_grants_only_in_the_watched_namespaces() -> None:
+    docs = render(NON_DEFAULT["namespaced"])
+    cluster_role = one(docs, "ClusterRole", "specserve-operator")
+    assert grants(cluster_role["rules"]) == CRD_WATCH  # discovery only, cluster-wide
+    assert not [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith(
+        "gateway")]
+    for ns in ("team-a", "team-b"):
+        roles = [d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == ns]
+        by_name = {d["metadata"]["name"]: grants(d["rules"]) for d in roles}
+        assert by_name == {"specserve-operator": expected_operator_grants(),
+                           "specserve-gateway": GATEWAY_GRANTS}
+        bindings = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == ns]
+        assert {b["subjects"][0]["namespace"] for b in bindings} == {NAMESPACE}
+    args = container(one(docs, "Deployment", "specserve-operator"))["args"]
+    assert "--all-namespaces" not in args
+    assert [a for a in args if a.startswith("--namespace=")] == [
+        "--namespace=team-a", "--namespace=team-b"]
+
+
+def test_service_monitor_rights_can_be_left_out() -> None:
+    docs = render(NON_DEFAULT["namespaced-monitoring"])
+    role = one(docs, "Role", "specserve-operator")
+    assert grants(role["rules"]) == expected_operator_grants(service_monitors=False)
+    assert "--debug" in container(one(docs, "Deployment", "specserve-operator"))["args"]
+
+
+# ------------------------------------------------------------------------------ monitoring
+
+
+def test_monitors_are_off_by_default() -> None:
+    assert not [d for d in render() if d["apiVersion"].startswith("monitoring.coreos.com/")]
+
+
+def test_monitors_match_the_ports() -> None:
+    docs = render(NON_DEFAULT["monitoring"])
+    sm = one(docs, "ServiceMonitor", "specserve-gateway")
+    gw_svc = one(docs, "Service", "specserve-gateway")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["spec"]["selector"]["matchLabels"] == gw_svc["spec"]["selector"]
+    assert {e["port"] for e in sm["spec"]["endpoints"]} <= {
+        p["name"] for p in gw_svc["spec"]["ports"]}
+    assert sm["spec"]["endpoints"][0]["interval"] == "10s"
+
+    pm = one(docs, "PodMonitor", "specserve-engines")
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    # The PodMonitor selects the engine pods the operator creates, on their named ports.
+    owner = m.Owner(name="x", namespace="ns", uid="u")
+    engine = m.deployment(owner, s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}}))
+    pod_labels = engine["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    port_names = {p["name"] for p in container(engine)["ports"]}
+    assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} == port_names == {
+        "http", "control"}
+
+    namespaced = render(NON_DEFAULT["namespaced-monitoring"])
+    pm = one(namespaced, "PodMonitor", "specserve-engines")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+# ------------------------------------------------------------------------------- dashboard
+
+# Metric names the dashboard may use: vLLM's (DESIGN.md, "The seam into vLLM") and ours.
+KNOWN_METRICS = {
+    "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total",
+    "vllm:time_to_first_token_seconds_bucket",
+    "vllm:request_time_per_output_token_seconds_bucket",
+    "vllm:num_requests_running", "vllm:num_requests_waiting",
+    "specserve_speculative_k", "specserve_policy_version",
+    "specserve_gateway_requests_total",
+}
+PROMQL_WORDS = {"sum", "by", "avg", "max", "count", "rate", "histogram_quantile", "vector",
+                "le", "model_name", "namespace", "pod", "model", "code", "label_values"}
+
+
+def metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', "", expr)  # label values
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\$\w+", "", expr)  # dashboard variables
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
+    return {w for w in words if w not in PROMQL_WORDS}
+
+
+def test_dashboard_configmap() -> None:
+    docs = render(NON_DEFAULT["monitoring"])
+    cm = one(docs, "ConfigMap", "specserve-dashboard")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["specserve.json"])
+    assert dash["uid"] == "specserve"
+    titles = " | ".join(p["title"] for p in dash["panels"])
+    for topic in ("K chosen", "acceptance", "TTFT", "TPOT", "Replicas"):
+        assert topic.lower() in titles.lower(), f"no {topic} panel in: {titles}"
+    used: set[str] = set()
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            used |= metric_names(target["expr"])
+    assert used == KNOWN_METRICS
+    slo_vars = {v["name"] for v in dash["templating"]["list"]}
+    assert {"ttft_slo_ms", "tpot_slo_ms", "model", "namespace"} <= slo_vars
