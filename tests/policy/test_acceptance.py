@@ -125,3 +125,15 @@ def test_rates_stay_probabilities_whatever_is_observed(outcomes: list[tuple[int,
         model.observe(drafted, accepted, "r")
     assert 0 < model.mean_acceptance < 1
     assert 0 <= model.rate("r") <= 1
+
+
+def test_fit_logistic_survives_degenerate_bins() -> None:
+    """One bin, every token accepted (seen live): no division by zero, parameters in the box."""
+    from specserve_engine.policy.acceptance import fit_logistic
+    from specserve_engine.policy.params import LogisticCalibration
+
+    for xs, totals, accepted in (([13.8], [1e6], [1e6]), ([0.0], [50.0], [0.0]),
+                                 ([2.0, 2.0], [1e9, 1e9], [1e9, 0.0])):
+        fit = fit_logistic(xs, totals, accepted, LogisticCalibration())
+        assert 0.0 <= fit.slope <= 20.0
+        assert -20.0 <= fit.intercept <= 20.0

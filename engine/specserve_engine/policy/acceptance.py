@@ -70,9 +70,12 @@ def fit_logistic(
             hsc += v * x
             hcc += v
         det = hss * hcc - hsc * hsc
+        if not math.isfinite(det) or det <= 1e-12:
+            break  # degenerate bins (e.g. one confidence value only): keep the last estimate
         ds = (hcc * gs - hsc * gc) / det
         dc = (hss * gc - hsc * gs) / det
-        s, c = s - ds, c - dc
+        # Stay inside the parameter box while iterating: separable data would diverge otherwise.
+        s, c = min(max(s - ds, 0.0), 20.0), min(max(c - dc, -20.0), 20.0)
         if abs(ds) + abs(dc) < 1e-9:
             break
     return LogisticCalibration(slope=min(max(s, 0.0), 20.0), intercept=min(max(c, -20.0), 20.0))

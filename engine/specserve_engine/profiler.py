@@ -1,0 +1,143 @@
+"""`specserve profile`: measure this hardware's step-time curves with the real engine.
+
+The engine itself is the instrument: SpecServe's scheduler times every step (schedule -> output,
+minus the drafting time the worker measures) and, with ``SPECSERVE_RECORD_STEPS`` set, appends
+one JSON line per step with its features (requests, batched tokens, mean context). The profiler
+drives the engine through a grid — static K (set at runtime through the policy endpoint) x
+context length x batch size — and folds the recorded steps into a `Profile` (median per cell),
+which `StepTimeModel.from_profile` fits. The same command runs on a GPU pod at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from specserve_engine.launcher import ServerProcess, free_port
+from specserve_engine.policy import Policy, Profile, ProfilePoint
+
+PROFILE_FILENAME = "specserve-profile.json"
+CONTEXT_BUCKET = 32  # tokens: steps whose mean context differs by less are one cell
+
+Progress = Callable[[str], None]
+
+
+def default_profile_path(model_dir: Path) -> Path:
+    """Where `specserve serve` looks for a profile when none is given."""
+    return model_dir / PROFILE_FILENAME
+
+
+def aggregate(records: Sequence[dict], min_repeats: int = 2) -> list[ProfilePoint]:
+    """Recorded steps -> one point per (role, requests, tokens, context bucket): the median."""
+    cells: dict[tuple[str, int, int, int], list[float]] = defaultdict(list)
+    contexts: dict[tuple[str, int, int, int], list[float]] = defaultdict(list)
+    for r in records:
+        key = (r["role"], r["num_requests"], r["num_tokens"],
+               round(r["context_len"] / CONTEXT_BUCKET))
+        cells[key].append(r["seconds"])
+        contexts[key].append(r["context_len"])
+    return [
+        ProfilePoint(role=role, num_requests=b, num_tokens=n,  # type: ignore[arg-type]
+                     context_len=statistics.fmean(contexts[key]),
+                     seconds=statistics.median(secs), repeats=len(secs))
+        for key, secs in sorted(cells.items())
+        if len(secs) >= min_repeats
+        for role, b, n, _ in [key]
+    ]
+
+
+def _prompt_ids(model_dir: Path, text: str, context_len: int, count: int) -> list[list[int]]:
+    """``count`` prompts of ``context_len`` tokens sharing all but their last 8 tokens.
+
+    vLLM's prefix cache then computes the shared part once: a CPU prefills a few hundred tokens
+    per second, and the profile is about decode steps at a given context, not about prefill.
+    """
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]
+    tail = min(8, context_len)
+    prefix = ids[: context_len - tail]
+    rest = ids[context_len - tail :]
+    return [prefix + rest[i * tail : (i + 1) * tail] for i in range(count)]
+
+
+def run_profile(
+    model: Path,
+    draft: Path,
+    output: Path,
+    *,
+    prompt_text: str,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    k_values: Sequence[int] = (0, 1, 2, 3, 5),
+    context_lens: Sequence[int] = (64, 384),
+    new_tokens: int = 16,
+    progress: Progress = lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> Profile:
+    k_max = max(max(k_values), 1)
+    token = secrets.token_hex(16)
+    control_port = free_port()
+    record = Path(tempfile.mkstemp(prefix="specserve-steps-", suffix=".jsonl")[1])
+    server = ServerProcess(
+        ["--model", str(model), "--draft", str(draft), "--k-max", str(k_max),
+         "--mode", "static", "--static-k", str(min(k_values)),
+         "--control-port", str(control_port), "--served-model-name", "profiled"],
+        env={"SPECSERVE_CONTROL_TOKEN": token, "SPECSERVE_RECORD_STEPS": str(record)},
+        name="profile",
+    )
+    progress(f"starting the engine (log: {server.log_path}) ...")
+    prompts = {c: _prompt_ids(model, prompt_text, c, max(batch_sizes)) for c in context_lens}
+    cells = len(k_values) * len(context_lens) * len(batch_sizes)
+    started = time.monotonic()
+    with server:
+        control = f"http://127.0.0.1:{control_port}/specserve/policy"
+
+        def generate(ids: list[int]) -> None:
+            r = httpx.post(f"{server.url}/v1/completions", timeout=600, json={
+                "model": "profiled", "prompt": ids, "max_tokens": new_tokens,
+                "temperature": 0, "ignore_eos": True})
+            r.raise_for_status()
+
+        generate(prompts[context_lens[0]][0])  # warm-up (compilation, caches)
+        done = 0
+        for version, k in enumerate(k_values, start=1):
+            policy = Policy(version=version, mode="static", k_max=k_max, static_k=k)
+            r = httpx.put(control, content=policy.model_dump_json(), timeout=10,
+                          headers={"Authorization": f"Bearer {token}"})
+            r.raise_for_status()
+            for ctx in context_lens:
+                for b in batch_sizes:
+                    with ThreadPoolExecutor(b) as pool:
+                        list(pool.map(generate, prompts[ctx][:b]))
+                    done += 1
+                    elapsed = time.monotonic() - started
+                    progress(f"[{done}/{cells}] K={k} context={ctx} batch={b}  "
+                             f"({elapsed:.0f}s, eta {elapsed / done * (cells - done):.0f}s)")
+    records = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    record.unlink(missing_ok=True)
+    profile = Profile(
+        target_model=str(model), draft_model=str(draft), device="cpu" if _on_cpu() else "gpu",
+        meta={"k_values": ",".join(map(str, k_values)), "steps_recorded": str(len(records))},
+        points=aggregate(records),
+    )
+    if not profile.for_role("target") or not profile.for_role("draft"):
+        raise RuntimeError(f"the engine recorded no usable steps ({len(records)} records)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(output)
+    progress(f"wrote {output}: {len(profile.points)} points from {len(records)} steps")
+    return profile
+
+
+def _on_cpu() -> bool:
+    from specserve_engine.serving import on_cpu_build
+
+    return on_cpu_build()

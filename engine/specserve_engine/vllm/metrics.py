@@ -1,0 +1,54 @@
+"""specserve_* Prometheus metrics, exported on the control port (not mixed into vLLM's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+K_BUCKETS = tuple(float(k) + 0.5 for k in range(17))  # K is an integer 0..16
+STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+                1.0, 2.0, 5.0)
+
+
+class SpecServeMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.k = Histogram("specserve_speculative_k", "K chosen for a step (0 = no speculation)",
+                           buckets=K_BUCKETS, registry=r)
+        self.k_last = Gauge("specserve_speculative_k_last", "K chosen for the latest step",
+                            registry=r)
+        self.request_k = Histogram("specserve_request_k",
+                                   "Draft tokens a request sends to verification after trimming",
+                                   buckets=K_BUCKETS, registry=r)
+        self.batch_size = Gauge("specserve_batch_size", "Requests in the latest step", registry=r)
+        self.policy_version = Gauge("specserve_policy_version", "Version of the policy in force",
+                                    registry=r)
+        self.policy_mode = Gauge("specserve_policy_mode_info", "Policy mode in force (1 = this)",
+                                 ["mode"], registry=r)
+        self.step_predicted = Histogram("specserve_step_time_predicted_seconds",
+                                        "Predicted step time (draft + verify)",
+                                        buckets=STEP_BUCKETS, registry=r)
+        self.step_observed = Histogram("specserve_step_time_observed_seconds",
+                                       "Observed step time (draft + verify)",
+                                       buckets=STEP_BUCKETS, registry=r)
+        self.accepted_predicted = Counter("specserve_accepted_tokens_predicted",
+                                          "Draft tokens predicted to be accepted", registry=r)
+        self.accepted_observed = Counter("specserve_accepted_tokens_observed",
+                                         "Draft tokens accepted", registry=r)
+        self.drafted = Counter("specserve_draft_tokens_verified",
+                               "Draft tokens sent to verification", registry=r)
+        self.trimmed = Counter("specserve_draft_tokens_trimmed",
+                               "Draft tokens dropped before verification by the verifier",
+                               registry=r)
+        self.goodput = Gauge("specserve_goodput_estimate_tokens_per_second",
+                             "Predicted goodput of the latest step", registry=r)
+        self.steps = Counter("specserve_steps", "Decode steps decided", registry=r)
+        self.steps_off = Counter("specserve_steps_speculation_off",
+                                 "Steps decided with K=0 (speculation switched off)", registry=r)
+        self.drafts_stopped_early = Gauge("specserve_drafts_stopped_early",
+                                          "Draft passes cut short by the adaptive drafter",
+                                          registry=r)
+        self.refits = Counter("specserve_model_refits", "Online refits of timing/calibration",
+                              registry=r)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,292 @@
+"""``--scheduler-cls specserve_engine.vllm.scheduler.AdaptiveScheduler``: SpecServe in vLLM.
+
+vLLM's own scheduler does all the scheduling; this subclass only decides speculation, through the
+seams vLLM already has (see docs/vllm-seams.md):
+
+- K per step: vLLM reads ``self.dynamic_sd_lookup[batch_size]`` inside ``schedule()`` (its
+  Dynamic-SD table). We install an object whose ``[batch_size]`` asks the EfficiencyModel, so the
+  K drafted at the end of this step (and verified in the next) is the goodput-maximising one.
+- Adaptive drafter: a stop threshold rides on ``SchedulerOutput`` to the worker, which stops
+  drafting once the batch's expected gain from one more draft token no longer pays for it.
+- Confidence prior verifier: drafts arrive with the draft model's confidences
+  (``update_draft_token_ids``); each request's list is cut to the length ``trim()`` chooses.
+- Feedback: per-request accepted counts (``update_from_output``) calibrate the acceptance model;
+  measured step times refit the step-time model.
+
+Greedy output stays identical to no speculation: K and trimming only change how many draft
+tokens are verified, and vLLM's rejection sampler decides every emitted token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from specserve_engine.policy import (
+    EfficiencyModel,
+    Policy,
+    Profile,
+    StepObservation,
+    StepPrediction,
+    StepTimeModel,
+)
+from specserve_engine.vllm.control import ControlServer, PolicyStore
+from specserve_engine.vllm.metrics import SpecServeMetrics
+from specserve_engine.vllm.worker import (
+    CONFIDENCES_ATTR,
+    DRAFT_SECONDS_ATTR,
+    STOP_THRESHOLD_ATTR,
+    STOPPED_EARLY_ATTR,
+)
+
+log = logging.getLogger("specserve.scheduler")
+
+REFIT_EVERY_STEPS = 200
+# Refit early and often at first (the calibration starts as the identity, and raw draft
+# confidences are biased), then every REFIT_EVERY_STEPS steps.
+EARLY_REFITS = (25, 50, 100)
+
+
+def initial_policy(engine_k_max: int, environ: dict[str, str]) -> Policy:
+    """The policy at start-up: the mounted policy file (operator), else the serve flags."""
+    path = environ.get("SPECSERVE_POLICY_FILE")
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            policy = Policy.model_validate_json(f.read())
+        return policy.model_copy(update={"k_max": min(policy.k_max, engine_k_max),
+                                         "static_k": min(policy.static_k, engine_k_max)})
+    mode = environ.get("SPECSERVE_MODE", "adaptive")
+    static_k = int(environ.get("SPECSERVE_STATIC_K", str(min(3, engine_k_max))))
+    return Policy(mode=mode, k_max=engine_k_max, static_k=min(static_k, engine_k_max))
+
+
+def with_profile(policy: Policy, environ: dict[str, str]) -> Policy:
+    """Fold a measured step-time profile (``specserve profile``) into the policy's model."""
+    path = environ.get("SPECSERVE_PROFILE_FILE")
+    if not path or not os.path.isfile(path) or policy.model.source:
+        return policy  # an operator-pushed model (it has a source) wins over the local profile
+    timing = StepTimeModel.from_profile(Profile.load(path))
+    model = policy.model.model_copy(update={"target": timing.target, "draft": timing.draft,
+                                            "source": f"profile {os.path.basename(path)}"})
+    return policy.model_copy(update={"model": model})
+
+
+class _KLookup:
+    """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` -> K for this step."""
+
+    def __init__(self, scheduler: AdaptiveScheduler) -> None:
+        self.scheduler = scheduler
+
+    def __getitem__(self, batch_size: int) -> int:
+        return self.scheduler.decide_k(batch_size)
+
+
+class AdaptiveScheduler(Scheduler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_k_max = int(self.num_spec_tokens or 0)
+        env = dict(os.environ)
+        policy = with_profile(initial_policy(self.engine_k_max, env), env)
+        self.model = EfficiencyModel(policy)
+        self.store = PolicyStore(policy, self.engine_k_max, env.get("SPECSERVE_CONTROL_TOKEN"))
+        self.store.fitted = self.model.fitted_params()
+        self.metrics = SpecServeMetrics()
+        self._set_policy_metrics(policy)
+        self._prediction: StepPrediction | None = None
+        self._context_len = 0.0
+        self._step_started: float | None = None
+        self._step_tokens = 0
+        self._step_requests = 0
+        self._step_observed: float | None = None
+        self._verified_confidences: dict[str, list[float]] = {}
+        self._observations: deque[StepObservation] = deque(maxlen=512)
+        self._steps = 0
+        record = env.get("SPECSERVE_RECORD_STEPS")  # `specserve profile` reads these lines
+        self._record_file = open(record, "a") if record else None  # noqa: SIM115
+        self.control: ControlServer | None = None
+        port = env.get("SPECSERVE_CONTROL_PORT")
+        if port and self.engine_k_max:
+            host = env.get("SPECSERVE_CONTROL_HOST", "127.0.0.1")
+            self.control = ControlServer(self.store, self.metrics.text, host, int(port)).start()
+            log.info("SpecServe control port on %s:%s (policy v%d, mode %s, K_max %d)",
+                     host, port, policy.version, policy.mode, self.engine_k_max)
+        if self.engine_k_max:
+            # A non-None lookup also stops vLLM padding new requests with placeholder drafts.
+            self.dynamic_sd_lookup = _KLookup(self)
+
+    # -- policy --
+
+    def _set_policy_metrics(self, policy: Policy) -> None:
+        self.metrics.policy_version.set(policy.version)
+        for mode in ("adaptive", "static", "off"):
+            self.metrics.policy_mode.labels(mode).set(1.0 if mode == policy.mode else 0.0)
+
+    def _sync_policy(self) -> None:
+        policy = self.store.policy
+        if policy is not self.model.policy:
+            self.model.set_policy(policy)
+            self._set_policy_metrics(policy)
+
+    # -- the per-step decision --
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        self._sync_policy()
+        self._prediction = None
+        output = super().schedule(*args, **kwargs)
+        if self._prediction is not None:
+            setattr(output, STOP_THRESHOLD_ATTR, self._stop_threshold(self._prediction))
+        self._step_started = time.perf_counter()
+        self._step_tokens = output.total_num_scheduled_tokens
+        self._step_requests = len(output.num_scheduled_tokens)
+        return output
+
+    def decide_k(self, batch_size: int) -> int:
+        """Called by vLLM inside ``schedule()`` with the number of scheduled requests."""
+        running = self.running
+        ids = [r.request_id for r in running]
+        self._context_len = (sum(r.num_computed_tokens for r in running) / len(running)
+                             if running else 0.0)
+        prediction = self.model.choose_k_for(ids, self._context_len)
+        k = max(0, min(prediction.k, self.engine_k_max))
+        self._prediction = prediction
+        m = self.metrics
+        m.steps.inc()
+        m.k.observe(k)
+        m.k_last.set(k)
+        m.batch_size.set(batch_size)
+        m.step_predicted.observe(prediction.step_seconds)
+        m.goodput.set(prediction.goodput)
+        if k == 0:
+            m.steps_off.inc()
+        return k
+
+    def _stop_threshold(
+        self, p: StepPrediction
+    ) -> tuple[float, float, list[tuple[float, float]]] | None:
+        """(gain threshold in expected tokens, confidence floor, calibration) for the drafter.
+
+        One more draft position for the whole batch costs one draft step plus B verify tokens
+        (dt) and gains sum_i c_i,j+1 ~ rate * sum_i c_ij expected tokens; it raises goodput G
+        only while that gain exceeds G * dt. So the worker stops once sum_i c_ij < G*dt/rate.
+        """
+        policy = self.model.policy
+        if policy.mode != "adaptive" or p.k <= 1 or not p.num_requests:
+            return None
+        b = p.num_requests
+        timing = self.model.timing
+        ctx = self._context_len
+        dt = (timing.draft_seconds(b, ctx, 1)
+              + timing.verify_seconds(b, b * (p.k + 2), ctx)
+              - timing.verify_seconds(b, b * (p.k + 1), ctx))
+        acceptance = self.model.acceptance
+        rate = max(acceptance.mean_acceptance, 1e-3)
+        calibration = [(c.slope, c.intercept) for c in acceptance.calibration]
+        return (p.goodput * dt / rate, policy.confidence_floor, calibration)
+
+    # -- feedback from the worker --
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        if self._step_started is not None:
+            self._step_observed = time.perf_counter() - self._step_started
+            self.metrics.step_observed.observe(self._step_observed)
+        spec = scheduler_output.scheduled_spec_decode_tokens
+        if spec:
+            index = model_runner_output.req_id_to_index
+            sampled = model_runner_output.sampled_token_ids
+            acceptance = self.model.acceptance
+            total_drafted = total_accepted = 0
+            for rid, drafts in spec.items():
+                i = index.get(rid)
+                drafted = sum(1 for t in drafts if t >= 0)
+                if i is None or not drafted:
+                    continue
+                # Measured before super(), which may cut sampled tokens at a stop string.
+                accepted = max(len(sampled[i]) - 1, 0)
+                acceptance.observe(drafted, accepted, request_id=rid,
+                                   probs=self._verified_confidences.pop(rid, None))
+                total_drafted += drafted
+                total_accepted += accepted
+            self.metrics.drafted.inc(total_drafted)
+            self.metrics.accepted_observed.inc(total_accepted)
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        for rid in scheduler_output.finished_req_ids:
+            self.model.acceptance.forget(rid)
+            self._verified_confidences.pop(rid, None)
+        return outputs
+
+    def update_draft_token_ids(self, draft_token_ids: Any) -> None:
+        super().update_draft_token_ids(draft_token_ids)
+        confidences = getattr(draft_token_ids, CONFIDENCES_ATTR, None)
+        draft_seconds = getattr(draft_token_ids, DRAFT_SECONDS_ATTR, None)
+        self.metrics.drafts_stopped_early.set(getattr(draft_token_ids, STOPPED_EARLY_ATTR, 0))
+        self._record_step(draft_seconds)
+        if confidences is None:
+            return
+        acceptance = self.model.acceptance
+        ids, rows = [], []
+        for rid, conf in zip(draft_token_ids.req_ids, confidences, strict=False):
+            request = self.requests.get(rid)
+            if request is None or not request.spec_token_ids:
+                continue
+            ids.append(rid)
+            rows.append(acceptance.cumulative(conf[: len(request.spec_token_ids)]))
+        if not ids:
+            return
+        lengths = self.model.trim(rows, self._context_len)
+        predicted = 0.0
+        for rid, row, keep in zip(ids, rows, lengths, strict=True):
+            request = self.requests[rid]
+            dropped = len(request.spec_token_ids) - keep
+            if dropped > 0:
+                request.spec_token_ids = request.spec_token_ids[:keep]
+                self.metrics.trimmed.inc(dropped)
+            self.metrics.request_k.observe(keep)
+            predicted += sum(row[:keep])
+            raw = confidences[draft_token_ids.req_ids.index(rid)]
+            self._verified_confidences[rid] = list(raw[:keep])
+        self.metrics.accepted_predicted.inc(predicted)
+
+    def _record_step(self, draft_seconds: float | None) -> None:
+        """Keep (features, measured time) pairs and refit the models every few hundred steps."""
+        observed, p = self._step_observed, self._prediction
+        self._step_observed = None
+        if observed is None or p is None or draft_seconds is None:
+            return
+        b = self._step_requests
+        if not b:
+            return
+        new = [StepObservation(
+            role="target", num_requests=b, num_tokens=self._step_tokens,
+            context_len=self._context_len, seconds=max(observed - draft_seconds, 1e-6))]
+        if p.k > 0:
+            new.append(StepObservation(
+                role="draft", num_requests=b, num_tokens=b, context_len=self._context_len,
+                seconds=max(draft_seconds / p.k, 1e-6)))
+        self._observations.extend(new)
+        if self._record_file is not None:
+            for o in new:
+                self._record_file.write(json.dumps(dataclasses.asdict(o)) + "\n")
+            self._record_file.flush()
+        self._steps += 1
+        if self._steps % REFIT_EVERY_STEPS == 0 or self._steps in EARLY_REFITS:
+            try:
+                self.model.timing.refit(self._observations)
+                self.model.acceptance.fit_calibration()
+            except (ArithmeticError, ValueError):
+                # Serving must outlive a bad fit: keep the previous coefficients.
+                log.exception("SpecServe refit failed; keeping the previous model")
+                return
+            self.store.fitted = self.model.fitted_params()
+            self.metrics.refits.inc()
+
+    def shutdown(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+        super().shutdown()
