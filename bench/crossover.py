@@ -55,7 +55,8 @@ def main() -> int:
     models = tiny.build()
     configs = {
         "off": ["--draft", "none"],
-        f"K={args.k}": ["--draft", str(models.draft), "--k-max", str(args.k)],
+        # vLLM's own fixed-K speculation (no SpecServe scheduler): the static-K baseline.
+        f"K={args.k}": ["--draft", str(models.draft), "--k-max", str(args.k), "--no-specserve"],
     }
     times: dict[tuple[str, int], list[float]] = {}
     acceptance: dict[str, float] = {}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from specserve_engine import tiny
-from specserve_engine.launcher import ServerProcess
+from specserve_engine.launcher import ServerProcess, free_port
 
-K_MAX = 3
+K_MAX = 4
 
 
 @pytest.fixture(scope="session")
@@ -18,15 +19,30 @@ def tiny_models() -> tiny.TinyModels:
 
 
 @pytest.fixture(scope="session")
-def engines(tiny_models: tiny.TinyModels) -> Iterator[dict[str, ServerProcess]]:
-    """Two real vLLM OpenAI servers on the tiny target: with draft-model speculation and without.
+def control_token() -> str:
+    return secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def control_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def engines(
+    tiny_models: tiny.TinyModels, control_token: str, control_port: int
+) -> Iterator[dict[str, ServerProcess]]:
+    """Two real vLLM OpenAI servers on the tiny target: SpecServe speculation (adaptive, K_max
+    4, control port) and no speculation at all.
 
     Both start side by side (engine start is the slow part) and live for the whole session.
     """
     servers = {
         "spec": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", str(tiny_models.draft),
-             "--k-max", str(K_MAX), "--served-model-name", "tiny"], name="spec"),
+             "--k-max", str(K_MAX), "--served-model-name", "tiny",
+             "--control-port", str(control_port)],
+            env={"SPECSERVE_CONTROL_TOKEN": control_token}, name="spec"),
         "plain": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", "none",
              "--served-model-name", "tiny"], name="plain"),

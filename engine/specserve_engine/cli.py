@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"profile JSON (default: <model>/{'specserve-profile.json'}, "
                               "which `specserve serve` picks up by itself)")
     profile.add_argument("--text", help="text file to cut prompts from (default: stdlib source)")
-    profile.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    profile.add_argument("--k-values", type=int, nargs="+", default=[0, 1, 2, 3, 5])
+    profile.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32])
+    profile.add_argument("--k-values", type=int, nargs="+", default=[0, 1, 3, 5])
     profile.add_argument("--context-lens", type=int, nargs="+", default=[64, 384])
     profile.add_argument("--new-tokens", type=int, default=16, help="tokens generated per cell")
     profile.set_defaults(func=cmd_profile)

@@ -71,59 +71,97 @@ def _prompt_ids(model_dir: Path, text: str, context_len: int, count: int) -> lis
     return [prefix + rest[i * tail : (i + 1) * tail] for i in range(count)]
 
 
+class StepRecorder:
+    """A running engine (static mode, step recording on) driven through (K, context, batch) cells.
+
+    ``with StepRecorder(model, draft, k_max) as rec: rec.run_cell(k, ctx, b)``; ``rec.records()``
+    returns every recorded step as a dict (`StepObservation` fields).
+    """
+
+    def __init__(self, model: Path, draft: Path, k_max: int, prompt_text: str,
+                 new_tokens: int = 16, extra_args: Sequence[str] = ()) -> None:
+        self.model, self.k_max, self.text, self.new_tokens = model, k_max, prompt_text, new_tokens
+        self.token = secrets.token_hex(16)
+        self.control_port = free_port()
+        self.record = Path(tempfile.mkstemp(prefix="specserve-steps-", suffix=".jsonl")[1])
+        self.server = ServerProcess(
+            ["--model", str(model), "--draft", str(draft), "--k-max", str(k_max),
+             "--mode", "static", "--static-k", "0", "--control-port", str(self.control_port),
+             "--served-model-name", "profiled", *extra_args],
+            env={"SPECSERVE_CONTROL_TOKEN": self.token,
+                 "SPECSERVE_RECORD_STEPS": str(self.record)},
+            name="profile",
+        )
+        self._prompts: dict[int, list[list[int]]] = {}
+        self._version = 0
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    def __enter__(self) -> StepRecorder:
+        self.server.start().wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+        self.record.unlink(missing_ok=True)
+
+    def set_policy(self, **fields: object) -> None:
+        self._version += 1
+        policy = Policy(version=self._version, k_max=self.k_max, **fields)  # type: ignore[arg-type]
+        r = httpx.put(f"{self.control_url}/specserve/policy", content=policy.model_dump_json(),
+                      headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        r.raise_for_status()
+
+    def generate(self, prompts: Sequence[list[int]], new_tokens: int | None = None) -> None:
+        def one(ids: list[int]) -> None:
+            r = httpx.post(f"{self.server.url}/v1/completions", timeout=600, json={
+                "model": "profiled", "prompt": ids, "max_tokens": new_tokens or self.new_tokens,
+                "temperature": 0, "ignore_eos": True})
+            r.raise_for_status()
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            list(pool.map(one, prompts))
+
+    def prompts(self, context_len: int, count: int) -> list[list[int]]:
+        if len(self._prompts.get(context_len, ())) < count:
+            self._prompts[context_len] = _prompt_ids(self.model, self.text, context_len, count)
+        return self._prompts[context_len][:count]
+
+    def run_cell(self, k: int, context_len: int, batch_size: int) -> None:
+        self.set_policy(mode="static", static_k=k)
+        self.generate(self.prompts(context_len, batch_size))
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.record.read_text().splitlines()
+                if line.strip()]
+
+
 def run_profile(
     model: Path,
     draft: Path,
     output: Path,
     *,
     prompt_text: str,
-    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
-    k_values: Sequence[int] = (0, 1, 2, 3, 5),
+    batch_sizes: Sequence[int] = (1, 4, 16, 32),
+    k_values: Sequence[int] = (0, 1, 3, 5),
     context_lens: Sequence[int] = (64, 384),
     new_tokens: int = 16,
     progress: Progress = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> Profile:
-    k_max = max(max(k_values), 1)
-    token = secrets.token_hex(16)
-    control_port = free_port()
-    record = Path(tempfile.mkstemp(prefix="specserve-steps-", suffix=".jsonl")[1])
-    server = ServerProcess(
-        ["--model", str(model), "--draft", str(draft), "--k-max", str(k_max),
-         "--mode", "static", "--static-k", str(min(k_values)),
-         "--control-port", str(control_port), "--served-model-name", "profiled"],
-        env={"SPECSERVE_CONTROL_TOKEN": token, "SPECSERVE_RECORD_STEPS": str(record)},
-        name="profile",
-    )
-    progress(f"starting the engine (log: {server.log_path}) ...")
-    prompts = {c: _prompt_ids(model, prompt_text, c, max(batch_sizes)) for c in context_lens}
-    cells = len(k_values) * len(context_lens) * len(batch_sizes)
+    cells = [(k, c, b) for k in k_values for c in context_lens for b in batch_sizes]
+    recorder = StepRecorder(model, draft, max(max(k_values), 1), prompt_text, new_tokens)
+    progress(f"starting the engine (log: {recorder.server.log_path}) ...")
     started = time.monotonic()
-    with server:
-        control = f"http://127.0.0.1:{control_port}/specserve/policy"
-
-        def generate(ids: list[int]) -> None:
-            r = httpx.post(f"{server.url}/v1/completions", timeout=600, json={
-                "model": "profiled", "prompt": ids, "max_tokens": new_tokens,
-                "temperature": 0, "ignore_eos": True})
-            r.raise_for_status()
-
-        generate(prompts[context_lens[0]][0])  # warm-up (compilation, caches)
-        done = 0
-        for version, k in enumerate(k_values, start=1):
-            policy = Policy(version=version, mode="static", k_max=k_max, static_k=k)
-            r = httpx.put(control, content=policy.model_dump_json(), timeout=10,
-                          headers={"Authorization": f"Bearer {token}"})
-            r.raise_for_status()
-            for ctx in context_lens:
-                for b in batch_sizes:
-                    with ThreadPoolExecutor(b) as pool:
-                        list(pool.map(generate, prompts[ctx][:b]))
-                    done += 1
-                    elapsed = time.monotonic() - started
-                    progress(f"[{done}/{cells}] K={k} context={ctx} batch={b}  "
-                             f"({elapsed:.0f}s, eta {elapsed / done * (cells - done):.0f}s)")
-    records = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-    record.unlink(missing_ok=True)
+    with recorder:
+        recorder.generate(recorder.prompts(context_lens[0], 1))  # warm-up (compilation, caches)
+        for done, (k, ctx, b) in enumerate(cells, start=1):
+            recorder.run_cell(k, ctx, b)
+            elapsed = time.monotonic() - started
+            progress(f"[{done}/{len(cells)}] K={k} context={ctx} batch={b}  "
+                     f"({elapsed:.0f}s, eta {elapsed / done * (len(cells) - done):.0f}s)")
+        records = recorder.records()
     profile = Profile(
         target_model=str(model), draft_model=str(draft), device="cpu" if _on_cpu() else "gpu",
         meta={"k_values": ",".join(map(str, k_values)), "steps_recorded": str(len(records))},

@@ -61,7 +61,7 @@ class TinyRecipe:
     batch_size: int = 16
     core: LlamaShape = LlamaShape(layers=3, hidden=256, heads=4, intermediate=512)
     draft: LlamaShape = LlamaShape(layers=1, hidden=128, heads=2, intermediate=352)
-    target: LlamaShape = LlamaShape(layers=12, hidden=768, heads=12, intermediate=2048)
+    target: LlamaShape = LlamaShape(layers=40, hidden=256, heads=4, intermediate=512)
     core_steps: int = 350
     draft_steps: int = 600
     learning_rate: float = 3e-3

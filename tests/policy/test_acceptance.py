@@ -9,6 +9,7 @@ from itertools import pairwise
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from specserve_engine.policy.acceptance import AcceptanceModel, fit_logistic
 from specserve_engine.policy.params import LogisticCalibration, ModelParams
 

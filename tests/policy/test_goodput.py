@@ -9,6 +9,7 @@ from operator import mul
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from specserve_engine.policy.acceptance import AcceptanceModel
 from specserve_engine.policy.cost import decision_cost_seconds
 from specserve_engine.policy.goodput import EfficiencyModel

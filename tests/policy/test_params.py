@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+
 from specserve_engine.policy.params import Policy, validation_message
 
 

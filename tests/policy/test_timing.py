@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+
 from specserve_engine.policy.params import TimingCoefficients
 from specserve_engine.policy.profile import Profile, ProfilePoint
 from specserve_engine.policy.timing import (

@@ -1,0 +1,88 @@
+"""How good is the efficiency model? Step-time and accepted-token prediction error, decision cost.
+
+1. Profile: the model folder's profile (`specserve profile`; run here if missing).
+2. Held-out steps: a fresh engine runs static K at batch sizes and a context the profile never
+   saw; every step's measured time is compared with `StepTimeModel`'s prediction (MAPE).
+3. Accepted tokens: the engine in adaptive mode serves held-out prompts; the verifier's predicted
+   accepted tokens (sum of calibrated c over the tokens it sends to verification) are compared
+   with what vLLM's rejection sampler accepted.
+4. Decision cost: `decision_cost_seconds` at B = 1, 32, 256 against the predicted step time.
+
+    python bench/model_accuracy.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import httpx
+
+from specserve_engine import tiny
+from specserve_engine.policy import Profile, StepTimeModel, decision_cost_seconds
+from specserve_engine.profiler import StepRecorder, default_profile_path, run_profile
+from specserve_engine.vllm_metrics import metric_totals
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer held-out cells")
+    args = ap.parse_args()
+    models = tiny.build()
+    text = models.heldout.read_text()
+    path = default_profile_path(models.target)
+    if not path.is_file():
+        run_profile(models.target, models.draft, path, prompt_text=text)
+    profile = Profile.load(path)
+    timing = StepTimeModel.from_profile(profile)
+    seen_batches = sorted({p.num_requests for p in profile.points})
+    print(f"profile: {path} ({len(profile.points)} points, batch sizes {seen_batches})")
+
+    held_out = [(k, 160, b) for k in (0, 2, 4) for b in ((3, 12) if args.quick else (3, 12, 24))]
+    with StepRecorder(models.target, models.draft, 4, text, new_tokens=16) as rec:
+        rec.generate(rec.prompts(160, 1))  # warm-up
+        skip = len(rec.records())
+        for k, ctx, b in held_out:
+            rec.run_cell(k, ctx, b)
+            print(f"  held-out cell K={k} context={ctx} batch={b}", file=sys.stderr, flush=True)
+        steps = rec.records()[skip:]
+        # Accepted-token prediction, adaptive mode on held-out prompts.
+        rec.set_policy(mode="adaptive")
+        before = metric_totals(httpx.get(f"{rec.control_url}/metrics").text)
+        for b in (1, 4, 8):
+            rec.generate(rec.prompts(96, b), new_tokens=48)
+        after = metric_totals(httpx.get(f"{rec.control_url}/metrics").text)
+
+    errors: dict[str, list[float]] = {"target": [], "draft": []}
+    for s in steps:
+        pred = timing.step_seconds(s["role"], s["num_requests"], s["num_tokens"],
+                                   s["context_len"])
+        errors[s["role"]].append(abs(pred - s["seconds"]) / s["seconds"])
+    print("\nstep-time prediction on held-out batch sizes (per step):")
+    for role, errs in errors.items():
+        if errs:
+            print(f"  {role:6}: MAPE {100 * statistics.fmean(errs):5.1f}%  "
+                  f"median APE {100 * statistics.median(errs):5.1f}%  ({len(errs)} steps)")
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    predicted = delta("specserve_accepted_tokens_predicted_total")
+    observed = delta("specserve_accepted_tokens_observed_total")
+    if observed:
+        print(f"\naccepted tokens: predicted {predicted:.0f}, observed {observed:.0f} "
+              f"(error {100 * abs(predicted - observed) / observed:.1f}%)")
+
+    print("\npolicy decision cost per step (pure Python, this machine):")
+    for b in (1, 32, 256):
+        cost = decision_cost_seconds(b, k_max=4)
+        per_step = cost["choose_k"] + cost["trim"]
+        step = timing.verify_seconds(b, b, 200.0)
+        print(f"  B={b:<4} choose_k+trim {1e3 * per_step:6.3f} ms = "
+              f"{100 * per_step / step:5.2f}% of a predicted {1e3 * step:6.1f} ms K=0 step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""SpecServe deciding speculation inside a real vLLM engine, steered through its control port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from engine_kit import Control
+from scipy.stats import chi2_contingency
+
+from specserve_engine import tiny
+from specserve_engine.launcher import ServerProcess
+from specserve_engine.vllm_metrics import metric_totals
+
+POLICY = "/specserve/policy"
+
+
+def _current_version(control: Control) -> int:
+    return httpx.get(control.url + POLICY, timeout=10).json()["policy"]["version"]
+
+
+def _set_policy(control: Control, **fields: object) -> int:
+    """PUT a policy one version above the engine's; returns the new version."""
+    version = _current_version(control) + 1
+    r = httpx.put(control.url + POLICY, json={"version": version, **fields},
+                  headers=control.auth, timeout=10)
+    assert r.status_code == 200, r.text
+    return version
+
+
+def _metrics(control: Control) -> dict[str, float]:
+    return metric_totals(httpx.get(control.url + "/metrics", timeout=10).text)
+
+
+def _complete(server: ServerProcess, prompt: str, max_tokens: int, **extra: object) -> dict:
+    r = httpx.post(f"{server.url}/v1/completions", timeout=300, json={
+        "model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+        "ignore_eos": True, "return_token_ids": True, **extra})
+    r.raise_for_status()
+    return r.json()
+
+
+def _greedy_ids(server: ServerProcess, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    with ThreadPoolExecutor(8) as pool:
+        return [c["choices"][0]["token_ids"]
+                for c in pool.map(lambda p: _complete(server, p, max_tokens), prompts)]
+
+
+@pytest.fixture(autouse=True)
+def _back_to_adaptive(control: Control):
+    yield
+    _set_policy(control, mode="adaptive", k_max=4)
+
+
+def test_put_changes_the_k_of_the_next_steps(control: Control, spec_engine: ServerProcess,
+                                             tiny_models: tiny.TinyModels) -> None:
+    prompt = tiny.heldout_prompts(tiny_models, 1, seed=11)[0]
+    for mode, k in (("static", 1), ("static", 3), ("off", 0)):
+        version = _set_policy(control, mode=mode, k_max=4, static_k=min(k, 4))
+        before = _metrics(control)
+        _complete(spec_engine, prompt, 16)
+        after = _metrics(control)
+        assert after["specserve_policy_version"] == version
+        assert after["specserve_speculative_k_last"] == k
+        steps = after["specserve_speculative_k_count"] - before["specserve_speculative_k_count"]
+        k_sum = after["specserve_speculative_k_sum"] - before["specserve_speculative_k_sum"]
+        assert steps > 0 and k_sum == k * steps, f"every step of mode {mode} uses K={k}"
+    assert after["specserve_steps_speculation_off_total"] >= steps
+
+
+def test_control_port_errors_over_http(control: Control) -> None:
+    url = control.url + POLICY
+    version = _current_version(control)
+    assert httpx.put(url, json={"version": version + 1}).status_code == 401
+    wrong = httpx.put(url, json={"version": version + 1},
+                      headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401
+    bad = httpx.put(url, json={"version": version + 1, "k_max": -2}, headers=control.auth)
+    assert bad.status_code == 422 and "k_max" in bad.json()["error"]
+    stale = httpx.put(url, json={"version": 0, "mode": "off"}, headers=control.auth)
+    assert (stale.status_code == 409) == (version > 0)
+    assert _current_version(control) == version, "a refused PUT must change nothing"
+
+
+def test_greedy_output_identical_in_every_mode(
+    control: Control, spec_engine: ServerProcess, plain_engine: ServerProcess,
+    tiny_models: tiny.TinyModels,
+) -> None:
+    prompts = tiny.heldout_prompts(tiny_models, 10, seed=21)
+    reference = _greedy_ids(plain_engine, prompts, 32)
+    for fields in ({"mode": "adaptive"}, {"mode": "adaptive", "confidence_floor": 0.5},
+                   {"mode": "static", "static_k": 1}, {"mode": "static", "static_k": 4},
+                   {"mode": "off"}):
+        _set_policy(control, k_max=4, **fields)
+        assert _greedy_ids(spec_engine, prompts, 32) == reference, fields
+
+
+def test_greedy_output_identical_under_policy_changes_mid_generation(
+    control: Control, spec_engine: ServerProcess, plain_engine: ServerProcess,
+    tiny_models: tiny.TinyModels,
+) -> None:
+    prompts = tiny.heldout_prompts(tiny_models, 6, seed=31)
+    reference = _greedy_ids(plain_engine, prompts, 64)
+    done = threading.Event()
+    changes = 0
+
+    def churn() -> None:
+        nonlocal changes
+        cycle = [{"mode": "static", "static_k": 4}, {"mode": "off"},
+                 {"mode": "adaptive"}, {"mode": "static", "static_k": 1}]
+        while not done.is_set():
+            _set_policy(control, k_max=4, **cycle[changes % len(cycle)])
+            changes += 1
+            time.sleep(0.2)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        outputs = _greedy_ids(spec_engine, prompts, 64)
+    finally:
+        done.set()
+        churner.join()
+    assert changes >= 3, "the policy must really change while requests are generating"
+    assert outputs == reference
+
+
+def test_sampled_tokens_follow_the_same_distribution(
+    control: Control, spec_engine: ServerProcess, plain_engine: ServerProcess
+) -> None:
+    """Temperature 1: speculation (rejection sampling) must not change what gets sampled."""
+    _set_policy(control, mode="static", k_max=4, static_k=3)
+    prompt = "import os\nimport sys\n\n\ndef main("
+
+    def tokens(server: ServerProcess) -> Counter[int]:
+        counts: Counter[int] = Counter()
+        for seed in range(6):
+            r = httpx.post(f"{server.url}/v1/completions", timeout=300, json={
+                "model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 1.0,
+                "n": 40, "seed": 1000 + seed, "ignore_eos": True, "return_token_ids": True})
+            r.raise_for_status()
+            for choice in r.json()["choices"]:
+                counts.update(choice["token_ids"][1:])  # position 0 comes from prefill alone
+        return counts
+
+    spec, plain = tokens(spec_engine), tokens(plain_engine)
+    # The vocabulary slice: tokens seen at least 10 times in all; the rest pooled as one cell.
+    common = sorted(t for t in spec | plain if spec[t] + plain[t] >= 10)
+    assert len(common) >= 3, "too few distinct tokens for a meaningful test"
+    rows = [[c[t] for t in common] + [sum(c.values()) - sum(c[t] for t in common)]
+            for c in (spec, plain)]
+    if rows[0][-1] + rows[1][-1] == 0:
+        rows = [row[:-1] for row in rows]
+    p_value = chi2_contingency(rows).pvalue
+    assert p_value > 0.01, f"sampled distributions differ (p={p_value:.4f}): {rows}"
+
+
+def test_burst_switches_speculation_off_and_every_request_finishes(
+    control: Control, spec_engine: ServerProcess, tiny_models: tiny.TinyModels
+) -> None:
+    _set_policy(control, mode="adaptive", k_max=4)
+    before = _metrics(control)
+    prompts = tiny.heldout_prompts(tiny_models, 64, chars=120, seed=41)
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda p: _complete(spec_engine, p, 24), prompts))
+    assert all(len(r["choices"][0]["token_ids"]) == 24 for r in results)
+    after = _metrics(control)
+    off_key = "specserve_steps_speculation_off_total"
+    off = after[off_key] - before[off_key]
+    steps = after["specserve_steps_total"] - before["specserve_steps_total"]
+    assert steps > 0
+    assert off > 0, "at 64 concurrent requests the policy should switch speculation off"
