@@ -330,6 +330,9 @@ class PolicyStatus(_Model):
 
     version: int = 0
     applied_pods: int = 0
+    failed_pods: int | None = Field(default=None, description="Ready pods that did not ack.")
+    message: str | None = Field(default=None, max_length=4096, description="Last push result.")
+    pushed_at: str | None = None
 
 
 class SloSnapshotStatus(_Model):
@@ -340,6 +343,44 @@ class SloSnapshotStatus(_Model):
     tpot_p90_ms: float | None = None
     attainment: float | None = None
     time: str | None = None
+    state: Literal["ok", "noData", "error"] | None = Field(
+        default=None, description="ok, noData (metrics missing) or error (Prometheus down).")
+    reason: str | None = Field(default=None, max_length=4096, description="Why not ok.")
+    ttft_p50_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    request_rate: float | None = Field(default=None, description="Finished requests per second.")
+    acceptance_rate: float | None = None
+    step_predicted_ms: float | None = None
+    step_observed_ms: float | None = None
+    pods_scraped: int | None = None
+
+
+class TuningStatus(_Model):
+    """The tuning loop's hysteresis memory and its last decision."""
+
+    over: int = Field(default=0, description="Snapshots in a row with TPOT p90 over target.")
+    under: int = Field(default=0, description="Snapshots in a row well inside the target.")
+    last_change: float | None = Field(default=None, description="Unix time of the last change.")
+    decision: str | None = Field(default=None, max_length=4096)
+    time: str | None = None
+
+
+class ScaleRecommendation(_Model):
+    """One raw replica recommendation, kept for the stabilisation windows."""
+
+    time: float
+    replicas: int
+
+
+class AutoscaleStatus(_Model):
+    """The autoscaler's last decision and the recommendations it stabilises over."""
+
+    desired: int | None = None
+    raw: int | None = None
+    reason: str | None = Field(default=None, max_length=4096)
+    time: str | None = None
+    recommendations: list[ScaleRecommendation] = Field(default_factory=list, max_length=1000)
 
 
 class SpecServeDeploymentStatus(_Model):
@@ -353,6 +394,8 @@ class SpecServeDeploymentStatus(_Model):
     selector: str | None = Field(default=None, description="Label selector of the engine pods.")
     policy: PolicyStatus | None = None
     slo_snapshot: SloSnapshotStatus | None = None
+    tuning: TuningStatus | None = None
+    autoscale: AutoscaleStatus | None = None
     k: str | None = Field(default=None, description="Speculation summary (printer column K).")
     slo: str | None = Field(default=None, description="SLO summary (printer column SLO).")
 

@@ -96,28 +96,16 @@ def running_status(
     # Policy acknowledgements count for the current version only.
     old_policy = old.get("policy") or {}
     applied = int(old_policy.get("appliedPods") or 0)
+    # (the SLO loop's push details are kept while the version is the same)
+    policy_status = {**old_policy, "version": policy_version, "appliedPods": applied}
     if old_policy.get("version") != policy_version:
         applied = 0
-    if ready and applied >= ready:
-        conds.append(condition("PolicyApplied", True, "Acknowledged",
-                               f"policy v{policy_version} acknowledged by {applied} pods"))
-    else:
-        conds.append(condition(
-            "PolicyApplied", None if ready else False, "AwaitingAcknowledgement",
-            f"policy v{policy_version} is in ConfigMap {m.configmap_name(owner)}; "
-            f"{applied}/{ready} ready pods acknowledged it",
-        ))
+        policy_status = {"version": policy_version, "appliedPods": 0}
+    conds.append(policy_condition(policy_version, applied, ready, m.configmap_name(owner)))
 
     snapshot = old.get("sloSnapshot") or {}
     attainment = snapshot.get("attainment")
-    if attainment is None:
-        conds.append(condition("SLOMet", None, "NoMeasurement", "no SLO snapshot yet"))
-    else:
-        met = attainment >= spec.slo.attainment
-        conds.append(condition(
-            "SLOMet", met, "TargetsMet" if met else "TargetsMissed",
-            f"{attainment:.1%} of requests met the targets (target {spec.slo.attainment:.0%})",
-        ))
+    conds.append(slo_condition(spec, snapshot))
 
     if stuck or failing:
         phase = "Degraded"
@@ -132,10 +120,42 @@ def running_status(
         "observedGeneration": generation,
         "replicas": {"desired": desired, "current": current, "ready": ready},
         "selector": m.selector_string(owner),
-        "policy": {"version": policy_version, "appliedPods": applied},
+        "policy": policy_status,
         "k": m.k_summary(spec),
         "slo": m.slo_summary(spec, attainment),
     }
+
+
+def slo_condition(spec: SpecServeDeploymentSpec, snapshot: dict[str, Any] | None
+                  ) -> dict[str, Any]:
+    """SLOMet from the last snapshot in .status; missing data is Unknown, never True."""
+    snapshot = snapshot or {}
+    state, attainment = snapshot.get("state"), snapshot.get("attainment")
+    if state == "error":
+        return condition("SLOMet", None, "PrometheusUnavailable",
+                         snapshot.get("reason") or "Prometheus did not answer")
+    if state == "noData":
+        return condition("SLOMet", None, "NoData", snapshot.get("reason") or "metrics missing")
+    if attainment is None:
+        return condition("SLOMet", None, "NoMeasurement",
+                         "no SLO snapshot yet" if not state else "no requests in the window")
+    met = attainment >= spec.slo.attainment
+    return condition(
+        "SLOMet", met, "TargetsMet" if met else "TargetsMissed",
+        f"{attainment:.1%} of requests met the targets (target {spec.slo.attainment:.0%})",
+    )
+
+
+def policy_condition(version: int, applied: int, ready: int, configmap: str) -> dict[str, Any]:
+    """PolicyApplied: every ready pod acknowledged the current version."""
+    if ready and applied >= ready:
+        return condition("PolicyApplied", True, "Acknowledged",
+                         f"policy v{version} acknowledged by {applied} pods")
+    return condition(
+        "PolicyApplied", None if ready else False, "AwaitingAcknowledgement",
+        f"policy v{version} is in ConfigMap {configmap}; "
+        f"{applied}/{ready} ready pods acknowledged it",
+    )
 
 
 def invalid_status(

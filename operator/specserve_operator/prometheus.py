@@ -1,0 +1,290 @@
+"""SLO measurements of one deployment from Prometheus: PromQL in, an `SloSnapshot` out.
+
+Pure parts (query building, result parsing, attainment from histogram buckets, assembling the
+snapshot) are plain functions; `PrometheusClient` is the thin HTTP adapter (timeouts, retries).
+
+Series are selected by `namespace` and `service` labels: what the Prometheus Operator attaches to
+every series scraped through the ServiceMonitor the operator creates (both the vLLM port and the
+control port, so vllm:* and specserve_* series share the labels). A plain Prometheus scrape config
+can attach the same labels to static targets.
+
+"No data" is a state of its own: when the pods are not scraped, or the request rate or the
+latency histograms are missing, the snapshot says so (`state` "noData" with the reasons) and
+`slo_met` is None. The tuning loop then keeps the current policy and the autoscaler keeps the
+replica count: missing metrics never count as "SLO met" and never shrink a deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+TTFT = "vllm:time_to_first_token_seconds"
+TPOT = "vllm:request_time_per_output_token_seconds"
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+
+SnapshotState = Literal["ok", "noData", "error"]
+
+
+class SloSnapshot(BaseModel):
+    """What Prometheus says about one deployment over the last `window`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str
+    name: str
+    time: float = Field(description="unix seconds of the evaluation")
+    window: str
+    state: SnapshotState
+    reasons: list[str] = Field(default_factory=list, description="why state is not ok")
+    pods_scraped: int | None = None
+    ttft_p50_s: float | None = None
+    ttft_p90_s: float | None = None
+    ttft_p99_s: float | None = None
+    tpot_p50_s: float | None = None
+    tpot_p90_s: float | None = None
+    tpot_p99_s: float | None = None
+    request_rate: float | None = Field(default=None, description="finished requests per second")
+    running: float | None = None
+    waiting: float | None = None
+    output_tokens_per_request: float | None = None
+    prompt_tokens_per_request: float | None = None
+    acceptance_rate: float | None = Field(
+        default=None, description="accepted / drafted tokens (vllm:spec_decode_*)")
+    mean_k: float | None = None
+    step_rate: float | None = Field(default=None, description="decided steps per second")
+    step_predicted_mean_s: float | None = None
+    step_observed_mean_s: float | None = None
+    tpot_attainment: float | None = Field(
+        default=None, description="fraction of requests whose TPOT met the target")
+    ttft_attainment: float | None = Field(
+        default=None, description="fraction of requests whose TTFT met the p90 target")
+
+    @property
+    def has_data(self) -> bool:
+        return self.state == "ok"
+
+    @property
+    def attainment(self) -> float | None:
+        """Fraction of requests meeting both targets (the worse of the two), None if unknown."""
+        values = [a for a in (self.tpot_attainment, self.ttft_attainment) if a is not None]
+        return min(values) if values else None
+
+    def slo_met(self, tpot_p90_s: float, attainment: float) -> bool | None:
+        """True/False against the targets; None when there is no data (never "met")."""
+        if not self.has_data or self.tpot_p90_s is None:
+            return None
+        att = self.attainment
+        return self.tpot_p90_s <= tpot_p90_s and (att is None or att >= attainment)
+
+
+# ------------------------------------------------------------------------------- PromQL (pure)
+
+
+def selector(namespace: str, service: str) -> str:
+    """Label matchers for one deployment's series (escaped for PromQL string literals)."""
+    def q(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"namespace={q(namespace)},service={q(service)}"
+
+
+def _ratio(num: str, den: str, sel: str, window: str) -> str:
+    return f"sum(rate({num}{{{sel}}}[{window}])) / sum(rate({den}{{{sel}}}[{window}]))"
+
+
+def build_queries(sel: str, window: str) -> dict[str, str]:
+    """Every instant query of a snapshot, by snapshot field (buckets for attainment too)."""
+    out: dict[str, str] = {}
+    for metric, prefix in ((TTFT, "ttft"), (TPOT, "tpot")):
+        for name, q in QUANTILES.items():
+            out[f"{prefix}_{name}_s"] = (
+                f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))"
+            )
+        out[f"{prefix}_buckets"] = f"sum by (le) (rate({metric}_bucket{{{sel}}}[{window}]))"
+    out["pods_scraped"] = f"count(up{{{sel}}} == 1)"
+    out["request_rate"] = f"sum(rate(vllm:e2e_request_latency_seconds_count{{{sel}}}[{window}]))"
+    out["running"] = f"sum(vllm:num_requests_running{{{sel}}})"
+    out["waiting"] = f"sum(vllm:num_requests_waiting{{{sel}}})"
+    out["output_tokens_per_request"] = _ratio(
+        "vllm:request_generation_tokens_sum", "vllm:request_generation_tokens_count", sel, window)
+    out["prompt_tokens_per_request"] = _ratio(
+        "vllm:request_prompt_tokens_sum", "vllm:request_prompt_tokens_count", sel, window)
+    out["acceptance_rate"] = _ratio(
+        "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total",
+        sel, window)
+    out["mean_k"] = _ratio("specserve_speculative_k_sum", "specserve_speculative_k_count",
+                           sel, window)
+    out["step_rate"] = f"sum(rate(specserve_step_time_observed_seconds_count{{{sel}}}[{window}]))"
+    out["step_predicted_mean_s"] = _ratio(
+        "specserve_step_time_predicted_seconds_sum", "specserve_step_time_predicted_seconds_count",
+        sel, window)
+    out["step_observed_mean_s"] = _ratio(
+        "specserve_step_time_observed_seconds_sum", "specserve_step_time_observed_seconds_count",
+        sel, window)
+    return out
+
+
+def _number(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def parse_scalar(data: Mapping[str, Any]) -> float | None:
+    """The value of a one-element instant vector (or scalar); None when empty or NaN/Inf."""
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar" and isinstance(result, list) and len(result) == 2:
+        return _number(result[1])
+    if kind == "vector" and isinstance(result, list) and result:
+        return _number((result[0].get("value") or [None, None])[1])
+    return None
+
+
+def parse_buckets(data: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """`sum by (le)` result -> [(upper bound, cumulative rate)] sorted by bound (+Inf last)."""
+    out = []
+    for item in data.get("result") or []:
+        le = _number((item.get("metric") or {}).get("le")) if (item.get("metric") or {}).get(
+            "le") != "+Inf" else math.inf
+        value = _number((item.get("value") or [None, None])[1])
+        if le is not None and value is not None:
+            out.append((le, value))
+    return sorted(out)
+
+
+def fraction_at_most(buckets: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Fraction of observations <= x from cumulative histogram buckets (linear within a bucket,
+    as histogram_quantile does); None when the histogram is empty."""
+    if not buckets or buckets[-1][0] != math.inf:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    lo_bound, lo_count = 0.0, 0.0
+    for bound, count in buckets:
+        if x < bound:
+            if bound == math.inf:
+                return lo_count / total
+            width = bound - lo_bound
+            frac = (x - lo_bound) / width if width > 0 else 1.0
+            return min(1.0, (lo_count + frac * (count - lo_count)) / total)
+        lo_bound, lo_count = bound, count
+    return 1.0
+
+
+def assemble(
+    namespace: str,
+    name: str,
+    now: float,
+    window: str,
+    results: Mapping[str, Mapping[str, Any] | None],
+    tpot_target_s: float,
+    ttft_target_s: float,
+) -> SloSnapshot:
+    """A snapshot from query results (`None` = that query failed). Pure.
+
+    State: "error" when no query answered at all; "noData" when pods are not scraped or the
+    request rate / latency histograms are absent; otherwise "ok". An idle deployment (pods
+    scraped, rate 0, no latencies) is "ok" with no quantiles: an observed zero, not a gap.
+    """
+    fields: dict[str, Any] = {}
+    for key, data in results.items():
+        if key.endswith("_buckets") or data is None:
+            continue
+        value = parse_scalar(data)
+        if key == "pods_scraped":
+            value = int(value) if value is not None else 0 if data.get("result") == [] else None
+        fields[key] = value
+    tpot_buckets = parse_buckets(results.get("tpot_buckets") or {})
+    ttft_buckets = parse_buckets(results.get("ttft_buckets") or {})
+    fields["tpot_attainment"] = fraction_at_most(tpot_buckets, tpot_target_s)
+    fields["ttft_attainment"] = fraction_at_most(ttft_buckets, ttft_target_s)
+
+    reasons: list[str] = []
+    if all(v is None for v in results.values()):
+        state: SnapshotState = "error"
+        reasons.append("Prometheus answered no query")
+    else:
+        failed = sorted(k for k, v in results.items() if v is None)
+        if failed:
+            reasons.append("queries failed: " + ", ".join(failed))
+        if not fields.get("pods_scraped"):
+            reasons.append("no engine pod is scraped (up == 1) for "
+                           f"namespace={namespace} service={name}")
+        rate = fields.get("request_rate")
+        if rate is None:
+            reasons.append("no request-rate series (vllm:e2e_request_latency_seconds_count)")
+        elif rate > 0 and fields.get("tpot_p90_s") is None:
+            reasons.append(f"requests are served but no TPOT histogram ({TPOT}_bucket)")
+        state = "noData" if reasons else "ok"
+    return SloSnapshot(namespace=namespace, name=name, time=now, window=window, state=state,
+                       reasons=reasons, **fields)
+
+
+# ------------------------------------------------------------------------------- HTTP adapter
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+class PrometheusClient:
+    """Instant queries against the Prometheus HTTP API (`GET /api/v1/query`)."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, retries: int = 2,
+                 backoff_s: float = 0.2, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.transport = transport
+
+    async def query(self, client: httpx.AsyncClient, promql: str, at: float) -> dict[str, Any]:
+        """The `data` of one query; PrometheusError after the retries (5xx, timeouts, refused)."""
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                r = await client.get(f"{self.url}/api/v1/query",
+                                     params={"query": promql, "time": f"{at:.3f}"})
+                if r.status_code == 200:
+                    body = r.json()
+                    if body.get("status") == "success":
+                        return body.get("data") or {}
+                    last = f"{body.get('errorType')}: {body.get('error')}"
+                    break  # a bad query does not get better by retrying
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code < 500:
+                    break
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}" or type(exc).__name__
+            if attempt < self.retries:
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+        raise PrometheusError(f"{self.url}: {last}")
+
+    async def snapshot(
+        self, namespace: str, name: str, window: str, now: float,
+        tpot_target_s: float, ttft_target_s: float,
+    ) -> SloSnapshot:
+        """Run every query concurrently and assemble the snapshot (never raises for HTTP)."""
+        queries = build_queries(selector(namespace, name), window)
+        errors: list[str] = []
+        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport) as client:
+            async def one(q: str) -> dict[str, Any] | None:
+                try:
+                    return await self.query(client, q, now)
+                except PrometheusError as exc:
+                    errors.append(str(exc))
+                    return None
+            values = await asyncio.gather(*(one(q) for q in queries.values()))
+        snap = assemble(namespace, name, now, window, dict(zip(queries, values, strict=True)),
+                        tpot_target_s, ttft_target_s)
+        if errors and snap.state == "error":
+            snap = snap.model_copy(update={"reasons": [*snap.reasons, errors[0]]})
+        return snap
