@@ -156,7 +156,12 @@ def decide(
     notes.append(f"raw {raw} (at {c.target_utilization:.0%} utilisation)")
 
     keep = max(c.up_window_s, c.down_window_s)
-    hist = [r for r in history if now - r.time < keep] + [Recommendation(time=now, replicas=raw)]
+    hist = [r for r in history if now - r.time < keep]
+    if not hist and raw < bounded:
+        # No memory (first pass, operator restart): the current count counts as recommended
+        # now, so scaling down still waits a whole down window.
+        hist = [Recommendation(time=now, replicas=bounded)]
+    hist.append(Recommendation(time=now, replicas=raw))
     if raw > bounded:
         up = min(r.replicas for r in hist if now - r.time <= c.up_window_s)
         desired = max(bounded, min(up, math.ceil(bounded * c.max_up_factor) or 1))
