@@ -1,0 +1,306 @@
+"""The SLO loop end to end: the operator (kopf, against the kmock Kubernetes emulator) reads a
+real Prometheus scraping a real SpecServe engine under load, tunes the policy, pushes it to the
+engine's control port, and the engine acknowledges it (specserve_policy_version). Then
+Prometheus goes down: the last good policy stays, .status says why, the replica count stays.
+
+A second, fast test needs no engine: a real engine control server (no vLLM) stands in for the
+pod and Prometheus is unreachable from the start.
+
+Prometheus is the Debian package `prometheus` (make setup installs it); the engine test skips
+only when the binary cannot be found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+# Read by specserve_operator.handlers at import (the operator is imported when it first runs).
+os.environ.setdefault("SPECSERVE_SLO_INTERVAL_S", "2")
+
+import httpx
+import pytest
+from operator_kit import CONFIGMAPS, NS, SSD, create, eventually, live, running_operator, ssd
+
+from specserve_engine.launcher import ServerProcess, free_port
+from specserve_engine.policy.params import Policy
+from specserve_engine.vllm.control import ControlServer, PolicyStore
+from specserve_operator import handlers
+from specserve_operator import manifests as m
+from specserve_operator import tuning as tn
+
+pytestmark = pytest.mark.asyncio
+
+NAME = "tiny"  # the service label Prometheus attaches, as a ServiceMonitor would
+UID = "uid-tiny"
+OWNER = m.Owner(NAME, NS, UID)
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+class Prometheus:
+    """`prometheus` on 127.0.0.1:<free port>, 1 s scrapes, temporary storage."""
+
+    def __init__(self, binary: str, targets: list[str], workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{
+                "job_name": "specserve",
+                "static_configs": [{"targets": targets,
+                                    "labels": {"namespace": NS, "service": NAME}}],
+            }],
+        }
+        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.log = workdir / "prometheus.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, f"--config.file={workdir / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise AssertionError(f"prometheus not ready:\n{self.log.read_text()[-2000:]}")
+
+    def value(self, promql: str) -> float | None:
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5.0).json()
+        result = r["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus") or next(
+        (p for p in ("/usr/bin/prometheus", "/usr/sbin/prometheus") if Path(p).exists()), None)
+
+
+@pytest.fixture()
+def loop_config(monkeypatch: pytest.MonkeyPatch) -> handlers.LoopConfig:
+    """Fast loop settings for tests (the operator runs in this process, so they take effect)."""
+    cfg = handlers.LoopConfig(
+        prometheus_url=None, window="60s", prometheus_timeout_s=2.0, push_timeout_s=3.0,
+        retries=1, tuning=tn.TuningConfig(over_patience=1, cooldown_s=0.0, min_steps=10))
+    monkeypatch.setattr(handlers, "LOOP", cfg)
+    return cfg
+
+
+async def add_ready_pod(kmock: Any, name: str = f"{NAME}-0") -> None:
+    """An engine pod as the kubelet would report it: Running, Ready, with an IP."""
+    body = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": m.selector_labels(OWNER)},
+        "spec": {"containers": [{"name": "engine", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.7",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    r = await kmock.post(f"/api/v1/namespaces/{NS}/pods", json=body)
+    assert r.status < 300, await r.text()
+
+
+def ssd_spec(prometheus_url: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"target": "tiny", "draft": "tiny"},
+        "speculation": {"mode": "adaptive", "kMax": 4},  # the session engine runs --k-max 4
+        # 1 ms TPOT cannot be met on CPU: the loop must tighten (and scale out if it may).
+        "slo": {"tpotP90Ms": 1, "ttftP90Ms": 2000, "attainment": 0.9},
+        "replicas": {"min": 1, "max": 3, "initial": 1},
+    }
+    if prometheus_url:
+        spec["metrics"] = {"prometheusUrl": prometheus_url}
+    return spec
+
+
+def stored_policy(kmock: Any) -> Policy:
+    return Policy.model_validate_json(live(kmock, CONFIGMAPS, f"{NAME}-policy")["data"][
+        m.POLICY_KEY])
+
+
+def status(kmock: Any) -> dict[str, Any]:
+    return (live(kmock, SSD, NAME) or {}).get("status") or {}
+
+
+def condition(kmock: Any, type_: str) -> dict[str, Any]:
+    return next(c for c in status(kmock).get("conditions", []) if c["type"] == type_)
+
+
+def loop_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    out = []
+    for rec in caplog.records:
+        msg = rec.getMessage()
+        if msg.startswith("slo loop: "):
+            out.append(json.loads(msg.removeprefix("slo loop: ")))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def load(url: str, concurrency: int = 2, max_tokens: int = 32) -> AsyncIterator[list[int]]:
+    """Completions against the engine until the block ends; yields the finished count."""
+    done = [0]
+    stop = asyncio.Event()
+
+    async def worker(i: int) -> None:
+        async with httpx.AsyncClient(timeout=120.0) as client:
+            n = 0
+            while not stop.is_set():
+                r = await client.post(f"{url}/v1/completions", json={
+                    "model": "tiny", "prompt": f"def function_{i}_{n}(x):", "max_tokens":
+                    max_tokens, "temperature": 0.0, "ignore_eos": True})
+                assert r.status_code == 200, r.text
+                done[0] += 1
+                n += 1
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    try:
+        yield done
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def engine_policy_version(control_port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{control_port}/metrics", timeout=5.0).text
+    line = next(x for x in text.splitlines() if x.startswith("specserve_policy_version "))
+    return float(line.split()[1])
+
+
+# ------------------------------------------------------------------------- the engine test
+
+
+@pytest.fixture()
+def prometheus(spec_engine: ServerProcess, control_port: int, tmp_path: Path
+               ) -> Iterator[Prometheus]:
+    binary = prometheus_binary()
+    if binary is None:
+        pytest.skip("the `prometheus` binary was not found on PATH: install the Debian package "
+                    "`prometheus` (make setup does)")
+    prom = Prometheus(binary, [f"127.0.0.1:{spec_engine.port}", f"127.0.0.1:{control_port}"],
+                      tmp_path)
+    try:
+        prom.wait_ready()
+        yield prom
+    finally:
+        prom.stop()
+
+
+@pytest.mark.engine
+async def test_loop_tunes_and_pushes_to_a_real_engine_then_survives_prometheus_down(
+    cluster: Any, prometheus: Prometheus, spec_engine: ServerProcess, control_port: int,
+    loop_config: handlers.LoopConfig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    loop_config.address = lambda pod: f"http://127.0.0.1:{control_port}"
+    await eventually(lambda: prometheus.value(f'count(up{{service="{NAME}"}} == 1)') == 2, 30)
+    before = engine_policy_version(control_port)
+
+    async with load(spec_engine.url) as finished:
+        await eventually(lambda: finished[0] >= 6, 120)
+        await eventually(lambda: (prometheus.value(
+            "sum(vllm:request_time_per_output_token_seconds_count)") or 0) >= 6, 30)
+        await add_ready_pod(cluster)
+        async with running_operator():
+            await create(cluster, ssd(NAME, ssd_spec(prometheus.url), UID))
+            # snapshot -> decision (tuned, new version) -> ConfigMap -> push -> engine ack
+            await eventually(lambda: any(
+                r["decision"]["changed"] and r["push"]["acknowledged"] == [f"{NAME}-0"]
+                for r in loop_records(caplog)), 90)
+            await eventually(lambda: status(cluster)["policy"]["appliedPods"] == 1
+                             and status(cluster)["policy"]["version"]
+                             == stored_policy(cluster).version, 20)
+            tuned = stored_policy(cluster)
+            assert tuned.version >= 2 and tuned.version > before
+            assert engine_policy_version(control_port) >= tuned.version
+            assert (tuned.tpot_headroom < 0.9 or tuned.confidence_floor > 0
+                    or tuned.model.source.startswith("operator refit"))
+            engine = httpx.get(f"http://127.0.0.1:{control_port}/specserve/policy",
+                               timeout=5.0).json()["policy"]
+            assert engine["version"] >= tuned.version
+            snap = status(cluster)["sloSnapshot"]
+            assert snap["state"] == "ok" and snap["tpotP90Ms"] > 1 and snap["requestRate"] > 0
+            assert condition(cluster, "SLOMet")["status"] == "False"
+            assert condition(cluster, "PolicyApplied")["status"] == "True"
+
+            record = next(r for r in loop_records(caplog) if r["decision"]["changed"]
+                          and r["push"]["acknowledged"])
+            print("\nONE LOOP ITERATION:", json.dumps(record, indent=1, sort_keys=True))
+
+            # ---- Prometheus goes down: last good policy kept, status says why, no scaling
+            prometheus.stop()
+            await eventually(lambda: status(cluster)["sloSnapshot"]["state"] == "error", 30)
+            version = stored_policy(cluster).version
+            replicas = live(cluster, SSD, NAME)["spec"]["replicas"]["initial"]
+            n = len(loop_records(caplog))
+            await eventually(lambda: len(loop_records(caplog)) >= n + 2, 30)
+        assert stored_policy(cluster).version == version
+        assert engine_policy_version(control_port) == version
+        assert live(cluster, SSD, NAME)["spec"]["replicas"]["initial"] == replicas
+        st = status(cluster)
+        assert "Prometheus answered no query" in st["sloSnapshot"]["reason"]
+        assert "no data" in st["autoscale"]["reason"]
+        assert condition(cluster, "SLOMet")["reason"] == "PrometheusUnavailable"
+        last = loop_records(caplog)[-1]
+        assert not last["decision"]["changed"] and last["scale"]["desired"] == replicas
+        print("PROMETHEUS DOWN:", json.dumps(last["decision"]["reasons"]),
+              last["scale"]["reason"])
+
+
+# ------------------------------------------------------------------ the fast test (no engine)
+
+
+async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
+    cluster: Any, loop_config: handlers.LoopConfig,
+) -> None:
+    """Prometheus unreachable from the start; the 'pod' is a real engine control server."""
+    r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
+        "data": {m.TOKEN_KEY: base64.b64encode(b"tok").decode()}})
+    assert r.status < 300
+    store = PolicyStore(Policy(), engine_k_max=4, token="tok")
+    server = ControlServer(store, lambda: b"", "127.0.0.1", 0).start()
+    loop_config.address = lambda pod: f"http://127.0.0.1:{server.httpd.server_address[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
+    try:
+        await add_ready_pod(cluster)
+        async with running_operator():
+            await create(cluster, ssd(NAME, ssd_spec(dead), UID))
+            await eventually(lambda: status(cluster)["sloSnapshot"]["state"] == "error", 30)
+            await eventually(lambda: status(cluster)["policy"]["appliedPods"] == 1, 20)
+            await asyncio.sleep(4)  # two more passes
+            st = status(cluster)
+        assert store.policy.version == 1 == stored_policy(cluster).version  # pushed, not tuned
+        assert "ConnectError" in st["sloSnapshot"]["reason"]
+        assert st["autoscale"]["desired"] == 1 and "no data" in st["autoscale"]["reason"]
+        assert live(cluster, SSD, NAME)["spec"]["replicas"]["initial"] == 1
+        assert "no data" in st["tuning"]["decision"]
+        slo = next(c for c in st["conditions"] if c["type"] == "SLOMet")
+        assert (slo["status"], slo["reason"]) == ("Unknown", "PrometheusUnavailable")
+    finally:
+        server.stop()
