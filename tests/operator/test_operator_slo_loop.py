@@ -304,3 +304,45 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
         assert (slo["status"], slo["reason"]) == ("Unknown", "PrometheusUnavailable")
     finally:
         server.stop()
+
+
+async def test_one_failing_deployment_does_not_block_another(
+    cluster: Any, loop_config: handlers.LoopConfig,
+) -> None:
+    """Two resources; resolving the pods of one of them raises. The other is still pushed."""
+    store = PolicyStore(Policy(), engine_k_max=4, token="tok")
+    server = ControlServer(store, lambda: b"", "127.0.0.1", 0).start()
+
+    def address(pod: Any) -> str:
+        if pod["metadata"]["name"].startswith("broken"):
+            raise RuntimeError("this pod cannot be addressed")
+        return f"http://127.0.0.1:{server.httpd.server_address[1]}"
+
+    loop_config.address = address
+    broken = m.Owner("broken", NS, "uid-broken")
+    try:
+        for owner in (OWNER, broken):
+            r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": m.secret_name(owner), "namespace": NS},
+                "data": {m.TOKEN_KEY: base64.b64encode(b"tok").decode()}})
+            assert r.status < 300
+            r = await cluster.post(f"/api/v1/namespaces/{NS}/pods", json={
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{owner.name}-0", "namespace": NS,
+                             "labels": m.selector_labels(owner)},
+                "status": {"phase": "Running", "podIP": "10.0.0.8",
+                           "conditions": [{"type": "Ready", "status": "True"}]}})
+            assert r.status < 300
+        async with running_operator():
+            await create(cluster, ssd("broken", ssd_spec(None), "uid-broken"))
+            await create(cluster, ssd(NAME, ssd_spec(None), UID))
+            await eventually(lambda: status(cluster)["policy"]["appliedPods"] == 1, 30)
+            bad = await eventually(
+                lambda: (x := (live(cluster, SSD, "broken") or {}).get("status", {})
+                         .get("sloSnapshot", {})).get("state") == "error" and x, 30)
+        assert "this pod cannot be addressed" in bad["reason"]
+        assert store.policy.version == 1
+        assert "no Prometheus URL" in status(cluster)["sloSnapshot"]["reason"]
+    finally:
+        server.stop()
