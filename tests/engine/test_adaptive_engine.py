@@ -81,7 +81,7 @@ def test_control_port_errors_over_http(control: Control) -> None:
     assert wrong.status_code == 401
     bad = httpx.put(url, json={"version": version + 1, "k_max": -2}, headers=control.auth)
     assert bad.status_code == 422 and "k_max" in bad.json()["error"]
-    stale = httpx.put(url, json={"version": 0, "mode": "off"}, headers=control.auth)
+    stale = httpx.put(url, json={"version": 0, "mode": "off", "k_max": 4}, headers=control.auth)
     assert (stale.status_code == 409) == (version > 0)
     assert _current_version(control) == version, "a refused PUT must change nothing"
 
@@ -135,15 +135,19 @@ def test_sampled_tokens_follow_the_same_distribution(
     _set_policy(control, mode="static", k_max=4, static_k=3)
     prompt = "import os\nimport sys\n\n\ndef main("
 
+    def sample(server: ServerProcess, seed: int) -> list[int]:
+        # One sequence per request, each with its own seed: `n` > 1 with one seed repeats it.
+        r = httpx.post(f"{server.url}/v1/completions", timeout=300, json={
+            "model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 1.0,
+            "seed": seed, "ignore_eos": True, "return_token_ids": True})
+        r.raise_for_status()
+        return r.json()["choices"][0]["token_ids"][1:]  # position 0 comes from prefill alone
+
     def tokens(server: ServerProcess) -> Counter[int]:
         counts: Counter[int] = Counter()
-        for seed in range(6):
-            r = httpx.post(f"{server.url}/v1/completions", timeout=300, json={
-                "model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 1.0,
-                "n": 40, "seed": 1000 + seed, "ignore_eos": True, "return_token_ids": True})
-            r.raise_for_status()
-            for choice in r.json()["choices"]:
-                counts.update(choice["token_ids"][1:])  # position 0 comes from prefill alone
+        with ThreadPoolExecutor(16) as pool:
+            for ids in pool.map(lambda seed: sample(server, seed), range(240)):
+                counts.update(ids)
         return counts
 
     spec, plain = tokens(spec_engine), tokens(plain_engine)

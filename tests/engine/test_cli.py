@@ -57,6 +57,11 @@ def test_argv_carries_the_speculative_config(tiny_models) -> None:
     argv = vllm_serve_argv(cfg)
     spec = json.loads(argv[argv.index("--speculative-config") + 1])
     assert spec == {"method": "draft_model", "model": str(tiny_models.draft),
-                    "num_speculative_tokens": 4}
+                    "num_speculative_tokens": 4,
+                    "num_speculative_tokens_per_batch_size": [[1, 1024, 4]]}
+    assert argv[argv.index("--scheduler-cls") + 1].endswith("AdaptiveScheduler")
+    baseline = vllm_serve_argv(ServeConfig(model=tiny_models.target, draft=str(tiny_models.draft),
+                                           k_max=4, specserve=False).resolved())
+    assert "--scheduler-cls" not in baseline
     plain = vllm_serve_argv(ServeConfig(model=tiny_models.target, draft="none").resolved())
     assert "--speculative-config" not in plain

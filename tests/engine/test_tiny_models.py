@@ -34,27 +34,26 @@ def test_target_is_a_widened_core_and_draft_is_small(tiny_models: tiny.TinyModel
     assert cfg["architectures"] == ["LlamaForCausalLM"]
     assert cfg["num_hidden_layers"] == recipe.target.layers
     assert cfg["hidden_size"] == recipe.target.hidden
-    # The target must be order 1e8 parameters for speculation to pay at batch 1 on a CPU,
-    # and the draft at least 50x smaller for drafting to be cheap.
-    assert tiny_models.info["target_parameters"] > 5e7
-    assert tiny_models.info["target_parameters"] > 50 * tiny_models.info["draft_parameters"]
+    # The target must cost a real model's step time (tens of millions of parameters over many
+    # layers), and the draft must be at least 30x smaller for drafting to be cheap.
+    assert tiny_models.info["target_parameters"] > 2e7
+    assert tiny_models.info["target_parameters"] > 30 * tiny_models.info["draft_parameters"]
     assert (tiny_models.target / "tokenizer.json").is_file()
     assert (tiny_models.draft / "tokenizer.json").read_bytes() == (
         tiny_models.target / "tokenizer.json"
     ).read_bytes()
 
 
-def test_widened_target_predicts_like_the_core(tiny_models: tiny.TinyModels) -> None:
-    """Greedy next tokens of the widened target agree with the HF core it was built from."""
+def test_target_keeps_the_trained_core_function(tiny_models: tiny.TinyModels) -> None:
+    """The enlarged target still models held-out code (a destroyed function would be near
+    uniform: cross-entropy ln(2048) = 7.6 nats per token)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_models.target)
     target = AutoModelForCausalLM.from_pretrained(tiny_models.target)
-    prompt = tiny.heldout_prompts(tiny_models, 1, chars=400, seed=3)[0]
-    ids = torch.tensor([tok(prompt)["input_ids"]])
+    text = "".join(tiny.heldout_prompts(tiny_models, 4, chars=600, seed=3))
+    ids = torch.tensor([tok(text)["input_ids"][:512]])
     with torch.no_grad():
-        logits = target(ids).logits[0]
-    # A model whose function was destroyed by the widening would predict near-uniformly.
-    top = torch.softmax(logits, -1).max(-1).values
-    assert float(top.mean()) > 0.2
+        loss = target(ids, labels=ids).loss.item()
+    assert loss < 5.0, f"held-out cross-entropy {loss:.2f} nats/token"

@@ -157,3 +157,18 @@ def test_bigger_steps_never_predict_faster(
     assert predict_seconds(c, b, n + extra, ctx) >= base
     assert predict_seconds(c, b, n, ctx + more_ctx) >= base
     assert predict_seconds(c, b + 1, n, ctx) >= base
+
+
+def test_refit_without_a_profile_learns_the_real_costs() -> None:
+    """Default coefficients far from the truth (seen live on a CPU): live steps must win."""
+    from specserve_engine.policy import ModelParams, StepObservation, StepTimeModel
+
+    model = StepTimeModel.from_params(ModelParams())
+    observations = []
+    for b in (1, 2, 4, 8, 16, 32, 64):
+        for k in (0, 1, 2, 3):
+            n = b * (k + 1)
+            observations += [StepObservation("target", b, n, 100.0, 0.02 + 0.006 * n)] * 3
+    model.refit(observations)
+    assert model.target.per_token_s == pytest.approx(0.006, rel=0.05)
+    assert model.verify_seconds(64, 128, 100.0) > 1.8 * model.verify_seconds(64, 64, 100.0)

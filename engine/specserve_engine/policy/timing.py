@@ -197,6 +197,9 @@ def fit_coefficients(
 # ---------------------------------------------------------------------------------------------
 
 
+MIN_LIVE_WITHOUT_PRIOR = 32
+
+
 def _anchor_grid(c: TimingCoefficients) -> list[tuple[int, int, float, float]]:
     """Points predicted by `c` over a typical grid: the prior for a refit without a profile."""
     grid = []
@@ -230,8 +233,10 @@ class StepTimeModel:
         self.draft = draft
         self.anchor_weight = anchor_weight
         self._anchors: dict[Role, list[tuple[int, int, float, float]]] = {}
+        self._measured_anchors: dict[Role, bool] = {}
         for role, c in (("target", target), ("draft", draft)):
             pts = profile.for_role(role) if profile else []
+            self._measured_anchors[role] = bool(pts)
             self._anchors[role] = (
                 [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts]
                 or _anchor_grid(c))
@@ -289,6 +294,11 @@ class StepTimeModel:
         for role in touched:
             live = self._live[role]
             anchors = self._anchors[role]
+            if not self._measured_anchors[role] and len(live) >= MIN_LIVE_WITHOUT_PRIOR:
+                # A grid predicted by unmeasured default coefficients is only a placeholder:
+                # once enough real steps exist it must not pull the fit (its short predicted
+                # times weigh heavily in a relative-error fit).
+                anchors = []
             points = anchors + [(o.num_requests, o.num_tokens, o.context_len, o.seconds)
                                 for o in live]
             weights = [self.anchor_weight] * len(anchors) + [1.0] * len(live)
