@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	@# Debian's Prometheus server: the SLO-loop integration test starts one on 127.0.0.1.
+	command -v prometheus >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	@echo ">>> creating $(VENV) and installing specserve with vLLM (CPU build)"
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
