@@ -282,6 +282,7 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
         (s.GROUP, s.PLURAL): {"get", "list", "watch", "patch"},
         (s.GROUP, f"{s.PLURAL}/status"): {"patch"},
         ("", "events"): {"create"},
+        ("", "pods"): {"get", "list"},  # the SLO loop finds ready engine pods (push.py)
     }
     for child in operator_children():
         if child[0] == "monitoring.coreos.com" and not service_monitors:

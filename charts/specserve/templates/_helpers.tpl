@@ -84,6 +84,10 @@ operator's manifests produce.
 - apiGroups: [""]
   resources: ["services", "configmaps", "secrets"]
   verbs: ["get", "create", "patch", "delete"]
+# The SLO loop pushes the policy to every ready engine pod (it lists them to find their IPs).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 # Events on the resources (Created, Updated, InvalidSpec, kopf's warnings).
 - apiGroups: [""]
   resources: ["events"]
