@@ -11,6 +11,9 @@ from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess, free_port
 
 K_MAX = 4
+# Tests check behaviour, not speed: eager mode skips torch.compile, which takes minutes per
+# engine on a cold compile cache (a fresh CI machine) and seconds of saving afterwards.
+FAST_START = ("--", "--enforce-eager")
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +44,11 @@ def engines(
         "spec": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", str(tiny_models.draft),
              "--k-max", str(K_MAX), "--served-model-name", "tiny",
-             "--control-port", str(control_port)],
+             "--control-port", str(control_port), *FAST_START],
             env={"SPECSERVE_CONTROL_TOKEN": control_token}, name="spec"),
         "plain": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", "none",
-             "--served-model-name", "tiny"], name="plain"),
+             "--served-model-name", "tiny", *FAST_START], name="plain"),
     }
     try:
         for s in servers.values():

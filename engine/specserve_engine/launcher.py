@@ -70,7 +70,7 @@ class ServerProcess:
         except OSError:
             return "(no log)"
 
-    def wait_ready(self, timeout: float = 300.0) -> ServerProcess:
+    def wait_ready(self, timeout: float = 900.0) -> ServerProcess:
         assert self.proc is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

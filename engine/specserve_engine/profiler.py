@@ -148,10 +148,12 @@ def run_profile(
     k_values: Sequence[int] = (0, 1, 3, 5),
     context_lens: Sequence[int] = (64, 384),
     new_tokens: int = 16,
+    extra_args: Sequence[str] = (),
     progress: Progress = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> Profile:
     cells = [(k, c, b) for k in k_values for c in context_lens for b in batch_sizes]
-    recorder = StepRecorder(model, draft, max(max(k_values), 1), prompt_text, new_tokens)
+    recorder = StepRecorder(model, draft, max(max(k_values), 1), prompt_text, new_tokens,
+                            extra_args)
     progress(f"starting the engine (log: {recorder.server.log_path}) ...")
     started = time.monotonic()
     with recorder:

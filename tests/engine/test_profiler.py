@@ -34,7 +34,8 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
     messages: list[str] = []
     run_profile(tiny_models.target, tiny_models.draft, out,
                 prompt_text=tiny_models.heldout.read_text(), batch_sizes=(1, 3),
-                k_values=(0, 2), context_lens=(48,), new_tokens=8, progress=messages.append)
+                k_values=(0, 2), context_lens=(48,), new_tokens=8,
+                extra_args=("--", "--enforce-eager"), progress=messages.append)
     profile = Profile.load(out)
     assert profile.for_role("target") and profile.for_role("draft")
     assert any("[4/4]" in m for m in messages), "progress is reported per cell"
