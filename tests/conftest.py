@@ -44,7 +44,10 @@ def engines(
         "spec": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", str(tiny_models.draft),
              "--k-max", str(K_MAX), "--served-model-name", "tiny",
-             "--control-port", str(control_port), *FAST_START],
+             "--control-port", str(control_port),
+             # The built-in timing prior, not whatever profile the model cache holds, so the
+             # adaptive path behaves the same on every machine.
+             "--profile", "none", *FAST_START],
             env={"SPECSERVE_CONTROL_TOKEN": control_token}, name="spec"),
         "plain": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", "none",

@@ -48,8 +48,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-file", default=None,
                    help="initial Policy JSON (the operator mounts one; env SPECSERVE_POLICY_FILE)")
     p.add_argument("--profile", default=None,
-                   help="step-time profile JSON from `specserve profile` (default: the tiny "
-                        "models' cached profile, if any)")
+                   help="step-time profile JSON from `specserve profile`, or `none` for the "
+                        "built-in timing prior (default: <model>/specserve-profile.json if "
+                        "it exists)")
     p.add_argument(
         "vllm_args", nargs=argparse.REMAINDER,
         help="extra arguments passed to `vllm serve` as is (after a `--`)",
@@ -73,7 +74,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         control_host=args.control_host,
         control_port=args.control_port,
         policy_file=Path(args.policy_file) if args.policy_file else None,
-        profile_file=Path(args.profile) if args.profile else None,
+        profile_file=Path(args.profile) if args.profile not in (None, "none") else None,
+        auto_profile=args.profile != "none",
         extra_vllm_args=extra,
     )
 

@@ -59,6 +59,8 @@ class ServeConfig:
     control_port: int | None = None  # default: port + 1
     policy_file: Path | None = None
     profile_file: Path | None = None
+    # False: the built-in timing prior even when the model folder has a cached profile.
+    auto_profile: bool = True
     extra_vllm_args: list[str] = field(default_factory=list)
 
     def resolved(self) -> ServeConfig:
@@ -92,7 +94,7 @@ class ServeConfig:
                     f"{target_cfg.get('vocab_size')}: draft and target must share a tokenizer"
                 )
         profile = self.profile_file
-        if profile is None:
+        if profile is None and self.auto_profile:
             from specserve_engine.profiler import default_profile_path
 
             candidate = default_profile_path(model)

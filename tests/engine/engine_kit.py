@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+
+POLICY = "/specserve/policy"
+
 
 @dataclass(frozen=True)
 class Control:
@@ -15,3 +19,14 @@ class Control:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    def policy_version(self) -> int:
+        return httpx.get(self.url + POLICY, timeout=10).json()["policy"]["version"]
+
+    def set_policy(self, **fields: object) -> int:
+        """PUT a policy one version above the engine's; returns the new version."""
+        version = self.policy_version() + 1
+        r = httpx.put(self.url + POLICY, json={"version": version, **fields},
+                      headers=self.auth, timeout=10)
+        assert r.status_code == 200, r.text
+        return version

@@ -9,27 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from engine_kit import Control
+from engine_kit import POLICY, Control
 from scipy.stats import chi2_contingency
 
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
 from specserve_engine.vllm_metrics import metric_totals
-
-POLICY = "/specserve/policy"
-
-
-def _current_version(control: Control) -> int:
-    return httpx.get(control.url + POLICY, timeout=10).json()["policy"]["version"]
-
-
-def _set_policy(control: Control, **fields: object) -> int:
-    """PUT a policy one version above the engine's; returns the new version."""
-    version = _current_version(control) + 1
-    r = httpx.put(control.url + POLICY, json={"version": version, **fields},
-                  headers=control.auth, timeout=10)
-    assert r.status_code == 200, r.text
-    return version
 
 
 def _metrics(control: Control) -> dict[str, float]:
@@ -53,14 +38,14 @@ def _greedy_ids(server: ServerProcess, prompts: list[str], max_tokens: int) -> l
 @pytest.fixture(autouse=True)
 def _back_to_adaptive(control: Control):
     yield
-    _set_policy(control, mode="adaptive", k_max=4)
+    control.set_policy(mode="adaptive", k_max=4)
 
 
 def test_put_changes_the_k_of_the_next_steps(control: Control, spec_engine: ServerProcess,
                                              tiny_models: tiny.TinyModels) -> None:
     prompt = tiny.heldout_prompts(tiny_models, 1, seed=11)[0]
     for mode, k in (("static", 1), ("static", 3), ("off", 0)):
-        version = _set_policy(control, mode=mode, k_max=4, static_k=min(k, 4))
+        version = control.set_policy(mode=mode, k_max=4, static_k=min(k, 4))
         before = _metrics(control)
         _complete(spec_engine, prompt, 16)
         after = _metrics(control)
@@ -74,7 +59,7 @@ def test_put_changes_the_k_of_the_next_steps(control: Control, spec_engine: Serv
 
 def test_control_port_errors_over_http(control: Control) -> None:
     url = control.url + POLICY
-    version = _current_version(control)
+    version = control.policy_version()
     assert httpx.put(url, json={"version": version + 1}).status_code == 401
     wrong = httpx.put(url, json={"version": version + 1},
                       headers={"Authorization": "Bearer wrong"})
@@ -83,7 +68,7 @@ def test_control_port_errors_over_http(control: Control) -> None:
     assert bad.status_code == 422 and "k_max" in bad.json()["error"]
     stale = httpx.put(url, json={"version": 0, "mode": "off", "k_max": 4}, headers=control.auth)
     assert (stale.status_code == 409) == (version > 0)
-    assert _current_version(control) == version, "a refused PUT must change nothing"
+    assert control.policy_version() == version, "a refused PUT must change nothing"
 
 
 def test_greedy_output_identical_in_every_mode(
@@ -95,7 +80,7 @@ def test_greedy_output_identical_in_every_mode(
     for fields in ({"mode": "adaptive"}, {"mode": "adaptive", "confidence_floor": 0.5},
                    {"mode": "static", "static_k": 1}, {"mode": "static", "static_k": 4},
                    {"mode": "off"}):
-        _set_policy(control, k_max=4, **fields)
+        control.set_policy(k_max=4, **fields)
         assert _greedy_ids(spec_engine, prompts, 32) == reference, fields
 
 
@@ -113,7 +98,7 @@ def test_greedy_output_identical_under_policy_changes_mid_generation(
         cycle = [{"mode": "static", "static_k": 4}, {"mode": "off"},
                  {"mode": "adaptive"}, {"mode": "static", "static_k": 1}]
         while not done.is_set():
-            _set_policy(control, k_max=4, **cycle[changes % len(cycle)])
+            control.set_policy(k_max=4, **cycle[changes % len(cycle)])
             changes += 1
             time.sleep(0.2)
 
@@ -138,7 +123,7 @@ def test_sampled_tokens_follow_the_same_distribution(
     control: Control, spec_engine: ServerProcess, plain_engine: ServerProcess
 ) -> None:
     """Temperature 1: speculation (rejection sampling) must not change what gets sampled."""
-    _set_policy(control, mode="static", k_max=4, static_k=3)
+    control.set_policy(mode="static", k_max=4, static_k=3)
     prompt = "import os\nimport sys\n\n\ndef main("
 
     def sample(server: ServerProcess, seed: int) -> list[int]:
@@ -171,7 +156,7 @@ def test_sampled_tokens_follow_the_same_distribution(
 def test_burst_switches_speculation_off_and_every_request_finishes(
     control: Control, spec_engine: ServerProcess, tiny_models: tiny.TinyModels
 ) -> None:
-    _set_policy(control, mode="adaptive", k_max=4)
+    control.set_policy(mode="adaptive", k_max=4)
     before = _metrics(control)
     prompts = tiny.heldout_prompts(tiny_models, 64, chars=120, seed=41)
     with ThreadPoolExecutor(64) as pool:

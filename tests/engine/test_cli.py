@@ -65,3 +65,24 @@ def test_argv_carries_the_speculative_config(tiny_models) -> None:
     assert "--scheduler-cls" not in baseline
     plain = vllm_serve_argv(ServeConfig(model=tiny_models.target, draft="none").resolved())
     assert "--speculative-config" not in plain
+
+
+def test_cached_profile_is_used_unless_profile_none(tiny_models, tmp_path: Path) -> None:
+    from specserve_engine.cli import _serve_config, build_parser
+
+    model = tmp_path / "target"
+    model.mkdir()
+    for f in tiny_models.target.iterdir():
+        if f.name != "specserve-profile.json":
+            (model / f.name).symlink_to(f)
+    cached = model / "specserve-profile.json"
+    cached.write_text("{}")
+
+    def profile_for(*flags: str) -> Path | None:
+        args = build_parser().parse_args(["serve", "--model", str(model), "--draft", "none",
+                                          *flags])
+        return _serve_config(args).resolved().profile_file
+
+    assert profile_for() == cached
+    assert profile_for("--profile", "none") is None
+    assert profile_for("--profile", str(cached)) == cached

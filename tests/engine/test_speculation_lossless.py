@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
+from engine_kit import Control
 
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
@@ -26,6 +29,16 @@ def _greedy(server: ServerProcess, prompt: str) -> list[int]:
     return choice.get("token_ids") or choice["text"]
 
 
+@pytest.fixture
+def static_k3(control: Control) -> Iterator[None]:
+    """Static K=3: drafts on every step, whatever the adaptive policy would choose here (every
+    mode is compared in test_adaptive_engine)."""
+    control.set_policy(mode="static", k_max=4, static_k=3)
+    yield
+    control.set_policy(mode="adaptive", k_max=4)
+
+
+@pytest.mark.usefixtures("static_k3")
 def test_greedy_output_identical_with_and_without_speculation(
     tiny_models: tiny.TinyModels, spec_engine: ServerProcess, plain_engine: ServerProcess
 ) -> None:
