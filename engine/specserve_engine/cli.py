@@ -15,6 +15,7 @@ from specserve_engine.serving import (
     cpu_runtime_env,
     engine_env,
     on_cpu_build,
+    parse_k_table,
     vllm_serve_argv,
 )
 
@@ -36,12 +37,17 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "--kv-cache-gib", type=float, default=None,
         help="CPU KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE; default 1)",
     )
-    p.add_argument("--mode", default="adaptive", help="initial policy: adaptive | static | off")
+    p.add_argument("--mode", default="adaptive",
+                   help="initial policy: adaptive | static | off | threshold (a baseline: "
+                        "drafting stops at draft probability < 0.6)")
     p.add_argument("--static-k", type=int, default=None, help="K for --mode static (default 3)")
     p.add_argument(
         "--no-specserve", action="store_true",
         help="plain vLLM speculation with a fixed K = --k-max (a baseline; no control port)",
     )
+    p.add_argument("--k-table", default=None,
+                   help="with --no-specserve: vLLM's Dynamic-SD table, K per batch-size range, "
+                        "e.g. 1-4:3,5-16:2,17-1024:0 (a baseline)")
     p.add_argument("--control-host", default=None, help="control port host (default: --host)")
     p.add_argument("--control-port", type=int, default=None,
                    help="control port: policy endpoint and specserve_* metrics (default: port+1)")
@@ -76,6 +82,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         policy_file=Path(args.policy_file) if args.policy_file else None,
         profile_file=Path(args.profile) if args.profile not in (None, "none") else None,
         auto_profile=args.profile != "none",
+        k_table=parse_k_table(args.k_table) if args.k_table else None,
         extra_vllm_args=extra,
     )
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 K_MAX_LIMIT = 16
-MODES = ("adaptive", "static", "off")
+MODES = ("adaptive", "static", "off", "threshold")
+KTable = tuple[tuple[int, int, int], ...]  # vLLM's Dynamic-SD table: (first B, last B, K) rows
 SCHEDULER_CLS = "specserve_engine.vllm.scheduler.AdaptiveScheduler"
 CPU_WORKER_CLS = "specserve_engine.vllm.cpu_worker.SpecServeCPUWorker"
 GPU_WORKER_CLS = "specserve_engine.vllm.gpu_worker.SpecServeGPUWorker"
@@ -59,6 +60,7 @@ class ServeConfig:
     control_port: int | None = None  # default: port + 1
     policy_file: Path | None = None
     profile_file: Path | None = None
+    k_table: KTable | None = None  # vLLM's Dynamic-SD table, a baseline (with specserve=False)
     # False: the built-in timing prior even when the model folder has a cached profile.
     auto_profile: bool = True
     extra_vllm_args: list[str] = field(default_factory=list)
@@ -72,6 +74,12 @@ class ServeConfig:
         if self.static_k is not None and not 0 <= self.static_k <= self.k_max:
             raise UserError(f"--static-k must be between 0 and --k-max ({self.k_max}), "
                             f"got {self.static_k}")
+        if self.k_table is not None:
+            if self.specserve:
+                raise UserError("--k-table is vLLM's own Dynamic-SD table, a baseline: use it "
+                                "with --no-specserve (SpecServe chooses K itself)")
+            if max(k for _, _, k in self.k_table) > self.k_max:
+                raise UserError("--k-table asks for a K above --k-max")
         for flag, path in (("--policy-file", self.policy_file), ("--profile", self.profile_file)):
             if path is not None and not path.is_file():
                 raise UserError(f"{flag} {path} does not exist")
@@ -141,16 +149,40 @@ def cpu_runtime_env(environ: dict[str, str]) -> dict[str, str]:
     return extra
 
 
-def speculative_config(draft: str, k_max: int, per_batch_size: bool) -> dict:
+def speculative_config(draft: str, k_max: int, k_table: KTable | None) -> dict:
     """vLLM speculative_config for draft-model speculation with K up to ``k_max``.
 
-    ``per_batch_size`` declares vLLM's Dynamic-SD table with K_max everywhere: vLLM sizes its
-    buffers (and CUDA graphs on GPU) from it; SpecServe's scheduler then picks K <= K_max.
+    ``k_table`` is vLLM's Dynamic-SD table (first batch size, last batch size, K). SpecServe
+    declares one with K_max everywhere: vLLM sizes its buffers (and CUDA graphs on GPU) from it;
+    SpecServe's scheduler then picks K <= K_max.
     """
     config: dict = {"method": "draft_model", "model": draft, "num_speculative_tokens": k_max}
-    if per_batch_size:
-        config["num_speculative_tokens_per_batch_size"] = [[1, 1024, k_max]]
+    if k_table:
+        config["num_speculative_tokens_per_batch_size"] = [list(row) for row in k_table]
     return config
+
+
+def parse_k_table(text: str) -> KTable:
+    """``"1-4:3,5-16:2,17-1024:0"`` -> ((1, 4, 3), (5, 16, 2), (17, 1024, 0)); raises UserError."""
+    rows = []
+    for part in text.split(","):
+        try:
+            sizes, k = part.split(":")
+            first, last = sizes.split("-")
+            row = (int(first), int(last), int(k))
+        except ValueError:
+            raise UserError(f"--k-table entry {part.strip()!r} is not FIRST-LAST:K "
+                            "(e.g. 1-4:3,5-16:2,17-1024:0)") from None
+        rows.append(row)
+    rows.sort()
+    expected_first = 1
+    for first, last, k in rows:
+        if first != expected_first or last < first or k < 0:
+            raise UserError(f"--k-table must cover batch sizes 1, 2, ... in order without gaps, "
+                            f"with K >= 0; got {first}-{last}:{k} where {expected_first}- "
+                            "was expected")
+        expected_first = last + 1
+    return tuple(rows)
 
 
 def engine_env(cfg: ServeConfig, environ: dict[str, str]) -> dict[str, str]:
@@ -187,7 +219,8 @@ def vllm_serve_argv(cfg: ServeConfig) -> list[str]:
         argv += ["--dtype", cfg.dtype]
     if cfg.speculative:
         assert cfg.draft is not None
-        spec = speculative_config(cfg.draft, cfg.k_max, per_batch_size=cfg.specserve)
+        table = ((1, 1024, cfg.k_max),) if cfg.specserve else cfg.k_table
+        spec = speculative_config(cfg.draft, cfg.k_max, table)
         argv += ["--speculative-config", json.dumps(spec)]
         if cfg.specserve:
             cpu = on_cpu_build()

@@ -79,7 +79,7 @@ def test_greedy_output_identical_in_every_mode(
     reference = _greedy_ids(plain_engine, prompts, 32)
     for fields in ({"mode": "adaptive"}, {"mode": "adaptive", "confidence_floor": 0.5},
                    {"mode": "static", "static_k": 1}, {"mode": "static", "static_k": 4},
-                   {"mode": "off"}):
+                   {"mode": "threshold", "threshold_probability": 0.6}, {"mode": "off"}):
         control.set_policy(k_max=4, **fields)
         assert _greedy_ids(spec_engine, prompts, 32) == reference, fields
 

@@ -86,3 +86,27 @@ def test_cached_profile_is_used_unless_profile_none(tiny_models, tmp_path: Path)
     assert profile_for() == cached
     assert profile_for("--profile", "none") is None
     assert profile_for("--profile", str(cached)) == cached
+
+
+def test_k_table_is_vllms_dynamic_sd_table_for_the_baseline(tiny_models) -> None:
+    from specserve_engine.serving import parse_k_table
+
+    table = parse_k_table("5-16:2,1-4:3,17-1024:0")
+    assert table == ((1, 4, 3), (5, 16, 2), (17, 1024, 0))
+    cfg = ServeConfig(model=tiny_models.target, draft=str(tiny_models.draft), k_max=3,
+                      specserve=False, k_table=table).resolved()
+    argv = vllm_serve_argv(cfg)
+    spec = json.loads(argv[argv.index("--speculative-config") + 1])
+    assert spec["num_speculative_tokens_per_batch_size"] == [[1, 4, 3], [5, 16, 2], [17, 1024, 0]]
+    for bad in ("1-4", "2-4:3", "1-4:3,6-9:1", "1-4:-1", "a-b:c"):
+        with pytest.raises(UserError, match="--k-table"):
+            parse_k_table(bad)
+    with pytest.raises(UserError, match="--no-specserve"):
+        ServeConfig(model=tiny_models.target, draft=str(tiny_models.draft), k_max=3,
+                    k_table=table).resolved()
+
+
+def test_bad_k_table_is_one_clear_line() -> None:
+    result = _serve("--k-table", "1-4:x", "--no-specserve")
+    assert result.returncode == 2
+    assert "--k-table entry '1-4:x'" in result.stderr and "Traceback" not in result.stderr

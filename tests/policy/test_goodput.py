@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from specserve_engine.policy.acceptance import AcceptanceModel
 from specserve_engine.policy.cost import decision_cost_seconds
-from specserve_engine.policy.goodput import EfficiencyModel
+from specserve_engine.policy.goodput import EfficiencyModel, lengths_above_threshold
 from specserve_engine.policy.params import ModelParams, Policy, TimingCoefficients
 from specserve_engine.policy.timing import StepTimeModel
 
@@ -93,6 +93,16 @@ def test_modes_off_and_static() -> None:
     assert make_model(mode="off").choose_k(rows, 100.0).k == 0
     assert make_model(mode="static", static_k=2).choose_k(rows, 100.0).k == 2
     assert make_model().choose_k([], 100.0).k == 0  # nothing decoding (prefill only)
+
+
+def test_threshold_mode_drafts_k_max_and_cuts_each_request_at_its_first_unsure_token() -> None:
+    model = make_model(mode="threshold", threshold_probability=0.6)
+    assert model.choose_k([geometric(0.1, 3)], 100.0).k == 3  # the drafter decides, not G
+    assert model.should_continue(2, [[0.1, 0.01]], 100.0)
+    assert not model.should_continue(3, [[0.9, 0.8, 0.7]], 100.0)
+    # Raw probabilities, not cumulative: 0.7 after 0.9 still passes 0.6.
+    raw = [[0.9, 0.7, 0.95], [0.5, 0.99, 0.99], [0.9, 0.59, 0.9], []]
+    assert lengths_above_threshold(raw, 0.6) == [3, 0, 1, 0]
 
 
 def test_prefill_tokens_share_the_verify_step() -> None:

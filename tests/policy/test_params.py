@@ -31,7 +31,7 @@ def test_no_tpot_slo_means_no_limit() -> None:
         ({"k_max": -1}, "k_max: Input should be greater than or equal to 0 (got -1)"),
         ({"k_max": 17}, "k_max: Input should be less than or equal to 16 (got 17)"),
         ({"k_max": 2, "static_k": 3}, "static_k (3) must be <= k_max (2)"),
-        ({"mode": "fast"}, "mode: Input should be 'adaptive', 'static' or 'off' (got 'fast')"),
+        ({"mode": "fast"}, "mode: Input should be 'adaptive', 'static', 'off' or 'threshold' (got 'fast')"),
         ({"slo": {"tpot_seconds": 0}}, "slo.tpot_seconds: Input should be greater than 0"),
         ({"slo": {"ttft_seconds": -1.0}}, "slo.ttft_seconds: Input should be greater than 0"),
         ({"tpot_headroom": 0}, "tpot_headroom: Input should be greater than 0"),

@@ -10,7 +10,11 @@
 
 from specserve_engine.policy.acceptance import AcceptanceModel
 from specserve_engine.policy.cost import decision_cost_seconds
-from specserve_engine.policy.goodput import EfficiencyModel, StepPrediction
+from specserve_engine.policy.goodput import (
+    EfficiencyModel,
+    StepPrediction,
+    lengths_above_threshold,
+)
 from specserve_engine.policy.params import (
     K_LIMIT,
     LogisticCalibration,
@@ -39,5 +43,6 @@ __all__ = [
     "TimingCoefficients",
     "decision_cost_seconds",
     "fit_coefficients",
+    "lengths_above_threshold",
     "validation_message",
 ]

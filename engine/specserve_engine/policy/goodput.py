@@ -197,14 +197,15 @@ class EfficiencyModel:
 
         `rows` are look-ahead c rows (`AcceptanceModel.lookahead`), at least k_max long to let
         every K compete; shorter rows count their missing positions as never accepted.
-        Mode "off" gives K=0, "static" gives `static_k`, "adaptive" the best feasible K in
-        0..k_max (ties go to the smaller K).
+        Mode "off" gives K=0, "static" gives `static_k`, "threshold" k_max (its drafter stops
+        each request by confidence), "adaptive" the best feasible K in 0..k_max (ties go to the
+        smaller K).
         """
         mode = self.policy.mode
         if mode == "off" or not rows:
             return self.predict_all(rows, context_len, extra_tokens, k_max=0)[0]
-        if mode == "static":
-            k = self.policy.static_k
+        if mode in ("static", "threshold"):
+            k = self.policy.static_k if mode == "static" else self.policy.k_max
             return self.predict_all(rows, context_len, extra_tokens, k_max=k, k_min=k)[0]
         return self._best(self.predict_all(rows, context_len, extra_tokens))
 
@@ -231,7 +232,8 @@ class EfficiencyModel:
         """
         policy = self.policy
         if policy.mode != "adaptive":
-            return step < (policy.static_k if policy.mode == "static" else 0)
+            fixed = {"static": policy.static_k, "threshold": policy.k_max}.get(policy.mode, 0)
+            return step < fixed
         if step >= policy.k_max or not rows:
             return False
         if step > 0 and max(row[step - 1] if len(row) >= step else 0.0 for row in rows) \
@@ -291,3 +293,9 @@ class EfficiencyModel:
                 trimmed[i] += 1
                 surplus -= 1
         return trimmed
+
+
+def lengths_above_threshold(rows: Sequence[Sequence[float]], threshold: float) -> list[int]:
+    """Confidence-threshold drafting (a baseline): per request, the draft tokens before the first
+    one whose raw draft probability is below `threshold`."""
+    return [next((j for j, p in enumerate(row) if p < threshold), len(row)) for row in rows]

@@ -94,7 +94,9 @@ class Policy(_Strict):
     """Everything an engine needs to pick K every step. Versioned: engines ack the version."""
 
     version: int = Field(default=0, ge=0)
-    mode: Literal["adaptive", "static", "off"] = "adaptive"
+    # "threshold" is a baseline for benchmarks (confidence-threshold drafting), not a policy the
+    # operator offers.
+    mode: Literal["adaptive", "static", "off", "threshold"] = "adaptive"
     k_max: int = Field(default=5, ge=0, le=K_LIMIT, description="largest K ever used")
     static_k: int = Field(default=3, ge=0, le=K_LIMIT, description="K used in mode 'static'")
     slo: SloTargets = Field(default_factory=SloTargets)
@@ -109,6 +111,10 @@ class Policy(_Strict):
         default=0.0, ge=0, lt=1,
         description="draft tokens whose cumulative acceptance probability is below this are "
                     "never verified")
+    threshold_probability: float = Field(
+        default=0.6, gt=0, lt=1,
+        description="mode 'threshold': each request drafts up to k_max tokens and stops at the "
+                    "first one the draft model gave a probability below this")
     model: ModelParams = Field(default_factory=ModelParams)
 
     @model_validator(mode="after")

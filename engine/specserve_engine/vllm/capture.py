@@ -13,15 +13,28 @@ next sample call raises ``_StopDrafting``; the wrapped ``propose()`` catches it 
 tokens drafted so far (a narrower ``[batch, j]`` result, which vLLM's runner handles like a
 smaller K). Confidences are calibrated with the scheduler's per-position logistic map first (the
 same map ``AcceptanceModel.calibrate`` applies), so the rule compares acceptance probabilities.
+The confidence-threshold baseline (policy mode "threshold") instead ends drafting once every
+request has proposed a token with raw draft probability below the threshold.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class DraftStopRule:
+    """When the drafter stops this step; sent by the scheduler with each step's output."""
+
+    gain_threshold: float  # stop once the batch's summed cumulative acceptance is below this
+    floor: float  # ... or once every request's cumulative acceptance is below this
+    calibration: list[tuple[float, float]]  # (slope, intercept) per draft position
+    token_floor: float = 0.0  # threshold mode: a request is done at its first raw p below this
 
 
 class _StopDrafting(Exception):
@@ -31,15 +44,14 @@ class _StopDrafting(Exception):
 class DraftCapture:
     def __init__(self, drafter: Any) -> None:
         self.drafter = drafter
-        # (expected-gain threshold, confidence floor, [(slope, intercept) per position]), set per
-        # step from the scheduler's output.
-        self.stop_threshold: tuple[float, float, list[tuple[float, float]]] | None = None
+        self.stop_rule: DraftStopRule | None = None  # set per step from the scheduler's output
         self.last_confidences: torch.Tensor | None = None  # [batch, j] of the last propose()
         self.last_seconds = 0.0
         self.stopped_early = 0  # propose() calls cut short, for the scheduler's metrics
         self._tokens: list[torch.Tensor] = []
         self._confidences: list[torch.Tensor] = []
         self._cumulative: torch.Tensor | None = None
+        self._drafting: torch.Tensor | None = None  # threshold mode: requests not yet done
         self._stop_next = False
         self._original_sample: Callable[[torch.Tensor], torch.Tensor] = drafter._greedy_sample
         self._original_propose: Callable[..., torch.Tensor] = drafter.propose
@@ -64,20 +76,25 @@ class DraftCapture:
         conf = torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         self._tokens.append(tokens)
         self._confidences.append(conf)
-        if self.stop_threshold is not None:
-            gain_threshold, floor, calibration = self.stop_threshold
-            slope, intercept = calibration[min(len(self._tokens), len(calibration)) - 1]
+        rule = self.stop_rule
+        if rule is not None and rule.token_floor > 0:
+            going = conf >= rule.token_floor
+            self._drafting = going if self._drafting is None else self._drafting & going
+            if not bool(self._drafting.any()):
+                self._stop_next = True
+        elif rule is not None:
+            slope, intercept = rule.calibration[min(len(self._tokens), len(rule.calibration)) - 1]
             q = conf.clamp(1e-6, 1 - 1e-6)
             c = torch.sigmoid(slope * torch.log(q / (1 - q)) + intercept)
             cum = c if self._cumulative is None else self._cumulative * c
             self._cumulative = cum
-            if float(cum.sum()) < gain_threshold or bool((cum < floor).all()):
+            if float(cum.sum()) < rule.gain_threshold or bool((cum < rule.floor).all()):
                 self._stop_next = True
         return tokens
 
     def _propose(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._tokens, self._confidences = [], []
-        self._cumulative, self._stop_next = None, False
+        self._cumulative, self._drafting, self._stop_next = None, None, False
         start = time.perf_counter()
         try:
             result = self._original_propose(*args, **kwargs)

@@ -36,13 +36,15 @@ from specserve_engine.policy import (
     StepObservation,
     StepPrediction,
     StepTimeModel,
+    lengths_above_threshold,
 )
+from specserve_engine.vllm.capture import DraftStopRule
 from specserve_engine.vllm.control import ControlServer, PolicyStore
 from specserve_engine.vllm.metrics import SpecServeMetrics
 from specserve_engine.vllm.worker import (
     CONFIDENCES_ATTR,
     DRAFT_SECONDS_ATTR,
-    STOP_THRESHOLD_ATTR,
+    STOP_RULE_ATTR,
     STOPPED_EARLY_ATTR,
 )
 
@@ -125,7 +127,7 @@ class AdaptiveScheduler(Scheduler):
 
     def _set_policy_metrics(self, policy: Policy) -> None:
         self.metrics.policy_version.set(policy.version)
-        for mode in ("adaptive", "static", "off"):
+        for mode in ("adaptive", "static", "off", "threshold"):
             self.metrics.policy_mode.labels(mode).set(1.0 if mode == policy.mode else 0.0)
 
     def _sync_policy(self) -> None:
@@ -141,7 +143,7 @@ class AdaptiveScheduler(Scheduler):
         self._prediction = None
         output = super().schedule(*args, **kwargs)
         if self._prediction is not None:
-            setattr(output, STOP_THRESHOLD_ATTR, self._stop_threshold(self._prediction))
+            setattr(output, STOP_RULE_ATTR, self._stop_rule(self._prediction))
         self._step_started = time.perf_counter()
         self._step_tokens = output.total_num_scheduled_tokens
         self._step_requests = len(output.num_scheduled_tokens)
@@ -167,16 +169,18 @@ class AdaptiveScheduler(Scheduler):
             m.steps_off.inc()
         return k
 
-    def _stop_threshold(
-        self, p: StepPrediction
-    ) -> tuple[float, float, list[tuple[float, float]]] | None:
-        """(gain threshold in expected tokens, confidence floor, calibration) for the drafter.
+    def _stop_rule(self, p: StepPrediction) -> DraftStopRule | None:
+        """When the drafter stops drafting this step.
 
-        One more draft position for the whole batch costs one draft step plus B verify tokens
-        (dt) and gains sum_i c_i,j+1 ~ rate * sum_i c_ij expected tokens; it raises goodput G
-        only while that gain exceeds G * dt. So the worker stops once sum_i c_ij < G*dt/rate.
+        Mode "threshold": once every request has drafted a token below the threshold.
+        Mode "adaptive": one more draft position for the whole batch costs one draft step plus
+        B verify tokens (dt) and gains sum_i c_i,j+1 ~ rate * sum_i c_ij expected tokens; it
+        raises goodput G only while that gain exceeds G * dt. So the worker stops once
+        sum_i c_ij < G*dt/rate.
         """
         policy = self.model.policy
+        if policy.mode == "threshold" and p.k:
+            return DraftStopRule(0.0, 0.0, [], token_floor=policy.threshold_probability)
         if policy.mode != "adaptive" or p.k <= 1 or not p.num_requests:
             return None
         b = p.num_requests
@@ -188,7 +192,7 @@ class AdaptiveScheduler(Scheduler):
         acceptance = self.model.acceptance
         rate = max(acceptance.mean_acceptance, 1e-3)
         calibration = [(c.slope, c.intercept) for c in acceptance.calibration]
-        return (p.goodput * dt / rate, policy.confidence_floor, calibration)
+        return DraftStopRule(p.goodput * dt / rate, policy.confidence_floor, calibration)
 
     # -- feedback from the worker --
 
@@ -230,18 +234,23 @@ class AdaptiveScheduler(Scheduler):
         if confidences is None:
             return
         acceptance = self.model.acceptance
-        ids, rows = [], []
+        ids, raws, rows = [], [], []
         for rid, conf in zip(draft_token_ids.req_ids, confidences, strict=False):
             request = self.requests.get(rid)
             if request is None or not request.spec_token_ids:
                 continue
             ids.append(rid)
-            rows.append(acceptance.cumulative(conf[: len(request.spec_token_ids)]))
+            raws.append(conf[: len(request.spec_token_ids)])
+            rows.append(acceptance.cumulative(raws[-1]))
         if not ids:
             return
-        lengths = self.model.trim(rows, self._context_len)
+        policy = self.model.policy
+        if policy.mode == "threshold":
+            lengths = lengths_above_threshold(raws, policy.threshold_probability)
+        else:
+            lengths = self.model.trim(rows, self._context_len)
         predicted = 0.0
-        for rid, row, keep in zip(ids, rows, lengths, strict=True):
+        for rid, raw, row, keep in zip(ids, raws, rows, lengths, strict=True):
             request = self.requests[rid]
             dropped = len(request.spec_token_ids) - keep
             if dropped > 0:
@@ -249,7 +258,6 @@ class AdaptiveScheduler(Scheduler):
                 self.metrics.trimmed.inc(dropped)
             self.metrics.request_k.observe(keep)
             predicted += sum(row[:keep])
-            raw = confidences[draft_token_ids.req_ids.index(rid)]
             self._verified_confidences[rid] = list(raw[:keep])
         self.metrics.accepted_predicted.inc(predicted)
 

@@ -16,7 +16,7 @@ from specserve_engine.vllm.capture import DraftCapture
 CONFIDENCES_ATTR = "specserve_confidences"
 DRAFT_SECONDS_ATTR = "specserve_draft_seconds"
 STOPPED_EARLY_ATTR = "specserve_stopped_early"
-STOP_THRESHOLD_ATTR = "specserve_stop_threshold"
+STOP_RULE_ATTR = "specserve_stop_rule"
 
 
 class DraftConfidenceMixin:
@@ -36,7 +36,7 @@ class DraftConfidenceMixin:
         original = runner.propose_draft_token_ids
 
         def propose_draft_token_ids(scheduler_output: Any, *a: Any, **kw: Any) -> Any:
-            capture.stop_threshold = getattr(scheduler_output, STOP_THRESHOLD_ATTR, None)
+            capture.stop_rule = getattr(scheduler_output, STOP_RULE_ATTR, None)
             return original(scheduler_output, *a, **kw)
 
         runner.propose_draft_token_ids = propose_draft_token_ids
