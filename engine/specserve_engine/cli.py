@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=4)
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.set_defaults(func=cmd_demo)
+
+    from specserve_engine.bench import command as bench_command
+
+    bench = sub.add_parser(
+        "bench", help="replay the Azure trace against SpecServe and vLLM's baselines",
+        description=bench_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_command.add_arguments(bench)
+    bench.set_defaults(func=bench_command.run)
     return parser
 
 

@@ -113,16 +113,15 @@ def test_greedy_output_identical_under_policy_changes_mid_generation(
     assert outputs == reference
 
 
-@pytest.mark.xfail(
-    reason="seen failing here (p < 1e-50) with static K=3, where SpecServe leaves vLLM's drafts "
-    "and verification untouched; root cause (vLLM CPU rejection sampler or ours) not isolated "
-    "yet: see the foundation/adaptive issue notes",
-    strict=False,
-)
 def test_sampled_tokens_follow_the_same_distribution(
     control: Control, spec_engine: ServerProcess, plain_engine: ServerProcess
 ) -> None:
-    """Temperature 1: speculation (rejection sampling) must not change what gets sampled."""
+    """Temperature 1: speculation must not change what gets sampled.
+
+    On vLLM's CPU build SpecServe keeps sampled requests out of verification, because vLLM's
+    CPU rejection sampler fails this very test (p < 1e-14 with vLLM's own fixed-K speculation);
+    on GPU they are verified as usual.
+    """
     control.set_policy(mode="static", k_max=4, static_k=3)
     prompt = "import os\nimport sys\n\n\ndef main("
 

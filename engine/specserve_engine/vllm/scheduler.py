@@ -14,7 +14,10 @@ seams vLLM already has (see docs/vllm-seams.md):
   measured step times refit the step-time model.
 
 Greedy output stays identical to no speculation: K and trimming only change how many draft
-tokens are verified, and vLLM's rejection sampler decides every emitted token.
+tokens are verified, and vLLM's rejection sampler decides every emitted token. Sampled requests
+(temperature > 0) are never verified on vLLM's CPU build: its rejection sampler changes the
+sampled distribution (measured: chi-square p < 1e-14 against no speculation, with vLLM's own
+fixed-K speculation and no SpecServe code involved), so those requests decode without drafts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 from collections import deque
 from typing import Any
 
+from vllm.platforms import current_platform
+from vllm.sampling_params import SamplingType
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from specserve_engine.policy import (
@@ -119,6 +124,8 @@ class AdaptiveScheduler(Scheduler):
             self.control = ControlServer(self.store, self.metrics.text, host, int(port)).start()
             log.info("SpecServe control port on %s:%s (policy v%d, mode %s, K_max %d)",
                      host, port, policy.version, policy.mode, self.engine_k_max)
+        # See the module docstring: speculation must not change what a sampled request samples.
+        self.verify_sampled = not current_platform.is_cpu()
         if self.engine_k_max:
             # A non-None lookup also stops vLLM padding new requests with placeholder drafts.
             self.dynamic_sd_lookup = _KLookup(self)
@@ -231,6 +238,8 @@ class AdaptiveScheduler(Scheduler):
         draft_seconds = getattr(draft_token_ids, DRAFT_SECONDS_ATTR, None)
         self.metrics.drafts_stopped_early.set(getattr(draft_token_ids, STOPPED_EARLY_ATTR, 0))
         self._record_step(draft_seconds)
+        if not self.verify_sampled:
+            self._drop_sampled_drafts(draft_token_ids.req_ids)
         if confidences is None:
             return
         acceptance = self.model.acceptance
@@ -260,6 +269,15 @@ class AdaptiveScheduler(Scheduler):
             predicted += sum(row[:keep])
             self._verified_confidences[rid] = list(raw[:keep])
         self.metrics.accepted_predicted.inc(predicted)
+
+    def _drop_sampled_drafts(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if (request is not None and request.spec_token_ids
+                    and request.sampling_params is not None
+                    and request.sampling_params.sampling_type != SamplingType.GREEDY):
+                self.metrics.trimmed.inc(len(request.spec_token_ids))
+                request.spec_token_ids = []
 
     def _record_step(self, draft_seconds: float | None) -> None:
         """Keep (features, measured time) pairs and refit the models every few hundred steps."""

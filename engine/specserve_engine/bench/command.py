@@ -1,0 +1,202 @@
+"""`specserve bench`: the trace-replay benchmark from the command line.
+
+    specserve bench --quick                  # smoke: 3 configurations, small levels (< 10 min)
+    specserve bench -o bench-out             # every baseline, 5 load levels
+    specserve bench --url http://HOST:PORT --served-model NAME   # replay against any endpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import time
+from pathlib import Path
+
+from specserve_engine.bench import plots
+from specserve_engine.bench.client import replay
+from specserve_engine.bench.runner import (
+    LevelResult,
+    Progress,
+    Workload,
+    run_config,
+    standard_configs,
+    summaries,
+    write_results,
+)
+from specserve_engine.bench.summary import (
+    markdown_table,
+    oracle_envelope,
+    whole_trace_ratio,
+)
+from specserve_engine.bench.trace import TraceError, load_trace
+
+DEFAULT_TRACE = "../shared/traces/azure_llm_conv_2023.csv"
+QUICK_CONFIGS = ("off", "K=3", "adaptive")
+STATIC = ("off", "K=1", "K=2", "K=3", "K=5")  # off is static K=0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", default=DEFAULT_TRACE, help=f"trace CSV (default {DEFAULT_TRACE})")
+    p.add_argument("-o", "--output", default="bench-results", help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: off, K=3 and adaptive, 12 requests per level, eager engines")
+    p.add_argument("--configs", nargs="+", default=None,
+                   help="configurations to run (default: all): off K=1 K=2 K=3 K=5 dynamic-sd "
+                        "threshold-0.6 adaptive")
+    p.add_argument("--rates", type=float, nargs="+", default=[0.5, 1, 2, 4, 8],
+                   help="load levels, requests/s (default 0.5 1 2 4 8)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests per level (default 48; 12 with --quick)")
+    p.add_argument("--trace-start", type=int, default=0, help="first trace row replayed")
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--max-output-tokens", type=int, default=128)
+    p.add_argument("--tpot-slo-ms", type=float, default=60.0,
+                   help="TPOT SLO for attainment and for the adaptive policy (default 60)")
+    p.add_argument("--level-timeout", type=float, default=300.0,
+                   help="seconds a level may run before unfinished requests count as errors")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every configuration; even rounds run them in reverse order")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--url", default=None,
+                   help="replay against this running OpenAI endpoint instead of starting engines")
+    p.add_argument("--served-model", default="bench", help="model name at --url")
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="extra `specserve serve` argument for every engine (repeatable)")
+
+
+def _given_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that differ from the defaults, to print the command that reproduces a run."""
+    defaults = vars(_parser().parse_args([]))
+    flags = []
+    for key, value in vars(args).items():
+        if key in defaults and value != defaults[key]:
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                flags.append(flag)
+            elif isinstance(value, list):
+                flags += [flag, *map(str, value)]
+            else:
+                flags += [flag, str(value)]
+    return flags
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specserve bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def _fail(msg: str) -> int:
+    print(f"specserve bench: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from specserve_engine import tiny
+    from specserve_engine.policy import Policy, SloTargets
+
+    try:
+        rows = load_trace(Path(args.trace))
+    except TraceError as exc:
+        return _fail(str(exc))
+    if any(r <= 0 for r in args.rates) or args.rounds < 1:
+        return _fail("--rates must be > 0 and --rounds >= 1")
+    count = args.requests or (12 if args.quick else 48)
+    if not 1 <= count <= len(rows) - args.trace_start:
+        return _fail(f"--requests must be between 1 and {len(rows) - args.trace_start}")
+    models = tiny.build()
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(models.target / "tokenizer.json"))
+    token_ids = tokenizer.encode(models.heldout.read_text(encoding="utf-8")).ids
+    rates = sorted(set(args.rates))
+    workload = Workload.build(rows, token_ids, rates=rates, count=count, start=args.trace_start,
+                              max_prompt_tokens=args.max_prompt_tokens,
+                              max_output_tokens=args.max_output_tokens, seed=args.seed)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    slo = args.tpot_slo_ms / 1000
+    meta = {"command": "specserve bench " + " ".join(_given_flags(args)), "trace": args.trace,
+            "rates": rates, "requests_per_level": count, "tpot_slo_s": slo,
+            "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed,
+            "max_output_tokens": args.max_output_tokens, "machine": platform.machine(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.url:
+        return _replay_endpoint(args, workload, slo, meta, out)
+
+    policy_file = out / "adaptive-policy.json"
+    policy_file.write_text(Policy(mode="adaptive", k_max=5,
+                                  slo=SloTargets(tpot_seconds=slo)).model_dump_json(indent=1))
+    configs = standard_configs(models.draft, policy_file)
+    wanted = args.configs or (QUICK_CONFIGS if args.quick else [c.name for c in configs])
+    unknown = sorted(set(wanted) - {c.name for c in configs})
+    if unknown:
+        return _fail(f"unknown configuration(s) {', '.join(unknown)}; known: "
+                     + " ".join(c.name for c in configs))
+    configs = [c for c in configs if c.name in wanted]
+    extra = list(args.serve_arg) + (["--", "--enforce-eager"] if args.quick else [])
+    results: list[LevelResult] = []
+    for rnd in range(args.rounds):
+        for config in configs if rnd % 2 == 0 else configs[::-1]:
+            results += run_config(config, models.target, workload, rnd,
+                                  deadline_s=args.level_timeout, extra_serve_args=extra,
+                                  log_dir=out)
+            _report(out, meta, results, slo)  # partial results survive an interrupted run
+    _report(out, meta, results, slo, final=True)
+    return 0
+
+
+def _replay_endpoint(args: argparse.Namespace, workload: Workload, slo: float, meta: dict,
+                     out: Path) -> int:
+    results = []
+    for rate in workload.rates:
+        plan = workload.plans[rate]
+        progress = Progress(f"endpoint @ {rate:g} req/s", len(plan))
+        records = asyncio.run(replay(args.url, args.served_model, plan, workload.prompts,
+                                     deadline_s=args.level_timeout, on_done=progress.update))
+        results.append(LevelResult("endpoint", rate, 0, records))
+    _report(out, meta, results, slo, final=True)
+    return 0
+
+
+def _report(out: Path, meta: dict, results: list[LevelResult], slo: float,
+            final: bool = False) -> None:
+    table = summaries(results, slo)
+    write_results(out / "results.json", meta, table, results)
+    text = f"# Trace-replay benchmark\n\n`{meta['command']}`\n\n" + markdown_table(table, slo)
+    configs = {s.config for s in table}
+    if "adaptive" in configs:
+        statics = [c for c in STATIC if c in configs]
+        envelope = oracle_envelope(table, "adaptive", statics)
+        if envelope:
+            text += "\n## Adaptive / best static configuration, per load level\n\n"
+            text += "".join(f"- {rate:g} req/s: {ratio:.3f}x (best static: {name})\n"
+                            for rate, (ratio, name) in envelope.items())
+        text += "\n## Adaptive / each baseline, whole trace (all levels' tokens / time)\n\n"
+        text += "".join(f"- vs {c}: {whole_trace_ratio(table, 'adaptive', c):.3f}x\n"
+                        for c in sorted(configs - {"adaptive"}))
+    (out / "summary.md").write_text(text)
+    if final:
+        plots.metric_vs_load(table, "goodput_tok_s", "goodput (output tokens/s)",
+                             out / "goodput_vs_load.png")
+        plots.metric_vs_load(table, "tpot_p99_s", "TPOT p99 (ms)", out / "tpot_p99_vs_load.png",
+                             scale=1000, slo=slo)
+        for config in ("adaptive", "threshold-0.6"):
+            timelines = {r.rate: r.timeline for r in results
+                         if r.config == config and r.round == 0 and r.timeline}
+            if timelines:
+                plots.k_over_time(timelines, f"{config}: K chosen vs running requests",
+                                  out / f"k_over_time_{config}.png")
+        print(text)
+        print(f"[bench] results in {out}/ (results.json, summary.md, *.png)", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

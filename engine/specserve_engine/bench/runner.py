@@ -1,0 +1,225 @@
+"""One fresh engine per configuration, the same request sequence at every load level.
+
+Configurations (the baselines of DESIGN.md, all on the same target and draft):
+no speculation; vLLM's own fixed K in {1, 2, 3, 5}; vLLM's Dynamic-SD table (a hand-set K per
+batch-size range); confidence-threshold drafting (stop at draft probability < 0.6, K_max 5);
+SpecServe adaptive (K_max 5, the bench's TPOT SLO in its policy). Engines run one at a time
+(this project's machines have 2 cores); with `rounds` > 1 the configuration order is reversed
+every other round so slow drift of the machine does not favour whichever ran first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from specserve_engine.bench.client import RequestRecord, replay
+from specserve_engine.bench.summary import LevelSummary, mean_k, summarize
+from specserve_engine.bench.trace import PlannedRequest, TraceRow, cut_prompts, plan_requests
+from specserve_engine.launcher import ServerProcess, free_port
+from specserve_engine.vllm_metrics import metric_totals
+
+MODEL_NAME = "bench"
+# A hand-set table of the kind vLLM's Dynamic-SD docs describe: long drafts when the batch is
+# small, shorter as it grows, none once verification is compute-bound.
+DYNAMIC_SD_TABLE = "1-2:5,3-8:3,9-16:2,17-32:1,33-1024:0"
+STATIC_KS = (1, 2, 3, 5)
+K_MAX = 5
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    serve_args: tuple[str, ...]
+    specserve: bool = False  # has a SpecServe control port (its specserve_* metrics)
+
+
+def standard_configs(draft: Path, policy_file: Path) -> list[BenchConfig]:
+    d = ("--draft", str(draft))
+    configs = [BenchConfig("off", ("--draft", "none"))]
+    configs += [BenchConfig(f"K={k}", (*d, "--k-max", str(k), "--no-specserve"))
+                for k in STATIC_KS]
+    configs += [
+        BenchConfig("dynamic-sd", (*d, "--k-max", str(K_MAX), "--no-specserve",
+                                   "--k-table", DYNAMIC_SD_TABLE)),
+        BenchConfig("threshold-0.6", (*d, "--k-max", str(K_MAX), "--mode", "threshold"),
+                    specserve=True),
+        BenchConfig("adaptive", (*d, "--k-max", str(K_MAX), "--policy-file", str(policy_file)),
+                    specserve=True),
+    ]
+    return configs
+
+
+@dataclass
+class LevelResult:
+    """One configuration at one load level in one round."""
+
+    config: str
+    rate: float
+    round: int
+    records: list[RequestRecord]
+    # vLLM's counters over the level: draft tokens, generated tokens, accepted tokens.
+    counters: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # (seconds since the level started, running requests, K chosen for the step) samples.
+    timeline: list[tuple[float, float, float | None]] = field(default_factory=list)
+
+
+def summaries(results: Sequence[LevelResult], tpot_slo_s: float) -> list[LevelSummary]:
+    """One summary per (configuration, load level), pooling the rounds."""
+    groups: dict[tuple[str, float], list[LevelResult]] = {}
+    for r in results:
+        groups.setdefault((r.config, r.rate), []).append(r)
+    out = []
+    for (config, rate), group in groups.items():
+        drafted, generated, accepted = (sum(c) for c in zip(*(g.counters for g in group),
+                                                             strict=True))
+        out.append(summarize(config, rate, [g.records for g in group], tpot_slo_s=tpot_slo_s,
+                             mean_k=mean_k(drafted, generated, accepted)))
+    return out
+
+
+class Progress:
+    """One status line on stderr, rewritten as requests finish."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self.errors = label, total, 0, 0
+        self.started = time.monotonic()
+
+    def update(self, record: RequestRecord) -> None:
+        self.done += 1
+        self.errors += 0 if record.ok else 1
+        width = 24
+        filled = width * self.done // max(self.total, 1)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{self.done}/{self.total} errors {self.errors} "
+                         f"{time.monotonic() - self.started:5.0f}s")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+class _Sampler(threading.Thread):
+    """Polls the engine's metrics while a level runs: running requests and the chosen K."""
+
+    def __init__(self, engine_url: str, control_url: str | None, period_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.engine_url, self.control_url, self.period_s = engine_url, control_url, period_s
+        self.samples: list[tuple[float, float, float | None]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.wait(self.period_s):
+                try:
+                    engine = metric_totals(client.get(f"{self.engine_url}/metrics").text)
+                    k = None
+                    if self.control_url:
+                        control = metric_totals(client.get(f"{self.control_url}/metrics").text)
+                        k = control.get("specserve_speculative_k_last")
+                except httpx.HTTPError:
+                    continue
+                self.samples.append((time.monotonic() - start,
+                                     engine.get("vllm:num_requests_running", 0.0), k))
+
+    def stop(self) -> list[tuple[float, float, float | None]]:
+        self._stop.set()
+        self.join()
+        return self.samples
+
+
+def _spec_counters(url: str) -> tuple[float, float, float]:
+    t = metric_totals(httpx.get(f"{url}/metrics", timeout=10).text)
+    return (t.get("vllm:spec_decode_num_draft_tokens_total", 0.0),
+            t.get("vllm:generation_tokens_total", 0.0),
+            t.get("vllm:spec_decode_num_accepted_tokens_total", 0.0))
+
+
+@dataclass(frozen=True)
+class Workload:
+    rates: tuple[float, ...]
+    plans: dict[float, list[PlannedRequest]]
+    prompts: list[list[int]]  # the same prompts at every level (the plans share lengths)
+
+    @classmethod
+    def build(cls, rows: Sequence[TraceRow], token_ids: Sequence[int], *, rates: Sequence[float],
+              count: int, max_prompt_tokens: int, max_output_tokens: int, start: int,
+              seed: int) -> Workload:
+        plans = {r: plan_requests(rows, rate=r, count=count, start=start,
+                                  max_prompt_tokens=max_prompt_tokens,
+                                  max_output_tokens=max_output_tokens) for r in rates}
+        first = plans[rates[0]]
+        prompts = cut_prompts(token_ids, [p.prompt_tokens for p in first], seed)
+        return cls(tuple(rates), plans, prompts)
+
+
+def run_level(engine: ServerProcess, control_url: str | None, config: BenchConfig,
+              workload: Workload, rate: float, rnd: int, *, deadline_s: float) -> LevelResult:
+    plan = workload.plans[rate]
+    progress = Progress(f"{config.name:>13} @ {rate:g} req/s", len(plan))
+    before = _spec_counters(engine.url)
+    sampler = _Sampler(engine.url, control_url)
+    sampler.start()
+    try:
+        records = asyncio.run(replay(engine.url, MODEL_NAME, plan, workload.prompts,
+                                     deadline_s=deadline_s, on_done=progress.update))
+    finally:
+        timeline = sampler.stop()
+    after = _spec_counters(engine.url)
+    drafted, generated, accepted = (a - b for a, b in zip(after, before, strict=True))
+    return LevelResult(config.name, rate, rnd, records, (drafted, generated, accepted), timeline)
+
+
+def warm_up(engine: ServerProcess, prompts: Sequence[list[int]]) -> None:
+    """A few short requests first: the first steps of a fresh engine are slower."""
+    for prompt in prompts[:4]:
+        httpx.post(f"{engine.url}/v1/completions", timeout=300, json={
+            "model": MODEL_NAME, "prompt": prompt, "max_tokens": 16, "temperature": 0,
+            "ignore_eos": True}).raise_for_status()
+
+
+def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, *,
+               deadline_s: float, extra_serve_args: Sequence[str],
+               log_dir: Path) -> list[LevelResult]:
+    control_port = free_port() if config.specserve else None
+    args = ["--model", str(target), "--served-model-name", MODEL_NAME, *config.serve_args]
+    if control_port:
+        args += ["--control-port", str(control_port)]
+    name = config.name.replace("=", "").replace(".", "")
+    engine = ServerProcess([*args, *extra_serve_args], name=name,
+                           log_path=log_dir / f"engine-{name}-r{rnd}.log")
+    print(f"[bench] starting engine {config.name} ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    engine.start()
+    try:
+        engine.wait_ready()
+        print(f"[bench] {config.name} ready in {time.monotonic() - started:.0f}s",
+              file=sys.stderr, flush=True)
+        warm_up(engine, workload.prompts)
+        control_url = f"http://127.0.0.1:{control_port}" if control_port else None
+        return [run_level(engine, control_url, config, workload, rate, rnd,
+                          deadline_s=deadline_s) for rate in workload.rates]
+    finally:
+        engine.stop()
+
+
+def write_results(path: Path, meta: dict, table: Sequence[LevelSummary],
+                  results: Sequence[LevelResult]) -> None:
+    data = {
+        "meta": meta,
+        "summaries": [asdict(s) for s in table],
+        "levels": [{"config": r.config, "rate": r.rate, "round": r.round,
+                    "counters": dict(zip(("draft_tokens", "generated_tokens", "accepted_tokens"),
+                                         r.counters, strict=True)),
+                    "records": [{**asdict(rec), "tpot_s": rec.tpot_s} for rec in r.records],
+                    "timeline": r.timeline} for r in results],
+    }
+    path.write_text(json.dumps(data, indent=1))
