@@ -120,7 +120,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else default_profile_path(model)
     run_profile(model, draft, out, prompt_text=text, batch_sizes=args.batch_sizes,
                 k_values=args.k_values, context_lens=args.context_lens,
-                new_tokens=args.new_tokens)
+                new_tokens=args.new_tokens,
+                extra_args=["--", *(a for a in args.vllm_args if a != "--")]
+                if args.vllm_args else ())
     return 0
 
 
@@ -168,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--k-values", type=int, nargs="+", default=[0, 1, 3, 5])
     profile.add_argument("--context-lens", type=int, nargs="+", default=[64, 384])
     profile.add_argument("--new-tokens", type=int, default=16, help="tokens generated per cell")
+    profile.add_argument(
+        "vllm_args", nargs=argparse.REMAINDER,
+        help="extra vLLM arguments after a `--`, as the engine will be served with (e.g. "
+             "-- --enforce-eager): step times depend on them")
     profile.set_defaults(func=cmd_profile)
 
     models = sub.add_parser("models", help="build (or show the cached) tiny target/draft models")

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", default=DEFAULT_TRACE, help=f"trace CSV (default {DEFAULT_TRACE})")
     p.add_argument("-o", "--output", default="bench-results", help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: off, K=3 and adaptive, 12 requests per level, eager engines")
+                   help="smoke run: off, K=3 and adaptive, 12 requests per level, --eager")
     p.add_argument("--configs", nargs="+", default=None,
                    help="configurations to run (default: all): off K=1 K=2 K=3 K=5 dynamic-sd "
                         "threshold-0.6 adaptive")
@@ -62,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=None,
                    help="replay against this running OpenAI endpoint instead of starting engines")
     p.add_argument("--served-model", default="bench", help="model name at --url")
+    p.add_argument("--eager", action="store_true",
+                   help="engines run with vLLM's --enforce-eager (no torch.compile; implied by "
+                        "--quick)")
+    p.add_argument("--profile", default=None,
+                   help="step-time profile for the adaptive policy, measured with the same engine "
+                        "flags (e.g. `specserve profile -o eager.json -- --enforce-eager`); "
+                        "default: the model folder's")
     p.add_argument("--serve-arg", action="append", default=[],
                    help="extra `specserve serve` argument for every engine (repeatable)")
 
@@ -130,14 +137,17 @@ def run(args: argparse.Namespace) -> int:
     policy_file = out / "adaptive-policy.json"
     policy_file.write_text(Policy(mode="adaptive", k_max=5,
                                   slo=SloTargets(tpot_seconds=slo)).model_dump_json(indent=1))
-    configs = standard_configs(models.draft, policy_file)
+    profile = Path(args.profile) if args.profile else None
+    if profile is not None and not profile.is_file():
+        return _fail(f"--profile {profile} does not exist")
+    configs = standard_configs(models.draft, policy_file, profile)
     wanted = args.configs or (QUICK_CONFIGS if args.quick else [c.name for c in configs])
     unknown = sorted(set(wanted) - {c.name for c in configs})
     if unknown:
         return _fail(f"unknown configuration(s) {', '.join(unknown)}; known: "
                      + " ".join(c.name for c in configs))
     configs = [c for c in configs if c.name in wanted]
-    extra = list(args.serve_arg) + (["--", "--enforce-eager"] if args.quick else [])
+    extra = list(args.serve_arg) + (["--", "--enforce-eager"] if args.quick or args.eager else [])
     results: list[LevelResult] = []
     for rnd in range(args.rounds):
         for config in configs if rnd % 2 == 0 else configs[::-1]:
@@ -184,11 +194,11 @@ def _report(out: Path, meta: dict, results: list[LevelResult], slo: float,
                              out / "goodput_vs_load.png")
         plots.metric_vs_load(table, "tpot_p99_s", "TPOT p99 (ms)", out / "tpot_p99_vs_load.png",
                              scale=1000, slo=slo)
-        for config in ("adaptive", "threshold-0.6"):
+        for config in ("adaptive", "threshold-0.6", "dynamic-sd"):
             timelines = {r.rate: r.timeline for r in results
                          if r.config == config and r.round == 0 and r.timeline}
             if timelines:
-                plots.k_over_time(timelines, f"{config}: K chosen vs running requests",
+                plots.k_over_time(timelines, f"{config}: K verified vs running requests",
                                   out / f"k_over_time_{config}.png")
         print(text)
         print(f"[bench] results in {out}/ (results.json, summary.md, *.png)", file=sys.stderr)

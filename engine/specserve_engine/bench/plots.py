@@ -47,7 +47,8 @@ def metric_vs_load(table: Sequence[LevelSummary], attr: str, ylabel: str, path: 
 
 def k_over_time(timelines: dict[float, list[tuple[float, float, float | None]]], title: str,
                 path: Path) -> None:
-    """K chosen and running requests over time, one panel per load level."""
+    """K verified (draft tokens per decoding request-step) and running requests over time, one
+    panel per load level."""
     plt = _pyplot()
     rates = sorted(timelines)
     fig, axes = plt.subplots(len(rates), 1, figsize=(8, 1.8 * len(rates) + 0.6), squeeze=False)
@@ -58,8 +59,8 @@ def k_over_time(timelines: dict[float, list[tuple[float, float, float | None]]],
         ax.set_ylabel(f"{rate:g} req/s\nbatch", fontsize=8)
         ax2 = ax.twinx()
         ax2.step(t, [s[2] if s[2] is not None else float("nan") for s in samples],
-                 color="tab:red", where="post", label="K chosen")
-        ax2.set_ylabel("K", fontsize=8, color="tab:red")
+                 color="tab:red", where="post", label="K verified")
+        ax2.set_ylabel("K verified", fontsize=8, color="tab:red")
         ax2.set_ylim(-0.3, 5.3)
     axes[-1, 0].set_xlabel("seconds into the level")
     axes[0, 0].set_title(title)

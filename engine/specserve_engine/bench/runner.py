@@ -42,8 +42,12 @@ class BenchConfig:
     specserve: bool = False  # has a SpecServe control port (its specserve_* metrics)
 
 
-def standard_configs(draft: Path, policy_file: Path) -> list[BenchConfig]:
+def standard_configs(draft: Path, policy_file: Path, profile: Path | None = None
+                     ) -> list[BenchConfig]:
+    """Every baseline and SpecServe adaptive; `profile` is the adaptive policy's step-time
+    profile (default: the one `specserve serve` finds in the model folder)."""
     d = ("--draft", str(draft))
+    profiled = ("--profile", str(profile)) if profile else ()
     configs = [BenchConfig("off", ("--draft", "none"))]
     configs += [BenchConfig(f"K={k}", (*d, "--k-max", str(k), "--no-specserve"))
                 for k in STATIC_KS]
@@ -52,8 +56,8 @@ def standard_configs(draft: Path, policy_file: Path) -> list[BenchConfig]:
                                    "--k-table", DYNAMIC_SD_TABLE)),
         BenchConfig("threshold-0.6", (*d, "--k-max", str(K_MAX), "--mode", "threshold"),
                     specserve=True),
-        BenchConfig("adaptive", (*d, "--k-max", str(K_MAX), "--policy-file", str(policy_file)),
-                    specserve=True),
+        BenchConfig("adaptive", (*d, "--k-max", str(K_MAX), "--policy-file", str(policy_file),
+                                 *profiled), specserve=True),
     ]
     return configs
 
@@ -68,7 +72,7 @@ class LevelResult:
     records: list[RequestRecord]
     # vLLM's counters over the level: draft tokens, generated tokens, accepted tokens.
     counters: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    # (seconds since the level started, running requests, K chosen for the step) samples.
+    # (seconds since the level started, running requests, K verified since the last sample).
     timeline: list[tuple[float, float, float | None]] = field(default_factory=list)
 
 
@@ -107,37 +111,39 @@ class Progress:
 
 
 class _Sampler(threading.Thread):
-    """Polls the engine's metrics while a level runs: running requests and the chosen K."""
+    """Polls vLLM's metrics while a level runs: running requests, and the K actually verified
+    (draft tokens per decoding request-step) since the previous sample."""
 
-    def __init__(self, engine_url: str, control_url: str | None, period_s: float = 0.5) -> None:
+    def __init__(self, engine_url: str, period_s: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.engine_url, self.control_url, self.period_s = engine_url, control_url, period_s
+        self.engine_url, self.period_s = engine_url, period_s
         self.samples: list[tuple[float, float, float | None]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
         with httpx.Client(timeout=5) as client:
-            while not self._stop.wait(self.period_s):
+            last: tuple[float, float, float] | None = None
+            while not self._halt.wait(self.period_s):
                 try:
                     engine = metric_totals(client.get(f"{self.engine_url}/metrics").text)
-                    k = None
-                    if self.control_url:
-                        control = metric_totals(client.get(f"{self.control_url}/metrics").text)
-                        k = control.get("specserve_speculative_k_last")
                 except httpx.HTTPError:
                     continue
+                counters = _counters(engine)
+                k = None if last is None else mean_k(
+                    *(a - b for a, b in zip(counters, last, strict=True)))
+                last = counters
                 self.samples.append((time.monotonic() - start,
                                      engine.get("vllm:num_requests_running", 0.0), k))
 
     def stop(self) -> list[tuple[float, float, float | None]]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.samples
 
 
-def _spec_counters(url: str) -> tuple[float, float, float]:
-    t = metric_totals(httpx.get(f"{url}/metrics", timeout=10).text)
+def _counters(t: dict[str, float]) -> tuple[float, float, float]:
+    """vLLM's (draft tokens, generated tokens, accepted tokens) counters."""
     return (t.get("vllm:spec_decode_num_draft_tokens_total", 0.0),
             t.get("vllm:generation_tokens_total", 0.0),
             t.get("vllm:spec_decode_num_accepted_tokens_total", 0.0))
@@ -161,19 +167,19 @@ class Workload:
         return cls(tuple(rates), plans, prompts)
 
 
-def run_level(engine: ServerProcess, control_url: str | None, config: BenchConfig,
-              workload: Workload, rate: float, rnd: int, *, deadline_s: float) -> LevelResult:
+def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, rate: float,
+              rnd: int, *, deadline_s: float) -> LevelResult:
     plan = workload.plans[rate]
     progress = Progress(f"{config.name:>13} @ {rate:g} req/s", len(plan))
-    before = _spec_counters(engine.url)
-    sampler = _Sampler(engine.url, control_url)
+    before = _counters(metric_totals(httpx.get(f"{engine.url}/metrics", timeout=10).text))
+    sampler = _Sampler(engine.url)
     sampler.start()
     try:
         records = asyncio.run(replay(engine.url, MODEL_NAME, plan, workload.prompts,
                                      deadline_s=deadline_s, on_done=progress.update))
     finally:
         timeline = sampler.stop()
-    after = _spec_counters(engine.url)
+    after = _counters(metric_totals(httpx.get(f"{engine.url}/metrics", timeout=10).text))
     drafted, generated, accepted = (a - b for a, b in zip(after, before, strict=True))
     return LevelResult(config.name, rate, rnd, records, (drafted, generated, accepted), timeline)
 
@@ -204,8 +210,7 @@ def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, 
         print(f"[bench] {config.name} ready in {time.monotonic() - started:.0f}s",
               file=sys.stderr, flush=True)
         warm_up(engine, workload.prompts)
-        control_url = f"http://127.0.0.1:{control_port}" if control_port else None
-        return [run_level(engine, control_url, config, workload, rate, rnd,
+        return [run_level(engine, config, workload, rate, rnd,
                           deadline_s=deadline_s) for rate in workload.rates]
     finally:
         engine.stop()

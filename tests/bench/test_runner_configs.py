@@ -1,0 +1,41 @@
+"""The benchmark's configurations and how rounds are pooled (no engines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specserve_engine.bench.client import RequestRecord
+from specserve_engine.bench.command import _given_flags, _parser
+from specserve_engine.bench.runner import LevelResult, standard_configs, summaries
+from specserve_engine.cli import build_parser
+from specserve_engine.serving import parse_k_table
+
+
+def test_every_baseline_of_the_design_is_there_and_parses_as_serve_flags() -> None:
+    configs = standard_configs(Path("/d"), Path("/p.json"), Path("/prof.json"))
+    assert [c.name for c in configs] == ["off", "K=1", "K=2", "K=3", "K=5", "dynamic-sd",
+                                         "threshold-0.6", "adaptive"]
+    for c in configs:
+        args = build_parser().parse_args(["serve", *c.serve_args])
+        assert c.specserve == (not args.no_specserve and args.draft != "none")
+        if c.name == "dynamic-sd":
+            assert parse_k_table(args.k_table)[-1][2] == 0  # speculation off at large batches
+        if c.name == "adaptive":
+            assert (args.policy_file, args.profile) == ("/p.json", "/prof.json")
+
+
+def test_rounds_of_a_level_are_pooled_into_one_summary() -> None:
+    def result(rnd: int, e2e: float) -> LevelResult:
+        rec = RequestRecord(0, 5, 10, sent_s=0.0, ttft_s=0.1, e2e_s=e2e, output_tokens=10)
+        return LevelResult("adaptive", 2.0, rnd, [rec], (30.0, 10.0, 4.0))
+
+    [s] = summaries([result(0, 1.0), result(1, 2.0)], tpot_slo_s=0.5)
+    assert (s.requests, s.duration_s) == (2, pytest.approx(3.0))
+    assert s.mean_k == pytest.approx(60 / 12)
+
+
+def test_the_printed_command_reproduces_the_run() -> None:
+    args = _parser().parse_args(["--quick", "--rates", "1", "2", "-o", "x"])
+    assert _given_flags(args) == ["--output", "x", "--quick", "--rates", "1.0", "2.0"]
