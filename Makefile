@@ -4,6 +4,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.specserve-installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?= --quick
 
 .PHONY: setup models demo test lint bench crds e2e images clean
 
@@ -31,6 +32,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/specserve bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -167,3 +167,23 @@ def test_burst_switches_speculation_off_and_every_request_finishes(
     steps = after["specserve_steps_total"] - before["specserve_steps_total"]
     assert steps > 0
     assert off > 0, "at 64 concurrent requests the policy should switch speculation off"
+
+
+def test_threshold_mode_cuts_drafts_at_the_first_unsure_token(
+    control: Control, spec_engine: ServerProcess, tiny_models: tiny.TinyModels
+) -> None:
+    """The confidence-threshold baseline: a high threshold verifies few drafts, a low one all."""
+    prompts = tiny.heldout_prompts(tiny_models, 4, seed=51)
+
+    def verified_and_trimmed(threshold: float) -> tuple[float, float]:
+        control.set_policy(mode="threshold", k_max=4, threshold_probability=threshold)
+        before = _metrics(control)
+        _greedy_ids(spec_engine, prompts, 24)
+        after = _metrics(control)
+        return tuple(after[k] - before[k] for k in (  # type: ignore[return-value]
+            "specserve_draft_tokens_verified_total", "specserve_draft_tokens_trimmed_total"))
+
+    low_verified, low_trimmed = verified_and_trimmed(0.001)
+    high_verified, high_trimmed = verified_and_trimmed(0.999)
+    assert low_verified > 0 and low_trimmed == 0
+    assert high_verified < low_verified / 2 and high_trimmed > 0
