@@ -29,7 +29,7 @@ def test_every_baseline_of_the_design_is_there_and_parses_as_serve_flags() -> No
 def test_rounds_of_a_level_are_pooled_into_one_summary() -> None:
     def result(rnd: int, e2e: float) -> LevelResult:
         rec = RequestRecord(0, 5, 10, sent_s=0.0, ttft_s=0.1, e2e_s=e2e, output_tokens=10)
-        return LevelResult("adaptive", 2.0, rnd, [rec], (30.0, 10.0, 4.0))
+        return LevelResult("adaptive", 2.0, rnd, [rec], (30.0, 5.0, 10.0, 4.0))
 
     [s] = summaries([result(0, 1.0), result(1, 2.0)], tpot_slo_s=0.5)
     assert (s.requests, s.duration_s) == (2, pytest.approx(3.0))

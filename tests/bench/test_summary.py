@@ -48,9 +48,11 @@ def test_rounds_pool_records_and_add_durations() -> None:
 
 def test_mean_k_counts_verified_drafts_per_decoding_request_step() -> None:
     # 100 tokens generated, 40 of them accepted drafts: 60 request-steps verified 120 drafts.
-    assert mean_k(120, 100, 40) == pytest.approx(2.0)
-    assert mean_k(0, 100, 0) == 0.0
-    assert mean_k(0, 0, 0) is None
+    assert mean_k(120, 50, 100, 40) == pytest.approx(2.0)
+    assert mean_k(0, 0, 100, 0) == 0.0
+    assert mean_k(0, 0, 0, 0) is None
+    # Drafts accepted past max_tokens: 30 steps each verified 5 drafts, never above 5.
+    assert mean_k(150, 30, 100, 80) == pytest.approx(5.0)
 
 
 def level(config: str, rate: float, goodput: float, duration: float = 10.0) -> LevelSummary:

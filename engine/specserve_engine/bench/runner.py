@@ -71,7 +71,7 @@ class LevelResult:
     round: int
     records: list[RequestRecord]
     # vLLM's counters over the level: draft tokens, generated tokens, accepted tokens.
-    counters: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    counters: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     # (seconds since the level started, running requests, K verified since the last sample).
     timeline: list[tuple[float, float, float | None]] = field(default_factory=list)
 
@@ -83,10 +83,9 @@ def summaries(results: Sequence[LevelResult], tpot_slo_s: float) -> list[LevelSu
         groups.setdefault((r.config, r.rate), []).append(r)
     out = []
     for (config, rate), group in groups.items():
-        drafted, generated, accepted = (sum(c) for c in zip(*(g.counters for g in group),
-                                                             strict=True))
+        totals = [sum(c) for c in zip(*(g.counters for g in group), strict=True)]
         out.append(summarize(config, rate, [g.records for g in group], tpot_slo_s=tpot_slo_s,
-                             mean_k=mean_k(drafted, generated, accepted)))
+                             mean_k=mean_k(*totals)))
     return out
 
 
@@ -142,9 +141,13 @@ class _Sampler(threading.Thread):
         return self.samples
 
 
-def _counters(t: dict[str, float]) -> tuple[float, float, float]:
-    """vLLM's (draft tokens, generated tokens, accepted tokens) counters."""
+COUNTERS = ("draft_tokens", "drafts", "generated_tokens", "accepted_tokens")
+
+
+def _counters(t: dict[str, float]) -> tuple[float, float, float, float]:
+    """vLLM's counters, in the order of COUNTERS."""
     return (t.get("vllm:spec_decode_num_draft_tokens_total", 0.0),
+            t.get("vllm:spec_decode_num_drafts_total", 0.0),
             t.get("vllm:generation_tokens_total", 0.0),
             t.get("vllm:spec_decode_num_accepted_tokens_total", 0.0))
 
@@ -180,8 +183,8 @@ def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, ra
     finally:
         timeline = sampler.stop()
     after = _counters(metric_totals(httpx.get(f"{engine.url}/metrics", timeout=10).text))
-    drafted, generated, accepted = (a - b for a, b in zip(after, before, strict=True))
-    return LevelResult(config.name, rate, rnd, records, (drafted, generated, accepted), timeline)
+    delta = tuple(a - b for a, b in zip(after, before, strict=True))
+    return LevelResult(config.name, rate, rnd, records, delta, timeline)  # type: ignore[arg-type]
 
 
 def warm_up(engine: ServerProcess, prompts: Sequence[list[int]]) -> None:
@@ -222,8 +225,7 @@ def write_results(path: Path, meta: dict, table: Sequence[LevelSummary],
         "meta": meta,
         "summaries": [asdict(s) for s in table],
         "levels": [{"config": r.config, "rate": r.rate, "round": r.round,
-                    "counters": dict(zip(("draft_tokens", "generated_tokens", "accepted_tokens"),
-                                         r.counters, strict=True)),
+                    "counters": dict(zip(COUNTERS, r.counters, strict=True)),
                     "records": [{**asdict(rec), "tpot_s": rec.tpot_s} for rec in r.records],
                     "timeline": r.timeline} for r in results],
     }

@@ -62,14 +62,16 @@ def summarize(
     )
 
 
-def mean_k(draft_tokens: float, generated_tokens: float, accepted_tokens: float) -> float | None:
-    """Draft tokens verified per decoding request-step.
+def mean_k(draft_tokens: float, drafts: float, generated_tokens: float,
+           accepted_tokens: float) -> float | None:
+    """Draft tokens verified per decoding request-step, from vLLM's counters.
 
-    Each request-step emits one token plus the accepted drafts, so request-steps = generated -
-    accepted. (Prefill steps emit the first token too; with outputs of tens of tokens that bias
-    is a few percent, the same for every configuration.)
+    Each request-step emits one token plus its accepted drafts, so request-steps ~ generated -
+    accepted. That undercounts at a request's last step (drafts accepted past max_tokens are
+    counted as accepted, not generated), so it is never taken below `drafts` (the request-steps
+    that verified drafts); the estimate stays <= the longest draft.
     """
-    steps = generated_tokens - accepted_tokens
+    steps = max(generated_tokens - accepted_tokens, drafts)
     return draft_tokens / steps if steps > 0 else None
 
 
