@@ -117,10 +117,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         text = Path(args.text).read_text() if args.text else _stdlib_text()
     check_causal_lm_dir(model, "target")
     check_causal_lm_dir(draft, "draft")
+    if args.calibration_prompts < 0:
+        raise UserError(f"--calibration-prompts must be >= 0 (got {args.calibration_prompts})")
     out = Path(args.output) if args.output else default_profile_path(model)
     run_profile(model, draft, out, prompt_text=text, batch_sizes=args.batch_sizes,
                 k_values=args.k_values, context_lens=args.context_lens,
-                new_tokens=args.new_tokens,
+                new_tokens=args.new_tokens, calibration_prompts=args.calibration_prompts,
                 extra_args=["--", *(a for a in args.vllm_args if a != "--")]
                 if args.vllm_args else ())
     return 0
@@ -170,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--k-values", type=int, nargs="+", default=[0, 1, 3, 5])
     profile.add_argument("--context-lens", type=int, nargs="+", default=[64, 384])
     profile.add_argument("--new-tokens", type=int, default=16, help="tokens generated per cell")
+    profile.add_argument("--calibration-prompts", type=int, default=24,
+                         help="prompts drafted with the largest K to fit the acceptance "
+                              "calibration (0: skip; engines then learn it online)")
     profile.add_argument(
         "vllm_args", nargs=argparse.REMAINDER,
         help="extra vLLM arguments after a `--`, as the engine will be served with (e.g. "

@@ -5,7 +5,13 @@ minus the drafting time the worker measures) and, with ``SPECSERVE_RECORD_STEPS`
 one JSON line per step with its features (requests, batched tokens, mean context). The profiler
 drives the engine through a grid — static K (set at runtime through the policy endpoint) x
 context length x batch size — and folds the recorded steps into a `Profile` (median per cell),
-which `StepTimeModel.from_profile` fits. The same command runs on a GPU pod at start-up.
+which `StepTimeModel.from_profile` fits.
+
+Then it measures acceptance: static K on prompts cut from random places of the text (the grid's
+prompts share one prefix, hence one continuation, so they would calibrate for that text alone);
+the engine records every verification (``SPECSERVE_RECORD_VERIFICATIONS``) and `fit_acceptance`
+turns them into the profile's calibration and mean acceptance. The same command runs on a GPU
+pod at start-up.
 """
 
 from __future__ import annotations
@@ -24,10 +30,17 @@ from pathlib import Path
 import httpx
 
 from specserve_engine.launcher import ServerProcess, free_port
-from specserve_engine.policy import Policy, Profile, ProfilePoint
+from specserve_engine.policy import (
+    AcceptanceProfile,
+    Policy,
+    Profile,
+    ProfilePoint,
+    fit_acceptance,
+)
 
 PROFILE_FILENAME = "specserve-profile.json"
 CONTEXT_BUCKET = 32  # tokens: steps whose mean context differs by less are one cell
+CALIBRATION_BATCH = 8  # calibration prompts sent at once
 
 Progress = Callable[[str], None]
 
@@ -75,7 +88,8 @@ class StepRecorder:
     """A running engine (static mode, step recording on) driven through (K, context, batch) cells.
 
     ``with StepRecorder(model, draft, k_max) as rec: rec.run_cell(k, ctx, b)``; ``rec.records()``
-    returns every recorded step as a dict (`StepObservation` fields).
+    returns every recorded step as a dict (`StepObservation` fields), ``rec.verifications()``
+    every verified draft as (draft probabilities, drafted, accepted).
     """
 
     def __init__(self, model: Path, draft: Path, k_max: int, prompt_text: str,
@@ -84,12 +98,15 @@ class StepRecorder:
         self.token = secrets.token_hex(16)
         self.control_port = free_port()
         self.record = Path(tempfile.mkstemp(prefix="specserve-steps-", suffix=".jsonl")[1])
+        self.verify_record = Path(
+            tempfile.mkstemp(prefix="specserve-verifications-", suffix=".jsonl")[1])
         self.server = ServerProcess(
             ["--model", str(model), "--draft", str(draft), "--k-max", str(k_max),
              "--mode", "static", "--static-k", "0", "--control-port", str(self.control_port),
              "--served-model-name", "profiled", *extra_args],
             env={"SPECSERVE_CONTROL_TOKEN": self.token,
-                 "SPECSERVE_RECORD_STEPS": str(self.record)},
+                 "SPECSERVE_RECORD_STEPS": str(self.record),
+                 "SPECSERVE_RECORD_VERIFICATIONS": str(self.verify_record)},
             name="profile",
         )
         self._prompts: dict[int, list[list[int]]] = {}
@@ -106,6 +123,7 @@ class StepRecorder:
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
         self.record.unlink(missing_ok=True)
+        self.verify_record.unlink(missing_ok=True)
 
     def set_policy(self, **fields: object) -> None:
         self._version += 1
@@ -114,8 +132,9 @@ class StepRecorder:
                       headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
         r.raise_for_status()
 
-    def generate(self, prompts: Sequence[list[int]], new_tokens: int | None = None) -> None:
-        def one(ids: list[int]) -> None:
+    def generate(self, prompts: Sequence[list[int] | str],
+                 new_tokens: int | None = None) -> None:
+        def one(ids: list[int] | str) -> None:
             r = httpx.post(f"{self.server.url}/v1/completions", timeout=600, json={
                 "model": "profiled", "prompt": ids, "max_tokens": new_tokens or self.new_tokens,
                 "temperature": 0, "ignore_eos": True})
@@ -134,8 +153,29 @@ class StepRecorder:
         self.generate(self.prompts(context_len, batch_size))
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.record.read_text().splitlines()
-                if line.strip()]
+        return _read_jsonl(self.record)
+
+    def verifications(self) -> list[tuple[list[float], int, int]]:
+        return [(v["probs"], v["drafted"], v["accepted"]) for v in _read_jsonl(self.verify_record)]
+
+    def calibrate(self, k: int, prompts: Sequence[str], new_tokens: int,
+                  progress: Progress) -> AcceptanceProfile | None:
+        """Draft K tokens per step on ``prompts`` and fit the acceptance to what was verified."""
+        self.set_policy(mode="static", static_k=k)
+        skip = len(self.verifications())
+        for start in range(0, len(prompts), CALIBRATION_BATCH):
+            self.generate(prompts[start : start + CALIBRATION_BATCH], new_tokens)
+            progress(f"acceptance: {min(start + CALIBRATION_BATCH, len(prompts))}/{len(prompts)}"
+                     " prompts")
+        calibration, mean, count = fit_acceptance(self.verifications()[skip:])
+        if not count:
+            return None
+        return AcceptanceProfile(calibration=calibration, prior_acceptance=mean, outcomes=count,
+                                 k=k)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_profile(
@@ -148,12 +188,18 @@ def run_profile(
     k_values: Sequence[int] = (0, 1, 3, 5),
     context_lens: Sequence[int] = (64, 384),
     new_tokens: int = 16,
+    calibration_prompts: int = 24,
+    calibration_tokens: int = 48,
     extra_args: Sequence[str] = (),
     progress: Progress = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> Profile:
+    """Time the (K, context, batch) grid, then fit the acceptance on ``calibration_prompts``
+    prompts (0: skip) drafted with the largest K; write the profile to ``output``."""
+    from specserve_engine.tiny import cut_prompts
+
     cells = [(k, c, b) for k in k_values for c in context_lens for b in batch_sizes]
-    recorder = StepRecorder(model, draft, max(max(k_values), 1), prompt_text, new_tokens,
-                            extra_args)
+    k_max = max(max(k_values), 1)
+    recorder = StepRecorder(model, draft, k_max, prompt_text, new_tokens, extra_args)
     progress(f"starting the engine (log: {recorder.server.log_path}) ...")
     started = time.monotonic()
     with recorder:
@@ -164,16 +210,24 @@ def run_profile(
             progress(f"[{done}/{len(cells)}] K={k} context={ctx} batch={b}  "
                      f"({elapsed:.0f}s, eta {elapsed / done * (len(cells) - done):.0f}s)")
         records = recorder.records()
+        acceptance = None
+        if calibration_prompts > 0:
+            acceptance = recorder.calibrate(
+                k_max, cut_prompts(prompt_text, calibration_prompts, seed=1),
+                calibration_tokens, progress)
     profile = Profile(
         target_model=str(model), draft_model=str(draft), device="cpu" if _on_cpu() else "gpu",
         meta={"k_values": ",".join(map(str, k_values)), "steps_recorded": str(len(records))},
-        points=aggregate(records),
+        points=aggregate(records), acceptance=acceptance,
     )
     if not profile.for_role("target") or not profile.for_role("draft"):
         raise RuntimeError(f"the engine recorded no usable steps ({len(records)} records)")
     output.parent.mkdir(parents=True, exist_ok=True)
     profile.save(output)
-    progress(f"wrote {output}: {len(profile.points)} points from {len(records)} steps")
+    found = (f"; acceptance {acceptance.prior_acceptance:.2f} per token, calibrated on "
+             f"{len(acceptance.calibration)} positions from {acceptance.outcomes} verifications"
+             if acceptance else "")
+    progress(f"wrote {output}: {len(profile.points)} points from {len(records)} steps{found}")
     return profile
 
 

@@ -444,9 +444,13 @@ def _models_at(root: Path) -> TinyModels:
 
 def heldout_prompts(models: TinyModels, n: int, chars: int = 200, seed: int = 0) -> list[str]:
     """``n`` prompts cut from held-out stdlib text (never seen in training), deterministically."""
+    return cut_prompts(models.heldout.read_text(encoding="utf-8"), n, chars, seed)
+
+
+def cut_prompts(text: str, n: int, chars: int = 200, seed: int = 0) -> list[str]:
+    """``n`` prompts of about ``chars`` characters from random places of ``text``, deterministic."""
     import random
 
-    text = models.heldout.read_text(encoding="utf-8")
     rng = random.Random(seed)
     prompts = []
     for _ in range(n):

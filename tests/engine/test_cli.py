@@ -110,3 +110,12 @@ def test_bad_k_table_is_one_clear_line() -> None:
     result = _serve("--k-table", "1-4:x", "--no-specserve")
     assert result.returncode == 2
     assert "--k-table entry '1-4:x'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_negative_calibration_prompts_is_one_clear_line(tiny_models) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "specserve_engine.cli", "profile", "--calibration-prompts", "-1"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--calibration-prompts must be >= 0" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from specserve_engine import tiny
-from specserve_engine.policy import Profile, StepTimeModel
+from specserve_engine.policy import Policy, Profile, StepTimeModel
 from specserve_engine.profiler import aggregate, run_profile
+from specserve_engine.vllm.scheduler import with_profile
 
 
 def _record(role: str, b: int, n: int, ctx: float, s: float) -> dict:
@@ -34,11 +35,23 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
     messages: list[str] = []
     run_profile(tiny_models.target, tiny_models.draft, out,
                 prompt_text=tiny_models.heldout.read_text(), batch_sizes=(1, 3),
-                k_values=(0, 2), context_lens=(48,), new_tokens=8,
-                extra_args=("--", "--enforce-eager"), progress=messages.append)
+                k_values=(0, 2), context_lens=(48,), new_tokens=8, calibration_prompts=8,
+                calibration_tokens=24, extra_args=("--", "--enforce-eager"),
+                progress=messages.append)
     profile = Profile.load(out)
     assert profile.for_role("target") and profile.for_role("draft")
     assert any("[4/4]" in m for m in messages), "progress is reported per cell"
+    # Acceptance: 8 greedy prompts drafted at K=2, every verification recorded and fitted.
+    acceptance = profile.acceptance
+    assert acceptance is not None and acceptance.k == 2
+    assert acceptance.outcomes >= 8 * 24 // 3, "about one verification per request and step"
+    assert acceptance.calibration and 0 < acceptance.prior_acceptance < 1
+    assert any("acceptance: 8/8 prompts" in m for m in messages)
+    # An engine given this profile starts with that calibration and acceptance prior.
+    policy = with_profile(Policy(), {"SPECSERVE_PROFILE_FILE": str(out)})
+    assert policy.model.calibration == acceptance.calibration
+    assert policy.model.prior_acceptance == acceptance.prior_acceptance
+    assert policy.model.target == StepTimeModel.from_profile(profile).target
     # Verify steps of K=2 carry 3 tokens per request.
     assert any(p.num_tokens == 3 * p.num_requests for p in profile.for_role("target"))
     timing = StepTimeModel.from_profile(profile)

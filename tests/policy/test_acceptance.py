@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specserve_engine.policy.acceptance import AcceptanceModel, fit_logistic
+from specserve_engine.policy.acceptance import AcceptanceModel, fit_acceptance, fit_logistic
 from specserve_engine.policy.params import LogisticCalibration, ModelParams
 
 
@@ -95,6 +95,36 @@ def test_calibration_learns_an_overconfident_draft() -> None:
     params = model.to_params(ModelParams())
     assert params.calibration == calibration
     assert 0 < params.prior_acceptance < 1
+
+
+def test_fit_acceptance_from_recorded_verifications() -> None:
+    """What `specserve profile` stores: calibration and mean acceptance from recorded outcomes."""
+    rng = random.Random(1)
+    outcomes = []
+    accepted_total = verified_total = 0
+    for _ in range(2000):
+        probs = [rng.uniform(0.05, 0.99) for _ in range(4)]
+        accepted = 0
+        for q in probs:
+            if rng.random() >= q * q:
+                break
+            accepted += 1
+        verified = min(4, accepted + 1)
+        # The engine records the probabilities of the tokens it sent to verification.
+        outcomes.append((probs, 4, accepted))
+        accepted_total += accepted
+        verified_total += verified
+    calibration, mean, count = fit_acceptance(outcomes)
+    assert count == 2000 and len(calibration) >= 3
+    model = AcceptanceModel(ModelParams(calibration=calibration))
+    for q in (0.3, 0.6, 0.9):
+        assert model.calibrate(1, q) == pytest.approx(q * q, abs=0.06)
+    assert mean == pytest.approx(accepted_total / verified_total, abs=0.01)
+
+
+def test_fit_acceptance_with_nothing_recorded() -> None:
+    calibration, mean, count = fit_acceptance([])
+    assert (calibration, count) == ([LogisticCalibration()], 0) and 0 < mean < 1
 
 
 def test_too_few_outcomes_leave_calibration_unchanged() -> None:

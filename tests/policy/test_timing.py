@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from specserve_engine.policy.params import TimingCoefficients
-from specserve_engine.policy.profile import Profile, ProfilePoint
+from specserve_engine.policy.params import LogisticCalibration, TimingCoefficients
+from specserve_engine.policy.profile import AcceptanceProfile, Profile, ProfilePoint
 from specserve_engine.policy.timing import (
     StepObservation,
     StepTimeModel,
@@ -53,6 +53,11 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
     profile = synthetic_profile(TARGET, DRAFT)
     profile.save(tmp_path / "profile.json")
     assert Profile.load(tmp_path / "profile.json") == profile
+    calibrated = profile.model_copy(update={"acceptance": AcceptanceProfile(
+        calibration=[LogisticCalibration(slope=0.4, intercept=2.0)], prior_acceptance=0.6,
+        outcomes=500, k=4)})
+    calibrated.save(tmp_path / "calibrated.json")
+    assert Profile.load(tmp_path / "calibrated.json") == calibrated
 
 
 def test_profile_point_needs_a_token_per_request() -> None:

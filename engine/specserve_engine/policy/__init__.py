@@ -1,14 +1,14 @@
 """Framework-free policy math: numbers in, decisions out (no vLLM, no torch).
 
 - `params`: `Policy` / `ModelParams`, the contract the operator pushes to engines.
-- `profile`: `Profile` / `ProfilePoint`, measured step times (the JSON `specserve profile` writes).
+- `profile`: `Profile`, measured step times and acceptance (the JSON `specserve profile` writes).
 - `timing`: `StepTimeModel`, predicted draft and verify step times, refitted online.
 - `acceptance`: `AcceptanceModel`, c_ij from calibrated draft confidences and acceptance history.
 - `goodput`: `EfficiencyModel`, K (and per-request K_i) maximising goodput under the TPOT SLO.
 - `cost`: `decision_cost_seconds`, what the per-step decisions cost on this machine.
 """
 
-from specserve_engine.policy.acceptance import AcceptanceModel
+from specserve_engine.policy.acceptance import AcceptanceModel, fit_acceptance
 from specserve_engine.policy.cost import decision_cost_seconds
 from specserve_engine.policy.goodput import (
     EfficiencyModel,
@@ -24,12 +24,13 @@ from specserve_engine.policy.params import (
     TimingCoefficients,
     validation_message,
 )
-from specserve_engine.policy.profile import Profile, ProfilePoint
+from specserve_engine.policy.profile import AcceptanceProfile, Profile, ProfilePoint
 from specserve_engine.policy.timing import StepObservation, StepTimeModel, fit_coefficients
 
 __all__ = [
     "K_LIMIT",
     "AcceptanceModel",
+    "AcceptanceProfile",
     "EfficiencyModel",
     "LogisticCalibration",
     "ModelParams",
@@ -42,6 +43,7 @@ __all__ = [
     "StepTimeModel",
     "TimingCoefficients",
     "decision_cost_seconds",
+    "fit_acceptance",
     "fit_coefficients",
     "lengths_above_threshold",
     "validation_message",

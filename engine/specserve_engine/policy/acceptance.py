@@ -23,7 +23,7 @@ A verified position is one the target actually judged: positions 1..min(K, accep
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import mul
 
@@ -230,3 +230,21 @@ class AcceptanceModel:
         prior = min(max(self.mean_acceptance, 0.01), 0.99)
         return base.model_copy(update={"calibration": list(self.calibration),
                                        "prior_acceptance": prior})
+
+
+def fit_acceptance(
+    outcomes: Iterable[tuple[Sequence[float], int, int]], min_samples: int = 50,
+) -> tuple[list[LogisticCalibration], float, int]:
+    """Calibration and mean per-token acceptance from recorded verifications, all weighted alike.
+
+    ``outcomes``: (draft probabilities of the verified tokens, drafted, accepted) per request and
+    step, as the engine records them. Returns (per-position calibration, the identity when no
+    position reached `min_samples`; mean acceptance; number of outcomes used).
+    """
+    model = AcceptanceModel(ModelParams(prior_strength=0.0), decay=1.0)
+    count = 0
+    for probs, drafted, accepted in outcomes:
+        model.observe(drafted, accepted, probs=probs)
+        count += 1
+    calibration = model.fit_calibration(min_samples)
+    return calibration, min(max(model.mean_acceptance, 0.01), 0.99), count

@@ -1,16 +1,21 @@
-"""Profile: measured step times of the target and draft models on this hardware.
+"""Profile: measured step times of the target and draft models on this hardware, and how
+often the target accepts the draft's tokens.
 
 `specserve profile` drives the engine through a grid of batch sizes x context lengths (and, for
 the target, several tokens per request, as when verifying K+1 tokens) and writes one point per
 grid cell: the median seconds of one forward step over `repeats` runs. `StepTimeModel` fits
-its coefficients to these points.
+its coefficients to these points. It then drafts on diverse prompts and stores the acceptance
+calibration fitted to the outcomes (`acceptance`), so an engine starts calibrated instead of
+learning the calibration online from the identity, which under-drafts for its first minute.
 
 JSON shape (`Profile.save` / `Profile.load`):
 
     {"version": 1, "target_model": "...", "draft_model": "...", "device": "...",
      "meta": {"vllm": "0.32.0"},
      "points": [{"role": "target", "num_requests": 8, "num_tokens": 32,
-                 "context_len": 512.0, "seconds": 0.0213, "repeats": 5}, ...]}
+                 "context_len": 512.0, "seconds": 0.0213, "repeats": 5}, ...],
+     "acceptance": {"calibration": [{"slope": 0.4, "intercept": 2.0}, ...],
+                    "prior_acceptance": 0.62, "outcomes": 950, "k": 5}}
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from specserve_engine.policy.params import K_LIMIT, LogisticCalibration
 
 Role = Literal["target", "draft"]
 
@@ -43,6 +50,17 @@ class ProfilePoint(BaseModel):
         return self
 
 
+class AcceptanceProfile(BaseModel):
+    """Acceptance fitted to the verifications of a static-K run on diverse prompts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calibration: list[LogisticCalibration] = Field(default_factory=list, max_length=K_LIMIT)
+    prior_acceptance: float = Field(gt=0, lt=1, description="mean per-token acceptance")
+    outcomes: int = Field(ge=0, description="verified drafts behind the fit")
+    k: int = Field(ge=1, le=K_LIMIT, description="draft length of the calibration run")
+
+
 class Profile(BaseModel):
     """All measured points of one (target, draft, hardware) combination."""
 
@@ -54,6 +72,7 @@ class Profile(BaseModel):
     device: str = ""
     meta: dict[str, str] = Field(default_factory=dict)
     points: list[ProfilePoint] = Field(default_factory=list)
+    acceptance: AcceptanceProfile | None = None
 
     def for_role(self, role: Role) -> list[ProfilePoint]:
         return [p for p in self.points if p.role == role]

@@ -75,14 +75,20 @@ def initial_policy(engine_k_max: int, environ: dict[str, str]) -> Policy:
 
 
 def with_profile(policy: Policy, environ: dict[str, str]) -> Policy:
-    """Fold a measured step-time profile (``specserve profile``) into the policy's model."""
+    """Fold a measured profile (``specserve profile``: step times, acceptance calibration) into
+    the policy's model."""
     path = environ.get("SPECSERVE_PROFILE_FILE")
     if not path or not os.path.isfile(path) or policy.model.source:
         return policy  # an operator-pushed model (it has a source) wins over the local profile
-    timing = StepTimeModel.from_profile(Profile.load(path))
-    model = policy.model.model_copy(update={"target": timing.target, "draft": timing.draft,
-                                            "source": f"profile {os.path.basename(path)}"})
-    return policy.model_copy(update={"model": model})
+    profile = Profile.load(path)
+    timing = StepTimeModel.from_profile(profile)
+    update: dict[str, object] = {"target": timing.target, "draft": timing.draft,
+                                 "source": f"profile {os.path.basename(path)}"}
+    if profile.acceptance is not None:
+        update["prior_acceptance"] = profile.acceptance.prior_acceptance
+        if profile.acceptance.calibration:
+            update["calibration"] = profile.acceptance.calibration
+    return policy.model_copy(update={"model": policy.model.model_copy(update=update)})
 
 
 class _KLookup:
@@ -115,8 +121,11 @@ class AdaptiveScheduler(Scheduler):
         self._verified_confidences: dict[str, list[float]] = {}
         self._observations: deque[StepObservation] = deque(maxlen=512)
         self._steps = 0
-        record = env.get("SPECSERVE_RECORD_STEPS")  # `specserve profile` reads these lines
+        # `specserve profile` reads these lines: steps (features, seconds) and verifications.
+        record = env.get("SPECSERVE_RECORD_STEPS")
         self._record_file = open(record, "a") if record else None  # noqa: SIM115
+        record = env.get("SPECSERVE_RECORD_VERIFICATIONS")
+        self._verify_file = open(record, "a") if record else None  # noqa: SIM115
         self.control: ControlServer | None = None
         port = env.get("SPECSERVE_CONTROL_PORT")
         if port and self.engine_k_max:
@@ -220,10 +229,15 @@ class AdaptiveScheduler(Scheduler):
                     continue
                 # Measured before super(), which may cut sampled tokens at a stop string.
                 accepted = max(len(sampled[i]) - 1, 0)
-                acceptance.observe(drafted, accepted, request_id=rid,
-                                   probs=self._verified_confidences.pop(rid, None))
+                probs = self._verified_confidences.pop(rid, None)
+                acceptance.observe(drafted, accepted, request_id=rid, probs=probs)
+                if self._verify_file is not None and probs is not None:
+                    self._verify_file.write(json.dumps(
+                        {"probs": probs, "drafted": drafted, "accepted": accepted}) + "\n")
                 total_drafted += drafted
                 total_accepted += accepted
+            if self._verify_file is not None:
+                self._verify_file.flush()
             self.metrics.drafted.inc(total_drafted)
             self.metrics.accepted_observed.inc(total_accepted)
         outputs = super().update_from_output(scheduler_output, model_runner_output)
