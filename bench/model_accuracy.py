@@ -1,13 +1,14 @@
 """How good is the efficiency model? Step-time and accepted-token prediction error, decision cost.
 
-1. Profile: the model folder's profile (`specserve profile`; run here if missing).
+1. Profile: the model folder's profile (`specserve profile`; run here if missing or if it has no
+   acceptance calibration).
 2. Held-out steps: a fresh engine runs static K at batch sizes and a context the profile never
    saw; every step's measured time is compared with `StepTimeModel`'s prediction (MAPE).
 3. Accepted tokens: the verifier predicts, for the draft tokens it sends to verification, the
-   sum of their calibrated cumulative confidences c. The calibration is learned online from
-   verification outcomes, so a fresh engine first serves a calibration set of prompts (static
-   K=4: drafts on every step), then the prediction is scored against what vLLM's rejection
-   sampler accepted on other held-out prompts, in static K=4 and in adaptive mode.
+   sum of their calibrated cumulative confidences c, and the prediction is scored against what
+   vLLM's rejection sampler accepted on held-out prompts. First as a fresh engine starts, with
+   the profile's calibration; then after the engine has also calibrated online on a set of
+   other prompts (static K=4: drafts on every step), in static K=4 and in adaptive mode.
 4. Decision cost: `decision_cost_seconds` at B = 1, 32, 256 against the predicted step time.
 
     python bench/model_accuracy.py [--quick]
@@ -34,7 +35,7 @@ def main() -> int:
     models = tiny.build()
     text = models.heldout.read_text()
     path = default_profile_path(models.target)
-    if not path.is_file():
+    if not path.is_file() or Profile.load(path).acceptance is None:
         run_profile(models.target, models.draft, path, prompt_text=text)
     profile = Profile.load(path)
     timing = StepTimeModel.from_profile(profile)
@@ -61,23 +62,27 @@ def main() -> int:
     def diverse(n: int, seed: int) -> list[list[int]]:
         return [tokenizer(p)["input_ids"] for p in tiny.heldout_prompts(models, n, seed=seed)]
 
+    static_k4 = {"mode": "static", "static_k": 4}
     with StepRecorder(models.target, models.draft, 4, text, new_tokens=16,
-                      extra_args=("--", "--enforce-eager")) as rec:
-        rec.set_policy(mode="static", static_k=4)
-        for batch in (diverse(8, seed=101), diverse(8, seed=102), diverse(8, seed=103)):
-            rec.generate(batch, new_tokens=48)  # the calibration set
+                      extra_args=("--profile", str(path), "--", "--enforce-eager")) as rec:
         accepted: dict[str, tuple[float, float]] = {}
-        for mode, fields in (("static K=4", {"mode": "static", "static_k": 4}),
-                             ("adaptive", {"mode": "adaptive"})):
+
+        def score(label: str, fields: dict[str, object], seeds: tuple[int, ...]) -> None:
             rec.set_policy(**fields)
             before = metric_totals(httpx.get(f"{rec.control_url}/metrics").text)
-            for seed in (201, 202, 203):
+            for seed in seeds:
                 rec.generate(diverse(8, seed=seed), new_tokens=48)
             after = metric_totals(httpx.get(f"{rec.control_url}/metrics").text)
-            accepted[mode] = tuple(  # type: ignore[assignment]
+            accepted[label] = tuple(  # type: ignore[assignment]
                 after.get(f"specserve_accepted_tokens_{kind}_total", 0.0)
                 - before.get(f"specserve_accepted_tokens_{kind}_total", 0.0)
                 for kind in ("predicted", "observed"))
+
+        score("static K=4, profile's calibration", static_k4, (301, 302, 303))
+        for seed in (101, 102, 103):
+            rec.generate(diverse(8, seed=seed), new_tokens=48)  # the online calibration set
+        score("static K=4, calibrated online", static_k4, (201, 202, 203))
+        score("adaptive, calibrated online", {"mode": "adaptive"}, (204, 205, 206))
         fitted = httpx.get(f"{rec.control_url}/specserve/policy").json()["fitted"]
 
     errors: dict[str, list[float]] = {"target": [], "draft": []}
@@ -91,13 +96,16 @@ def main() -> int:
             print(f"  {role:6}: MAPE {100 * statistics.fmean(errs):5.1f}%  "
                   f"median APE {100 * statistics.median(errs):5.1f}%  ({len(errs)} steps)")
 
-    print("\naccepted tokens on held-out prompts (24 requests x 48 tokens per mode):")
-    for mode, (predicted, observed) in accepted.items():
+    print("\naccepted tokens on held-out prompts (24 requests x 48 tokens each):")
+    for label, (predicted, observed) in accepted.items():
         error = f"error {100 * abs(predicted - observed) / observed:.1f}%" if observed else "-"
-        print(f"  {mode:10}: predicted {predicted:7.1f}, observed {observed:5.0f} ({error})")
-    if fitted:
-        cal = ", ".join(f"({c['slope']:.2f}, {c['intercept']:.2f})" for c in fitted["calibration"])
-        print(f"  learned calibration (slope, intercept) per position: {cal}")
+        print(f"  {label:35}: predicted {predicted:7.1f}, observed {observed:5.0f} ({error})")
+    assert profile.acceptance is not None
+    from_profile = [c.model_dump() for c in profile.acceptance.calibration]
+    for label, calibration in (("profile's", from_profile),
+                               ("after online", (fitted or {}).get("calibration", []))):
+        cal = ", ".join(f"({c['slope']:.2f}, {c['intercept']:.2f})" for c in calibration)
+        print(f"  {label} calibration (slope, intercept) per position: {cal}")
 
     print("\npolicy decision cost per step (pure Python, this machine):")
     for b in (1, 32, 256):
