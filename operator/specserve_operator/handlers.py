@@ -271,14 +271,18 @@ async def _write_policy(api: Kube, owner: m.Owner, policy: Policy) -> None:
     await _call(api.patch, "v1", "ConfigMap", owner.namespace, m.configmap_name(owner), body)
 
 
+async def _ready_targets(api: Kube, owner: m.Owner) -> list[ps.PodTarget]:
+    listing = await _call(api.request, "GET",
+                          ps.pods_path(owner.namespace, m.selector_labels(owner)))
+    pods = ps.ready_pods((listing or {}).get("items") or [], m.selector_labels(owner))
+    return [ps.PodTarget(p["metadata"]["name"], LOOP.address(p)) for p in pods]
+
+
 async def _push(api: Kube, owner: m.Owner, policy: Policy) -> tuple[ps.PushResult, int]:
     """Push to every ready pod: (result, ready pod count)."""
     secret = await _call(api.get, "v1", "Secret", owner.namespace, m.secret_name(owner))
     token_b64 = ((secret or {}).get("data") or {}).get(m.TOKEN_KEY)
-    listing = await _call(api.request, "GET",
-                          ps.pods_path(owner.namespace, m.selector_labels(owner)))
-    pods = ps.ready_pods((listing or {}).get("items") or [], m.selector_labels(owner))
-    targets = [ps.PodTarget(p["metadata"]["name"], LOOP.address(p)) for p in pods]
+    targets = await _ready_targets(api, owner)
     if not token_b64:
         acks = [ps.PodAck(pod=t.name, acknowledged=False, error="no control token Secret")
                 for t in targets]
@@ -322,7 +326,9 @@ async def slo_iteration(
     told = old.get("tuning") or {}
     tstate = tn.TuningState(over=told.get("over", 0), under=told.get("under", 0),
                             last_change=told.get("lastChange"))
-    decision = tn.decide(snap, policy, tstate, now, LOOP.tuning)
+    # The model the pods run (profile + online fits) is what a timing refit scales.
+    measured = await ps.fetch_model(await _ready_targets(api, owner), LOOP.push_timeout_s)
+    decision = tn.decide(snap, policy, tstate, now, LOOP.tuning, measured=measured)
     policy = decision.policy
     if decision.changed:
         await _write_policy(api, owner, policy)  # ConfigMap first: new pods start with it

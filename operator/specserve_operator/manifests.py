@@ -151,7 +151,9 @@ def policy_from_spec(spec: SpecServeDeploymentSpec, version: int) -> dict[str, A
     Mapping: speculation.mode/kMax/staticK -> mode/k_max/static_k; slo.ttftP90Ms and
     slo.tpotP90Ms -> slo.ttft_seconds/tpot_seconds (the engine plans each step against one
     target; p99 and attainment are the operator's, for tuning and autoscaling). The
-    efficiency-model parameters start at the engine's defaults until the tuning loop refits them.
+    efficiency-model parameters are the built-in defaults (empty `source`), which an engine
+    never adopts in place of its own profile; the tuning loop replaces them with a refit of
+    what the pods measured.
     """
     sp = spec.speculation
     policy = Policy(

@@ -8,6 +8,10 @@ on a policy it refuses. Timeouts, refused connections and 5xx are retried with b
 422 are final. The caller writes the ConfigMap *before* pushing, so a pod that starts or restarts
 meanwhile loads the same policy from its file.
 
+`fetch_model` reads back what the engines measured: GET on the same path returns, under
+"fitted", the efficiency-model parameters a pod runs (its profile plus what it learned online),
+which the timing refit scales instead of the built-in defaults.
+
 Where a pod is reached is injectable (`AddressResolver`): in a cluster it is `podIP:8001`; tests
 map pods to 127.0.0.1 and the engine's control port.
 """
@@ -21,8 +25,9 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from specserve_engine.policy.params import ModelParams
 from specserve_operator.manifests import CONTROL_PORT
 
 POLICY_PATH = "/specserve/policy"
@@ -152,3 +157,24 @@ async def push_policy(
         acks = await asyncio.gather(*(push_one(client, t, policy, token, retries, backoff_s)
                                       for t in targets))
     return PushResult(version=int(policy["version"]), acks=list(acks))
+
+
+async def fetch_model(
+    targets: Sequence[PodTarget],
+    timeout_s: float = 5.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ModelParams | None:
+    """The fitted efficiency-model parameters of the first pod (by name) that reports valid ones;
+    None when no pod answers with any (not started, unreachable, or an older engine)."""
+
+    async def one(client: httpx.AsyncClient, target: PodTarget) -> ModelParams | None:
+        try:
+            r = await client.get(f"{target.url.rstrip('/')}{POLICY_PATH}")
+            fitted = r.json().get("fitted") if r.status_code == 200 else None
+            return ModelParams.model_validate(fitted) if fitted else None
+        except (httpx.HTTPError, ValueError, AttributeError, ValidationError):
+            return None
+
+    async with httpx.AsyncClient(timeout=timeout_s, transport=transport) as client:
+        models = await asyncio.gather(*(one(client, t) for t in targets))
+    return next((m for m in models if m is not None), None)

@@ -7,8 +7,10 @@ only moves the ground they stand on):
    (`specserve_step_time_{predicted,observed}_seconds`). When the mean observed time is off the
    mean predicted one by more than `refit_tolerance`, every timing coefficient of target and draft
    is scaled by the ratio, damped (`ratio ** refit_damping`) and clamped to `refit_max_ratio` per
-   change, so one noisy window cannot swing the model. New or restarted pods start with the
-   refitted model (it is written to the ConfigMap).
+   change, so one noisy window cannot swing the model. What is scaled is the model the pods run
+   (`measured`: their profile plus online fits, read from a pod), else the last refitted one;
+   never the built-in defaults, which would throw away the pods' profile. New or restarted pods
+   start with the refitted model (it is written to the ConfigMap).
 2. TPOT knobs. TPOT p90 above the target for `over_patience` snapshots in a row tightens the
    constraint the engines plan against: first `tpot_headroom` (the fraction of the TPOT SLO a
    step may use) goes down by `headroom_step` to `headroom_min`, then `confidence_floor` goes up
@@ -136,8 +138,12 @@ def decide(
     state: TuningState,
     now: float,
     config: TuningConfig | None = None,
+    measured: ModelParams | None = None,
 ) -> TuningDecision:
-    """The next policy. Unchanged (same version) unless the snapshot has data and a rule fires."""
+    """The next policy. Unchanged (same version) unless the snapshot has data and a rule fires.
+
+    `measured`: the efficiency-model parameters a pod reports (GET /specserve/policy, "fitted").
+    """
     c = config or TuningConfig()
     if not snapshot.has_data:
         why = "; ".join(snapshot.reasons) or snapshot.state
@@ -149,14 +155,18 @@ def decide(
 
     # 1. timing refit
     factor, why = refit_factor(snapshot, c)
+    base = measured or (new.model if new.model.source else None)
     if factor is not None and cooling:
         why += " (deferred: cooldown)"
         factor = None
+    elif factor is not None and base is None:
+        why += " (no model measured by the pods yet: not refitted)"
+        factor = None
     reasons.append(why)
-    if factor is not None:
-        model: ModelParams = new.model.model_copy(update={
-            "target": scale_timing(new.model.target, factor),
-            "draft": scale_timing(new.model.draft, factor),
+    if factor is not None and base is not None:
+        model: ModelParams = base.model_copy(update={
+            "target": scale_timing(base.target, factor),
+            "draft": scale_timing(base.draft, factor),
             "source": f"operator refit x{factor:.3f} at {now:.0f}",
         })
         new = new.model_copy(update={"model": model})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from specserve_engine.policy import Policy
+from specserve_engine.policy import LogisticCalibration, ModelParams, Policy, TimingCoefficients
 from specserve_engine.vllm.control import PolicyStore
 
 TOKEN = "s3cret"
@@ -75,3 +75,19 @@ def test_get_reports_policy_and_engine_limits() -> None:
     assert reply.status == 200
     assert reply.body["policy"]["version"] == 1
     assert reply.body["engine"] == {"k_max": 5}
+
+
+def test_unmeasured_model_keeps_the_engines_own() -> None:
+    """A push carrying the built-in default model (empty source) changes only the knobs; a
+    measured model (with a source) replaces the engine's."""
+    profiled = ModelParams(target=TimingCoefficients(overhead_s=0.024, per_token_s=0.0076),
+                           calibration=[LogisticCalibration(slope=0.5, intercept=1.9)],
+                           source="profile specserve-profile.json")
+    store = PolicyStore(Policy(version=1, model=profiled), engine_k_max=5, token=TOKEN)
+    # The operator's first push: the same version and knobs, the default model.
+    assert store.put(_body(version=1), AUTH).body == {"version": 1, "changed": False}
+    assert store.put(_body(tpot_headroom=0.8), AUTH).status == 200
+    assert store.policy.tpot_headroom == 0.8 and store.policy.model == profiled
+    refitted = profiled.model_copy(update={"source": "operator refit x1.100"})
+    assert store.put(_body(version=3, model=refitted.model_dump(mode="json")), AUTH).status == 200
+    assert store.policy.model == refitted

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from specserve_engine.launcher import free_port
-from specserve_engine.policy.params import Policy
+from specserve_engine.policy.params import ModelParams, Policy
 from specserve_engine.vllm.control import ControlServer, PolicyStore
 from specserve_operator import push as ps
 
@@ -72,6 +72,18 @@ async def test_policy_the_engine_refuses_is_reported(servers: list[tuple[PolicyS
     too_big = {**doc(5), "k_max": 8, "static_k": 3}  # engine was started with --k-max 4
     result = await ps.push_policy([ps.PodTarget("p", url)], too_big, TOKEN)
     assert result.failed[0].http_status == 422 and "exceeds" in result.failed[0].error
+
+
+async def test_fetch_model_reads_what_a_pod_measured(servers: list[tuple[PolicyStore, str]]
+                                                     ) -> None:
+    dead = ps.PodTarget("dead", f"http://127.0.0.1:{free_port()}")
+    (first, first_url), (second, second_url), _ = servers
+    targets = [dead, ps.PodTarget("a", first_url), ps.PodTarget("b", second_url)]
+    assert await ps.fetch_model(targets, timeout_s=1.0) is None  # no pod has fitted anything
+    second.fitted = ModelParams(prior_acceptance=0.77, source="profile p.json")
+    assert await ps.fetch_model(targets, timeout_s=1.0) == second.fitted
+    first.fitted = ModelParams(prior_acceptance=0.6, source="profile q.json")
+    assert await ps.fetch_model(targets, timeout_s=1.0) == first.fitted
 
 
 def pod(name: str, *, ready: bool = True, phase: str = "Running", ip: str | None = "10.0.0.1",

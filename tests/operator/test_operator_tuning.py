@@ -7,12 +7,24 @@ from typing import Any
 
 import pytest
 
-from specserve_engine.policy.params import Policy, SloTargets
+from specserve_engine.policy.params import (
+    LogisticCalibration,
+    ModelParams,
+    Policy,
+    SloTargets,
+    TimingCoefficients,
+)
 from specserve_operator import tuning as tn
 from specserve_operator.prometheus import SloSnapshot
 
 TARGET = 0.100  # TPOT SLO, seconds
 CFG = tn.TuningConfig(over_patience=2, under_patience=3, cooldown_s=0.0, min_steps=50)
+# What a pod reports it runs: its profile (timing and acceptance calibration) plus online fits.
+MEASURED = ModelParams(
+    target=TimingCoefficients(overhead_s=0.024, per_token_s=0.0076, knee_tokens=4),
+    draft=TimingCoefficients(overhead_s=0.0012, per_token_s=4.5e-5),
+    calibration=[LogisticCalibration(slope=0.5, intercept=1.9)], prior_acceptance=0.77,
+    source="profile specserve-profile.json")
 
 
 def policy(**kw: Any) -> Policy:
@@ -99,17 +111,33 @@ def test_timing_refit_table(predicted: float | None, observed: float, steps_per_
                             factor: float | None) -> None:
     p = policy()
     d = tn.decide(snap(BAND, predicted=predicted, observed=observed, step_rate=steps_per_s), p,
-                  tn.TuningState(), now=0.0, config=CFG)
+                  tn.TuningState(), now=0.0, config=CFG, measured=MEASURED)
     if factor is None:
         assert not d.changed and d.policy == p
         return
     assert d.changed and d.policy.version == p.version + 1
     for role in ("target", "draft"):
-        old, new = getattr(p.model, role), getattr(d.policy.model, role)
+        old, new = getattr(MEASURED, role), getattr(d.policy.model, role)
         assert new.overhead_s == pytest.approx(old.overhead_s * factor)
         assert new.per_token_s == pytest.approx(old.per_token_s * factor)
         assert new.knee_tokens == old.knee_tokens
+    # The pods' acceptance calibration travels with the refitted timing.
+    assert d.policy.model.calibration == MEASURED.calibration
     assert d.policy.model.source.startswith("operator refit")
+
+
+def test_no_refit_of_the_builtin_defaults() -> None:
+    """No pod reported its model and none was refitted before: scaling the built-in defaults
+    and pushing them would replace every pod's profile, so nothing is refitted."""
+    p = policy()
+    d = tn.decide(snap(BAND, predicted=0.010, observed=0.040), p, tn.TuningState(), 0.0, CFG)
+    assert not d.changed and "no model measured by the pods" in d.summary
+    # A model the operator refitted earlier is scaled again when the pods are unreachable.
+    refitted = policy(model=MEASURED.model_copy(update={"source": "operator refit x1.100"}))
+    d = tn.decide(snap(BAND, predicted=0.010, observed=0.040), refitted, tn.TuningState(), 0.0,
+                  CFG)
+    assert d.changed
+    assert d.policy.model.target.overhead_s == pytest.approx(0.024 * 2.0 ** 0.5)
 
 
 def test_refit_converges_instead_of_oscillating() -> None:
@@ -120,7 +148,9 @@ def test_refit_converges_instead_of_oscillating() -> None:
     for i in range(12):
         predicted = p.model.target.overhead_s  # this test's engine predicts its overhead
         ratios.append(0.030 / predicted)
-        d = tn.decide(snap(BAND, predicted=predicted, observed=0.030), p, st, float(i), CFG)
+        # The pods run what was pushed last, and report it back.
+        d = tn.decide(snap(BAND, predicted=predicted, observed=0.030), p, st, float(i), CFG,
+                      measured=p.model)
         p, st = d.policy, d.state
     assert ratios[0] == pytest.approx(3.0)
     assert all(b <= a for a, b in itertools.pairwise(ratios))

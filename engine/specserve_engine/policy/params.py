@@ -80,7 +80,10 @@ class ModelParams(_Strict):
     prior_strength: float = Field(
         default=8.0, ge=0,
         description="weight of the prior, in draft tokens, against a request's own history")
-    source: str = Field(default="", max_length=500, description="provenance, free text")
+    source: str = Field(
+        default="", max_length=500,
+        description="provenance, free text; empty = the built-in defaults, which an engine "
+                    "never adopts in place of the model it runs")
 
 
 class SloTargets(_Strict):

@@ -7,6 +7,10 @@ the thin HTTP adapter (stdlib ``http.server``: the EngineCore has no event loop 
 Versioning: a PUT must carry a version greater than the current one (409 otherwise), except that
 re-sending exactly the current policy is an idempotent 200, so an operator retrying a push after
 a lost answer gets an acknowledgement, not an error.
+
+A pushed `model` with an empty `source` is the built-in default, not a measurement: the engine
+keeps the model it runs (its profile and what it learned online) and adopts only the knobs. An
+operator that has not measured anything yet must not wipe a pod's profile.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class PolicyStore:
                                         f"{self.engine_k_max} (set by `specserve serve --k-max`)"})
         with self._lock:
             current = self._policy
+            if not new.model.source:
+                new = new.model_copy(update={"model": current.model})
             if new.version == current.version and new == current:
                 return Reply(200, {"version": new.version, "changed": False})
             if new.version <= current.version:
