@@ -76,18 +76,27 @@ def test_fit_logistic_recovers_known_parameters_from_binned_outcomes() -> None:
     assert fit.intercept == pytest.approx(truth_intercept, abs=1e-3)
 
 
-def test_calibration_learns_an_overconfident_draft() -> None:
-    """The draft says q, the target accepts with q**2 (overconfident): the fit corrects it."""
-    rng = random.Random(0)
-    model = AcceptanceModel()
-    for _ in range(3000):
-        probs = [rng.uniform(0.05, 0.99) for _ in range(3)]
+def overconfident_outcomes(n: int, k: int, seed: int) -> list[tuple[list[float], int, int]]:
+    """(draft probabilities, drafted, accepted) of a draft that says q where the target accepts
+    with q**2; the first rejection ends a draft."""
+    rng = random.Random(seed)
+    outcomes = []
+    for _ in range(n):
+        probs = [rng.uniform(0.05, 0.99) for _ in range(k)]
         accepted = 0
         for q in probs:
             if rng.random() >= q * q:
                 break
             accepted += 1
-        model.observe(3, accepted, probs=probs)
+        outcomes.append((probs, k, accepted))
+    return outcomes
+
+
+def test_calibration_learns_an_overconfident_draft() -> None:
+    """The draft says q, the target accepts with q**2 (overconfident): the fit corrects it."""
+    model = AcceptanceModel()
+    for probs, drafted, accepted in overconfident_outcomes(3000, 3, seed=0):
+        model.observe(drafted, accepted, probs=probs)
     calibration = model.fit_calibration()
     assert len(calibration) >= 2
     for q in (0.3, 0.6, 0.9):
@@ -99,21 +108,9 @@ def test_calibration_learns_an_overconfident_draft() -> None:
 
 def test_fit_acceptance_from_recorded_verifications() -> None:
     """What `specserve profile` stores: calibration and mean acceptance from recorded outcomes."""
-    rng = random.Random(1)
-    outcomes = []
-    accepted_total = verified_total = 0
-    for _ in range(2000):
-        probs = [rng.uniform(0.05, 0.99) for _ in range(4)]
-        accepted = 0
-        for q in probs:
-            if rng.random() >= q * q:
-                break
-            accepted += 1
-        verified = min(4, accepted + 1)
-        # The engine records the probabilities of the tokens it sent to verification.
-        outcomes.append((probs, 4, accepted))
-        accepted_total += accepted
-        verified_total += verified
+    outcomes = overconfident_outcomes(2000, 4, seed=1)
+    accepted_total = sum(a for _, _, a in outcomes)
+    verified_total = sum(min(k, a + 1) for _, k, a in outcomes)  # positions the target judged
     calibration, mean, count = fit_acceptance(outcomes)
     assert count == 2000 and len(calibration) >= 3
     model = AcceptanceModel(ModelParams(calibration=calibration))
