@@ -5,8 +5,12 @@ B concurrent greedy requests (ignore_eos, fixed output length), and prints, per 
 wall time of a batch with and without speculation side by side, their ratio, and the draft
 acceptance rate measured by vLLM. Runs are interleaved in rounds to cancel drift.
 
+With ``--adaptive`` SpecServe's adaptive policy runs beside them (K_max 5; give it the step-time
+profile measured with the same engine flags), and each row also shows goodput and the K verified.
+
     python bench/crossover.py                 # K=3, batch sizes 1 and 32
     python bench/crossover.py --k 3 --batch-sizes 1 4 16 32 --rounds 3
+    python bench/crossover.py --adaptive --adaptive-profile eager.json --eager
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from specserve_engine import tiny
+from specserve_engine.bench.summary import mean_k
 from specserve_engine.launcher import ServerProcess
 from specserve_engine.vllm_metrics import spec_decode_stats
 
@@ -50,47 +55,65 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra `specserve serve` argument for every engine (repeatable)")
+    ap.add_argument("--eager", action="store_true", help="engines run with vLLM's --enforce-eager")
+    ap.add_argument("--adaptive", action="store_true", help="also run SpecServe adaptive")
+    ap.add_argument("--adaptive-profile", help="step-time profile for the adaptive engine")
     args = ap.parse_args()
 
     models = tiny.build()
+    spec_name = f"K={args.k}"
     configs = {
         "off": ["--draft", "none"],
         # vLLM's own fixed-K speculation (no SpecServe scheduler): the static-K baseline.
-        f"K={args.k}": ["--draft", str(models.draft), "--k-max", str(args.k), "--no-specserve"],
+        spec_name: ["--draft", str(models.draft), "--k-max", str(args.k), "--no-specserve"],
     }
+    if args.adaptive:
+        profile = ["--profile", args.adaptive_profile] if args.adaptive_profile else []
+        configs["adaptive"] = ["--draft", str(models.draft), "--k-max", "5", *profile]
     times: dict[tuple[str, int], list[float]] = {}
+    k_verified: dict[tuple[str, int], list[float]] = {}
     acceptance: dict[str, float] = {}
-    # Engines alternate inside each round so slow drift of the machine hits both alike.
+    # Engines alternate inside each round so slow drift of the machine hits all alike.
     for rnd in range(args.rounds):
         for name, extra in configs.items():
             server = ServerProcess(
                 ["--model", str(models.target), "--served-model-name", "tiny", *extra,
-                 *args.serve_arg],
+                 *args.serve_arg, *(["--", "--enforce-eager"] if args.eager else [])],
                 name=name,
             )
             with server:
                 run_batch(server.url, tiny.heldout_prompts(models, 2, seed=99), 8)  # warm-up
-                before = spec_decode_stats(httpx.get(f"{server.url}/metrics").text)
+                first = before = spec_decode_stats(httpx.get(f"{server.url}/metrics").text)
                 for b in args.batch_sizes:
                     prompts = tiny.heldout_prompts(models, b, seed=rnd * 1000 + b)
                     t = run_batch(server.url, prompts, args.max_tokens)
+                    after = spec_decode_stats(httpx.get(f"{server.url}/metrics").text)
+                    d = after.minus(before)
+                    before = after
+                    k = mean_k(d.draft_tokens, d.drafts, b * args.max_tokens, d.accepted_tokens)
                     times.setdefault((name, b), []).append(t)
-                    print(f"round {rnd + 1}/{args.rounds} {name:>6} B={b:<3} {t:7.2f}s",
-                          file=sys.stderr, flush=True)
-                stats = spec_decode_stats(httpx.get(f"{server.url}/metrics").text).minus(before)
+                    k_verified.setdefault((name, b), []).append(k or 0.0)
+                    print(f"round {rnd + 1}/{args.rounds} {name:>8} B={b:<3} {t:7.2f}s "
+                          f"K verified {k or 0.0:.2f}", file=sys.stderr, flush=True)
+                stats = before.minus(first)
                 if stats.draft_tokens:
                     acceptance[name] = stats.acceptance_rate
 
-    spec_name = f"K={args.k}"
-    print(f"\n{'batch':>5} {'off (s)':>9} {spec_name + ' (s)':>9} {'ratio':>7}   "
-          f"(median of {args.rounds}; {args.max_tokens} tokens per request; ratio = spec/off)")
+    print(f"\nmedian of {args.rounds} rounds; {args.max_tokens} tokens per request; goodput = "
+          "output tokens / wall time of the batch; ratio = time / off's time")
+    print(f"{'batch':>5} {'config':>9} {'time s':>8} {'tok/s':>7} {'ratio':>6} {'K':>5}")
     rows = []
     for b in args.batch_sizes:
         off = statistics.median(times[("off", b)])
-        spec = statistics.median(times[(spec_name, b)])
-        rows.append({"batch": b, "off_s": off, "spec_s": spec, "ratio": spec / off})
-        print(f"{b:>5} {off:>9.2f} {spec:>9.2f} {spec / off:>7.2f}")
-    print(f"greedy draft acceptance rate (vLLM counters): {acceptance.get(spec_name, 0):.3f}")
+        for name in configs:
+            t = statistics.median(times[(name, b)])
+            k = statistics.median(k_verified[(name, b)])
+            rows.append({"batch": b, "config": name, "seconds": t, "ratio": t / off,
+                         "goodput": b * args.max_tokens / t, "k_verified": k})
+            print(f"{b:>5} {name:>9} {t:>8.2f} {b * args.max_tokens / t:>7.1f} "
+                  f"{t / off:>6.2f} {k:>5.2f}")
+    print("greedy draft acceptance rate (vLLM counters): "
+          + ", ".join(f"{n} {a:.3f}" for n, a in acceptance.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"k": args.k, "rows": rows, "acceptance": acceptance}, f, indent=2)
