@@ -152,6 +152,10 @@ def _counters(t: dict[str, float]) -> tuple[float, float, float, float]:
             t.get("vllm:spec_decode_num_accepted_tokens_total", 0.0))
 
 
+def _read_counters(url: str) -> tuple[float, float, float, float]:
+    return _counters(metric_totals(httpx.get(f"{url}/metrics", timeout=10).text))
+
+
 @dataclass(frozen=True)
 class Workload:
     rates: tuple[float, ...]
@@ -174,7 +178,7 @@ def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, ra
               rnd: int, *, deadline_s: float) -> LevelResult:
     plan = workload.plans[rate]
     progress = Progress(f"{config.name:>13} @ {rate:g} req/s", len(plan))
-    before = _counters(metric_totals(httpx.get(f"{engine.url}/metrics", timeout=10).text))
+    before = _read_counters(engine.url)
     sampler = _Sampler(engine.url)
     sampler.start()
     try:
@@ -182,7 +186,7 @@ def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, ra
                                      deadline_s=deadline_s, on_done=progress.update))
     finally:
         timeline = sampler.stop()
-    after = _counters(metric_totals(httpx.get(f"{engine.url}/metrics", timeout=10).text))
+    after = _read_counters(engine.url)
     delta = tuple(a - b for a, b in zip(after, before, strict=True))
     return LevelResult(config.name, rate, rnd, records, delta, timeline)  # type: ignore[arg-type]
 
