@@ -27,6 +27,8 @@ import httpx
 from specserve_engine import tiny
 from specserve_engine.bench.summary import mean_k
 from specserve_engine.launcher import ServerProcess
+from specserve_engine.machine import this_machine
+from specserve_engine.serving import engine_dtype
 from specserve_engine.vllm_metrics import spec_decode_stats
 
 
@@ -99,8 +101,11 @@ def main() -> int:
                 if stats.draft_tokens:
                     acceptance[name] = stats.acceptance_rate
 
-    print(f"\nmedian of {args.rounds} rounds; {args.max_tokens} tokens per request; goodput = "
-          "output tokens / wall time of the batch; ratio = time / off's time")
+    dtype = engine_dtype(models.target, args.serve_arg)
+    mode = "eager" if args.eager else "compiled"
+    print(f"\n{this_machine().describe()}, dtype {dtype}, {mode}; median of {args.rounds} "
+          f"rounds; {args.max_tokens} tokens per request; goodput = output tokens / wall time "
+          "of the batch; ratio = time / off's time")
     print(f"{'batch':>5} {'config':>9} {'time s':>8} {'tok/s':>7} {'ratio':>6} {'K':>5}")
     rows = []
     for b in args.batch_sizes:
@@ -116,7 +121,8 @@ def main() -> int:
           + ", ".join(f"{n} {a:.3f}" for n, a in acceptance.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"k": args.k, "rows": rows, "acceptance": acceptance}, f, indent=2)
+            json.dump({"k": args.k, "machine": this_machine().describe(), "dtype": dtype,
+                       "mode": mode, "rows": rows, "acceptance": acceptance}, f, indent=2)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -14,6 +15,10 @@ K_MAX = 4
 # Tests check behaviour, not speed: eager mode skips torch.compile, which takes minutes per
 # engine on a cold compile cache (a fresh CI machine) and seconds of saving afterwards.
 FAST_START = ("--", "--enforce-eager")
+# The engines' dtype: "auto" is this machine's default (bf16 where the CPU has native bf16,
+# float32 elsewhere); set SPECSERVE_TEST_DTYPE=bfloat16 or float32 to meet the other machine
+# kind's numerics.
+DTYPE = os.environ.get("SPECSERVE_TEST_DTYPE", "auto")
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +52,11 @@ def engines(
              "--control-port", str(control_port),
              # The built-in timing prior, not whatever profile the model cache holds, so the
              # adaptive path behaves the same on every machine.
-             "--profile", "none", *FAST_START],
+             "--profile", "none", "--dtype", DTYPE, *FAST_START],
             env={"SPECSERVE_CONTROL_TOKEN": control_token}, name="spec"),
         "plain": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", "none",
-             "--served-model-name", "tiny", *FAST_START], name="plain"),
+             "--served-model-name", "tiny", "--dtype", DTYPE, *FAST_START], name="plain"),
     }
     try:
         for s in servers.values():

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from specserve_engine.machine import DTYPES, this_machine
 from specserve_engine.serving import (
     ServeConfig,
     UserError,
@@ -16,6 +17,7 @@ from specserve_engine.serving import (
     engine_env,
     on_cpu_build,
     parse_k_table,
+    profile_warning,
     vllm_serve_argv,
 )
 
@@ -32,7 +34,11 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="vLLM dtype (default: the model's own)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="dtype vLLM computes in. auto: on CPU, bfloat16 where the CPU has "
+                        "native bf16 (AVX-512 BF16 / AMX) and float32 elsewhere for float32 "
+                        "checkpoints; on GPU, vLLM's own choice. GET /specserve/policy reports "
+                        "the dtype in force")
     p.add_argument(
         "--kv-cache-gib", type=float, default=None,
         help="CPU KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE; default 1)",
@@ -89,6 +95,11 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _serve_config(args).resolved()
+    print(f"specserve: dtype {cfg.dtype} on {this_machine().describe()}", file=sys.stderr)
+    if cfg.profile_file is not None:
+        warning = profile_warning(cfg.profile_file, cfg.dtype or "")
+        if warning:
+            print(f"specserve: warning: {warning}", file=sys.stderr, flush=True)
     if args.kv_cache_gib is not None:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
     if on_cpu_build():

@@ -32,6 +32,7 @@ import httpx
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy import (
     AcceptanceProfile,
+    MachineInfo,
     Policy,
     Profile,
     ProfilePoint,
@@ -148,6 +149,12 @@ class StepRecorder:
             self._prompts[context_len] = _prompt_ids(self.model, self.text, context_len, count)
         return self._prompts[context_len][:count]
 
+    def engine_info(self) -> dict:
+        """What the engine reports about itself: the dtype it computes in, its machine."""
+        r = httpx.get(f"{self.control_url}/specserve/policy", timeout=10)
+        r.raise_for_status()
+        return r.json()["engine"]
+
     def run_cell(self, k: int, context_len: int, batch_size: int) -> None:
         self.set_policy(mode="static", static_k=k)
         self.generate(self.prompts(context_len, batch_size))
@@ -203,6 +210,9 @@ def run_profile(
     progress(f"starting the engine (log: {recorder.server.log_path}) ...")
     started = time.monotonic()
     with recorder:
+        engine = recorder.engine_info()
+        machine = MachineInfo.model_validate(engine["machine"])
+        progress(f"measuring on {machine.describe()} in {engine['dtype']}")
         recorder.generate(recorder.prompts(context_lens[0], 1))  # warm-up (compilation, caches)
         for done, (k, ctx, b) in enumerate(cells, start=1):
             recorder.run_cell(k, ctx, b)
@@ -217,6 +227,7 @@ def run_profile(
                 calibration_tokens, progress)
     profile = Profile(
         target_model=str(model), draft_model=str(draft), device="cpu" if _on_cpu() else "gpu",
+        machine=machine, dtype=engine["dtype"],
         meta={"k_values": ",".join(map(str, k_values)), "steps_recorded": str(len(records))},
         points=aggregate(records), acceptance=acceptance,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_model_len: int | None = None
-    dtype: str | None = None
+    dtype: str | None = None  # None or "auto": `machine.resolve_dtype` decides
     mode: str = "adaptive"  # adaptive | static | off (the initial policy; changeable at runtime)
     static_k: int | None = None
     specserve: bool = True  # False: plain vLLM speculation with fixed K (a baseline)
@@ -107,11 +108,12 @@ class ServeConfig:
 
             candidate = default_profile_path(model)
             profile = candidate if candidate.is_file() else None
-        dtype = self.dtype
-        if dtype is None and on_cpu_build() and target_cfg.get("torch_dtype") == "float32":
-            # vLLM's CPU backend casts float32 checkpoints to bfloat16, which CPUs without
-            # native bf16 (AVX2-only ones like this project's machines) run much slower.
-            dtype = "float32"
+        from specserve_engine.machine import DTYPES, resolve_dtype, this_machine
+
+        if (self.dtype or "auto") not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        dtype = resolve_dtype(self.dtype or "auto", checkpoint_dtype(target_cfg), on_cpu_build(),
+                              this_machine())
         return dataclasses.replace(
             self, model=model, draft=draft, served_model_name=name or model.name, dtype=dtype,
             profile_file=profile,
@@ -120,6 +122,27 @@ class ServeConfig:
     @property
     def speculative(self) -> bool:
         return self.draft is not None and self.draft.lower() != "none"
+
+
+def checkpoint_dtype(config: dict) -> str | None:
+    """The dtype a checkpoint's HF config declares (transformers 5 writes `dtype`, older ones
+    `torch_dtype`)."""
+    value = config.get("dtype") or config.get("torch_dtype")
+    return str(value) if value else None
+
+
+def engine_dtype(model: Path, serve_args: Sequence[str] = ()) -> str:
+    """The dtype `specserve serve --model model *serve_args` computes in on this machine."""
+    from specserve_engine.machine import resolve_dtype, this_machine
+
+    requested = "auto"
+    for i, word in enumerate(serve_args):
+        if word == "--dtype" and i + 1 < len(serve_args):
+            requested = serve_args[i + 1]
+        elif word.startswith("--dtype="):
+            requested = word.split("=", 1)[1]
+    config = json.loads((model / "config.json").read_text())
+    return resolve_dtype(requested, checkpoint_dtype(config), on_cpu_build(), this_machine())
 
 
 def on_cpu_build() -> bool:
@@ -147,6 +170,26 @@ def cpu_runtime_env(environ: dict[str, str]) -> dict[str, str]:
     if iomp.is_file() and "libiomp5" not in preload:
         extra["LD_PRELOAD"] = f"{iomp}:{preload}" if preload else str(iomp)
     return extra
+
+
+def profile_warning(path: Path, dtype: str) -> str | None:
+    """Why the profile at `path` may not describe this engine (None when it does); raises
+    UserError when the file is not a profile."""
+    from pydantic import ValidationError
+
+    from specserve_engine.machine import this_machine
+    from specserve_engine.policy import Profile
+
+    try:
+        profile = Profile.load(path)
+    except (OSError, ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--profile {path} is not a SpecServe profile: {first}") from None
+    problem = profile.mismatch(this_machine(), "" if dtype == "auto" else dtype)
+    if problem is None:
+        return None
+    return (f"profile {path}: {problem}. Its step times may not hold here, so the adaptive "
+            "policy may pick the wrong K; measure this machine with `specserve profile`")
 
 
 def speculative_config(draft: str, k_max: int, k_table: KTable | None) -> dict:
@@ -215,7 +258,7 @@ def vllm_serve_argv(cfg: ServeConfig) -> list[str]:
     ]
     if cfg.max_model_len:
         argv += ["--max-model-len", str(cfg.max_model_len)]
-    if cfg.dtype:
+    if cfg.dtype and cfg.dtype != "auto":
         argv += ["--dtype", cfg.dtype]
     if cfg.speculative:
         assert cfg.draft is not None

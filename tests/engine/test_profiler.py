@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from specserve_engine import tiny
+from specserve_engine.machine import this_machine
 from specserve_engine.policy import Policy, Profile, StepTimeModel
 from specserve_engine.profiler import aggregate, run_profile
+from specserve_engine.serving import engine_dtype
 from specserve_engine.vllm.scheduler import with_profile
 
 
@@ -28,6 +30,7 @@ def test_aggregate_takes_the_median_per_cell_and_drops_lonely_cells() -> None:
     assert by_role[("draft", False)].seconds == pytest.approx(0.003)
 
 
+@pytest.mark.engine
 def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_path: Path,
                                               engines: dict) -> None:
     # `engines` first: the session engines are up before this third one starts (2 cores).
@@ -40,6 +43,11 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
                 progress=messages.append)
     profile = Profile.load(out)
     assert profile.for_role("target") and profile.for_role("draft")
+    # It records where it was measured, and an engine here would load it without a warning.
+    assert profile.machine == this_machine()
+    assert profile.dtype == engine_dtype(tiny_models.target) != "auto"
+    assert profile.mismatch(this_machine(), profile.dtype) is None
+    assert any(f"in {profile.dtype}" in m for m in messages)
     assert any("[4/4]" in m for m in messages), "progress is reported per cell"
     # Acceptance: 8 greedy prompts drafted at K=2, every verification recorded and fitted.
     acceptance = profile.acceptance

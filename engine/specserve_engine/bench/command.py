@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from specserve_engine.bench.summary import (
     whole_trace_ratio,
 )
 from specserve_engine.bench.trace import TraceError, load_trace
+from specserve_engine.machine import this_machine
+from specserve_engine.serving import engine_dtype
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_conv_2023.csv"
 QUICK_CONFIGS = ("off", "K=3", "adaptive")
@@ -129,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     meta = {"command": "specserve bench " + " ".join(_given_flags(args)), "trace": args.trace,
             "rates": rates, "requests_per_level": count, "tpot_slo_s": slo,
             "max_prompt_tokens": args.max_prompt_tokens, "seed": args.seed,
-            "max_output_tokens": args.max_output_tokens, "machine": platform.machine(),
+            "max_output_tokens": args.max_output_tokens,
+            "machine": this_machine().describe(),
+            "dtype": engine_dtype(models.target, args.serve_arg),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.url:
         return _replay_endpoint(args, workload, slo, meta, out)
@@ -176,7 +179,9 @@ def _report(out: Path, meta: dict, results: list[LevelResult], slo: float,
             final: bool = False) -> None:
     table = summaries(results, slo)
     write_results(out / "results.json", meta, table, results)
-    text = f"# Trace-replay benchmark\n\n`{meta['command']}`\n\n" + markdown_table(table, slo)
+    text = (f"# Trace-replay benchmark\n\n`{meta['command']}`\n\n"
+            f"Machine: {meta['machine']}; dtype {meta.get('dtype', 'unknown')}\n\n"
+            + markdown_table(table, slo))
     configs = {s.config for s in table}
     if "adaptive" in configs:
         statics = [c for c in STATIC if c in configs]

@@ -24,7 +24,7 @@ from specserve_engine.policy.params import (
     TimingCoefficients,
     validation_message,
 )
-from specserve_engine.policy.profile import AcceptanceProfile, Profile, ProfilePoint
+from specserve_engine.policy.profile import AcceptanceProfile, MachineInfo, Profile, ProfilePoint
 from specserve_engine.policy.timing import StepObservation, StepTimeModel, fit_coefficients
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "AcceptanceProfile",
     "EfficiencyModel",
     "LogisticCalibration",
+    "MachineInfo",
     "ModelParams",
     "Policy",
     "Profile",

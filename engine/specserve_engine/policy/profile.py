@@ -11,7 +11,8 @@ learning the calibration online from the identity, which under-drafts for its fi
 JSON shape (`Profile.save` / `Profile.load`):
 
     {"version": 1, "target_model": "...", "draft_model": "...", "device": "...",
-     "meta": {"vllm": "0.32.0"},
+     "machine": {"cpu_model": "AMD EPYC", "isa": ["avx2"], "accelerator": ""},
+     "dtype": "float32", "meta": {"vllm": "0.32.0"},
      "points": [{"role": "target", "num_requests": 8, "num_tokens": 32,
                  "context_len": 512.0, "seconds": 0.0213, "repeats": 5}, ...],
      "acceptance": {"calibration": [{"slope": 0.4, "intercept": 2.0}, ...],
@@ -61,6 +62,22 @@ class AcceptanceProfile(BaseModel):
     k: int = Field(ge=1, le=K_LIMIT, description="draft length of the calibration run")
 
 
+class MachineInfo(BaseModel):
+    """Where a profile was measured: what its step times (and batched numerics) depend on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_model: str = Field(description="the CPU's model name, as /proc/cpuinfo gives it")
+    isa: list[str] = Field(default_factory=list,
+                           description="the ISA flags vLLM's CPU kernels depend on, if present")
+    accelerator: str = Field(default="", description="GPU name; empty on CPU")
+
+    def describe(self) -> str:
+        flags = ", ".join(self.isa) or "no AVX2"
+        return f"{self.accelerator} on {self.cpu_model}" if self.accelerator else \
+            f"{self.cpu_model} ({flags})"
+
+
 class Profile(BaseModel):
     """All measured points of one (target, draft, hardware) combination."""
 
@@ -70,9 +87,27 @@ class Profile(BaseModel):
     target_model: str = ""
     draft_model: str = ""
     device: str = ""
+    # Empty in profiles written before these were recorded: their origin is unknown.
+    machine: MachineInfo | None = None
+    dtype: str = Field(default="", description="the dtype vLLM computed in")
     meta: dict[str, str] = Field(default_factory=dict)
     points: list[ProfilePoint] = Field(default_factory=list)
     acceptance: AcceptanceProfile | None = None
+
+    def mismatch(self, machine: MachineInfo, dtype: str) -> str | None:
+        """Why this profile's step times may not hold for an engine on `machine` in `dtype`
+        (None when they were measured on the same kind of machine in the same dtype)."""
+        problems = []
+        if self.machine is None or not self.dtype:
+            problems.append("it does not say which machine and dtype it was measured with")
+        else:
+            if (self.machine.cpu_model, self.machine.isa, self.machine.accelerator) != (
+                    machine.cpu_model, machine.isa, machine.accelerator):
+                problems.append(f"it was measured on {self.machine.describe()}, this engine "
+                                f"runs on {machine.describe()}")
+            if dtype and self.dtype != dtype:
+                problems.append(f"it was measured in {self.dtype}, this engine runs {dtype}")
+        return "; ".join(problems) or None
 
     def for_role(self, role: Role) -> list[ProfilePoint]:
         return [p for p in self.points if p.role == role]

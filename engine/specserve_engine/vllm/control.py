@@ -48,6 +48,8 @@ class PolicyStore:
         self.engine_k_max = engine_k_max
         self._token = token
         self.fitted: ModelParams | None = None  # published by the scheduler now and then
+        # What this engine is, for whoever reads GET (dtype, machine): set by the scheduler.
+        self.engine_info: dict[str, Any] = {}
 
     @property
     def policy(self) -> Policy:
@@ -58,7 +60,7 @@ class PolicyStore:
         return Reply(200, {
             "policy": self._policy.model_dump(mode="json"),
             "fitted": fitted.model_dump(mode="json") if fitted else None,
-            "engine": {"k_max": self.engine_k_max},
+            "engine": {"k_max": self.engine_k_max, **self.engine_info},
         })
 
     def _authorized(self, authorization: str | None) -> bool:

@@ -9,6 +9,14 @@ STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.
                 1.0, 2.0, 5.0)
 
 
+def batch_range(batch_size: int) -> str:
+    """The label of a batch size's range: 1, 2, 3-4, 5-8, ..., powers of two (few series)."""
+    if batch_size <= 2:
+        return str(max(batch_size, 0))
+    top = 1 << (batch_size - 1).bit_length()
+    return f"{top // 2 + 1}-{top}"
+
+
 class SpecServeMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -42,6 +50,9 @@ class SpecServeMetrics:
         self.goodput = Gauge("specserve_goodput_estimate_tokens_per_second",
                              "Predicted goodput of the latest step", registry=r)
         self.steps = Counter("specserve_steps", "Decode steps decided", registry=r)
+        self.steps_by_batch = Counter("specserve_steps_by_batch",
+                                      "Steps decided, by batch-size range and K chosen",
+                                      ["batch", "k"], registry=r)
         self.steps_off = Counter("specserve_steps_speculation_off",
                                  "Steps decided with K=0 (speculation switched off)", registry=r)
         self.drafts_stopped_early = Gauge("specserve_drafts_stopped_early",

@@ -34,6 +34,7 @@ from vllm.platforms import current_platform
 from vllm.sampling_params import SamplingType
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from specserve_engine.machine import this_machine
 from specserve_engine.policy import (
     EfficiencyModel,
     Policy,
@@ -45,7 +46,7 @@ from specserve_engine.policy import (
 )
 from specserve_engine.vllm.capture import DraftStopRule
 from specserve_engine.vllm.control import ControlServer, PolicyStore
-from specserve_engine.vllm.metrics import SpecServeMetrics
+from specserve_engine.vllm.metrics import SpecServeMetrics, batch_range
 from specserve_engine.vllm.worker import (
     CONFIDENCES_ATTR,
     DRAFT_SECONDS_ATTR,
@@ -91,6 +92,14 @@ def with_profile(policy: Policy, environ: dict[str, str]) -> Policy:
     return policy.model_copy(update={"model": policy.model.model_copy(update=update)})
 
 
+def engine_description(dtype: object) -> dict[str, object]:
+    """The dtype vLLM computes in and the machine it runs on (GET /specserve/policy)."""
+    machine = this_machine()
+    if not current_platform.is_cpu():
+        machine = machine.model_copy(update={"accelerator": current_platform.get_device_name()})
+    return {"dtype": str(dtype).removeprefix("torch."), "machine": machine.model_dump()}
+
+
 class _KLookup:
     """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` -> K for this step."""
 
@@ -110,6 +119,7 @@ class AdaptiveScheduler(Scheduler):
         self.model = EfficiencyModel(policy)
         self.store = PolicyStore(policy, self.engine_k_max, env.get("SPECSERVE_CONTROL_TOKEN"))
         self.store.fitted = self.model.fitted_params()
+        self.store.engine_info = engine_description(self.vllm_config.model_config.dtype)
         self.metrics = SpecServeMetrics()
         self._set_policy_metrics(policy)
         self._prediction: StepPrediction | None = None
@@ -178,6 +188,7 @@ class AdaptiveScheduler(Scheduler):
         m.steps.inc()
         m.k.observe(k)
         m.k_last.set(k)
+        m.steps_by_batch.labels(batch_range(batch_size), str(k)).inc()
         m.batch_size.set(batch_size)
         m.step_predicted.observe(prediction.step_seconds)
         m.goodput.set(prediction.goodput)
