@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from specserve_contract import ENV_CONTROL_TOKEN
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess, free_port
 
@@ -48,7 +49,7 @@ def engines(
              # The built-in timing prior, not whatever profile the model cache holds, so the
              # adaptive path behaves the same on every machine.
              "--profile", "none", *FAST_START],
-            env={"SPECSERVE_CONTROL_TOKEN": control_token}, name="spec"),
+            env={ENV_CONTROL_TOKEN: control_token}, name="spec"),
         "plain": ServerProcess(
             ["--model", str(tiny_models.target), "--draft", "none",
              "--served-model-name", "tiny", *FAST_START], name="plain"),

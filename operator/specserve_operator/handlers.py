@@ -25,6 +25,18 @@ from typing import Any
 
 import kopf
 
+from specserve_contract import (
+    API_VERSION,
+    ENV_PROMETHEUS_URL,
+    ENV_SLO_INTERVAL_S,
+    ENV_SLO_WINDOW,
+    ENV_STATUS_INTERVAL_S,
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+)
 from specserve_engine.policy.params import Policy
 from specserve_operator import autoscale as sc
 from specserve_operator import manifests as m
@@ -36,11 +48,10 @@ from specserve_operator.kube import Kube, KubeError
 from specserve_operator.prometheus import PrometheusClient, SloSnapshot
 
 # How often the timer refreshes .status from the Deployment and repairs drift.
-STATUS_INTERVAL_S = float(os.environ.get("SPECSERVE_STATUS_INTERVAL_S", "15"))
+STATUS_INTERVAL_S = float(os.environ.get(ENV_STATUS_INTERVAL_S, "15"))
 # How often the SLO loop runs (Prometheus -> tuning -> push -> autoscale), per resource.
-SLO_INTERVAL_S = float(os.environ.get("SPECSERVE_SLO_INTERVAL_S", "30"))
-FINALIZER = f"{s.GROUP}/cleanup"
-SERVICEMONITOR_API = "monitoring.coreos.com/v1"
+SLO_INTERVAL_S = float(os.environ.get(ENV_SLO_INTERVAL_S, "30"))
+SERVICEMONITOR_API = m.SERVICEMONITOR_API
 
 
 class _Client:
@@ -63,9 +74,9 @@ def _now() -> str:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping in annotations: .status has a strict schema and belongs to us.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=s.GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=s.GROUP, key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
     # Events: the explicit ones below (Created/Updated/InvalidSpec) plus kopf's own warnings;
     # routine log lines stay in the operator's log.
@@ -161,14 +172,14 @@ def reconcile(
     _write_status(patch, old, new)
 
 
-@kopf.on.create(s.GROUP, s.VERSION, s.PLURAL)
-@kopf.on.update(s.GROUP, s.VERSION, s.PLURAL, field="spec")
-@kopf.on.resume(s.GROUP, s.VERSION, s.PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_change(**kwargs: Any) -> None:
     reconcile(**_reconcile_kwargs(kwargs))
 
 
-@kopf.timer(s.GROUP, s.VERSION, s.PLURAL, interval=STATUS_INTERVAL_S, idle=STATUS_INTERVAL_S)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=STATUS_INTERVAL_S, idle=STATUS_INTERVAL_S)
 def refresh(**kwargs: Any) -> None:
     """Follow the Deployment into .status and repair drift (a deleted or edited child)."""
     if not (kwargs["status"] or {}).get("phase"):
@@ -200,7 +211,7 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-@kopf.on.delete(s.GROUP, s.VERSION, s.PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL)
 def on_delete(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:
     """Delete the children now (owner references let the garbage collector do it too)."""
     api = kube()
@@ -224,8 +235,8 @@ class LoopConfig:
     """Operator-wide settings of the SLO loop (env at startup; tests set fields in-process)."""
 
     prometheus_url: str | None = field(
-        default_factory=lambda: os.environ.get("SPECSERVE_PROMETHEUS_URL") or None)
-    window: str = field(default_factory=lambda: os.environ.get("SPECSERVE_SLO_WINDOW", "2m"))
+        default_factory=lambda: os.environ.get(ENV_PROMETHEUS_URL) or None)
+    window: str = field(default_factory=lambda: os.environ.get(ENV_SLO_WINDOW, "2m"))
     prometheus_timeout_s: float = 5.0
     push_timeout_s: float = 5.0
     retries: int = 2
@@ -316,7 +327,7 @@ async def slo_iteration(
         snap = SloSnapshot(namespace=owner.namespace, name=owner.name, time=now,
                            window=LOOP.window, state="noData",
                            reasons=["no Prometheus URL: set spec.metrics.prometheusUrl or "
-                                    "SPECSERVE_PROMETHEUS_URL"])
+                                    + ENV_PROMETHEUS_URL])
     else:
         client = PrometheusClient(url, LOOP.prometheus_timeout_s, LOOP.retries)
         snap = await client.snapshot(owner.namespace, owner.name, LOOP.window, now, tpot_s,
@@ -361,7 +372,7 @@ async def slo_iteration(
     if scale.changed:
         # What `kubectl scale ssd/NAME` does through the scale subresource (specReplicasPath
         # .spec.replicas.initial); the update handler then patches the Deployment.
-        await _call(api.patch, s.API_VERSION, s.KIND, owner.namespace, owner.name,
+        await _call(api.patch, API_VERSION, KIND, owner.namespace, owner.name,
                     {"spec": {"replicas": {"initial": scale.desired}}})
         kopf.event(body, type="Normal", reason="Scaled",
                    message=f"replicas {scale.current} -> {scale.desired}: {scale.reason}"[:1000])
@@ -398,7 +409,7 @@ async def slo_iteration(
     }
 
 
-@kopf.timer(s.GROUP, s.VERSION, s.PLURAL, interval=SLO_INTERVAL_S)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SLO_INTERVAL_S)
 async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, patch: Any,
                    logger: Any, **_: Any) -> None:
     """The SLO control loop of one resource (kopf runs one timer task per resource, so a slow

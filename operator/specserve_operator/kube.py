@@ -13,7 +13,8 @@ from typing import Any
 
 from kubernetes import client, config
 
-from specserve_operator import spec as s
+from specserve_contract import API_VERSION, KIND, PLURAL
+from specserve_operator.manifests import SERVICEMONITOR_API
 
 # (apiVersion, kind) -> plural, for every kind the operator touches.
 PLURALS: dict[tuple[str, str], str] = {
@@ -21,8 +22,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
     ("v1", "ConfigMap"): "configmaps",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
-    (s.API_VERSION, s.KIND): s.PLURAL,
+    (SERVICEMONITOR_API, "ServiceMonitor"): "servicemonitors",
+    (API_VERSION, KIND): PLURAL,
 }
 
 MERGE_PATCH = "application/merge-patch+json"

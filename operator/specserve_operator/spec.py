@@ -17,20 +17,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "specserve.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "SpecServeDeployment"
-PLURAL = "specservedeployments"
-SINGULAR = "specservedeployment"
-SHORT_NAMES = ["ssd"]
+from specserve_contract import (
+    API_VERSION,
+    K_LIMIT,
+    KIND,
+    NO_DRAFT,
+    OPERATOR_MODES,
+    PROFILE_KEY,
+    TINY,
+)
 
 DEFAULT_IMAGE = "specserve/engine:0.1.0"
-# The engine refuses larger K (vLLM sizes its speculative buffers from K_max).
-K_MAX_LIMIT = 16
-# The value of model.target / model.draft that selects the engine's built-in tiny models.
-TINY = "tiny"
-NO_DRAFT = "none"
 
 # A Kubernetes resource quantity, restricted to the common forms ("500m", "2", "16Gi", "1.5").
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
@@ -96,16 +93,16 @@ class ModelSpec(_Model):
 class SpeculationSpec(_Model):
     """How many draft tokens to verify per step."""
 
-    mode: Literal["adaptive", "static", "off"] = Field(
+    mode: Literal[OPERATOR_MODES] = Field(  # type: ignore[valid-type]
         default="adaptive",
         description="adaptive: the policy picks K every step (0..kMax); static: always staticK; "
         "off: no speculation (draft must be `none`).",
     )
     k_max: int = Field(
-        default=5, ge=1, le=K_MAX_LIMIT, description="Largest K the policy may use (1-16)."
+        default=5, ge=1, le=K_LIMIT, description=f"Largest K the policy may use (1-{K_LIMIT})."
     )
     static_k: int = Field(
-        default=3, ge=1, le=K_MAX_LIMIT, description="K used in static mode (<= kMax)."
+        default=3, ge=1, le=K_LIMIT, description="K used in static mode (<= kMax)."
     )
 
 
@@ -206,7 +203,7 @@ class ConfigMapKeyRef(_Model):
     """A key of a ConfigMap in the resource's namespace."""
 
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    key: str = Field(default="profile.json", min_length=1, max_length=253)
+    key: str = Field(default=PROFILE_KEY, min_length=1, max_length=253)
 
 
 class ProfileSpec(_Model):

@@ -32,6 +32,7 @@ import httpx
 import pytest
 from operator_kit import CONFIGMAPS, NS, SSD, create, eventually, live, running_operator, ssd
 
+from specserve_contract import POLICY_KEY, TOKEN_KEY
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy.params import Policy
 from specserve_engine.vllm.control import ControlServer, PolicyStore
@@ -140,7 +141,7 @@ def ssd_spec(prometheus_url: str | None) -> dict[str, Any]:
 
 def stored_policy(kmock: Any) -> Policy:
     return Policy.model_validate_json(live(kmock, CONFIGMAPS, f"{NAME}-policy")["data"][
-        m.POLICY_KEY])
+        POLICY_KEY])
 
 
 def status(kmock: Any) -> dict[str, Any]:
@@ -216,7 +217,7 @@ async def add_token_secret(kmock: Any, token: str) -> None:
     r = await kmock.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
-        "data": {m.TOKEN_KEY: base64.b64encode(token.encode()).decode()}})
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()}})
     assert r.status < 300, await r.text()
 
 
@@ -294,7 +295,7 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
     r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
-        "data": {m.TOKEN_KEY: base64.b64encode(b"tok").decode()}})
+        "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
     assert r.status < 300
     store = PolicyStore(Policy(), engine_k_max=4, token="tok")
     server = ControlServer(store, lambda: b"", "127.0.0.1", 0).start()
@@ -338,7 +339,7 @@ async def test_one_failing_deployment_does_not_block_another(
             r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
                 "apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": m.secret_name(owner), "namespace": NS},
-                "data": {m.TOKEN_KEY: base64.b64encode(b"tok").decode()}})
+                "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
             assert r.status < 300
             r = await cluster.post(f"/api/v1/namespaces/{NS}/pods", json={
                 "apiVersion": "v1", "kind": "Pod",
