@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Read by specserve_operator.handlers at import: refresh status every second in tests.
+# Read when the operator starts (specserve_operator.config): refresh status every second.
 os.environ.setdefault("SPECSERVE_STATUS_INTERVAL_S", "1")
 
 import kmock as kmock_lib
