@@ -30,7 +30,11 @@ from specserve_contract import (
     SINGULAR,
     VERSION,
 )
-from specserve_operator import spec as s
+from specserve_operator.spec import (
+    SpecServeDeploymentSpec,
+    SpecServeDeploymentStatus,
+    SpecServeModel,
+)
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
@@ -121,7 +125,7 @@ def _convert(node: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
     return node
 
 
-def structural(model: type[s._Model], *, defaults: bool = True) -> dict[str, Any]:
+def structural(model: type[SpecServeModel], *, defaults: bool = True) -> dict[str, Any]:
     """The structural OpenAPI schema of a pydantic model, as the CRD wants it."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _convert(_resolve(raw, raw.get("$defs", {})), defaults=defaults)
@@ -138,9 +142,9 @@ def openapi_schema() -> dict[str, Any]:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": structural(s.SpecServeDeploymentSpec),
+            "spec": structural(SpecServeDeploymentSpec),
             # No defaults in status: only the operator writes it.
-            "status": structural(s.SpecServeDeploymentStatus, defaults=False),
+            "status": structural(SpecServeDeploymentStatus, defaults=False),
         },
     }
 

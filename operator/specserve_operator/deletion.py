@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specserve_operator.kube import Kube
+from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import (
     SERVICEMONITOR_API,
     Owner,
@@ -33,7 +33,7 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-def delete_children(api: Kube, owner: Owner, logger: Any) -> None:
+def delete_children(api: KubeClient, owner: Owner, logger: Any) -> None:
     """Delete every child this resource owns; objects someone else owns are left alone."""
     has_monitors = api.serves(SERVICEMONITOR_API, "servicemonitors")
     for api_version, kind, child in children(owner):

@@ -20,7 +20,7 @@ import kopf
 from specserve_contract import FINALIZER, GROUP, PLURAL, VERSION
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.deletion import delete_children
-from specserve_operator.kube import Kube
+from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
 from specserve_operator.slo_loop import slo_iteration
@@ -37,7 +37,7 @@ class Runtime:
     `loop_override`: SLO loop settings a test sets in-process before starting the operator.
     """
 
-    kube: Kube | None = None
+    kube: KubeClient | None = None
     config: OperatorConfig = field(default_factory=OperatorConfig)
     loop_override: LoopConfig | None = None
     timers: tuple[float, float] | None = None  # the intervals the timers were registered with
@@ -50,9 +50,9 @@ class Runtime:
 RUNTIME = Runtime()
 
 
-def kube() -> Kube:
+def kube() -> KubeClient:
     if RUNTIME.kube is None:
-        RUNTIME.kube = Kube.from_environment()
+        RUNTIME.kube = KubeClient.from_environment()
     return RUNTIME.kube
 
 
@@ -68,7 +68,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events: the explicit ones (Created/Updated/InvalidSpec/...) plus kopf's own warnings;
     # routine log lines stay in the operator's log.
     settings.posting.level = logging.WARNING
-    RUNTIME.kube = Kube.from_environment()
+    RUNTIME.kube = KubeClient.from_environment()
     register_timers(RUNTIME.config)
 
 

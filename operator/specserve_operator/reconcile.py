@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from specserve_operator.kube import Kube, KubeError
+from specserve_operator.kube_client import KubeClient, KubeError
 from specserve_operator.manifests import (
     SERVICEMONITOR_API,
     Owner,
@@ -43,7 +43,7 @@ def now_stamp() -> str:
 
 
 def ensure(
-    api: Kube, desired: dict[str, Any], current: dict[str, Any] | None, body: Any, logger: Any
+    api: KubeClient, desired: dict[str, Any], current: dict[str, Any] | None, body: Any, logger: Any
 ) -> dict[str, Any]:
     """Create or patch one child so that it contains `desired`; return the object as stored."""
     kind, meta = desired["kind"], desired["metadata"]
@@ -67,7 +67,7 @@ def ensure(
     return patched or current
 
 
-def _ensure_secret(api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
+def _ensure_secret(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
                    logger: Any) -> None:
     """The control token is made once; an existing Secret is never rewritten (nor logged)."""
     if api.get("v1", "Secret", owner.namespace, secret_name(owner)) is not None:
@@ -75,7 +75,7 @@ def _ensure_secret(api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, body:
     ensure(api, secret(owner, spec, secrets.token_urlsafe(32)), None, body, logger)
 
 
-def _ensure_policy(api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
+def _ensure_policy(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
                    logger: Any) -> int:
     """Store the policy (bumping its version only when the spec changes it); return the version."""
     current = api.get("v1", "ConfigMap", owner.namespace, configmap_name(owner))
@@ -85,7 +85,7 @@ def _ensure_policy(api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, body:
 
 
 def reconcile_children(
-    api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any
+    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any
 ) -> tuple[dict[str, Any], int]:
     """Bring every child to the desired state; return (the Deployment, the policy version)."""
     _ensure_secret(api, owner, spec, body, logger)
@@ -108,7 +108,7 @@ def write_status(patch: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def reconcile(
-    api: Kube, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
+    api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
     patch: Any, logger: Any,
 ) -> None:
     """One reconcile pass of one resource: validate the spec, reconcile children, write status."""

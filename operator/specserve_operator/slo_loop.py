@@ -26,7 +26,7 @@ from specserve_operator.autoscale import (
 )
 from specserve_operator.autoscale import decide as decide_replicas
 from specserve_operator.config import LoopConfig
-from specserve_operator.kube import Kube
+from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import (
     Owner,
     configmap_name,
@@ -67,19 +67,19 @@ async def _call(fn: Any, *args: Any) -> Any:
 # ------------------------------------------------------------------------------ API helpers
 
 
-async def read_policy(api: Kube, owner: Owner) -> Policy | None:
+async def read_policy(api: KubeClient, owner: Owner) -> Policy | None:
     """The policy in the ConfigMap, or None before the reconcile handler has created it."""
     cm = await _call(api.get, "v1", "ConfigMap", owner.namespace, configmap_name(owner))
     stored = parse_policy(cm)
     return None if stored is None else Policy.model_validate(stored)
 
 
-async def write_policy(api: Kube, owner: Owner, policy: Policy) -> None:
+async def write_policy(api: KubeClient, owner: Owner, policy: Policy) -> None:
     body = {"data": {POLICY_KEY: policy_json(policy.model_dump(mode="json"))}}
     await _call(api.patch, "v1", "ConfigMap", owner.namespace, configmap_name(owner), body)
 
 
-async def ready_targets(api: Kube, owner: Owner, cfg: LoopConfig) -> list[PodTarget]:
+async def ready_targets(api: KubeClient, owner: Owner, cfg: LoopConfig) -> list[PodTarget]:
     listing = await _call(api.request, "GET",
                           pods_path(owner.namespace, selector_labels(owner)))
     pods = ready_pods((listing or {}).get("items") or [], selector_labels(owner))
@@ -110,7 +110,7 @@ def tuning_state(old: dict[str, Any]) -> TuningState:
                        last_change=told.get("lastChange"))
 
 
-async def decide_policy(api: Kube, owner: Owner, snap: SloSnapshot, policy: Policy,
+async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy: Policy,
                         old: dict[str, Any], cfg: LoopConfig, now: float) -> TuningDecision:
     """2. The tuning decision; a changed policy is written to the ConfigMap (first, so new pods
     start with it)."""
@@ -122,7 +122,7 @@ async def decide_policy(api: Kube, owner: Owner, snap: SloSnapshot, policy: Poli
     return decision
 
 
-async def push_once(api: Kube, owner: Owner, policy: Policy, cfg: LoopConfig
+async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
                     ) -> tuple[PushResult, int]:
     """Push to every ready pod: (result, ready pod count)."""
     secret = await _call(api.get, "v1", "Secret", owner.namespace, secret_name(owner))
@@ -138,7 +138,7 @@ async def push_once(api: Kube, owner: Owner, policy: Policy, cfg: LoopConfig
     return result, len(targets)
 
 
-async def push(api: Kube, owner: Owner, policy: Policy, cfg: LoopConfig
+async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
                ) -> tuple[Policy, PushResult, int]:
     """3. Push to every ready pod (idempotent for pods that already run this version):
     (the policy pushed, the result, the ready pod count)."""
@@ -153,7 +153,7 @@ async def push(api: Kube, owner: Owner, policy: Policy, cfg: LoopConfig
     return policy, result, ready
 
 
-async def scale(api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
+async def scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
                 policy: Policy, old: dict[str, Any], cfg: LoopConfig, now: float
                 ) -> ScaleDecision:
     """4. The replica decision; a change is applied as `kubectl scale ssd/NAME` would."""
@@ -219,7 +219,7 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
 
 
 async def slo_iteration(
-    api: Kube, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
+    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
     old: dict[str, Any], logger: Any, cfg: LoopConfig, stamp: str,
 ) -> dict[str, Any]:
     """One pass: snapshot -> tuning decision -> ConfigMap + push -> autoscale; the .status keys."""

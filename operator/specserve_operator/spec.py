@@ -45,7 +45,9 @@ RESERVED_VLLM_FLAGS = (
 )
 
 
-class _Model(BaseModel):
+class SpecServeModel(BaseModel):
+    """Base of every model here: camelCase on the wire, unknown fields refused, immutable."""
+
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
@@ -54,7 +56,7 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------------------- spec
 
 
-class PvcSource(_Model):
+class PvcSource(SpecServeModel):
     """A PersistentVolumeClaim holding model weights, mounted read-only at /models."""
 
     claim_name: str = Field(
@@ -65,7 +67,7 @@ class PvcSource(_Model):
     )
 
 
-class ModelSpec(_Model):
+class ModelSpec(SpecServeModel):
     """What to serve: the target model, its draft, and the name clients send."""
 
     target: str = Field(
@@ -90,7 +92,7 @@ class ModelSpec(_Model):
     pvc: PvcSource | None = Field(default=None, description="Volume holding the weights.")
 
 
-class SpeculationSpec(_Model):
+class SpeculationSpec(SpecServeModel):
     """How many draft tokens to verify per step."""
 
     mode: Literal[OPERATOR_MODES] = Field(  # type: ignore[valid-type]
@@ -106,7 +108,7 @@ class SpeculationSpec(_Model):
     )
 
 
-class SloSpec(_Model):
+class SloSpec(SpecServeModel):
     """Latency objectives the operator tunes and scales for."""
 
     ttft_p90_ms: int = Field(
@@ -134,7 +136,7 @@ class SloSpec(_Model):
         return self
 
 
-class ReplicasSpec(_Model):
+class ReplicasSpec(SpecServeModel):
     """Engine pod count bounds; `kubectl scale ssd/NAME --replicas=N` sets `initial`."""
 
     model_config = ConfigDict(
@@ -165,7 +167,7 @@ class ReplicasSpec(_Model):
         return self
 
 
-class Toleration(_Model):
+class Toleration(SpecServeModel):
     """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
 
     key: str | None = Field(default=None, max_length=316)
@@ -183,7 +185,7 @@ class Toleration(_Model):
         return self
 
 
-class ResourcesSpec(_Model):
+class ResourcesSpec(SpecServeModel):
     """Compute for each engine pod."""
 
     gpu: int = Field(default=0, ge=0, le=16, description="NVIDIA GPUs per pod (0 = CPU).")
@@ -199,14 +201,14 @@ class ResourcesSpec(_Model):
     )
 
 
-class ConfigMapKeyRef(_Model):
+class ConfigMapKeyRef(SpecServeModel):
     """A key of a ConfigMap in the resource's namespace."""
 
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     key: str = Field(default=PROFILE_KEY, min_length=1, max_length=253)
 
 
-class ProfileSpec(_Model):
+class ProfileSpec(SpecServeModel):
     """Step-time profile of this hardware and these models (`specserve profile` writes one)."""
 
     builtin: str | None = Field(
@@ -227,7 +229,7 @@ class ProfileSpec(_Model):
         return self
 
 
-class MetricsSpec(_Model):
+class MetricsSpec(SpecServeModel):
     """Where the operator reads SLO metrics, and how Prometheus scrapes the pods."""
 
     prometheus_url: str | None = Field(
@@ -245,7 +247,7 @@ class MetricsSpec(_Model):
     )
 
 
-class SpecServeDeploymentSpec(_Model):
+class SpecServeDeploymentSpec(SpecServeModel):
     """Desired state of a SpecServe model deployment."""
 
     model: ModelSpec
@@ -303,7 +305,7 @@ ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApp
 CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied")
 
 
-class Condition(_Model):
+class Condition(SpecServeModel):
     """A standard Kubernetes condition."""
 
     type: ConditionType
@@ -314,7 +316,7 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class ReplicasStatus(_Model):
+class ReplicasStatus(SpecServeModel):
     """Engine pod counts."""
 
     desired: int = 0
@@ -322,7 +324,7 @@ class ReplicasStatus(_Model):
     ready: int = 0
 
 
-class PolicyStatus(_Model):
+class PolicyStatus(SpecServeModel):
     """The policy in the ConfigMap and how many pods acknowledged it."""
 
     version: int = 0
@@ -332,7 +334,7 @@ class PolicyStatus(_Model):
     pushed_at: str | None = None
 
 
-class SloSnapshotStatus(_Model):
+class SloSnapshotStatus(SpecServeModel):
     """The last measured SLO quantiles (from Prometheus)."""
 
     ttft_p90_ms: float | None = None
@@ -353,7 +355,7 @@ class SloSnapshotStatus(_Model):
     pods_scraped: int | None = None
 
 
-class TuningStatus(_Model):
+class TuningStatus(SpecServeModel):
     """The tuning loop's hysteresis memory and its last decision."""
 
     over: int = Field(default=0, description="Snapshots in a row with TPOT p90 over target.")
@@ -363,14 +365,14 @@ class TuningStatus(_Model):
     time: str | None = None
 
 
-class ScaleRecommendation(_Model):
+class ScaleRecommendation(SpecServeModel):
     """One raw replica recommendation, kept for the stabilisation windows."""
 
     time: float
     replicas: int
 
 
-class AutoscaleStatus(_Model):
+class AutoscaleStatus(SpecServeModel):
     """The autoscaler's last decision and the recommendations it stabilises over."""
 
     desired: int | None = None
@@ -380,7 +382,7 @@ class AutoscaleStatus(_Model):
     recommendations: list[ScaleRecommendation] = Field(default_factory=list, max_length=1000)
 
 
-class SpecServeDeploymentStatus(_Model):
+class SpecServeDeploymentStatus(SpecServeModel):
     """Observed state, written by the operator."""
 
     phase: Phase | None = None
@@ -397,7 +399,7 @@ class SpecServeDeploymentStatus(_Model):
     slo: str | None = Field(default=None, description="SLO summary (printer column SLO).")
 
 
-class SpecServeDeployment(_Model):
+class SpecServeDeployment(SpecServeModel):
     """The whole resource (what the CRD schema describes)."""
 
     api_version: str = API_VERSION

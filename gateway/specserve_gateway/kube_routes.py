@@ -31,7 +31,7 @@ import httpx
 from specserve_contract import ENGINE_SELECTOR, GROUP, HTTP_PORT_NAME, PLURAL, VERSION, service_name
 from specserve_gateway.routing import RouteTable
 
-log = logging.getLogger("specserve_gateway.kube")
+log = logging.getLogger("specserve_gateway.kube_routes")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")

@@ -48,12 +48,12 @@ def resource_path(
     return path
 
 
-class Kube:
+class KubeClient:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api = api_client
 
     @classmethod
-    def from_environment(cls) -> Kube:
+    def from_environment(cls) -> KubeClient:
         """In-cluster service account if present, else $KUBECONFIG (read now) or ~/.kube/config."""
         try:
             config.load_incluster_config()
