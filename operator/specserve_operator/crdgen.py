@@ -59,9 +59,6 @@ SCALE = {
     "labelSelectorPath": ".status.selector",
 }
 
-_DROP = {"title", "additionalProperties_false"}
-
-
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     """Inline every $ref (CRD schemas cannot reference)."""
     if isinstance(node, list):

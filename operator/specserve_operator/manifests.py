@@ -282,8 +282,7 @@ def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
     cm = spec.profile.config_map
     if cm is not None:
         env.append({"name": ENV_PROFILE_FILE, "value": f"{PROFILE_DIR}/{cm.key}"})
-    else:
-        env.append({"name": "SPECSERVE_PROFILE", "value": spec.profile.builtin or "default"})
+    # Without one the engine uses the profile cached next to the model, else its timing prior.
     return env
 
 

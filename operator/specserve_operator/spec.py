@@ -31,7 +31,6 @@ DEFAULT_IMAGE = "specserve/engine:0.1.0"
 
 # A Kubernetes resource quantity, restricted to the common forms ("500m", "2", "16Gi", "1.5").
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DURATION = r"^[0-9]+(ms|s|m|h)$"
 # Flags of `vllm serve` that SpecServe sets itself; passing them again would contradict the spec.
@@ -209,24 +208,15 @@ class ConfigMapKeyRef(SpecServeModel):
 
 
 class ProfileSpec(SpecServeModel):
-    """Step-time profile of this hardware and these models (`specserve profile` writes one)."""
+    """Step-time profile of this hardware and these models (`specserve profile` writes one).
 
-    builtin: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=63,
-        pattern=DNS_LABEL,
-        description="Name of a profile shipped in the image; default `default`.",
-    )
+    Without a configMap the engine uses the profile cached next to the model, if any, else its
+    built-in timing prior.
+    """
+
     config_map: ConfigMapKeyRef | None = Field(
         default=None, description="A profile JSON stored in a ConfigMap."
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ProfileSpec:
-        if self.builtin is not None and self.config_map is not None:
-            raise ValueError("set either builtin or configMap, not both")
-        return self
 
 
 class MetricsSpec(SpecServeModel):

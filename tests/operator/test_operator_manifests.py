@@ -121,9 +121,11 @@ def test_tiny_models_mode_off_and_extra_vllm_args() -> None:
     assert args[-3:] == ["--", "--max-model-len", "512"]
 
 
-def test_profile_from_configmap_or_builtin() -> None:
-    env = {e["name"]: e.get("value") for e in _container(m.deployment(OWNER, _spec()))["env"]}
-    assert env["SPECSERVE_PROFILE"] == "default"
+def test_profile_from_configmap_or_the_engines_own() -> None:
+    dep = m.deployment(OWNER, _spec())
+    env = {e["name"]: e.get("value") for e in _container(dep)["env"]}
+    assert "SPECSERVE_PROFILE_FILE" not in env and "SPECSERVE_PROFILE" not in env
+    assert "profile" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
     spec = _spec(profile={"configMap": {"name": "h100-profile"}})
     dep = m.deployment(OWNER, spec)
     env = {e["name"]: e.get("value") for e in _container(dep)["env"]}
