@@ -12,9 +12,9 @@ os.environ.setdefault("SPECSERVE_STATUS_INTERVAL_S", "1")
 import kmock as kmock_lib
 import kopf
 import pytest
-from operator_kit import SSD, Emulator
 
 from specserve_contract import KIND, SHORT_NAMES, SINGULAR
+from tests.kits.operator_kit import SSD, Emulator
 
 
 # kopf's built-in login piggybacks on the kubernetes client, whose default kubeconfig path is

@@ -9,12 +9,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from operator_malformed_cases import VALID
 
 from specserve_engine.policy.params import Policy
 from specserve_operator import manifests as m
 from specserve_operator import spec as s
 from specserve_operator import status as st
+from tests.kits.malformed_specs import VALID
 
 OWNER = m.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
 NOW = "2026-01-01T00:00:00Z"

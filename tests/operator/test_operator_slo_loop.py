@@ -31,7 +31,6 @@ os.environ.setdefault("SPECSERVE_SLO_INTERVAL_S", "2")
 
 import httpx
 import pytest
-from operator_kit import CONFIGMAPS, NS, SSD, create, eventually, live, running_operator, ssd
 
 from specserve_contract import POLICY_KEY, TOKEN_KEY
 from specserve_engine.launcher import ServerProcess, free_port
@@ -41,6 +40,16 @@ from specserve_operator import handlers
 from specserve_operator import manifests as m
 from specserve_operator import tuning as tn
 from specserve_operator.config import LoopConfig
+from tests.kits.operator_kit import (
+    CONFIGMAPS,
+    NS,
+    SSD,
+    create,
+    eventually,
+    live,
+    running_operator,
+    ssd,
+)
 
 pytestmark = pytest.mark.asyncio
 

@@ -10,11 +10,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from operator_malformed_cases import CASES, VALID
 
 from specserve_contract import API_VERSION, KIND
 from specserve_operator import crdgen
 from specserve_operator import spec as s
+from tests.kits.malformed_specs import CASES, VALID
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / crdgen.CRD_FILE
