@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from specserve_contract import ENV_POLICY_FILE, HTTP_PORT
 from specserve_engine.machine import DTYPES, this_machine
 from specserve_engine.serving import (
     ServeConfig,
@@ -32,7 +33,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-max", type=int, default=5, help="largest K the policy may use (1-16)")
     p.add_argument("--served-model-name", default=None, help="model name clients send")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=HTTP_PORT)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="dtype vLLM computes in. auto: on CPU, bfloat16 where the CPU has "
@@ -58,7 +59,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-port", type=int, default=None,
                    help="control port: policy endpoint and specserve_* metrics (default: port+1)")
     p.add_argument("--policy-file", default=None,
-                   help="initial Policy JSON (the operator mounts one; env SPECSERVE_POLICY_FILE)")
+                   help=f"initial Policy JSON (the operator mounts one; env {ENV_POLICY_FILE})")
     p.add_argument("--profile", default=None,
                    help="step-time profile JSON from `specserve profile`, or `none` for the "
                         "built-in timing prior (default: <model>/specserve-profile.json if "

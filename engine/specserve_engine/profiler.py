@@ -29,6 +29,12 @@ from pathlib import Path
 
 import httpx
 
+from specserve_contract import (
+    ENV_CONTROL_TOKEN,
+    ENV_RECORD_STEPS,
+    ENV_RECORD_VERIFICATIONS,
+    POLICY_PATH,
+)
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy import (
     AcceptanceProfile,
@@ -105,9 +111,9 @@ class StepRecorder:
             ["--model", str(model), "--draft", str(draft), "--k-max", str(k_max),
              "--mode", "static", "--static-k", "0", "--control-port", str(self.control_port),
              "--served-model-name", "profiled", *extra_args],
-            env={"SPECSERVE_CONTROL_TOKEN": self.token,
-                 "SPECSERVE_RECORD_STEPS": str(self.record),
-                 "SPECSERVE_RECORD_VERIFICATIONS": str(self.verify_record)},
+            env={ENV_CONTROL_TOKEN: self.token,
+                 ENV_RECORD_STEPS: str(self.record),
+                 ENV_RECORD_VERIFICATIONS: str(self.verify_record)},
             name="profile",
         )
         self._prompts: dict[int, list[list[int]]] = {}
@@ -129,7 +135,7 @@ class StepRecorder:
     def set_policy(self, **fields: object) -> None:
         self._version += 1
         policy = Policy(version=self._version, k_max=self.k_max, **fields)  # type: ignore[arg-type]
-        r = httpx.put(f"{self.control_url}/specserve/policy", content=policy.model_dump_json(),
+        r = httpx.put(f"{self.control_url}{POLICY_PATH}", content=policy.model_dump_json(),
                       headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
         r.raise_for_status()
 

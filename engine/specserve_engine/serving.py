@@ -9,8 +9,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-K_MAX_LIMIT = 16
-MODES = ("adaptive", "static", "off", "threshold")
+from specserve_contract import (
+    CONTROL_PORT_OFFSET,
+    ENV_CONTROL_HOST,
+    ENV_CONTROL_PORT,
+    ENV_MODE,
+    ENV_POLICY_FILE,
+    ENV_PROFILE_FILE,
+    ENV_STATIC_K,
+    HTTP_PORT,
+    K_LIMIT,
+    MODES,
+    NO_DRAFT,
+)
+
 KTable = tuple[tuple[int, int, int], ...]  # vLLM's Dynamic-SD table: (first B, last B, K) rows
 SCHEDULER_CLS = "specserve_engine.vllm.scheduler.AdaptiveScheduler"
 CPU_WORKER_CLS = "specserve_engine.vllm.cpu_worker.SpecServeCPUWorker"
@@ -51,14 +63,14 @@ class ServeConfig:
     k_max: int = 5
     served_model_name: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = HTTP_PORT
     max_model_len: int | None = None
     dtype: str | None = None  # None or "auto": `machine.resolve_dtype` decides
     mode: str = "adaptive"  # adaptive | static | off (the initial policy; changeable at runtime)
     static_k: int | None = None
     specserve: bool = True  # False: plain vLLM speculation with fixed K (a baseline)
     control_host: str | None = None  # default: the serving host
-    control_port: int | None = None  # default: port + 1
+    control_port: int | None = None  # default: port + CONTROL_PORT_OFFSET
     policy_file: Path | None = None
     profile_file: Path | None = None
     k_table: KTable | None = None  # vLLM's Dynamic-SD table, a baseline (with specserve=False)
@@ -68,8 +80,8 @@ class ServeConfig:
 
     def resolved(self) -> ServeConfig:
         """Fill defaults (the tiny models) and check every input; raises UserError."""
-        if not 1 <= self.k_max <= K_MAX_LIMIT:
-            raise UserError(f"--k-max must be between 1 and {K_MAX_LIMIT}, got {self.k_max}")
+        if not 1 <= self.k_max <= K_LIMIT:
+            raise UserError(f"--k-max must be between 1 and {K_LIMIT}, got {self.k_max}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.static_k is not None and not 0 <= self.static_k <= self.k_max:
@@ -93,9 +105,9 @@ class ServeConfig:
             model = models.target
             draft = str(models.draft) if draft is None else draft
             name = name or "specserve-tiny"
-        draft = "none" if draft is None else draft
+        draft = NO_DRAFT if draft is None else draft
         target_cfg = check_causal_lm_dir(model, "target")
-        if draft.lower() != "none":
+        if draft.lower() != NO_DRAFT:
             draft_cfg = check_causal_lm_dir(Path(draft), "draft")
             if draft_cfg.get("vocab_size") != target_cfg.get("vocab_size"):
                 raise UserError(
@@ -121,7 +133,7 @@ class ServeConfig:
 
     @property
     def speculative(self) -> bool:
-        return self.draft is not None and self.draft.lower() != "none"
+        return self.draft is not None and self.draft.lower() != NO_DRAFT
 
 
 def checkpoint_dtype(config: dict) -> str | None:
@@ -230,15 +242,15 @@ def parse_k_table(text: str) -> KTable:
 
 def engine_env(cfg: ServeConfig, environ: dict[str, str]) -> dict[str, str]:
     """Environment for the vLLM processes: how SpecServe's scheduler finds its configuration."""
-    env = {"SPECSERVE_MODE": cfg.mode}
+    env = {ENV_MODE: cfg.mode}
     if cfg.static_k is not None:
-        env["SPECSERVE_STATIC_K"] = str(cfg.static_k)
-    env["SPECSERVE_CONTROL_HOST"] = cfg.control_host or cfg.host
-    env["SPECSERVE_CONTROL_PORT"] = str(cfg.control_port or cfg.port + 1)
+        env[ENV_STATIC_K] = str(cfg.static_k)
+    env[ENV_CONTROL_HOST] = cfg.control_host or cfg.host
+    env[ENV_CONTROL_PORT] = str(cfg.control_port or cfg.port + CONTROL_PORT_OFFSET)
     if cfg.policy_file is not None:
-        env["SPECSERVE_POLICY_FILE"] = str(cfg.policy_file)
+        env[ENV_POLICY_FILE] = str(cfg.policy_file)
     if cfg.profile_file is not None:
-        env["SPECSERVE_PROFILE_FILE"] = str(cfg.profile_file)
+        env[ENV_PROFILE_FILE] = str(cfg.profile_file)
     if not on_cpu_build():
         # The seams SpecServe uses need the synchronous scheduler and the V1 model runner (on
         # the CPU build they are the only ones): docs/vllm-seams.md, section 0.

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specserve_contract import ENV_CACHE
+
 RECIPE_FORMAT = 2
 
 
@@ -112,7 +114,7 @@ def _stderr(msg: str) -> None:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("SPECSERVE_CACHE")
+    env = os.environ.get(ENV_CACHE)
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -56,7 +56,7 @@ def build_source(args: argparse.Namespace) -> RouteSource:
     if args.routes:
         sources.append(FileSource(args.routes))
     if args.kubernetes:
-        from specserve_gateway.kube import KubeApi, KubeSource
+        from specserve_gateway.kube_routes import KubeApi, KubeSource
 
         api = KubeApi(args.kube_api) if args.kube_api else KubeApi.in_cluster()
         sources.append(KubeSource(api, args.namespace))

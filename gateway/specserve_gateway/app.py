@@ -34,7 +34,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from specserve_gateway import routing as r
+from specserve_gateway.routing import (
+    Balancer,
+    Lease,
+    backend_timeout,
+    backend_unavailable,
+    invalid_request,
+    model_not_found,
+    openai_error,
+)
 from specserve_gateway.sources import RouteSource
 
 log = logging.getLogger("specserve_gateway")
@@ -61,7 +69,7 @@ class Gateway:
     def __init__(self, source: RouteSource, config: GatewayConfig | None = None) -> None:
         self.source = source
         self.config = config or GatewayConfig()
-        self.balancer = r.Balancer(down_for=self.config.down_for_s)
+        self.balancer = Balancer(down_for=self.config.down_for_s)
         self.requests: dict[tuple[str, str, int], int] = {}  # (model, path, status) -> count
         self._client: httpx.AsyncClient | None = None
 
@@ -102,7 +110,7 @@ class Gateway:
         return JSONResponse(body, status_code=status, headers=headers)
 
     def _unavailable(self, model: str, path: str, detail: str) -> JSONResponse:
-        return self._error(model, path, 503, r.backend_unavailable(model, detail),
+        return self._error(model, path, 503, backend_unavailable(model, detail),
                            {"Retry-After": str(self.config.retry_after_s)})
 
     # -------------------------------------------------------------------------- handlers
@@ -140,14 +148,14 @@ class Gateway:
         try:
             payload = json.loads(raw)
         except ValueError:
-            return self._error("", path, 400, r.invalid_request("the body must be JSON"))
+            return self._error("", path, 400, invalid_request("the body must be JSON"))
         model = payload.get("model") if isinstance(payload, dict) else None
         if not isinstance(model, str) or not model:
             return self._error("", path, 400,
-                               r.invalid_request("`model` (a string) is required", "model"))
+                               invalid_request("`model` (a string) is required", "model"))
         route = self.source.table().get(model)
         if route is None:
-            return self._error(model, path, 404, r.model_not_found(model))
+            return self._error(model, path, 404, model_not_found(model))
         if not route.backends:
             return self._unavailable(model, path, "no ready replicas")
         if route.upstream_model:
@@ -170,7 +178,7 @@ class Gateway:
                     failures.append(f"{url}: connect timeout")
                     continue
                 return self._error(model, path, 504,
-                                   r.backend_timeout(model, self.config.read_timeout))
+                                   backend_timeout(model, self.config.read_timeout))
             except httpx.TransportError as exc:  # refused, reset, closed before answering
                 lease.release()
                 self.balancer.mark_down(url)
@@ -189,7 +197,7 @@ class Gateway:
                 body = await resp.aread()
             except httpx.TimeoutException:
                 return self._error(model, path, 504,
-                                   r.backend_timeout(model, self.config.read_timeout))
+                                   backend_timeout(model, self.config.read_timeout))
             except httpx.TransportError as exc:  # died while answering: try the next one
                 self.balancer.mark_down(url)
                 failures.append(f"{url}: {type(exc).__name__} while reading")
@@ -201,7 +209,7 @@ class Gateway:
         log.warning("model %s: no backend answered: %s", model, "; ".join(failures))
         return self._unavailable(model, path, f"{len(failures)} backend(s) failed")
 
-    async def _relay(self, resp: httpx.Response, lease: r.Lease,
+    async def _relay(self, resp: httpx.Response, lease: Lease,
                      model: str) -> AsyncIterator[bytes]:
         """Upstream bytes, as they come. Ends with an SSE error event if the backend dies."""
         try:
@@ -210,7 +218,7 @@ class Gateway:
         except httpx.HTTPError as exc:
             self.balancer.mark_down(lease.url)
             log.warning("model %s: %s failed mid-stream: %r", model, lease.url, exc)
-            error = r.openai_error(
+            error = openai_error(
                 f"The backend serving `{model}` failed mid-stream ({type(exc).__name__}).",
                 "server_error", code="backend_failed",
             )
@@ -219,7 +227,7 @@ class Gateway:
             lease.release()
 
 
-async def _close(resp: httpx.Response, lease: r.Lease) -> None:
+async def _close(resp: httpx.Response, lease: Lease) -> None:
     lease.release()
     with contextlib.suppress(Exception):
         await resp.aclose()
@@ -251,7 +259,7 @@ def create_app(source: RouteSource, config: GatewayConfig | None = None) -> Star
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        body = r.openai_error(f"{request.method} {request.url.path}: {exc.detail}",
+        body = openai_error(f"{request.method} {request.url.path}: {exc.detail}",
                               "invalid_request_error", code=str(exc.status_code))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

@@ -3,7 +3,7 @@
 - `StaticSource`: a fixed table (from `--backend MODEL=URL` flags);
 - `FileSource`: a YAML/JSON routes file, re-read when it changes (e.g. a mounted ConfigMap);
 - `CombinedSource`: several sources merged;
-- `specserve_gateway.kube.KubeSource`: SpecServeDeployments and their ready pods, watched.
+- `specserve_gateway.kube_routes.KubeSource`: SpecServeDeployments and their ready pods, watched.
 
 The proxy calls `table()` on every request, so a source only swaps in a new table object.
 """

@@ -20,34 +20,39 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from specserve_engine.policy.params import Policy, SloTargets
-from specserve_operator.spec import (
+import specserve_contract as contract
+from specserve_contract import (
     API_VERSION,
+    CONTROL_PORT,
+    CONTROL_PORT_NAME,
+    ENV_CONTROL_TOKEN,
+    ENV_POLICY_FILE,
+    ENV_PROFILE_FILE,
+    HEALTH_PATH,
+    HTTP_PORT,
+    HTTP_PORT_NAME,
     KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_PART_OF,
+    LABEL_VERSION,
+    MANAGED_BY,
+    METRICS_PATH,
+    MODELS_MOUNT,
     NO_DRAFT,
+    PART_OF,
+    POLICY_DIR,
+    POLICY_FILE,
+    POLICY_KEY,
+    PROFILE_DIR,
     TINY,
-    SpecServeDeploymentSpec,
+    TOKEN_KEY,
 )
+from specserve_engine.policy.params import Policy, SloTargets
+from specserve_operator.spec import SpecServeDeploymentSpec
 
-HTTP_PORT = 8000  # vLLM's OpenAI server: /v1/*, /health, /metrics (vllm:*)
-CONTROL_PORT = 8001  # SpecServe's control server: policy PUT/GET, /metrics (specserve_*)
-HEALTH_PATH = "/health"
-MODELS_MOUNT = "/models"
-POLICY_DIR = "/etc/specserve/policy"
-POLICY_KEY = "policy.json"
-POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"
-PROFILE_DIR = "/etc/specserve/profile"
-TOKEN_KEY = "token"
 ENGINE_CONTAINER = "engine"
-
-APP_NAME = "specserve-engine"
-MANAGED_BY = "specserve-operator"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_VERSION = "app.kubernetes.io/version"
+SERVICEMONITOR_API = "monitoring.coreos.com/v1"
 
 # Fields of the policy that come from the spec; the rest (fitted model parameters) belong to the
 # tuning loop and survive spec changes. See `merge_policy`.
@@ -66,29 +71,32 @@ class Owner:
 # ------------------------------------------------------------------------------ naming & labels
 
 
+# The names themselves are part of the contract (specserve_contract); these take an Owner.
+
+
 def deployment_name(owner: Owner) -> str:
-    return owner.name
+    return contract.deployment_name(owner.name)
 
 
 def service_name(owner: Owner) -> str:
-    return owner.name
+    return contract.service_name(owner.name)
 
 
 def secret_name(owner: Owner) -> str:
-    return f"{owner.name}-control"
+    return contract.secret_name(owner.name)
 
 
 def configmap_name(owner: Owner) -> str:
-    return f"{owner.name}-policy"
+    return contract.configmap_name(owner.name)
 
 
 def servicemonitor_name(owner: Owner) -> str:
-    return owner.name
+    return contract.servicemonitor_name(owner.name)
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
     """Labels that select the engine pods (immutable in a Deployment: keep them minimal)."""
-    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner.name}
+    return contract.selector_labels(owner.name)
 
 
 def selector_string(owner: Owner) -> str:
@@ -100,7 +108,7 @@ def labels(owner: Owner, spec: SpecServeDeploymentSpec, component: str) -> dict[
     out = {
         **selector_labels(owner),
         LABEL_COMPONENT: component,
-        LABEL_PART_OF: "specserve",
+        LABEL_PART_OF: PART_OF,
         LABEL_MANAGED_BY: MANAGED_BY,
     }
     tag = image_tag(spec.image)
@@ -266,21 +274,20 @@ def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
 def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {
-            "name": "SPECSERVE_CONTROL_TOKEN",
+            "name": ENV_CONTROL_TOKEN,
             "valueFrom": {"secretKeyRef": {"name": secret_name(owner), "key": TOKEN_KEY}},
         },
-        {"name": "SPECSERVE_POLICY_FILE", "value": POLICY_FILE},
+        {"name": ENV_POLICY_FILE, "value": POLICY_FILE},
     ]
     cm = spec.profile.config_map
     if cm is not None:
-        env.append({"name": "SPECSERVE_PROFILE_FILE", "value": f"{PROFILE_DIR}/{cm.key}"})
-    else:
-        env.append({"name": "SPECSERVE_PROFILE", "value": spec.profile.builtin or "default"})
+        env.append({"name": ENV_PROFILE_FILE, "value": f"{PROFILE_DIR}/{cm.key}"})
+    # Without one the engine uses the profile cached next to the model, else its timing prior.
     return env
 
 
 def _probe(**timing: int) -> dict[str, Any]:
-    return {"httpGet": {"path": HEALTH_PATH, "port": "http"}, **timing}
+    return {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}, **timing}
 
 
 def deployment(
@@ -321,8 +328,8 @@ def deployment(
         "command": ["specserve", "serve"],
         "args": engine_args(spec, served_name),
         "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "control", "containerPort": CONTROL_PORT, "protocol": "TCP"},
+            {"name": HTTP_PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": CONTROL_PORT_NAME, "containerPort": CONTROL_PORT, "protocol": "TCP"},
         ],
         "env": _env(owner, spec),
         "resources": _resources(spec),
@@ -369,8 +376,9 @@ def service(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector_labels(owner),
             "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "control", "port": CONTROL_PORT, "targetPort": "control",
+                {"name": HTTP_PORT_NAME, "port": HTTP_PORT, "targetPort": HTTP_PORT_NAME,
+                 "protocol": "TCP"},
+                {"name": CONTROL_PORT_NAME, "port": CONTROL_PORT, "targetPort": CONTROL_PORT_NAME,
                  "protocol": "TCP"},
             ],
         },
@@ -402,15 +410,15 @@ def configmap(
 def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
     interval = spec.metrics.scrape_interval
     return {
-        "apiVersion": "monitoring.coreos.com/v1",
+        "apiVersion": SERVICEMONITOR_API,
         "kind": "ServiceMonitor",
         "metadata": _metadata(owner, spec, servicemonitor_name(owner), "metrics"),
         "spec": {
             "selector": {"matchLabels": selector_labels(owner)},
             "namespaceSelector": {"matchNames": [owner.namespace]},
             "endpoints": [
-                {"port": "http", "path": "/metrics", "interval": interval},
-                {"port": "control", "path": "/metrics", "interval": interval},
+                {"port": HTTP_PORT_NAME, "path": METRICS_PATH, "interval": interval},
+                {"port": CONTROL_PORT_NAME, "path": METRICS_PATH, "interval": interval},
             ],
         },
     }

@@ -27,10 +27,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from specserve_contract import CONTROL_PORT, POLICY_PATH
 from specserve_engine.policy.params import ModelParams
-from specserve_operator.manifests import CONTROL_PORT
-
-POLICY_PATH = "/specserve/policy"
 
 AddressResolver = Callable[[Mapping[str, Any]], str]
 

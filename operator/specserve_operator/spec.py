@@ -17,24 +17,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "specserve.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "SpecServeDeployment"
-PLURAL = "specservedeployments"
-SINGULAR = "specservedeployment"
-SHORT_NAMES = ["ssd"]
+from specserve_contract import (
+    API_VERSION,
+    K_LIMIT,
+    KIND,
+    NO_DRAFT,
+    OPERATOR_MODES,
+    PROFILE_KEY,
+    TINY,
+)
 
 DEFAULT_IMAGE = "specserve/engine:0.1.0"
-# The engine refuses larger K (vLLM sizes its speculative buffers from K_max).
-K_MAX_LIMIT = 16
-# The value of model.target / model.draft that selects the engine's built-in tiny models.
-TINY = "tiny"
-NO_DRAFT = "none"
 
 # A Kubernetes resource quantity, restricted to the common forms ("500m", "2", "16Gi", "1.5").
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DURATION = r"^[0-9]+(ms|s|m|h)$"
 # Flags of `vllm serve` that SpecServe sets itself; passing them again would contradict the spec.
@@ -48,7 +44,9 @@ RESERVED_VLLM_FLAGS = (
 )
 
 
-class _Model(BaseModel):
+class SpecServeModel(BaseModel):
+    """Base of every model here: camelCase on the wire, unknown fields refused, immutable."""
+
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
@@ -57,7 +55,7 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------------------- spec
 
 
-class PvcSource(_Model):
+class PvcSource(SpecServeModel):
     """A PersistentVolumeClaim holding model weights, mounted read-only at /models."""
 
     claim_name: str = Field(
@@ -68,7 +66,7 @@ class PvcSource(_Model):
     )
 
 
-class ModelSpec(_Model):
+class ModelSpec(SpecServeModel):
     """What to serve: the target model, its draft, and the name clients send."""
 
     target: str = Field(
@@ -93,23 +91,23 @@ class ModelSpec(_Model):
     pvc: PvcSource | None = Field(default=None, description="Volume holding the weights.")
 
 
-class SpeculationSpec(_Model):
+class SpeculationSpec(SpecServeModel):
     """How many draft tokens to verify per step."""
 
-    mode: Literal["adaptive", "static", "off"] = Field(
+    mode: Literal[OPERATOR_MODES] = Field(  # type: ignore[valid-type]
         default="adaptive",
         description="adaptive: the policy picks K every step (0..kMax); static: always staticK; "
         "off: no speculation (draft must be `none`).",
     )
     k_max: int = Field(
-        default=5, ge=1, le=K_MAX_LIMIT, description="Largest K the policy may use (1-16)."
+        default=5, ge=1, le=K_LIMIT, description=f"Largest K the policy may use (1-{K_LIMIT})."
     )
     static_k: int = Field(
-        default=3, ge=1, le=K_MAX_LIMIT, description="K used in static mode (<= kMax)."
+        default=3, ge=1, le=K_LIMIT, description="K used in static mode (<= kMax)."
     )
 
 
-class SloSpec(_Model):
+class SloSpec(SpecServeModel):
     """Latency objectives the operator tunes and scales for."""
 
     ttft_p90_ms: int = Field(
@@ -137,7 +135,7 @@ class SloSpec(_Model):
         return self
 
 
-class ReplicasSpec(_Model):
+class ReplicasSpec(SpecServeModel):
     """Engine pod count bounds; `kubectl scale ssd/NAME --replicas=N` sets `initial`."""
 
     model_config = ConfigDict(
@@ -168,7 +166,7 @@ class ReplicasSpec(_Model):
         return self
 
 
-class Toleration(_Model):
+class Toleration(SpecServeModel):
     """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
 
     key: str | None = Field(default=None, max_length=316)
@@ -186,7 +184,7 @@ class Toleration(_Model):
         return self
 
 
-class ResourcesSpec(_Model):
+class ResourcesSpec(SpecServeModel):
     """Compute for each engine pod."""
 
     gpu: int = Field(default=0, ge=0, le=16, description="NVIDIA GPUs per pod (0 = CPU).")
@@ -202,35 +200,26 @@ class ResourcesSpec(_Model):
     )
 
 
-class ConfigMapKeyRef(_Model):
+class ConfigMapKeyRef(SpecServeModel):
     """A key of a ConfigMap in the resource's namespace."""
 
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    key: str = Field(default="profile.json", min_length=1, max_length=253)
+    key: str = Field(default=PROFILE_KEY, min_length=1, max_length=253)
 
 
-class ProfileSpec(_Model):
-    """Step-time profile of this hardware and these models (`specserve profile` writes one)."""
+class ProfileSpec(SpecServeModel):
+    """Step-time profile of this hardware and these models (`specserve profile` writes one).
 
-    builtin: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=63,
-        pattern=DNS_LABEL,
-        description="Name of a profile shipped in the image; default `default`.",
-    )
+    Without a configMap the engine uses the profile cached next to the model, if any, else its
+    built-in timing prior.
+    """
+
     config_map: ConfigMapKeyRef | None = Field(
         default=None, description="A profile JSON stored in a ConfigMap."
     )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> ProfileSpec:
-        if self.builtin is not None and self.config_map is not None:
-            raise ValueError("set either builtin or configMap, not both")
-        return self
 
-
-class MetricsSpec(_Model):
+class MetricsSpec(SpecServeModel):
     """Where the operator reads SLO metrics, and how Prometheus scrapes the pods."""
 
     prometheus_url: str | None = Field(
@@ -248,7 +237,7 @@ class MetricsSpec(_Model):
     )
 
 
-class SpecServeDeploymentSpec(_Model):
+class SpecServeDeploymentSpec(SpecServeModel):
     """Desired state of a SpecServe model deployment."""
 
     model: ModelSpec
@@ -306,7 +295,7 @@ ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApp
 CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied")
 
 
-class Condition(_Model):
+class Condition(SpecServeModel):
     """A standard Kubernetes condition."""
 
     type: ConditionType
@@ -317,7 +306,7 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class ReplicasStatus(_Model):
+class ReplicasStatus(SpecServeModel):
     """Engine pod counts."""
 
     desired: int = 0
@@ -325,7 +314,7 @@ class ReplicasStatus(_Model):
     ready: int = 0
 
 
-class PolicyStatus(_Model):
+class PolicyStatus(SpecServeModel):
     """The policy in the ConfigMap and how many pods acknowledged it."""
 
     version: int = 0
@@ -335,7 +324,7 @@ class PolicyStatus(_Model):
     pushed_at: str | None = None
 
 
-class SloSnapshotStatus(_Model):
+class SloSnapshotStatus(SpecServeModel):
     """The last measured SLO quantiles (from Prometheus)."""
 
     ttft_p90_ms: float | None = None
@@ -356,7 +345,7 @@ class SloSnapshotStatus(_Model):
     pods_scraped: int | None = None
 
 
-class TuningStatus(_Model):
+class TuningStatus(SpecServeModel):
     """The tuning loop's hysteresis memory and its last decision."""
 
     over: int = Field(default=0, description="Snapshots in a row with TPOT p90 over target.")
@@ -366,14 +355,14 @@ class TuningStatus(_Model):
     time: str | None = None
 
 
-class ScaleRecommendation(_Model):
+class ScaleRecommendation(SpecServeModel):
     """One raw replica recommendation, kept for the stabilisation windows."""
 
     time: float
     replicas: int
 
 
-class AutoscaleStatus(_Model):
+class AutoscaleStatus(SpecServeModel):
     """The autoscaler's last decision and the recommendations it stabilises over."""
 
     desired: int | None = None
@@ -383,7 +372,7 @@ class AutoscaleStatus(_Model):
     recommendations: list[ScaleRecommendation] = Field(default_factory=list, max_length=1000)
 
 
-class SpecServeDeploymentStatus(_Model):
+class SpecServeDeploymentStatus(SpecServeModel):
     """Observed state, written by the operator."""
 
     phase: Phase | None = None
@@ -400,7 +389,7 @@ class SpecServeDeploymentStatus(_Model):
     slo: str | None = Field(default=None, description="SLO summary (printer column SLO).")
 
 
-class SpecServeDeployment(_Model):
+class SpecServeDeployment(SpecServeModel):
     """The whole resource (what the CRD schema describes)."""
 
     api_version: str = API_VERSION

@@ -7,19 +7,49 @@ Conditions follow the Kubernetes convention (type/status/reason/message/lastTran
     SLOMet         the last SLO snapshot meets the targets (Unknown until measured)
     PolicyApplied  every ready pod acknowledged the current policy version
 lastTransitionTime changes only when a condition's status changes.
+
+Every status this module returns is built through the pydantic status models of `spec.py` (the
+models the CRD's status schema is generated from), so what the operator writes and what the CRD
+declares have one source. They come back as camelCase dicts (what kopf patches), holding exactly
+the keys that were set.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from specserve_operator import manifests as m
-from specserve_operator.spec import CONDITION_TYPES, SpecServeDeploymentSpec
+from pydantic import BaseModel
+
+from specserve_operator.manifests import (
+    Owner,
+    configmap_name,
+    k_summary,
+    selector_string,
+    slo_summary,
+)
+from specserve_operator.prometheus import SloSnapshot
+from specserve_operator.spec import (
+    CONDITION_TYPES,
+    Condition,
+    SloSnapshotStatus,
+    SpecServeDeploymentSpec,
+    SpecServeDeploymentStatus,
+)
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, exclude_unset=True)
+
+
+def status_dict(**fields: Any) -> dict[str, Any]:
+    """Top-level status fields (snake_case names, values as models or camelCase dicts), checked
+    against SpecServeDeploymentStatus; returns the camelCase dict of the fields given."""
+    return _dump(SpecServeDeploymentStatus(**fields))
 
 
 def condition(type_: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
     value = "Unknown" if status is None else ("True" if status else "False")
-    return {"type": type_, "status": value, "reason": reason, "message": message}
+    return _dump(Condition(type=type_, status=value, reason=reason, message=message))
 
 
 def merge_conditions(
@@ -57,7 +87,7 @@ def _deployment_condition(dep: dict[str, Any] | None, type_: str) -> dict[str, A
 
 def running_status(
     spec: SpecServeDeploymentSpec,
-    owner: m.Owner,
+    owner: Owner,
     deployment: dict[str, Any] | None,
     policy_version: int,
     old: dict[str, Any] | None,
@@ -101,7 +131,7 @@ def running_status(
     if old_policy.get("version") != policy_version:
         applied = 0
         policy_status = {"version": policy_version, "appliedPods": 0}
-    conds.append(policy_condition(policy_version, applied, ready, m.configmap_name(owner)))
+    conds.append(policy_condition(policy_version, applied, ready, configmap_name(owner)))
 
     snapshot = old.get("sloSnapshot") or {}
     attainment = snapshot.get("attainment")
@@ -113,17 +143,17 @@ def running_status(
         phase = "Running"
     else:
         phase = "Progressing"
-    return {
-        "phase": phase,
-        "message": pods,
-        "conditions": merge_conditions(old.get("conditions"), conds, now, generation),
-        "observedGeneration": generation,
-        "replicas": {"desired": desired, "current": current, "ready": ready},
-        "selector": m.selector_string(owner),
-        "policy": policy_status,
-        "k": m.k_summary(spec),
-        "slo": m.slo_summary(spec, attainment),
-    }
+    return status_dict(
+        phase=phase,
+        message=pods,
+        conditions=merge_conditions(old.get("conditions"), conds, now, generation),
+        observed_generation=generation,
+        replicas={"desired": desired, "current": current, "ready": ready},
+        selector=selector_string(owner),
+        policy=policy_status,
+        k=k_summary(spec),
+        slo=slo_summary(spec, attainment),
+    )
 
 
 def slo_condition(spec: SpecServeDeploymentSpec, snapshot: dict[str, Any] | None
@@ -168,12 +198,47 @@ def invalid_status(
         condition("Degraded", True, "InvalidSpec", message),
         condition("Progressing", False, "InvalidSpec", "fix the spec to continue"),
     ]
-    return {
-        "phase": "Invalid",
-        "message": message,
-        "conditions": merge_conditions(old.get("conditions"), conds, now, generation),
-        "observedGeneration": generation,
-    }
+    return status_dict(
+        phase="Invalid",
+        message=message,
+        conditions=merge_conditions(old.get("conditions"), conds, now, generation),
+        observed_generation=generation,
+    )
+
+
+# ------------------------------------------------------------------------------ the SLO loop
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1e3, 3)
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def snapshot_status(snap: SloSnapshot, now: str) -> dict[str, Any]:
+    """.status.sloSnapshot of one measurement (every field present, None where unmeasured)."""
+    return _dump(SloSnapshotStatus(
+        state=snap.state, reason="; ".join(snap.reasons) or None, time=now,
+        ttft_p50_ms=_ms(snap.ttft_p50_s), ttft_p90_ms=_ms(snap.ttft_p90_s),
+        ttft_p99_ms=_ms(snap.ttft_p99_s), tpot_p50_ms=_ms(snap.tpot_p50_s),
+        tpot_p90_ms=_ms(snap.tpot_p90_s), tpot_p99_ms=_ms(snap.tpot_p99_s),
+        attainment=_round(snap.attainment, 4),
+        request_rate=_round(snap.request_rate, 4),
+        acceptance_rate=_round(snap.acceptance_rate, 4),
+        step_predicted_ms=_ms(snap.step_predicted_mean_s),
+        step_observed_ms=_ms(snap.step_observed_mean_s),
+        pods_scraped=snap.pods_scraped,
+    ))
+
+
+def loop_failed_status(old: dict[str, Any] | None, exc: BaseException, now: str
+                       ) -> dict[str, Any]:
+    """An SLO pass that raised: the last snapshot, marked as an error saying why."""
+    snap = {**((old or {}).get("sloSnapshot") or {}), "state": "error",
+            "reason": f"SLO loop failed: {type(exc).__name__}: {exc}"[:4000], "time": now}
+    return status_dict(slo_snapshot=snap)
 
 
 def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:

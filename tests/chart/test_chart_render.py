@@ -16,6 +16,7 @@ import yaml
 helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (chart tests)")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
+from specserve_contract import GROUP, KIND, PLURAL  # noqa: E402
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
@@ -140,9 +141,9 @@ def test_chart_crd_is_valid_and_names_the_resource() -> None:
     (crd_file,) = helm.Chart.load(CHART).crds
     crd = yaml.safe_load(crd_file["data"])
     kv.validate(crd, KUBE_VERSION, strict=True)
-    assert crd["spec"]["group"] == s.GROUP
-    assert crd["spec"]["names"]["kind"] == s.KIND
-    assert crd["spec"]["names"]["plural"] == s.PLURAL
+    assert crd["spec"]["group"] == GROUP
+    assert crd["spec"]["names"]["kind"] == KIND
+    assert crd["spec"]["names"]["plural"] == PLURAL
 
 
 # ------------------------------------------------------------------------------ components
@@ -279,8 +280,8 @@ def operator_children() -> set[tuple[str, str]]:
 
 def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]]:
     want = {
-        (s.GROUP, s.PLURAL): {"get", "list", "watch", "patch"},
-        (s.GROUP, f"{s.PLURAL}/status"): {"patch"},
+        (GROUP, PLURAL): {"get", "list", "watch", "patch"},
+        (GROUP, f"{PLURAL}/status"): {"patch"},
         ("", "events"): {"create"},
         ("", "pods"): {"get", "list"},  # the SLO loop finds ready engine pods (push.py)
     }
@@ -292,7 +293,7 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
 
 
 CRD_WATCH = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-GATEWAY_GRANTS = {(s.GROUP, s.PLURAL): {"list", "watch"},
+GATEWAY_GRANTS = {(GROUP, PLURAL): {"list", "watch"},
                   ("discovery.k8s.io", "endpointslices"): {"list", "watch"}}
 
 

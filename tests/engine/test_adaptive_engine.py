@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from engine_kit import POLICY, Control
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import chi2_contingency
 
@@ -17,6 +16,7 @@ from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
 from specserve_engine.policy import EfficiencyModel, ModelParams, Policy
 from specserve_engine.vllm_metrics import metric_totals
+from tests.kits.engine_kit import POLICY, Control
 
 pytestmark = pytest.mark.engine
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from specserve_engine import tiny
 from specserve_engine.bench.client import replay
 from specserve_engine.bench.summary import summarize
 from specserve_engine.bench.trace import TraceRow, cut_prompts, load_trace, plan_requests
 from specserve_engine.launcher import ServerProcess
+
+pytestmark = pytest.mark.engine
 
 SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure_llm_conv_2023.csv"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from specserve_contract import ENV_CONTROL_TOKEN
 from specserve_engine.policy import LogisticCalibration, ModelParams, Policy, TimingCoefficients
 from specserve_engine.vllm.control import PolicyStore
 
@@ -37,7 +38,7 @@ def test_no_token_configured_refuses_every_put() -> None:
     store = PolicyStore(Policy(), engine_k_max=5, token=None)
     reply = store.put(_body(), "Bearer ")
     assert reply.status == 401
-    assert "SPECSERVE_CONTROL_TOKEN" in reply.body["error"]
+    assert ENV_CONTROL_TOKEN in reply.body["error"]
 
 
 def test_invalid_bodies_are_422_with_the_reason() -> None:

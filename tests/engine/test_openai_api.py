@@ -7,6 +7,8 @@ from openai import OpenAI
 
 from specserve_engine.launcher import ServerProcess
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def client(spec_engine: ServerProcess) -> OpenAI:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from specserve_contract import ENV_PROFILE_FILE
 from specserve_engine import tiny
 from specserve_engine.machine import this_machine
 from specserve_engine.policy import Policy, Profile, StepTimeModel
@@ -56,7 +57,7 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
     assert acceptance.calibration and 0 < acceptance.prior_acceptance < 1
     assert any("acceptance: 8/8 prompts" in m for m in messages)
     # An engine given this profile starts with that calibration and acceptance prior.
-    policy = with_profile(Policy(), {"SPECSERVE_PROFILE_FILE": str(out)})
+    policy = with_profile(Policy(), {ENV_PROFILE_FILE: str(out)})
     assert policy.model.calibration == acceptance.calibration
     assert policy.model.prior_acceptance == acceptance.prior_acceptance
     assert policy.model.target == StepTimeModel.from_profile(profile).target

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from engine_kit import Control
 
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
 from specserve_engine.vllm_metrics import spec_decode_stats
+from tests.kits.engine_kit import Control
 
 pytestmark = pytest.mark.engine
 

@@ -12,16 +12,16 @@ import time
 import httpx
 import openai
 import pytest
-from gateway_kit import (
+
+from specserve_gateway.app import GatewayConfig
+from specserve_gateway.routing import RouteTable
+from tests.kits.gateway_kit import (
     dies_mid_stream_fake_backend,
     refused_port,
     running_gateway,
     silent_port,
     unreachable_port,
 )
-
-from specserve_gateway.app import GatewayConfig
-from specserve_gateway.routing import RouteTable
 
 
 def client(url: str) -> openai.OpenAI:

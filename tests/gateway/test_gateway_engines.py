@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gateway_kit import refused_port, running_gateway
 
 from specserve_engine.launcher import ServerProcess
 from specserve_gateway.routing import RouteTable
+from tests.kits.gateway_kit import refused_port, running_gateway
 
 pytestmark = pytest.mark.engine
 

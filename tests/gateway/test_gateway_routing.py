@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from specserve_gateway import kube
+from specserve_gateway import kube_routes
 from specserve_gateway import routing as r
 
 A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
@@ -169,7 +169,7 @@ def eps(service: str, ns: str, endpoints: list[tuple[str, bool | None]],
         port_name: str = "http", port: int = 8000) -> dict:
     return {
         "metadata": {"name": f"{service}-abc", "namespace": ns,
-                     "labels": {kube.SERVICE_NAME_LABEL: service}},
+                     "labels": {kube_routes.SERVICE_NAME_LABEL: service}},
         "ports": [{"name": "control", "port": 8001}, {"name": port_name, "port": port}],
         "endpoints": [
             {"addresses": [ip], **({} if ready is None else {"conditions": {"ready": ready}})}
@@ -179,7 +179,7 @@ def eps(service: str, ns: str, endpoints: list[tuple[str, bool | None]],
 
 
 def test_cluster_table_routes_served_names_to_ready_pods() -> None:
-    table = kube.table_from_cluster(
+    table = kube_routes.table_from_cluster(
         [ssd("tiny", served="tiny-chat"), ssd("qwen"), ssd("cold", "ml")],
         [
             eps("tiny", "default", [("10.1.0.1", True), ("10.1.0.2", False), ("10.1.0.3", None)]),
@@ -196,7 +196,7 @@ def test_cluster_table_routes_served_names_to_ready_pods() -> None:
 
 
 def test_cluster_table_pools_resources_serving_one_model() -> None:
-    table = kube.table_from_cluster(
+    table = kube_routes.table_from_cluster(
         [ssd("a", "ns1", served="m"), ssd("b", "ns2", served="m")],
         [eps("a", "ns1", [("10.0.0.1", True)]), eps("b", "ns2", [("10.0.0.2", True)])],
     )
@@ -204,20 +204,20 @@ def test_cluster_table_pools_resources_serving_one_model() -> None:
 
 
 def test_slice_without_an_http_port_gives_no_backends() -> None:
-    assert kube.slice_urls(eps("a", "ns", [("10.0.0.1", True)], port_name="grpc")) == []
+    assert kube_routes.slice_urls(eps("a", "ns", [("10.0.0.1", True)], port_name="grpc")) == []
 
 
 def test_watch_events_update_the_store_and_errors_ask_for_a_relist() -> None:
     store: dict[str, dict] = {}
     added = {"type": "ADDED", "object": {**ssd("a"), "metadata": {
         "name": "a", "namespace": "default", "resourceVersion": "5"}}}
-    assert kube.apply_event(store, added) == "5"
+    assert kube_routes.apply_event(store, added) == "5"
     assert list(store) == ["default/a"]
     bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}
-    assert kube.apply_event(store, bookmark) == "9"
+    assert kube_routes.apply_event(store, bookmark) == "9"
     deleted = {"type": "DELETED", "object": {"metadata": {
         "name": "a", "namespace": "default", "resourceVersion": "10"}}}
-    assert kube.apply_event(store, deleted) == "10"
+    assert kube_routes.apply_event(store, deleted) == "10"
     assert store == {}
     gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
-    assert kube.apply_event(store, gone) is None
+    assert kube_routes.apply_event(store, gone) is None

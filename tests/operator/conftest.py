@@ -6,15 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Read by specserve_operator.handlers at import: refresh status every second in tests.
+# Read when the operator starts (specserve_operator.config): refresh status every second.
 os.environ.setdefault("SPECSERVE_STATUS_INTERVAL_S", "1")
 
 import kmock as kmock_lib
 import kopf
 import pytest
-from operator_kit import SSD, Emulator
 
-from specserve_operator import spec as s
+from specserve_contract import KIND, SHORT_NAMES, SINGULAR
+from tests.kits.operator_kit import SSD, Emulator
 
 
 # kopf's built-in login piggybacks on the kubernetes client, whose default kubeconfig path is
@@ -32,10 +32,10 @@ def cluster(
 ) -> kmock_lib.KubernetesEmulator:
     kmock.resources.load_bundled()
     info = kmock.resources[SSD]
-    info.kind = s.KIND
-    info.singular = s.SINGULAR
+    info.kind = KIND
+    info.singular = SINGULAR
     info.namespaced = True
-    info.shortnames = set(s.SHORT_NAMES)
+    info.shortnames = set(SHORT_NAMES)
     info.verbs = {"list", "watch", "get", "create", "patch", "update", "delete"}
     info.subresources = {"status", "scale"}
     url = str(kmock.url).rstrip("/")

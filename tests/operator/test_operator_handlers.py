@@ -8,7 +8,10 @@ import json
 from typing import Any
 
 import pytest
-from operator_kit import (
+
+from specserve_operator import manifests as m
+from tests.kits.malformed_specs import CASES
+from tests.kits.operator_kit import (
     CONFIGMAPS,
     DEPLOYMENTS,
     NS,
@@ -28,9 +31,6 @@ from operator_kit import (
     ssd,
     versions,
 )
-from operator_malformed_cases import CASES
-
-from specserve_operator import manifests as m
 
 pytestmark = pytest.mark.asyncio
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from operator_malformed_cases import VALID
 
 from specserve_engine.policy.params import Policy
 from specserve_operator import manifests as m
 from specserve_operator import spec as s
 from specserve_operator import status as st
+from tests.kits.malformed_specs import VALID
 
 OWNER = m.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
 NOW = "2026-01-01T00:00:00Z"
@@ -121,9 +121,11 @@ def test_tiny_models_mode_off_and_extra_vllm_args() -> None:
     assert args[-3:] == ["--", "--max-model-len", "512"]
 
 
-def test_profile_from_configmap_or_builtin() -> None:
-    env = {e["name"]: e.get("value") for e in _container(m.deployment(OWNER, _spec()))["env"]}
-    assert env["SPECSERVE_PROFILE"] == "default"
+def test_profile_from_configmap_or_the_engines_own() -> None:
+    dep = m.deployment(OWNER, _spec())
+    env = {e["name"]: e.get("value") for e in _container(dep)["env"]}
+    assert "SPECSERVE_PROFILE_FILE" not in env and "SPECSERVE_PROFILE" not in env
+    assert "profile" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
     spec = _spec(profile={"configMap": {"name": "h100-profile"}})
     dep = m.deployment(OWNER, spec)
     env = {e["name"]: e.get("value") for e in _container(dep)["env"]}

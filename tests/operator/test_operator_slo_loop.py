@@ -25,19 +25,31 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-# Read by specserve_operator.handlers at import (the operator is imported when it first runs).
+# Read when the operator starts (specserve_operator.config); the first start in this process
+# registers the timers with it.
 os.environ.setdefault("SPECSERVE_SLO_INTERVAL_S", "2")
 
 import httpx
 import pytest
-from operator_kit import CONFIGMAPS, NS, SSD, create, eventually, live, running_operator, ssd
 
+from specserve_contract import POLICY_KEY, TOKEN_KEY
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy.params import Policy
 from specserve_engine.vllm.control import ControlServer, PolicyStore
 from specserve_operator import handlers
 from specserve_operator import manifests as m
 from specserve_operator import tuning as tn
+from specserve_operator.config import LoopConfig
+from tests.kits.operator_kit import (
+    CONFIGMAPS,
+    NS,
+    SSD,
+    create,
+    eventually,
+    live,
+    running_operator,
+    ssd,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -103,12 +115,12 @@ def prometheus_binary() -> str | None:
 
 
 @pytest.fixture()
-def loop_config(monkeypatch: pytest.MonkeyPatch) -> handlers.LoopConfig:
+def loop_config(monkeypatch: pytest.MonkeyPatch) -> LoopConfig:
     """Fast loop settings for tests (the operator runs in this process, so they take effect)."""
-    cfg = handlers.LoopConfig(
+    cfg = LoopConfig(
         prometheus_url=None, window="60s", prometheus_timeout_s=2.0, push_timeout_s=3.0,
         retries=1, tuning=tn.TuningConfig(over_patience=1, cooldown_s=0.0, min_steps=10))
-    monkeypatch.setattr(handlers, "LOOP", cfg)
+    monkeypatch.setattr(handlers.RUNTIME, "loop_override", cfg)
     return cfg
 
 
@@ -140,7 +152,7 @@ def ssd_spec(prometheus_url: str | None) -> dict[str, Any]:
 
 def stored_policy(kmock: Any) -> Policy:
     return Policy.model_validate_json(live(kmock, CONFIGMAPS, f"{NAME}-policy")["data"][
-        m.POLICY_KEY])
+        POLICY_KEY])
 
 
 def status(kmock: Any) -> dict[str, Any]:
@@ -216,14 +228,14 @@ async def add_token_secret(kmock: Any, token: str) -> None:
     r = await kmock.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
-        "data": {m.TOKEN_KEY: base64.b64encode(token.encode()).decode()}})
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()}})
     assert r.status < 300, await r.text()
 
 
 @pytest.mark.engine
 async def test_loop_tunes_and_pushes_to_a_real_engine_then_survives_prometheus_down(
     cluster: Any, prometheus: Prometheus, spec_engine: ServerProcess, control_port: int,
-    control_token: str, loop_config: handlers.LoopConfig, caplog: pytest.LogCaptureFixture,
+    control_token: str, loop_config: LoopConfig, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     await add_token_secret(cluster, control_token)
@@ -288,13 +300,13 @@ async def test_loop_tunes_and_pushes_to_a_real_engine_then_survives_prometheus_d
 
 
 async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
-    cluster: Any, loop_config: handlers.LoopConfig,
+    cluster: Any, loop_config: LoopConfig,
 ) -> None:
     """Prometheus unreachable from the start; the 'pod' is a real engine control server."""
     r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
-        "data": {m.TOKEN_KEY: base64.b64encode(b"tok").decode()}})
+        "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
     assert r.status < 300
     store = PolicyStore(Policy(), engine_k_max=4, token="tok")
     server = ControlServer(store, lambda: b"", "127.0.0.1", 0).start()
@@ -320,7 +332,7 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
 
 
 async def test_one_failing_deployment_does_not_block_another(
-    cluster: Any, loop_config: handlers.LoopConfig,
+    cluster: Any, loop_config: LoopConfig,
 ) -> None:
     """Two resources; resolving the pods of one of them raises. The other is still pushed."""
     store = PolicyStore(Policy(), engine_k_max=4, token="tok")
@@ -338,7 +350,7 @@ async def test_one_failing_deployment_does_not_block_another(
             r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
                 "apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": m.secret_name(owner), "namespace": NS},
-                "data": {m.TOKEN_KEY: base64.b64encode(b"tok").decode()}})
+                "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
             assert r.status < 300
             r = await cluster.post(f"/api/v1/namespaces/{NS}/pods", json={
                 "apiVersion": "v1", "kind": "Pod",

@@ -10,10 +10,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from operator_malformed_cases import CASES, VALID
 
+from specserve_contract import API_VERSION, KIND
 from specserve_operator import crdgen
 from specserve_operator import spec as s
+from tests.kits.malformed_specs import CASES, VALID
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / crdgen.CRD_FILE
@@ -38,7 +39,7 @@ def _crd_schema() -> dict[str, Any]:
 
 
 def _schema_errors(spec: Any) -> list[str]:
-    doc = {"apiVersion": s.API_VERSION, "kind": s.KIND, "metadata": {"name": "x"}, "spec": spec}
+    doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "x"}, "spec": spec}
     validator = jsonschema.Draft4Validator(_jsonschema(_crd_schema()))
     return [e.message for e in validator.iter_errors(doc)]
 
@@ -186,11 +187,11 @@ def _example_docs() -> list[dict[str, Any]]:
 
 
 def test_examples_are_valid_resources() -> None:
-    docs = [d for d in _example_docs() if d["kind"] == s.KIND]
+    docs = [d for d in _example_docs() if d["kind"] == KIND]
     assert len(docs) >= 2
     modes = set()
     for doc in docs:
-        assert doc["apiVersion"] == s.API_VERSION
+        assert doc["apiVersion"] == API_VERSION
         parsed = s.parse_spec(doc["spec"])
         modes.add(parsed.resources.gpu > 0)
         assert _schema_errors(doc["spec"]) == [], doc["metadata"]["name"]

@@ -8,6 +8,7 @@
 - `cost`: `decision_cost_seconds`, what the per-step decisions cost on this machine.
 """
 
+from specserve_contract import K_LIMIT
 from specserve_engine.policy.acceptance import AcceptanceModel, fit_acceptance
 from specserve_engine.policy.cost import decision_cost_seconds
 from specserve_engine.policy.goodput import (
@@ -16,7 +17,6 @@ from specserve_engine.policy.goodput import (
     lengths_above_threshold,
 )
 from specserve_engine.policy.params import (
-    K_LIMIT,
     LogisticCalibration,
     ModelParams,
     Policy,

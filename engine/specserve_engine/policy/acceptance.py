@@ -27,7 +27,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import mul
 
-from specserve_engine.policy.params import K_LIMIT, LogisticCalibration, ModelParams
+from specserve_contract import K_LIMIT
+from specserve_engine.policy.params import LogisticCalibration, ModelParams
 
 _Q_MIN = 1e-6  # draft probabilities are clipped away from 0 and 1 so logit() stays finite
 _N_BINS = 20

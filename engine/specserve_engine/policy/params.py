@@ -18,9 +18,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-# vLLM sizes its buffers (and CUDA graphs) for every K it may be asked for; 16 is far beyond the
-# point where a draft still pays off, and keeps the per-step decision loop short.
-K_LIMIT = 16
+from specserve_contract import K_LIMIT, MODES
 
 
 class _Strict(BaseModel):
@@ -99,7 +97,7 @@ class Policy(_Strict):
     version: int = Field(default=0, ge=0)
     # "threshold" is a baseline for benchmarks (confidence-threshold drafting), not a policy the
     # operator offers.
-    mode: Literal["adaptive", "static", "off", "threshold"] = "adaptive"
+    mode: Literal[MODES] = "adaptive"  # type: ignore[valid-type]
     k_max: int = Field(default=5, ge=0, le=K_LIMIT, description="largest K ever used")
     static_k: int = Field(default=3, ge=0, le=K_LIMIT, description="K used in mode 'static'")
     slo: SloTargets = Field(default_factory=SloTargets)

@@ -26,7 +26,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from specserve_engine.policy.params import K_LIMIT, LogisticCalibration
+from specserve_contract import K_LIMIT
+from specserve_engine.policy.params import LogisticCalibration
 
 Role = Literal["target", "draft"]
 

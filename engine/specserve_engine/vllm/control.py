@@ -25,11 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from specserve_contract import ENV_CONTROL_TOKEN, HEALTH_PATH, METRICS_PATH, POLICY_PATH
 from specserve_engine.policy import ModelParams, Policy, validation_message
 
 log = logging.getLogger("specserve.control")
-
-POLICY_PATH = "/specserve/policy"
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class PolicyStore:
 
     def put(self, body: bytes, authorization: str | None) -> Reply:
         if not self._authorized(authorization):
-            detail = ("policy updates are disabled: SPECSERVE_CONTROL_TOKEN is not set"
+            detail = (f"policy updates are disabled: {ENV_CONTROL_TOKEN} is not set"
                       if not self._token else "missing or wrong bearer token")
             return Reply(401, {"error": detail}, (("WWW-Authenticate", "Bearer"),))
         try:
@@ -123,14 +122,14 @@ class ControlServer:
             def do_GET(self) -> None:
                 if self.path == POLICY_PATH:
                     self._send(store_.get())
-                elif self.path == "/metrics":
+                elif self.path == METRICS_PATH:
                     text = metrics_text()
                     self.send_response(200)
                     self.send_header("Content-Type", "text/plain; version=0.0.4")
                     self.send_header("Content-Length", str(len(text)))
                     self.end_headers()
                     self.wfile.write(text)
-                elif self.path == "/health":
+                elif self.path == HEALTH_PATH:
                     self._send(Reply(200, {"status": "ok"}))
                 else:
                     self._send(Reply(404, {"error": f"no such path {self.path}"}))

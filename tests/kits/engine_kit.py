@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import httpx
 
-POLICY = "/specserve/policy"
+from specserve_contract import POLICY_PATH as POLICY
 
 
 @dataclass(frozen=True)

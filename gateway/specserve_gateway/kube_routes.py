@@ -6,7 +6,7 @@ the `app.kubernetes.io/name=specserve-engine` label, which Kubernetes copies fro
 EndpointSlices). Every change rebuilds the table with the pure `table_from_cluster`.
 
     model name   = spec.model.servedName, or the resource's name (as the operator starts engines)
-    Service      = the resource's name, in its namespace (`manifests.service_name`)
+    Service      = the resource's name, in its namespace (`specserve_contract.service_name`)
     backends     = http://<ip>:<port named "http"> of every endpoint whose `ready` is not false
 
 A model whose pods are all unready stays in the table with no backends: requests for it get 503
@@ -28,14 +28,12 @@ from typing import Any
 
 import httpx
 
+from specserve_contract import ENGINE_SELECTOR, GROUP, HTTP_PORT_NAME, PLURAL, VERSION, service_name
 from specserve_gateway.routing import RouteTable
-from specserve_operator import manifests as m
-from specserve_operator import spec as s
 
-log = logging.getLogger("specserve_gateway.kube")
+log = logging.getLogger("specserve_gateway.kube_routes")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-ENGINE_SELECTOR = f"{m.LABEL_NAME}={m.APP_NAME}"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -52,7 +50,7 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def slice_urls(eps: dict[str, Any], port_name: str = "http") -> list[str]:
+def slice_urls(eps: dict[str, Any], port_name: str = HTTP_PORT_NAME) -> list[str]:
     """Base URLs of the ready endpoints of one EndpointSlice."""
     ports = [p for p in eps.get("ports") or [] if p.get("name") == port_name and p.get("port")]
     if not ports:
@@ -86,8 +84,8 @@ def table_from_cluster(
         model = served_model(ssd)
         if not model:
             continue
-        owner = m.Owner(name=meta.get("name", ""), namespace=meta.get("namespace", ""), uid="")
-        urls = by_service.get((owner.namespace, m.service_name(owner)), [])
+        key = (meta.get("namespace", ""), service_name(meta.get("name", "")))
+        urls = by_service.get(key, [])
         backends.setdefault(model, set()).update(urls)
     return RouteTable.from_mapping(backends)
 
@@ -217,7 +215,7 @@ class KubeSource:
         scopes = [f"/namespaces/{ns}" for ns in namespaces] or [""]
         for scope in scopes:
             self._ssd_watches.append(
-                Watch(api, f"/apis/{s.GROUP}/{s.VERSION}{scope}/{s.PLURAL}", {}, self._rebuild))
+                Watch(api, f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}", {}, self._rebuild))
             self._slice_watches.append(
                 Watch(api, f"/apis/discovery.k8s.io/v1{scope}/endpointslices",
                       {"labelSelector": ENGINE_SELECTOR}, self._rebuild))

@@ -16,11 +16,11 @@ import kmock as kmock_lib
 import kopf
 import kopf.testing
 
-from specserve_operator import spec as s
+from specserve_contract import API_VERSION, KIND, PLURAL
 
 NS = "ns1"
-SSD = f"{s.API_VERSION}/{s.PLURAL}"
-SSD_PATH = f"/apis/{s.API_VERSION}/namespaces/{NS}/{s.PLURAL}"
+SSD = f"{API_VERSION}/{PLURAL}"
+SSD_PATH = f"/apis/{API_VERSION}/namespaces/{NS}/{PLURAL}"
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
 SECRETS = "v1/secrets"
@@ -121,8 +121,8 @@ def events(kmock: kmock_lib.KubernetesEmulator, involved: str) -> list[dict[str,
 
 def ssd(name: str, spec: Any, uid: str | None = None) -> dict[str, Any]:
     return {
-        "apiVersion": s.API_VERSION,
-        "kind": s.KIND,
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name, "namespace": NS, "uid": uid or f"uid-{name}",
                      "generation": 1, "resourceVersion": "1"},
         "spec": spec,

@@ -13,7 +13,8 @@ from typing import Any
 
 from kubernetes import client, config
 
-from specserve_operator import spec as s
+from specserve_contract import API_VERSION, KIND, PLURAL
+from specserve_operator.manifests import SERVICEMONITOR_API
 
 # (apiVersion, kind) -> plural, for every kind the operator touches.
 PLURALS: dict[tuple[str, str], str] = {
@@ -21,8 +22,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
     ("v1", "ConfigMap"): "configmaps",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
-    (s.API_VERSION, s.KIND): s.PLURAL,
+    (SERVICEMONITOR_API, "ServiceMonitor"): "servicemonitors",
+    (API_VERSION, KIND): PLURAL,
 }
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -47,12 +48,12 @@ def resource_path(
     return path
 
 
-class Kube:
+class KubeClient:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api = api_client
 
     @classmethod
-    def from_environment(cls) -> Kube:
+    def from_environment(cls) -> KubeClient:
         """In-cluster service account if present, else $KUBECONFIG (read now) or ~/.kube/config."""
         try:
             config.load_incluster_config()

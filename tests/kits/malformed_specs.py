@@ -110,9 +110,9 @@ CASES: list[tuple[str, Any, str, bool]] = [
      False),
     ("vllm-args-string", _with("vllmArgs", "--enforce-eager"),
      "spec.vllmArgs: Input should be a valid list", True),
-    ("profile-both",
-     _with("profile", {"builtin": "a100", "configMap": {"name": "prof"}}),
-     "spec.profile: set either builtin or configMap, not both", False),
+    # `builtin` was a field once, which no engine ever read: now refused like any unknown one.
+    ("profile-builtin", _with("profile", {"builtin": "a100"}),
+     "spec.profile.builtin: Extra inputs are not permitted", False),
     ("profile-configmap-no-name", _with("profile", {"configMap": {"key": "p.json"}}),
      "spec.profile.configMap.name: Field required", True),
     ("prometheus-url-no-scheme", _with("metrics", {"prometheusUrl": "prometheus:9090"}),

@@ -1,0 +1,153 @@
+"""What the engine, the operator, the gateway and the Helm chart must agree on, in one place.
+
+Pure constants and string functions, standard library only, so every component (including the
+slim operator/gateway image, which has no vLLM) imports it without pulling anything else in.
+Change a value here and every side follows; the wire values are also pinned by tests
+(tests/operator, tests/chart), so a change is a deliberate, visible break of the contract.
+
+Environment variables (one constant each below; who writes them, who reads them):
+
+    variable                         written by                          read by
+    SPECSERVE_CONTROL_TOKEN          operator manifests (Secret ref),    engine scheduler
+                                     profiler, tests
+    SPECSERVE_POLICY_FILE            operator manifests (ConfigMap       engine scheduler
+                                     mount), serving.engine_env
+    SPECSERVE_PROFILE_FILE           operator manifests (profile mount), engine scheduler
+                                     serving.engine_env
+    SPECSERVE_MODE                   serving.engine_env (--mode)         engine scheduler
+    SPECSERVE_STATIC_K               serving.engine_env (--static-k)     engine scheduler
+    SPECSERVE_CONTROL_HOST           serving.engine_env                  engine scheduler
+    SPECSERVE_CONTROL_PORT           serving.engine_env                  engine scheduler
+    SPECSERVE_RECORD_STEPS           profiler                            engine scheduler
+    SPECSERVE_RECORD_VERIFICATIONS   profiler                            engine scheduler
+    SPECSERVE_CACHE                  user, engine/Dockerfile             tiny (model cache)
+    SPECSERVE_STATUS_INTERVAL_S      user, Helm chart                    operator (start-up)
+    SPECSERVE_SLO_INTERVAL_S         user                                operator (start-up)
+    SPECSERVE_PROMETHEUS_URL         user                                operator (start-up)
+    SPECSERVE_SLO_WINDOW             user                                operator (start-up)
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------- the custom resource
+# The CRD's coordinates: the operator serves them, the gateway watches them, crdgen writes them.
+
+GROUP = "specserve.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SpecServeDeployment"
+PLURAL = "specservedeployments"
+SINGULAR = "specservedeployment"
+SHORT_NAMES = ("ssd",)
+# kopf's finalizer on every SpecServeDeployment (the operator deletes the children first).
+FINALIZER = f"{GROUP}/cleanup"
+
+# ---------------------------------------------------------------------------------- labels
+# Kubernetes recommended labels. LABEL_NAME=APP_NAME selects engine pods everywhere: the
+# Deployment's selector, the Service, the ServiceMonitor, the operator's pod listing, and the
+# gateway's EndpointSlice watch (Kubernetes copies a Service's labels to its EndpointSlices).
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+APP_NAME = "specserve-engine"
+PART_OF = "specserve"
+MANAGED_BY = "specserve-operator"
+ENGINE_SELECTOR = f"{LABEL_NAME}={APP_NAME}"
+
+
+# ----------------------------------------------------------------------------------- names
+# The objects a SpecServeDeployment NAME owns. The gateway finds a model's pods through
+# service_name; the operator creates all of them.
+
+
+def deployment_name(name: str) -> str:
+    return name
+
+
+def service_name(name: str) -> str:
+    return name
+
+
+def secret_name(name: str) -> str:
+    """The Secret holding the control-port bearer token."""
+    return f"{name}-control"
+
+
+def configmap_name(name: str) -> str:
+    """The ConfigMap holding the policy the engines load at start-up."""
+    return f"{name}-policy"
+
+
+def servicemonitor_name(name: str) -> str:
+    return name
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select the engine pods of one resource (immutable in a Deployment)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
+# ----------------------------------------------------------------------------------- ports
+# HTTP_PORT: vLLM's OpenAI server (/v1/*, /health, /metrics with vllm:*).
+# CONTROL_PORT: SpecServe's control server (policy GET/PUT, /metrics with specserve_*); a
+# `specserve serve` without --control-port puts it at the serving port + CONTROL_PORT_OFFSET.
+
+HTTP_PORT = 8000
+CONTROL_PORT_OFFSET = 1
+CONTROL_PORT = HTTP_PORT + CONTROL_PORT_OFFSET
+HTTP_PORT_NAME = "http"
+CONTROL_PORT_NAME = "control"
+
+# ----------------------------------------------------------------------------------- paths
+# HTTP paths on the engine's ports, and where the operator mounts files into the engine pod.
+
+POLICY_PATH = "/specserve/policy"  # control port: GET the policy (+ fitted model), PUT a policy
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/health"
+
+MODELS_MOUNT = "/models"  # a PVC with weights; relative model paths resolve under it
+POLICY_DIR = "/etc/specserve/policy"
+POLICY_KEY = "policy.json"  # the ConfigMap key, also the file name in POLICY_DIR
+POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"
+PROFILE_DIR = "/etc/specserve/profile"
+PROFILE_KEY = "profile.json"  # default key of spec.profile.configMap
+TOKEN_KEY = "token"  # the Secret key of the control token
+
+# ------------------------------------------------------------------- environment variables
+# See the table in the module docstring.
+
+ENV_CONTROL_TOKEN = "SPECSERVE_CONTROL_TOKEN"
+ENV_POLICY_FILE = "SPECSERVE_POLICY_FILE"
+ENV_PROFILE_FILE = "SPECSERVE_PROFILE_FILE"
+ENV_MODE = "SPECSERVE_MODE"
+ENV_STATIC_K = "SPECSERVE_STATIC_K"
+ENV_CONTROL_HOST = "SPECSERVE_CONTROL_HOST"
+ENV_CONTROL_PORT = "SPECSERVE_CONTROL_PORT"
+ENV_RECORD_STEPS = "SPECSERVE_RECORD_STEPS"
+ENV_RECORD_VERIFICATIONS = "SPECSERVE_RECORD_VERIFICATIONS"
+ENV_CACHE = "SPECSERVE_CACHE"
+ENV_STATUS_INTERVAL_S = "SPECSERVE_STATUS_INTERVAL_S"
+ENV_SLO_INTERVAL_S = "SPECSERVE_SLO_INTERVAL_S"
+ENV_PROMETHEUS_URL = "SPECSERVE_PROMETHEUS_URL"
+ENV_SLO_WINDOW = "SPECSERVE_SLO_WINDOW"
+
+# ---------------------------------------------------------------------------- limits, modes
+
+# The largest K anything accepts. vLLM sizes its speculative buffers (and CUDA graphs) for every
+# K it may be asked for; 16 is far beyond the point where a draft still pays off, and keeps the
+# per-step decision loop short.
+K_LIMIT = 16
+
+# Speculation modes of a policy. "threshold" (confidence-threshold drafting) is a benchmark
+# baseline the engine runs, not a mode the operator offers: OPERATOR_MODES is what a
+# SpecServeDeployment may ask for.
+MODES = ("adaptive", "static", "off", "threshold")
+OPERATOR_MODES = ("adaptive", "static", "off")
+
+# Values of model.target / model.draft (and `specserve serve --draft`) with a special meaning.
+NO_DRAFT = "none"  # no speculation
+TINY = "tiny"  # the engine's built-in tiny models (operator spec only)

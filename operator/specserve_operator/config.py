@@ -1,0 +1,64 @@
+"""Operator-wide settings, read from the environment when the operator starts (not at import).
+
+    SPECSERVE_STATUS_INTERVAL_S   seconds between status refreshes / drift repairs (default 15)
+    SPECSERVE_SLO_INTERVAL_S      seconds between SLO loop passes, per resource (default 30)
+    SPECSERVE_PROMETHEUS_URL      Prometheus for resources without spec.metrics.prometheusUrl
+    SPECSERVE_SLO_WINDOW          the PromQL range of every SLO query (default 2m)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from specserve_contract import (
+    ENV_PROMETHEUS_URL,
+    ENV_SLO_INTERVAL_S,
+    ENV_SLO_WINDOW,
+    ENV_STATUS_INTERVAL_S,
+)
+from specserve_operator.autoscale import AutoscaleConfig
+from specserve_operator.push import AddressResolver, pod_ip_address
+from specserve_operator.tuning import TuningConfig
+
+DEFAULT_STATUS_INTERVAL_S = 15.0
+DEFAULT_SLO_INTERVAL_S = 30.0
+DEFAULT_SLO_WINDOW = "2m"
+
+
+@dataclass
+class LoopConfig:
+    """Settings of the SLO loop (from the environment at start-up; tests make their own)."""
+
+    prometheus_url: str | None = None
+    window: str = DEFAULT_SLO_WINDOW
+    prometheus_timeout_s: float = 5.0
+    push_timeout_s: float = 5.0
+    retries: int = 2
+    address: AddressResolver = pod_ip_address
+    tuning: TuningConfig = field(
+        default_factory=lambda: TuningConfig(cooldown_s=2 * DEFAULT_SLO_INTERVAL_S))
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    status_interval_s: float = DEFAULT_STATUS_INTERVAL_S
+    slo_interval_s: float = DEFAULT_SLO_INTERVAL_S
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> OperatorConfig:
+        slo_interval_s = float(environ.get(ENV_SLO_INTERVAL_S, DEFAULT_SLO_INTERVAL_S))
+        loop = LoopConfig(
+            prometheus_url=environ.get(ENV_PROMETHEUS_URL) or None,
+            window=environ.get(ENV_SLO_WINDOW, DEFAULT_SLO_WINDOW),
+            # Tuning waits two passes after a change, so the next snapshot measures it.
+            tuning=TuningConfig(cooldown_s=2 * slo_interval_s),
+        )
+        return cls(
+            status_interval_s=float(environ.get(ENV_STATUS_INTERVAL_S,
+                                                DEFAULT_STATUS_INTERVAL_S)),
+            slo_interval_s=slo_interval_s,
+            loop=loop,
+        )

@@ -1,0 +1,242 @@
+"""The SLO loop of one resource: snapshot -> tuning decision -> ConfigMap + push -> autoscale.
+
+Each step is a function of its inputs (the API client, the resource, the loop settings and what
+the previous step produced), so it can be read and tested alone; `slo_iteration` runs them in
+order, posts the events and returns the .status keys. Prometheus failing, pods failing to ack
+or a scale patch failing are reported in .status and never raise; the policy stays the last good
+one and the replica count stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+import kopf
+
+from specserve_contract import API_VERSION, ENV_PROMETHEUS_URL, KIND, POLICY_KEY, TOKEN_KEY
+from specserve_engine.policy.params import Policy
+from specserve_operator.autoscale import (
+    Recommendation,
+    ScaleDecision,
+    capacity_per_replica,
+)
+from specserve_operator.autoscale import decide as decide_replicas
+from specserve_operator.config import LoopConfig
+from specserve_operator.kube_client import KubeClient
+from specserve_operator.manifests import (
+    Owner,
+    configmap_name,
+    deployment_name,
+    parse_policy,
+    policy_json,
+    secret_name,
+    selector_labels,
+    slo_summary,
+)
+from specserve_operator.prometheus import PrometheusClient, SloSnapshot
+from specserve_operator.push import (
+    PodAck,
+    PodTarget,
+    PushResult,
+    fetch_model,
+    pods_path,
+    push_policy,
+    ready_pods,
+)
+from specserve_operator.spec import SpecServeDeploymentSpec
+from specserve_operator.status import (
+    merge_conditions,
+    policy_condition,
+    slo_condition,
+    snapshot_status,
+    status_dict,
+)
+from specserve_operator.tuning import TuningDecision, TuningState
+from specserve_operator.tuning import decide as decide_tuning
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    """The Kubernetes client is synchronous: keep it off the operator's event loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+# ------------------------------------------------------------------------------ API helpers
+
+
+async def read_policy(api: KubeClient, owner: Owner) -> Policy | None:
+    """The policy in the ConfigMap, or None before the reconcile handler has created it."""
+    cm = await _call(api.get, "v1", "ConfigMap", owner.namespace, configmap_name(owner))
+    stored = parse_policy(cm)
+    return None if stored is None else Policy.model_validate(stored)
+
+
+async def write_policy(api: KubeClient, owner: Owner, policy: Policy) -> None:
+    body = {"data": {POLICY_KEY: policy_json(policy.model_dump(mode="json"))}}
+    await _call(api.patch, "v1", "ConfigMap", owner.namespace, configmap_name(owner), body)
+
+
+async def ready_targets(api: KubeClient, owner: Owner, cfg: LoopConfig) -> list[PodTarget]:
+    listing = await _call(api.request, "GET",
+                          pods_path(owner.namespace, selector_labels(owner)))
+    pods = ready_pods((listing or {}).get("items") or [], selector_labels(owner))
+    return [PodTarget(p["metadata"]["name"], cfg.address(p)) for p in pods]
+
+
+# ------------------------------------------------------------------------------ the steps
+
+
+async def take_snapshot(owner: Owner, spec: SpecServeDeploymentSpec, cfg: LoopConfig,
+                        now: float) -> SloSnapshot:
+    """1. What Prometheus says about this resource's SLOs over the window."""
+    url = spec.metrics.prometheus_url or cfg.prometheus_url
+    if url is None:
+        return SloSnapshot(namespace=owner.namespace, name=owner.name, time=now,
+                           window=cfg.window, state="noData",
+                           reasons=["no Prometheus URL: set spec.metrics.prometheusUrl or "
+                                    + ENV_PROMETHEUS_URL])
+    client = PrometheusClient(url, cfg.prometheus_timeout_s, cfg.retries)
+    return await client.snapshot(owner.namespace, owner.name, cfg.window, now,
+                                 spec.slo.tpot_p90_ms / 1e3, spec.slo.ttft_p90_ms / 1e3)
+
+
+def tuning_state(old: dict[str, Any]) -> TuningState:
+    """The tuning loop's hysteresis memory, as the last pass left it in .status.tuning."""
+    told = old.get("tuning") or {}
+    return TuningState(over=told.get("over", 0), under=told.get("under", 0),
+                       last_change=told.get("lastChange"))
+
+
+async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy: Policy,
+                        old: dict[str, Any], cfg: LoopConfig, now: float) -> TuningDecision:
+    """2. The tuning decision; a changed policy is written to the ConfigMap (first, so new pods
+    start with it)."""
+    # The model the pods run (profile + online fits) is what a timing refit scales.
+    measured = await fetch_model(await ready_targets(api, owner, cfg), cfg.push_timeout_s)
+    decision = decide_tuning(snap, policy, tuning_state(old), now, cfg.tuning, measured=measured)
+    if decision.changed:
+        await write_policy(api, owner, decision.policy)
+    return decision
+
+
+async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
+                    ) -> tuple[PushResult, int]:
+    """Push to every ready pod: (result, ready pod count)."""
+    secret = await _call(api.get, "v1", "Secret", owner.namespace, secret_name(owner))
+    token_b64 = ((secret or {}).get("data") or {}).get(TOKEN_KEY)
+    targets = await ready_targets(api, owner, cfg)
+    if not token_b64:
+        acks = [PodAck(pod=t.name, acknowledged=False, error="no control token Secret")
+                for t in targets]
+        return PushResult(version=policy.version, acks=acks), len(targets)
+    token = base64.b64decode(token_b64).decode()
+    doc = policy.model_dump(mode="json")
+    result = await push_policy(targets, doc, token, cfg.push_timeout_s, cfg.retries)
+    return result, len(targets)
+
+
+async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
+               ) -> tuple[Policy, PushResult, int]:
+    """3. Push to every ready pod (idempotent for pods that already run this version):
+    (the policy pushed, the result, the ready pod count)."""
+    result, ready = await push_once(api, owner, policy, cfg)
+    higher = result.highest_pod_version
+    if higher is not None and higher >= policy.version:
+        # A pod runs a newer version than the ConfigMap (e.g. the ConfigMap was recreated):
+        # re-version above it so every pod converges on the operator's policy.
+        policy = policy.model_copy(update={"version": higher + 1})
+        await write_policy(api, owner, policy)
+        result, ready = await push_once(api, owner, policy, cfg)
+    return policy, result, ready
+
+
+async def scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
+                policy: Policy, old: dict[str, Any], cfg: LoopConfig, now: float
+                ) -> ScaleDecision:
+    """4. The replica decision; a change is applied as `kubectl scale ssd/NAME` would."""
+    dep = await _call(api.get, "apps/v1", "Deployment", owner.namespace, deployment_name(owner))
+    current = int(((dep or {}).get("spec") or {}).get("replicas", spec.replicas.initial))
+    history = [Recommendation(time=r["time"], replicas=r["replicas"])
+               for r in (old.get("autoscale") or {}).get("recommendations") or []]
+    out_tokens = snap.output_tokens_per_request or cfg.autoscale.default_output_tokens
+    prompt = snap.prompt_tokens_per_request or cfg.autoscale.default_prompt_tokens
+    capacity = capacity_per_replica(policy, snap.acceptance_rate, out_tokens,
+                                    prompt + out_tokens / 2, cfg.autoscale.max_batch)
+    decision = decide_replicas(snap, current, spec.replicas.min, spec.replicas.max, capacity,
+                               spec.slo.attainment, history, now, cfg.autoscale)
+    if decision.changed:
+        # Through the scale subresource's specReplicasPath (.spec.replicas.initial); the update
+        # handler then patches the Deployment.
+        await _call(api.patch, API_VERSION, KIND, owner.namespace, owner.name,
+                    {"spec": {"replicas": {"initial": decision.desired}}})
+    return decision
+
+
+# ------------------------------------------------------------------------- record and status
+
+
+def loop_record(owner: Owner, snap: SloSnapshot, decision: TuningDecision, policy: Policy,
+                result: PushResult, scaled: ScaleDecision) -> dict[str, Any]:
+    """What one pass did, as the `slo loop: {...}` log line carries it."""
+    return {
+        "deployment": f"{owner.namespace}/{owner.name}",
+        "snapshot": snap.model_dump(exclude={"namespace", "name"}, exclude_none=True),
+        "decision": {"version": policy.version, "changed": decision.changed,
+                     "reasons": decision.reasons, "tpot_headroom": policy.tpot_headroom,
+                     "confidence_floor": policy.confidence_floor},
+        "push": {"version": result.version, "acknowledged": result.acknowledged,
+                 "failed": [a.model_dump(exclude_none=True) for a in result.failed]},
+        "scale": {"current": scaled.current, "desired": scaled.desired,
+                  "reason": scaled.reason},
+    }
+
+
+def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
+                decision: TuningDecision, policy: Policy, result: PushResult, ready: int,
+                scaled: ScaleDecision, old: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """The .status keys one pass writes."""
+    snap_status = snapshot_status(snap, stamp)
+    applied = len(result.acknowledged)
+    conds = [slo_condition(spec, snap_status),
+             policy_condition(policy.version, applied, ready, configmap_name(owner))]
+    return status_dict(
+        slo_snapshot=snap_status,
+        slo=slo_summary(spec, snap_status["attainment"]),
+        tuning={"over": decision.state.over, "under": decision.state.under,
+                "last_change": decision.state.last_change,
+                "decision": decision.summary[:4000], "time": stamp},
+        policy={"version": policy.version, "applied_pods": applied,
+                "failed_pods": len(result.failed), "message": result.describe()[:4000],
+                "pushed_at": stamp},
+        autoscale={"desired": scaled.desired, "raw": scaled.raw,
+                   "reason": scaled.reason[:4000], "time": stamp,
+                   "recommendations": [r.model_dump() for r in scaled.history]},
+        conditions=merge_conditions(old.get("conditions"), conds, stamp),
+    )
+
+
+async def slo_iteration(
+    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
+    old: dict[str, Any], logger: Any, cfg: LoopConfig, stamp: str,
+) -> dict[str, Any]:
+    """One pass: snapshot -> tuning decision -> ConfigMap + push -> autoscale; the .status keys."""
+    now = time.time()
+    policy = await read_policy(api, owner)
+    if policy is None:
+        return {}  # the reconcile handler creates the ConfigMap first
+    snap = await take_snapshot(owner, spec, cfg, now)
+    decision = await decide_policy(api, owner, snap, policy, old, cfg, now)
+    if decision.changed:
+        kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])
+    policy, result, ready = await push(api, owner, decision.policy, cfg)
+    scaled = await scale(api, owner, spec, snap, policy, old, cfg, now)
+    if scaled.changed:
+        kopf.event(body, type="Normal", reason="Scaled",
+                   message=f"replicas {scaled.current} -> {scaled.desired}: "
+                           f"{scaled.reason}"[:1000])
+    record = loop_record(owner, snap, decision, policy, result, scaled)
+    logger.info("slo loop: " + json.dumps(record, sort_keys=True))
+    return loop_status(owner, spec, snap, decision, policy, result, ready, scaled, old, stamp)

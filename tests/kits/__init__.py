@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: import them as `tests.kits.<name>`."""

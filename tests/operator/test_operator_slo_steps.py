@@ -1,0 +1,170 @@
+"""The SLO loop's steps one at a time, against an in-memory API (no kopf, no emulator), and the
+environment the operator reads at start-up."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from specserve_contract import API_VERSION, KIND, POLICY_KEY, TOKEN_KEY
+from specserve_engine.policy.params import Policy
+from specserve_operator import slo_loop
+from specserve_operator.config import LoopConfig, OperatorConfig
+from specserve_operator.manifests import Owner, configmap_name, secret_name, selector_labels
+from specserve_operator.prometheus import SloSnapshot
+from specserve_operator.spec import SpecServeDeploymentStatus, parse_spec
+from specserve_operator.status import loop_failed_status, snapshot_status
+
+OWNER = Owner("m", "ns", "uid-m")
+SPEC = parse_spec({"model": {"target": "tiny", "draft": "tiny"},
+                   "replicas": {"min": 1, "max": 4, "initial": 1}})
+
+
+class FakeKube:
+    """get/patch/request on a dict of objects keyed by (kind, name); records every patch."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]] | None = None,
+                 pods: list[dict[str, Any]] | None = None) -> None:
+        self.objects = objects or {}
+        self.pods = pods or []
+        self.patches: list[tuple[str, str, dict[str, Any]]] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        return self.objects.get((kind, name))
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              body: dict[str, Any]) -> Any:
+        self.patches.append((kind, name, body))
+        return body
+
+    def request(self, method: str, path: str) -> Any:
+        return {"items": self.pods}
+
+
+def configmap_with(policy: Policy) -> dict[str, Any]:
+    return {"data": {POLICY_KEY: policy.model_dump_json()}}
+
+
+def ready_pod(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": selector_labels(OWNER)},
+            "status": {"phase": "Running", "podIP": "10.0.0.9",
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def no_data(**fields: Any) -> SloSnapshot:
+    return SloSnapshot(namespace="ns", name="m", time=100.0, window="2m", state="noData",
+                       **fields)
+
+
+async def test_read_policy_waits_for_the_configmap() -> None:
+    assert await slo_loop.read_policy(FakeKube(), OWNER) is None
+    api = FakeKube({("ConfigMap", configmap_name(OWNER)): configmap_with(Policy(version=3))})
+    assert (await slo_loop.read_policy(api, OWNER)).version == 3
+
+
+async def test_snapshot_without_prometheus_says_where_to_set_one() -> None:
+    snap = await slo_loop.take_snapshot(OWNER, SPEC, LoopConfig(window="60s"), 100.0)
+    assert (snap.state, snap.window) == ("noData", "60s")
+    assert "SPECSERVE_PROMETHEUS_URL" in snap.reasons[0]
+
+
+def test_tuning_state_comes_from_the_last_status() -> None:
+    state = slo_loop.tuning_state({"tuning": {"over": 2, "under": 0, "lastChange": 5.0}})
+    assert (state.over, state.under, state.last_change) == (2, 0, 5.0)
+    assert slo_loop.tuning_state({}).over == 0
+
+
+async def test_decide_without_data_changes_nothing_and_writes_nothing() -> None:
+    api = FakeKube()
+    decision = await slo_loop.decide_policy(api, OWNER, no_data(), Policy(version=1), {},
+                                            LoopConfig(), 100.0)
+    assert not decision.changed and decision.policy.version == 1
+    assert api.patches == []
+
+
+async def test_push_without_a_token_reports_every_ready_pod() -> None:
+    api = FakeKube(pods=[ready_pod("m-0"), ready_pod("m-1")])
+    policy, result, ready = await slo_loop.push(api, OWNER, Policy(version=2), LoopConfig())
+    assert (policy.version, ready, result.acknowledged) == (2, 2, [])
+    assert {a.error for a in result.failed} == {"no control token Secret"}
+
+
+async def test_push_with_a_token_but_no_pods_acknowledges_nothing() -> None:
+    token = {"data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}}
+    api = FakeKube({("Secret", secret_name(OWNER)): token})
+    _, result, ready = await slo_loop.push(api, OWNER, Policy(version=2), LoopConfig())
+    assert (ready, result.acks) == (0, [])
+
+
+async def test_scale_without_data_keeps_the_replicas_and_patches_nothing() -> None:
+    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 2}}})
+    decision = await slo_loop.scale(api, OWNER, SPEC, no_data(), Policy(), {}, LoopConfig(),
+                                    100.0)
+    assert (decision.current, decision.desired, decision.changed) == (2, 2, False)
+    assert api.patches == []
+
+
+async def test_scale_up_patches_the_resource_like_kubectl_scale() -> None:
+    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 1}}})
+    busy = SloSnapshot(namespace="ns", name="m", time=100.0, window="2m", state="ok",
+                       request_rate=500.0, attainment=0.2, tpot_p90_s=1.0, ttft_p90_s=10.0)
+    decision = await slo_loop.scale(api, OWNER, SPEC, busy, Policy(), {}, LoopConfig(), 100.0)
+    assert decision.desired > 1
+    assert api.patches == [(KIND, "m", {"spec": {"replicas": {"initial": decision.desired}}})]
+    assert API_VERSION == "specserve.io/v1alpha1"
+
+
+async def test_one_iteration_returns_status_the_crd_schema_accepts() -> None:
+    api = FakeKube({("ConfigMap", configmap_name(OWNER)): configmap_with(Policy(version=1)),
+                    ("Deployment", "m"): {"spec": {"replicas": 1}}})
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, line: str) -> None:
+            self.lines.append(line)
+
+    log = Log()
+    new = await slo_loop.slo_iteration(api, OWNER, SPEC, {}, {}, log, LoopConfig(), "T")
+    assert set(new) == {"sloSnapshot", "slo", "tuning", "policy", "autoscale", "conditions"}
+    assert new["policy"] == {"version": 1, "appliedPods": 0, "failedPods": 0, "pushedAt": "T",
+                             "message": "policy v1 acknowledged by 0/0"}
+    SpecServeDeploymentStatus.model_validate(new)  # camelCase keys, as the CRD declares them
+    record = json.loads(log.lines[-1].removeprefix("slo loop: "))
+    assert record["deployment"] == "ns/m" and record["scale"]["desired"] == 1
+
+
+def test_snapshot_status_has_every_field_in_milliseconds() -> None:
+    snap = no_data(reasons=["a", "b"], tpot_p90_s=0.0123456, request_rate=0.123456)
+    out = snapshot_status(snap, "T")
+    assert out["tpotP90Ms"] == 12.346 and out["requestRate"] == 0.1235
+    assert out["reason"] == "a; b" and out["ttftP50Ms"] is None and len(out) == 15
+
+
+def test_a_failed_pass_keeps_the_last_snapshot_and_says_why() -> None:
+    old = {"sloSnapshot": {"state": "ok", "attainment": 0.5}}
+    out = loop_failed_status(old, RuntimeError("boom"), "T")
+    assert out == {"sloSnapshot": {"state": "error", "attainment": 0.5, "time": "T",
+                                   "reason": "SLO loop failed: RuntimeError: boom"}}
+
+
+def test_operator_settings_are_read_from_the_environment() -> None:
+    cfg = OperatorConfig.from_environ({
+        "SPECSERVE_STATUS_INTERVAL_S": "3", "SPECSERVE_SLO_INTERVAL_S": "7",
+        "SPECSERVE_PROMETHEUS_URL": "http://prom:9090", "SPECSERVE_SLO_WINDOW": "5m"})
+    assert (cfg.status_interval_s, cfg.slo_interval_s) == (3.0, 7.0)
+    assert (cfg.loop.prometheus_url, cfg.loop.window) == ("http://prom:9090", "5m")
+    assert cfg.loop.tuning.cooldown_s == 14.0
+    default = OperatorConfig.from_environ({})
+    assert (default.status_interval_s, default.slo_interval_s) == (15.0, 30.0)
+    assert default.loop.prometheus_url is None and default.loop.window == "2m"
+
+
+@pytest.mark.parametrize("url", ["", None])
+def test_an_empty_prometheus_url_means_none(url: str | None) -> None:
+    env = {} if url is None else {"SPECSERVE_PROMETHEUS_URL": url}
+    assert OperatorConfig.from_environ(env).loop.prometheus_url is None
