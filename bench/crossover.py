@@ -25,11 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from specserve_engine import tiny
-from specserve_engine.bench.summary import mean_k
 from specserve_engine.launcher import ServerProcess
 from specserve_engine.machine import this_machine
 from specserve_engine.serving import engine_dtype
-from specserve_engine.vllm_metrics import spec_decode_stats
+from specserve_engine.trace_replay.summary import mean_k
+from specserve_engine.vllm_counters import spec_decode_stats
 
 
 def run_batch(url: str, prompts: list[str], max_tokens: int) -> float:

@@ -24,8 +24,9 @@ import httpx
 
 from specserve_engine import tiny
 from specserve_engine.policy import Profile, StepTimeModel, decision_cost_seconds
-from specserve_engine.profiler import StepRecorder, default_profile_path, run_profile
-from specserve_engine.vllm_metrics import metric_totals
+from specserve_engine.profiler import StepRecorder, run_profile
+from specserve_engine.serving import default_profile_path
+from specserve_engine.vllm_counters import metric_totals
 
 
 def main() -> int:

@@ -6,7 +6,7 @@
 
 import sys
 
-from specserve_engine.bench.command import main
+from specserve_engine.trace_replay.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,7 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_SLO_INTERVAL_S         user                                operator (start-up)
     SPECSERVE_PROMETHEUS_URL         user                                operator (start-up)
     SPECSERVE_SLO_WINDOW             user                                operator (start-up)
+    SPECSERVE_TEST_DTYPE             user, CI                            tests (engine fixtures)
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ POLICY_KEY = "policy.json"  # the ConfigMap key, also the file name in POLICY_DI
 POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"
 PROFILE_DIR = "/etc/specserve/profile"
 PROFILE_KEY = "profile.json"  # default key of spec.profile.configMap
+# `specserve profile` writes here inside the model folder; `specserve serve` finds it there.
+PROFILE_FILENAME = "specserve-profile.json"
 TOKEN_KEY = "token"  # the Secret key of the control token
 
 # ------------------------------------------------------------------- environment variables
@@ -134,6 +137,7 @@ ENV_STATUS_INTERVAL_S = "SPECSERVE_STATUS_INTERVAL_S"
 ENV_SLO_INTERVAL_S = "SPECSERVE_SLO_INTERVAL_S"
 ENV_PROMETHEUS_URL = "SPECSERVE_PROMETHEUS_URL"
 ENV_SLO_WINDOW = "SPECSERVE_SLO_WINDOW"
+ENV_TEST_DTYPE = "SPECSERVE_TEST_DTYPE"
 
 # ---------------------------------------------------------------------------- limits, modes
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from specserve_contract import ENV_POLICY_FILE, HTTP_PORT
+from specserve_contract import ENV_POLICY_FILE, HTTP_PORT, PROFILE_FILENAME
 from specserve_engine.machine import DTYPES, this_machine
 from specserve_engine.serving import (
     ServeConfig,
@@ -116,8 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from specserve_engine import tiny
-    from specserve_engine.profiler import default_profile_path, run_profile
-    from specserve_engine.serving import check_causal_lm_dir
+    from specserve_engine.profiler import run_profile
+    from specserve_engine.serving import check_causal_lm_dir, default_profile_path
 
     if args.model is None:
         models = tiny.build()
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--model", help="target model folder (default: the tiny target)")
     profile.add_argument("--draft", help="draft model folder (default: the tiny draft)")
     profile.add_argument("-o", "--output",
-                         help=f"profile JSON (default: <model>/{'specserve-profile.json'}, "
+                         help=f"profile JSON (default: <model>/{PROFILE_FILENAME}, "
                               "which `specserve serve` picks up by itself)")
     profile.add_argument("--text", help="text file to cut prompts from (default: stdlib source)")
     profile.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 32])
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.set_defaults(func=cmd_demo)
 
-    from specserve_engine.bench import command as bench_command
+    from specserve_engine.trace_replay import command as bench_command
 
     bench = sub.add_parser(
         "bench", help="replay the Azure trace against SpecServe and vLLM's baselines",

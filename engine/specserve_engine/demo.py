@@ -9,7 +9,7 @@ import httpx
 
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerFailed, ServerProcess
-from specserve_engine.vllm_metrics import spec_decode_stats
+from specserve_engine.vllm_counters import spec_decode_stats
 
 
 def _say(msg: str) -> None:

@@ -44,17 +44,12 @@ from specserve_engine.policy import (
     ProfilePoint,
     fit_acceptance,
 )
+from specserve_engine.serving import on_cpu_build
 
-PROFILE_FILENAME = "specserve-profile.json"
 CONTEXT_BUCKET = 32  # tokens: steps whose mean context differs by less are one cell
 CALIBRATION_BATCH = 8  # calibration prompts sent at once
 
 Progress = Callable[[str], None]
-
-
-def default_profile_path(model_dir: Path) -> Path:
-    """Where `specserve serve` looks for a profile when none is given."""
-    return model_dir / PROFILE_FILENAME
 
 
 def aggregate(records: Sequence[dict], min_repeats: int = 2) -> list[ProfilePoint]:
@@ -208,7 +203,7 @@ def run_profile(
 ) -> Profile:
     """Time the (K, context, batch) grid, then fit the acceptance on ``calibration_prompts``
     prompts (0: skip) drafted with the largest K; write the profile to ``output``."""
-    from specserve_engine.tiny import cut_prompts
+    from specserve_engine.tiny import text_prompts
 
     cells = [(k, c, b) for k in k_values for c in context_lens for b in batch_sizes]
     k_max = max(max(k_values), 1)
@@ -229,10 +224,11 @@ def run_profile(
         acceptance = None
         if calibration_prompts > 0:
             acceptance = recorder.calibrate(
-                k_max, cut_prompts(prompt_text, calibration_prompts, seed=1),
+                k_max, text_prompts(prompt_text, calibration_prompts, seed=1),
                 calibration_tokens, progress)
     profile = Profile(
-        target_model=str(model), draft_model=str(draft), device="cpu" if _on_cpu() else "gpu",
+        target_model=str(model), draft_model=str(draft),
+        device="cpu" if on_cpu_build() else "gpu",
         machine=machine, dtype=engine["dtype"],
         meta={"k_values": ",".join(map(str, k_values)), "steps_recorded": str(len(records))},
         points=aggregate(records), acceptance=acceptance,
@@ -246,9 +242,3 @@ def run_profile(
              if acceptance else "")
     progress(f"wrote {output}: {len(profile.points)} points from {len(records)} steps{found}")
     return profile
-
-
-def _on_cpu() -> bool:
-    from specserve_engine.serving import on_cpu_build
-
-    return on_cpu_build()

@@ -21,6 +21,7 @@ from specserve_contract import (
     K_LIMIT,
     MODES,
     NO_DRAFT,
+    PROFILE_FILENAME,
 )
 
 KTable = tuple[tuple[int, int, int], ...]  # vLLM's Dynamic-SD table: (first B, last B, K) rows
@@ -116,8 +117,6 @@ class ServeConfig:
                 )
         profile = self.profile_file
         if profile is None and self.auto_profile:
-            from specserve_engine.profiler import default_profile_path
-
             candidate = default_profile_path(model)
             profile = candidate if candidate.is_file() else None
         from specserve_engine.machine import DTYPES, resolve_dtype, this_machine
@@ -134,6 +133,11 @@ class ServeConfig:
     @property
     def speculative(self) -> bool:
         return self.draft is not None and self.draft.lower() != NO_DRAFT
+
+
+def default_profile_path(model_dir: Path) -> Path:
+    """Where `specserve profile` writes and `specserve serve` looks for a profile by default."""
+    return model_dir / PROFILE_FILENAME
 
 
 def checkpoint_dtype(config: dict) -> str | None:

@@ -446,10 +446,10 @@ def _models_at(root: Path) -> TinyModels:
 
 def heldout_prompts(models: TinyModels, n: int, chars: int = 200, seed: int = 0) -> list[str]:
     """``n`` prompts cut from held-out stdlib text (never seen in training), deterministically."""
-    return cut_prompts(models.heldout.read_text(encoding="utf-8"), n, chars, seed)
+    return text_prompts(models.heldout.read_text(encoding="utf-8"), n, chars, seed)
 
 
-def cut_prompts(text: str, n: int, chars: int = 200, seed: int = 0) -> list[str]:
+def text_prompts(text: str, n: int, chars: int = 200, seed: int = 0) -> list[str]:
     """``n`` prompts of about ``chars`` characters from random places of ``text``, deterministic."""
     import random
 

@@ -381,7 +381,7 @@ def test_monitors_match_the_ports() -> None:
 
 # ------------------------------------------------------------------------------- dashboard
 
-# Metric names the dashboard may use: vLLM's (DESIGN.md, "The seam into vLLM") and ours.
+# Metric names the dashboard may use: vLLM's (docs/vllm-seams.md, section 8) and ours.
 KNOWN_METRICS = {
     "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total",
     "vllm:time_to_first_token_seconds_bucket",

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from specserve_contract import ENV_CONTROL_TOKEN, POLICY_PATH
+from specserve_contract import ENV_CONTROL_TOKEN, ENV_TEST_DTYPE, POLICY_PATH
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess, free_port
 from tests.kits.engine_kit import Control
@@ -25,7 +25,7 @@ FAST_START = ("--", "--enforce-eager")
 # The engines' dtype: "auto" is this machine's default (bf16 where the CPU has native bf16,
 # float32 elsewhere); set SPECSERVE_TEST_DTYPE=bfloat16 or float32 to meet the other machine
 # kind's numerics.
-DTYPE = os.environ.get("SPECSERVE_TEST_DTYPE", "auto")
+DTYPE = os.environ.get(ENV_TEST_DTYPE, "auto")
 
 
 @pytest.fixture(scope="session")

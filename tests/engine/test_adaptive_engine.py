@@ -15,7 +15,7 @@ from scipy.stats import chi2_contingency
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
 from specserve_engine.policy import EfficiencyModel, ModelParams, Policy
-from specserve_engine.vllm_metrics import metric_totals
+from specserve_engine.vllm_counters import metric_totals
 from tests.kits.engine_kit import POLICY, Control
 
 pytestmark = pytest.mark.engine

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from specserve_engine import tiny
-from specserve_engine.bench.client import replay
-from specserve_engine.bench.summary import summarize
-from specserve_engine.bench.trace import TraceRow, cut_prompts, load_trace, plan_requests
 from specserve_engine.launcher import ServerProcess
+from specserve_engine.trace_replay.client import replay
+from specserve_engine.trace_replay.summary import summarize
+from specserve_engine.trace_replay.trace import TraceRow, load_trace, plan_requests, token_prompts
 
 pytestmark = pytest.mark.engine
 
@@ -36,7 +36,7 @@ def test_smoke_replay_returns_every_request_complete(
     from tokenizers import Tokenizer
 
     ids = Tokenizer.from_file(str(tiny_models.target / "tokenizer.json")).encode(text[:50000]).ids
-    prompts = cut_prompts(ids, [p.prompt_tokens for p in plan], seed=1)
+    prompts = token_prompts(ids, [p.prompt_tokens for p in plan], seed=1)
     done: list[int] = []
     records = asyncio.run(replay(spec_engine.url, "tiny", plan, prompts, deadline_s=120,
                                  on_done=lambda r: done.append(r.index)))

@@ -34,7 +34,7 @@ import pytest
 
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
-from specserve_engine.vllm_metrics import spec_decode_stats
+from specserve_engine.vllm_counters import spec_decode_stats
 from tests.kits.engine_kit import Control
 
 pytestmark = pytest.mark.engine

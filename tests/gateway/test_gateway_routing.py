@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from specserve_gateway import kube_routes
-from specserve_gateway import routing as r
+from specserve_gateway import kube_routes, routing
 
 A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
 
@@ -15,12 +14,12 @@ A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
 
 
 def test_flags_build_a_table_with_several_backends_per_model() -> None:
-    table = r.table_from_flags(
+    table = routing.table_from_flags(
         [f"tiny={B},{A}", f"tiny={A}/", f"chat={C}"], ["chat=qwen2.5-7b-instruct"]
     )
     assert table.models() == ["chat", "tiny"]
-    assert table.get("tiny") == r.Route("tiny", (A, B))  # sorted, deduplicated, no slash
-    assert table.get("chat") == r.Route("chat", (C,), "qwen2.5-7b-instruct")
+    assert table.get("tiny") == routing.Route("tiny", (A, B))  # sorted, deduplicated, no slash
+    assert table.get("chat") == routing.Route("chat", (C,), "qwen2.5-7b-instruct")
     assert table.get("nope") is None
 
 
@@ -37,24 +36,24 @@ def test_flags_build_a_table_with_several_backends_per_model() -> None:
     ],
 )
 def test_bad_backend_flags_say_what_is_wrong(flag: str, message: str) -> None:
-    with pytest.raises(r.RouteError, match=message):
-        r.table_from_flags([flag])
+    with pytest.raises(routing.RouteError, match=message):
+        routing.table_from_flags([flag])
 
 
 def test_upstream_model_for_an_unknown_model_is_refused() -> None:
-    with pytest.raises(r.RouteError, match="unknown model"):
-        r.table_from_flags([f"tiny={A}"], ["chat=x"])
+    with pytest.raises(routing.RouteError, match="unknown model"):
+        routing.table_from_flags([f"tiny={A}"], ["chat=x"])
 
 
 def test_routes_document_both_forms() -> None:
-    table = r.table_from_document({"models": {
+    table = routing.table_from_document({"models": {
         "tiny": [A, B],
         "chat": {"backends": [C], "upstreamModel": "qwen"},
         "cold": {"backends": []},
     }})
-    assert table.get("tiny") == r.Route("tiny", (A, B))
-    assert table.get("chat") == r.Route("chat", (C,), "qwen")
-    assert table.get("cold") == r.Route("cold", ())
+    assert table.get("tiny") == routing.Route("tiny", (A, B))
+    assert table.get("chat") == routing.Route("chat", (C,), "qwen")
+    assert table.get("cold") == routing.Route("cold", ())
     assert table.to_json()["chat"] == {"backends": [C], "upstreamModel": "qwen"}
 
 
@@ -68,29 +67,29 @@ def test_routes_document_both_forms() -> None:
     ],
 )
 def test_bad_routes_documents_are_refused(doc: object, message: str) -> None:
-    with pytest.raises(r.RouteError, match=message):
-        r.table_from_document(doc)
+    with pytest.raises(routing.RouteError, match=message):
+        routing.table_from_document(doc)
 
 
 def test_merged_tables_pool_backends() -> None:
-    one = r.RouteTable.from_mapping({"tiny": [A], "chat": [C]})
-    two = r.RouteTable.from_mapping({"tiny": [B]}, {"tiny": "t"})
+    one = routing.RouteTable.from_mapping({"tiny": [A], "chat": [C]})
+    two = routing.RouteTable.from_mapping({"tiny": [B]}, {"tiny": "t"})
     merged = one.merged(two)
-    assert merged.get("tiny") == r.Route("tiny", (A, B), "t")
-    assert merged.get("chat") == r.Route("chat", (C,))
+    assert merged.get("tiny") == routing.Route("tiny", (A, B), "t")
+    assert merged.get("chat") == routing.Route("chat", (C,))
 
 
 # ---------------------------------------------------------------------------- balancing
 
 
 def test_least_outstanding_first_then_fewest_served_then_url() -> None:
-    assert r.order_backends([A, B, C], {A: 2, B: 0, C: 1}, {}) == [B, C, A]
-    assert r.order_backends([A, B, C], {A: 1, B: 1, C: 1}, {A: 5, B: 3, C: 4}) == [B, C, A]
-    assert r.order_backends([C, B, A], {}, {}) == [A, B, C]
+    assert routing.order_backends([A, B, C], {A: 2, B: 0, C: 1}, {}) == [B, C, A]
+    assert routing.order_backends([A, B, C], {A: 1, B: 1, C: 1}, {A: 5, B: 3, C: 4}) == [B, C, A]
+    assert routing.order_backends([C, B, A], {}, {}) == [A, B, C]
 
 
 def test_down_backends_go_last_but_stay_in_the_list() -> None:
-    assert r.order_backends([A, B], {B: 7}, {}, down=[A]) == [B, A]
+    assert routing.order_backends([A, B], {B: 7}, {}, down=[A]) == [B, A]
 
 
 class Clock:
@@ -102,7 +101,7 @@ class Clock:
 
 
 def test_balancer_spreads_concurrent_requests_and_releases_once() -> None:
-    bal = r.Balancer()
+    bal = routing.Balancer()
     leases = [bal.acquire(bal.order([A, B])[0]) for _ in range(4)]
     assert bal.outstanding == {A: 2, B: 2}
     leases[0].release()
@@ -116,7 +115,7 @@ def test_balancer_spreads_concurrent_requests_and_releases_once() -> None:
 
 
 def test_idle_pool_alternates() -> None:
-    bal = r.Balancer()
+    bal = routing.Balancer()
     picks = []
     for _ in range(6):
         lease = bal.acquire(bal.order([A, B, C])[0])
@@ -127,7 +126,7 @@ def test_idle_pool_alternates() -> None:
 
 def test_down_mark_expires() -> None:
     clock = Clock()
-    bal = r.Balancer(down_for=5.0, clock=clock)
+    bal = routing.Balancer(down_for=5.0, clock=clock)
     bal.mark_down(A)
     assert bal.order([A, B]) == [B, A]
     assert bal.snapshot([A, B])[A] == {"outstanding": 0, "served": 0, "failures": 1, "down": True}
@@ -144,17 +143,17 @@ def test_down_mark_expires() -> None:
 
 def test_error_bodies_have_openai_shape() -> None:
     for body in (
-        r.model_not_found("x"),
-        r.invalid_request("bad", "model"),
-        r.backend_unavailable("x", "no ready replicas"),
-        r.backend_timeout("x", 2.0),
+        routing.model_not_found("x"),
+        routing.invalid_request("bad", "model"),
+        routing.backend_unavailable("x", "no ready replicas"),
+        routing.backend_timeout("x", 2.0),
     ):
         assert set(body) == {"error"}
         assert set(body["error"]) == {"message", "type", "param", "code"}
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert r.model_not_found("x")["error"]["code"] == "model_not_found"
-    assert r.model_not_found("x")["error"]["type"] == "invalid_request_error"
-    assert r.backend_unavailable("x", "d")["error"]["type"] == "server_error"
+    assert routing.model_not_found("x")["error"]["code"] == "model_not_found"
+    assert routing.model_not_found("x")["error"]["type"] == "invalid_request_error"
+    assert routing.backend_unavailable("x", "d")["error"]["type"] == "server_error"
 
 
 # --------------------------------------------------------------- Kubernetes source (pure)
@@ -188,10 +187,10 @@ def test_cluster_table_routes_served_names_to_ready_pods() -> None:
             eps("cold", "ml", [("10.2.0.1", False)]),
         ],
     )
-    assert table.get("tiny-chat") == r.Route(
+    assert table.get("tiny-chat") == routing.Route(
         "tiny-chat", ("http://10.1.0.1:8000", "http://10.1.0.3:8000"))
-    assert table.get("qwen") == r.Route("qwen", ("http://[fd00::5]:8000",))
-    assert table.get("cold") == r.Route("cold", ())  # known model, nothing ready -> 503
+    assert table.get("qwen") == routing.Route("qwen", ("http://[fd00::5]:8000",))
+    assert table.get("cold") == routing.Route("cold", ())  # known model, nothing ready -> 503
     assert table.get("tiny") is None
 
 
@@ -200,7 +199,7 @@ def test_cluster_table_pools_resources_serving_one_model() -> None:
         [ssd("a", "ns1", served="m"), ssd("b", "ns2", served="m")],
         [eps("a", "ns1", [("10.0.0.1", True)]), eps("b", "ns2", [("10.0.0.2", True)])],
     )
-    assert table.get("m") == r.Route("m", ("http://10.0.0.1:8000", "http://10.0.0.2:8000"))
+    assert table.get("m") == routing.Route("m", ("http://10.0.0.1:8000", "http://10.0.0.2:8000"))
 
 
 def test_slice_without_an_http_port_gives_no_backends() -> None:

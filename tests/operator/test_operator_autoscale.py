@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from specserve_engine.policy.params import ModelParams, Policy, SloTargets, TimingCoefficients
-from specserve_operator import autoscale as sc
+from specserve_operator import autoscale
 from specserve_operator.prometheus import SloSnapshot
 
-CFG = sc.AutoscaleConfig(target_utilization=1.0, up_window_s=0.0, down_window_s=300.0,
+CFG = autoscale.AutoscaleConfig(target_utilization=1.0, up_window_s=0.0, down_window_s=300.0,
                          max_up_factor=2.0)
-CAP = sc.Capacity(requests_per_s=1.0, tokens_per_s=100.0, batch=8, k=2, tpot_s=0.05)
+CAP = autoscale.Capacity(requests_per_s=1.0, tokens_per_s=100.0, batch=8, k=2, tpot_s=0.05)
 
 
 def snap(rate: float | None, attainment: float | None = None, state: str = "ok") -> SloSnapshot:
@@ -21,9 +21,9 @@ def snap(rate: float | None, attainment: float | None = None, state: str = "ok")
                        tpot_attainment=attainment)
 
 
-def decide(s: SloSnapshot, current: int, history: list[sc.Recommendation] | None = None,
-           now: float = 1000.0, lo: int = 1, hi: int = 10) -> sc.ScaleDecision:
-    return sc.decide(s, current, lo, hi, CAP, 0.9, history or [], now, CFG)
+def decide(s: SloSnapshot, current: int, history: list[autoscale.Recommendation] | None = None,
+           now: float = 1000.0, lo: int = 1, hi: int = 10) -> autoscale.ScaleDecision:
+    return autoscale.decide(s, current, lo, hi, CAP, 0.9, history or [], now, CFG)
 
 
 @pytest.mark.parametrize(("rate", "attainment", "current", "desired"), [
@@ -45,7 +45,7 @@ def test_scale_up_table(rate: float, attainment: float | None, current: int,
 def test_scale_down_waits_for_the_down_window() -> None:
     """Load drops to one replica's worth at t=0 with no history (a fresh operator): the count
     holds for the whole 300 s down window, then drops in one step."""
-    history: list[sc.Recommendation] = []
+    history: list[autoscale.Recommendation] = []
     current, seen = 4, []
     for t in range(0, 400, 30):
         d = decide(snap(0.5), current, history, now=1000.0 + t)
@@ -56,8 +56,8 @@ def test_scale_down_waits_for_the_down_window() -> None:
 
 
 def test_scale_down_goes_only_to_the_highest_recent_recommendation() -> None:
-    history = [sc.Recommendation(time=900.0, replicas=4), sc.Recommendation(time=950.0,
-                                                                            replicas=3)]
+    history = [autoscale.Recommendation(time=900.0, replicas=4),
+               autoscale.Recommendation(time=950.0, replicas=3)]
     d = decide(snap(0.5), 4, history, now=1000.0)
     assert d.raw == 1 and d.desired == 4
     d = decide(snap(0.5), 4, d.history, now=1210.0)  # 900 is out of the 300 s window
@@ -68,11 +68,11 @@ def test_scale_down_goes_only_to_the_highest_recent_recommendation() -> None:
 
 def test_spike_does_not_oscillate_with_an_up_window() -> None:
     cfg = CFG.model_copy(update={"up_window_s": 60.0})
-    history: list[sc.Recommendation] = []
+    history: list[autoscale.Recommendation] = []
     current, seen = 2, []
     rates = [1.5, 6.0, 1.5, 6.0, 1.5, 6.0, 1.5]  # alternating spikes every 20 s
     for i, r in enumerate(rates):
-        d = sc.decide(snap(r), current, 1, 10, CAP, 0.9, history, 1000.0 + 20 * i, cfg)
+        d = autoscale.decide(snap(r), current, 1, 10, CAP, 0.9, history, 1000.0 + 20 * i, cfg)
         history, current = d.history, d.desired
         seen.append(current)
     assert seen == [2] * len(rates)  # neither up (spikes not sustained) nor down (slow)
@@ -80,10 +80,10 @@ def test_spike_does_not_oscillate_with_an_up_window() -> None:
 
 def test_sustained_rise_scales_up_within_the_up_window() -> None:
     cfg = CFG.model_copy(update={"up_window_s": 60.0})
-    history: list[sc.Recommendation] = []
+    history: list[autoscale.Recommendation] = []
     current = 2
     for i in range(5):
-        d = sc.decide(snap(4.0), current, 1, 10, CAP, 0.9, history, 1000.0 + 20 * i, cfg)
+        d = autoscale.decide(snap(4.0), current, 1, 10, CAP, 0.9, history, 1000.0 + 20 * i, cfg)
         history, current = d.history, d.desired
     assert current == 4
 
@@ -97,8 +97,8 @@ def test_sustained_rise_scales_up_within_the_up_window() -> None:
 ])
 def test_no_data_never_scales_down(snapshot: SloSnapshot, current: int, lo: int, hi: int,
                                    desired: int) -> None:
-    history = [sc.Recommendation(time=999.0, replicas=1)]
-    d = sc.decide(snapshot, current, lo, hi, CAP, 0.9, history, 1000.0, CFG)
+    history = [autoscale.Recommendation(time=999.0, replicas=1)]
+    d = autoscale.decide(snapshot, current, lo, hi, CAP, 0.9, history, 1000.0, CFG)
     assert d.desired == desired and d.raw is None
     assert d.history == history  # nothing recorded
     assert "no data" in d.reason
@@ -114,26 +114,26 @@ def _policy(tpot: float | None, k_max: int = 4) -> Policy:
 
 def test_capacity_meets_the_tpot_limit_at_the_largest_batch() -> None:
     p = _policy(tpot=0.05)
-    cap = sc.capacity_per_replica(p, acceptance=0.7, output_tokens=100, context_len=256)
+    cap = autoscale.capacity_per_replica(p, acceptance=0.7, output_tokens=100, context_len=256)
     assert cap.tpot_s <= p.tpot_limit_seconds
-    bigger = sc.capacity_per_replica(p, 0.7, 100, 256)
+    bigger = autoscale.capacity_per_replica(p, 0.7, 100, 256)
     assert bigger == cap  # deterministic
     assert cap.batch > 1
     assert cap.requests_per_s == pytest.approx(cap.tokens_per_s / 100)
 
 
 def test_capacity_grows_with_a_looser_slo_and_better_acceptance() -> None:
-    tight = sc.capacity_per_replica(_policy(0.03), 0.7, 100, 256)
-    loose = sc.capacity_per_replica(_policy(0.2), 0.7, 100, 256)
+    tight = autoscale.capacity_per_replica(_policy(0.03), 0.7, 100, 256)
+    loose = autoscale.capacity_per_replica(_policy(0.2), 0.7, 100, 256)
     assert loose.requests_per_s > tight.requests_per_s and loose.batch > tight.batch
     assert loose.batch <= 256
 
 
 def test_capacity_when_even_batch_one_misses_the_slo() -> None:
-    cap = sc.capacity_per_replica(_policy(0.001), 0.7, 100, 256)
+    cap = autoscale.capacity_per_replica(_policy(0.001), 0.7, 100, 256)
     assert cap.batch == 1 and cap.tpot_s > 0.001 * 0.9
 
 
 def test_capacity_without_a_tpot_slo_uses_max_batch() -> None:
-    cap = sc.capacity_per_replica(_policy(None), 0.7, 100, 256, max_batch=64)
+    cap = autoscale.capacity_per_replica(_policy(None), 0.7, 100, 256, max_batch=64)
     assert cap.batch == 64

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from specserve_operator import manifests as m
+from specserve_operator import manifests
 from tests.kits.malformed_specs import CASES
 from tests.kits.operator_kit import (
     CONFIGMAPS,
@@ -67,7 +67,7 @@ async def test_create_makes_owned_children_and_status(cluster: Any) -> None:
         await eventually(lambda: _all_children(cluster))
         for res, name in CHILDREN:
             refs = live(cluster, res, name)["metadata"]["ownerReferences"]
-            assert refs == [m.owner_reference(m.Owner(NAME, NS, UID))], res
+            assert refs == [manifests.owner_reference(manifests.Owner(NAME, NS, UID))], res
             labels = live(cluster, res, name)["metadata"]["labels"]
             assert labels["app.kubernetes.io/managed-by"] == "specserve-operator"
         dep = live(cluster, DEPLOYMENTS, NAME)
@@ -129,7 +129,7 @@ async def test_scale_subresource_style_update_changes_deployment_replicas(cluste
         await eventually(lambda: live(cluster, DEPLOYMENTS, NAME)["spec"]["replicas"] == 3)
         st = await eventually(
             lambda: (x := live(cluster, SSD, NAME)["status"])["replicas"]["desired"] == 3 and x)
-        assert st["selector"] == m.selector_string(m.Owner(NAME, NS, UID))
+        assert st["selector"] == manifests.selector_string(manifests.Owner(NAME, NS, UID))
 
 
 async def test_delete_removes_children(cluster: Any) -> None:

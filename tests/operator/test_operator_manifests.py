@@ -11,21 +11,20 @@ import kubernetes_validate
 import pytest
 
 from specserve_engine.policy.params import Policy
-from specserve_operator import manifests as m
-from specserve_operator import spec as s
-from specserve_operator import status as st
+from specserve_operator import manifests, status
+from specserve_operator.spec import CONDITION_TYPES, SpecServeDeploymentSpec, parse_spec
 from tests.kits.malformed_specs import VALID
 
-OWNER = m.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
+OWNER = manifests.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
 
 
-def _spec(**changes: Any) -> s.SpecServeDeploymentSpec:
+def _spec(**changes: Any) -> SpecServeDeploymentSpec:
     raw = copy.deepcopy(VALID)
     for key, value in changes.items():
         raw[key] = value
-    return s.parse_spec(raw)
+    return parse_spec(raw)
 
 
 def _container(dep: dict[str, Any]) -> dict[str, Any]:
@@ -33,13 +32,13 @@ def _container(dep: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-def _all_objects(spec: s.SpecServeDeploymentSpec) -> list[dict[str, Any]]:
+def _all_objects(spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
     return [
-        m.deployment(OWNER, spec),
-        m.service(OWNER, spec),
-        m.secret(OWNER, spec, "t0ken"),
-        m.configmap(OWNER, spec, m.policy_from_spec(spec, 1)),
-        m.servicemonitor(OWNER, spec),
+        manifests.deployment(OWNER, spec),
+        manifests.service(OWNER, spec),
+        manifests.secret(OWNER, spec, "t0ken"),
+        manifests.configmap(OWNER, spec, manifests.policy_from_spec(spec, 1)),
+        manifests.servicemonitor(OWNER, spec),
     ]
 
 
@@ -47,7 +46,7 @@ def _all_objects(spec: s.SpecServeDeploymentSpec) -> list[dict[str, Any]]:
 
 
 def test_engine_container_runs_specserve_serve() -> None:
-    c = _container(m.deployment(OWNER, _spec()))
+    c = _container(manifests.deployment(OWNER, _spec()))
     assert c["command"] == ["specserve", "serve"]
     assert c["args"] == [
         "--model", "org/target-1b", "--draft", "org/draft-100m", "--k-max", "5",
@@ -59,7 +58,7 @@ def test_engine_container_runs_specserve_serve() -> None:
 
 
 def test_engine_env_token_from_secret_and_policy_file_mounted() -> None:
-    dep = m.deployment(OWNER, _spec())
+    dep = manifests.deployment(OWNER, _spec())
     c = _container(dep)
     env = {e["name"]: e for e in c["env"]}
     ref = env["SPECSERVE_CONTROL_TOKEN"]["valueFrom"]["secretKeyRef"]
@@ -73,7 +72,7 @@ def test_engine_env_token_from_secret_and_policy_file_mounted() -> None:
 
 
 def test_probes_hit_the_engine_health_endpoint() -> None:
-    c = _container(m.deployment(OWNER, _spec()))
+    c = _container(manifests.deployment(OWNER, _spec()))
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
 
@@ -83,7 +82,7 @@ def test_gpu_limits_node_selector_and_tolerations() -> None:
         "gpu": 2, "cpu": "8", "memory": "64Gi", "nodeSelector": {"pool": "a100"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     })
-    dep = m.deployment(OWNER, spec)
+    dep = manifests.deployment(OWNER, spec)
     c = _container(dep)
     assert c["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
     assert "nvidia.com/gpu" not in c["resources"]["requests"]
@@ -94,14 +93,14 @@ def test_gpu_limits_node_selector_and_tolerations() -> None:
 
 
 def test_cpu_only_pod_has_no_gpu_limit() -> None:
-    c = _container(m.deployment(OWNER, _spec()))
+    c = _container(manifests.deployment(OWNER, _spec()))
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
 
 
 def test_pvc_models_are_mounted_read_only() -> None:
     spec = _spec(model={"target": "llama-8b", "draft": "/opt/draft",
                         "pvc": {"claimName": "weights", "subPath": "hf"}})
-    dep = m.deployment(OWNER, spec)
+    dep = manifests.deployment(OWNER, spec)
     c = _container(dep)
     assert c["args"][:4] == ["--model", "/models/llama-8b", "--draft", "/opt/draft"]
     mount = next(v for v in c["volumeMounts"] if v["name"] == "models")
@@ -112,22 +111,22 @@ def test_pvc_models_are_mounted_read_only() -> None:
 
 def test_tiny_models_mode_off_and_extra_vllm_args() -> None:
     tiny = _spec(model={"target": "tiny", "draft": "tiny"})
-    assert "--model" not in _container(m.deployment(OWNER, tiny))["args"]
-    assert "--draft" not in _container(m.deployment(OWNER, tiny))["args"]
+    assert "--model" not in _container(manifests.deployment(OWNER, tiny))["args"]
+    assert "--draft" not in _container(manifests.deployment(OWNER, tiny))["args"]
     off = _spec(model={"target": "org/m"}, speculation={"mode": "off"},
                 vllmArgs=["--max-model-len", "512"])
-    args = _container(m.deployment(OWNER, off))["args"]
+    args = _container(manifests.deployment(OWNER, off))["args"]
     assert args[2:4] == ["--draft", "none"]
     assert args[-3:] == ["--", "--max-model-len", "512"]
 
 
 def test_profile_from_configmap_or_the_engines_own() -> None:
-    dep = m.deployment(OWNER, _spec())
+    dep = manifests.deployment(OWNER, _spec())
     env = {e["name"]: e.get("value") for e in _container(dep)["env"]}
     assert "SPECSERVE_PROFILE_FILE" not in env and "SPECSERVE_PROFILE" not in env
     assert "profile" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
     spec = _spec(profile={"configMap": {"name": "h100-profile"}})
-    dep = m.deployment(OWNER, spec)
+    dep = manifests.deployment(OWNER, spec)
     env = {e["name"]: e.get("value") for e in _container(dep)["env"]}
     assert env["SPECSERVE_PROFILE_FILE"] == "/etc/specserve/profile/profile.json"
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
@@ -136,8 +135,8 @@ def test_profile_from_configmap_or_the_engines_own() -> None:
 
 def test_replicas_from_spec_or_override() -> None:
     spec = _spec(replicas={"min": 1, "max": 5, "initial": 3})
-    assert m.deployment(OWNER, spec)["spec"]["replicas"] == 3
-    assert m.deployment(OWNER, spec, replicas=5)["spec"]["replicas"] == 5
+    assert manifests.deployment(OWNER, spec)["spec"]["replicas"] == 3
+    assert manifests.deployment(OWNER, spec, replicas=5)["spec"]["replicas"] == 5
 
 
 def test_every_object_is_owned_and_labelled() -> None:
@@ -160,27 +159,27 @@ def test_every_object_is_owned_and_labelled() -> None:
 
 def test_selectors_match_pod_labels() -> None:
     spec = _spec()
-    dep = m.deployment(OWNER, spec)
+    dep = manifests.deployment(OWNER, spec)
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    for selector in (dep["spec"]["selector"]["matchLabels"], m.service(OWNER, spec)["spec"]
-                     ["selector"], m.servicemonitor(OWNER, spec)["spec"]["selector"]
+    for selector in (dep["spec"]["selector"]["matchLabels"], manifests.service(OWNER, spec)["spec"]
+                     ["selector"], manifests.servicemonitor(OWNER, spec)["spec"]["selector"]
                      ["matchLabels"]):
         assert selector.items() <= pod_labels.items()
-    assert m.selector_string(OWNER) == (
+    assert manifests.selector_string(OWNER) == (
         "app.kubernetes.io/name=specserve-engine,app.kubernetes.io/instance=chat")
 
 
 def test_service_and_servicemonitor_expose_both_ports() -> None:
     spec = _spec()
-    ports = {p["name"]: p["port"] for p in m.service(OWNER, spec)["spec"]["ports"]}
+    ports = {p["name"]: p["port"] for p in manifests.service(OWNER, spec)["spec"]["ports"]}
     assert ports == {"http": 8000, "control": 8001}
-    eps = m.servicemonitor(OWNER, spec)["spec"]["endpoints"]
+    eps = manifests.servicemonitor(OWNER, spec)["spec"]["endpoints"]
     assert [(e["port"], e["path"], e["interval"]) for e in eps] == [
         ("http", "/metrics", "15s"), ("control", "/metrics", "15s")]
 
 
 def test_secret_holds_the_given_token_only_in_data() -> None:
-    sec = m.secret(OWNER, _spec(), "s3cr3t-token")
+    sec = manifests.secret(OWNER, _spec(), "s3cr3t-token")
     assert base64.b64decode(sec["data"]["token"]).decode() == "s3cr3t-token"
     without_data = {k: v for k, v in sec.items() if k != "data"}
     assert "s3cr3t" not in json.dumps(without_data)
@@ -197,46 +196,47 @@ def test_objects_pass_the_kubernetes_schemas(gpu: int) -> None:
 
 
 def test_image_tag() -> None:
-    assert m.image_tag("specserve/engine:0.1.0") == "0.1.0"
-    assert m.image_tag("registry:5000/engine") is None
-    assert m.image_tag("registry:5000/engine:v2@sha256:abc") == "v2"
+    assert manifests.image_tag("specserve/engine:0.1.0") == "0.1.0"
+    assert manifests.image_tag("registry:5000/engine") is None
+    assert manifests.image_tag("registry:5000/engine:v2@sha256:abc") == "v2"
 
 
 # ------------------------------------------------------------------------------------- policy
 
 
 def test_policy_is_the_engines_policy_model() -> None:
-    policy = m.policy_from_spec(_spec(slo={"ttftP90Ms": 800, "tpotP90Ms": 40}), version=1)
+    policy = manifests.policy_from_spec(_spec(slo={"ttftP90Ms": 800, "tpotP90Ms": 40}), version=1)
     parsed = Policy.model_validate(policy)
     assert parsed.version == 1
     assert (parsed.mode, parsed.k_max, parsed.static_k) == ("adaptive", 5, 3)
     assert parsed.slo.tpot_seconds == pytest.approx(0.04)
     assert parsed.slo.ttft_seconds == pytest.approx(0.8)
-    text = m.configmap(OWNER, _spec(), policy)["data"]["policy.json"]
+    text = manifests.configmap(OWNER, _spec(), policy)["data"]["policy.json"]
     assert json.loads(text) == policy
 
 
 def test_policy_version_moves_only_when_the_spec_changes_it() -> None:
-    first, changed = m.merge_policy(None, _spec())
+    first, changed = manifests.merge_policy(None, _spec())
     assert changed and first["version"] == 1
-    same, changed = m.merge_policy(first, _spec())
+    same, changed = manifests.merge_policy(first, _spec())
     assert not changed and same == first
     # Replica or image changes do not touch the policy.
-    _, changed = m.merge_policy(first, _spec(image="specserve/engine:0.2.0"))
+    _, changed = manifests.merge_policy(first, _spec(image="specserve/engine:0.2.0"))
     assert not changed
     tuned = {**first, "model": {**first["model"], "prior_acceptance": 0.81}}
-    second, changed = m.merge_policy(tuned, _spec(speculation={"mode": "adaptive", "kMax": 8}))
+    second, changed = manifests.merge_policy(
+        tuned, _spec(speculation={"mode": "adaptive", "kMax": 8}))
     assert changed and second["version"] == 2 and second["k_max"] == 8
     assert second["model"]["prior_acceptance"] == 0.81  # tuned parameters survive
 
 
 def test_unreadable_stored_policy_is_replaced_with_a_higher_version() -> None:
     broken = {"version": 7, "k_max": "lots"}
-    policy, changed = m.merge_policy(broken, _spec())
+    policy, changed = manifests.merge_policy(broken, _spec())
     assert changed and policy["version"] == 8
     Policy.model_validate(policy)
-    assert m.parse_policy({"data": {"policy.json": "{not json"}}) is None
-    assert m.parse_policy(None) is None
+    assert manifests.parse_policy({"data": {"policy.json": "{not json"}}) is None
+    assert manifests.parse_policy(None) is None
 
 
 # ------------------------------------------------------------------------------------ diffing
@@ -246,19 +246,20 @@ def test_is_subset_tolerates_server_defaults_only() -> None:
     desired = {"spec": {"replicas": 2, "ports": [{"name": "http", "port": 8000}]}}
     actual = {"spec": {"replicas": 2, "ports": [{"name": "http", "port": 8000,
                                                  "protocol": "TCP"}]}, "status": {}}
-    assert m.is_subset(desired, actual)
-    assert not m.is_subset({"spec": {"replicas": 3}}, actual)
-    assert not m.is_subset({"spec": {"ports": []}}, actual)
-    assert not m.is_subset({"spec": {"missing": None}}, actual)
+    assert manifests.is_subset(desired, actual)
+    assert not manifests.is_subset({"spec": {"replicas": 3}}, actual)
+    assert not manifests.is_subset({"spec": {"ports": []}}, actual)
+    assert not manifests.is_subset({"spec": {"missing": None}}, actual)
 
 
 def test_patch_for_covers_owned_fields() -> None:
-    dep = m.deployment(OWNER, _spec())
-    patch = m.patch_for(dep)
+    dep = manifests.deployment(OWNER, _spec())
+    patch = manifests.patch_for(dep)
     assert set(patch) == {"metadata", "spec"}
     assert set(patch["metadata"]) == {"labels", "ownerReferences"}
-    assert m.is_subset(patch, dep)
-    assert set(m.patch_for(m.configmap(OWNER, _spec(), {"version": 1}))) == {"metadata", "data"}
+    assert manifests.is_subset(patch, dep)
+    configmap = manifests.configmap(OWNER, _spec(), {"version": 1})
+    assert set(manifests.patch_for(configmap)) == {"metadata", "data"}
 
 
 # ------------------------------------------------------------------------------------- status
@@ -275,19 +276,19 @@ def _conds(status: dict[str, Any]) -> dict[str, str]:
 
 
 def test_status_while_pods_start() -> None:
-    out = st.running_status(_spec(), OWNER, {"spec": {"replicas": 2}}, 1, None, NOW, 4)
+    out = status.running_status(_spec(), OWNER, {"spec": {"replicas": 2}}, 1, None, NOW, 4)
     assert out["phase"] == "Progressing"
     assert _conds(out) == {"Ready": "False", "Progressing": "True", "Degraded": "False",
                            "SLOMet": "Unknown", "PolicyApplied": "False"}
     assert out["replicas"] == {"desired": 2, "current": 0, "ready": 0}
     assert out["observedGeneration"] == 4
     assert all(c["observedGeneration"] == 4 for c in out["conditions"])
-    assert [c["type"] for c in out["conditions"]] == list(s.CONDITION_TYPES)
+    assert [c["type"] for c in out["conditions"]] == list(CONDITION_TYPES)
 
 
 def test_status_when_all_pods_are_ready_and_slo_is_met() -> None:
     old = {"sloSnapshot": {"attainment": 0.97}, "policy": {"version": 3, "appliedPods": 2}}
-    out = st.running_status(_spec(), OWNER, _dep(2, 2), 3, old, NOW)
+    out = status.running_status(_spec(), OWNER, _dep(2, 2), 3, old, NOW)
     assert out["phase"] == "Running"
     c = _conds(out)
     assert (c["Ready"], c["Progressing"], c["Degraded"]) == ("True", "False", "False")
@@ -298,7 +299,7 @@ def test_status_when_all_pods_are_ready_and_slo_is_met() -> None:
 
 def test_policy_acks_reset_when_the_version_moves() -> None:
     old = {"policy": {"version": 3, "appliedPods": 2}}
-    out = st.running_status(_spec(), OWNER, _dep(2, 2), 4, old, NOW)
+    out = status.running_status(_spec(), OWNER, _dep(2, 2), 4, old, NOW)
     assert out["policy"] == {"version": 4, "appliedPods": 0}
     assert _conds(out)["PolicyApplied"] == "Unknown"
 
@@ -307,7 +308,7 @@ def test_status_degraded_when_the_rollout_is_stuck() -> None:
     stuck = _dep(2, 1, conditions=[{"type": "Progressing", "status": "False",
                                     "reason": "ProgressDeadlineExceeded",
                                     "message": "ReplicaSet has timed out progressing."}])
-    out = st.running_status(_spec(), OWNER, stuck, 1, None, NOW)
+    out = status.running_status(_spec(), OWNER, stuck, 1, None, NOW)
     assert out["phase"] == "Degraded"
     degraded = next(c for c in out["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
@@ -315,19 +316,19 @@ def test_status_degraded_when_the_rollout_is_stuck() -> None:
 
 
 def test_transition_time_changes_only_with_the_status() -> None:
-    first = st.running_status(_spec(), OWNER, _dep(1, 0), 1, None, NOW)
-    again = st.running_status(_spec(), OWNER, _dep(1, 0), 1, first, LATER)
+    first = status.running_status(_spec(), OWNER, _dep(1, 0), 1, None, NOW)
+    again = status.running_status(_spec(), OWNER, _dep(1, 0), 1, first, LATER)
     assert again["conditions"] == first["conditions"]
-    ready = st.running_status(_spec(), OWNER, _dep(1, 1), 1, again, LATER)
+    ready = status.running_status(_spec(), OWNER, _dep(1, 1), 1, again, LATER)
     times = {c["type"]: c["lastTransitionTime"] for c in ready["conditions"]}
     assert times["Ready"] == LATER and times["Degraded"] == NOW
-    assert st.status_patch(first, again) == {}
-    assert set(st.status_patch(again, ready)) >= {"phase", "conditions", "replicas"}
+    assert status.status_patch(first, again) == {}
+    assert set(status.status_patch(again, ready)) >= {"phase", "conditions", "replicas"}
 
 
 def test_invalid_status_keeps_other_conditions() -> None:
-    running = st.running_status(_spec(), OWNER, _dep(1, 1), 1, None, NOW)
-    out = st.invalid_status("invalid spec: spec.replicas: min (3) must be <= max (2)",
+    running = status.running_status(_spec(), OWNER, _dep(1, 1), 1, None, NOW)
+    out = status.invalid_status("invalid spec: spec.replicas: min (3) must be <= max (2)",
                             running, LATER)
     assert out["phase"] == "Invalid"
     c = {x["type"]: x for x in out["conditions"]}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from specserve_operator import prometheus as pm
+from specserve_operator import prometheus
 
 
 def vec(value: float | str | None) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def buckets(pairs: list[tuple[str, float]]) -> dict[str, Any]:
 
 
 def test_queries_select_the_deployment_and_use_the_window() -> None:
-    q = pm.build_queries(pm.selector("ns1", "chat"), "1m")
+    q = prometheus.build_queries(prometheus.selector("ns1", "chat"), "1m")
     assert q["tpot_p90_s"] == (
         'histogram_quantile(0.9, sum by (le) (rate('
         'vllm:request_time_per_output_token_seconds_bucket{namespace="ns1",service="chat"}[1m])))')
@@ -41,7 +41,7 @@ def test_queries_select_the_deployment_and_use_the_window() -> None:
 
 
 def test_selector_escapes_quotes() -> None:
-    assert pm.selector('a"b', "c\\d") == 'namespace="a\\"b",service="c\\\\d"'
+    assert prometheus.selector('a"b', "c\\d") == 'namespace="a\\"b",service="c\\\\d"'
 
 
 @pytest.mark.parametrize(("data", "value"), [
@@ -53,7 +53,7 @@ def test_selector_escapes_quotes() -> None:
     ({}, None),
 ])
 def test_parse_scalar(data: dict[str, Any], value: float | None) -> None:
-    assert pm.parse_scalar(data) == value
+    assert prometheus.parse_scalar(data) == value
 
 
 B = [(0.01, 10.0), (0.05, 60.0), (0.1, 90.0), (math.inf, 100.0)]
@@ -64,22 +64,22 @@ B = [(0.01, 10.0), (0.05, 60.0), (0.1, 90.0), (math.inf, 100.0)]
 ])
 def test_fraction_at_most_interpolates_like_histogram_quantile(x: float,
                                                                fraction: float) -> None:
-    assert pm.fraction_at_most(B, x) == pytest.approx(fraction)
+    assert prometheus.fraction_at_most(B, x) == pytest.approx(fraction)
 
 
 def test_fraction_of_an_empty_histogram_is_unknown() -> None:
-    assert pm.fraction_at_most([(0.1, 0.0), (math.inf, 0.0)], 0.05) is None
-    assert pm.fraction_at_most([], 0.05) is None
+    assert prometheus.fraction_at_most([(0.1, 0.0), (math.inf, 0.0)], 0.05) is None
+    assert prometheus.fraction_at_most([], 0.05) is None
 
 
 def test_parse_buckets_sorts_and_reads_inf() -> None:
     data = buckets([("+Inf", 4.0), ("0.05", 2.0), ("0.01", 1.0)])
-    assert pm.parse_buckets(data) == [(0.01, 1.0), (0.05, 2.0), (math.inf, 4.0)]
+    assert prometheus.parse_buckets(data) == [(0.01, 1.0), (0.05, 2.0), (math.inf, 4.0)]
 
 
 def full(**over: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
     out: dict[str, dict[str, Any] | None] = {
-        k: vec(0.04) for k in pm.build_queries(pm.selector("n", "m"), "30s")}
+        k: vec(0.04) for k in prometheus.build_queries(prometheus.selector("n", "m"), "30s")}
     out["pods_scraped"] = vec(2)
     out["request_rate"] = vec(3.0)
     out["tpot_buckets"] = buckets([("0.05", 8.0), ("+Inf", 10.0)])
@@ -89,7 +89,7 @@ def full(**over: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
 
 
 def test_assemble_ok_snapshot() -> None:
-    s = pm.assemble("n", "m", 1.0, "30s", full(), tpot_target_s=0.05, ttft_target_s=2.0)
+    s = prometheus.assemble("n", "m", 1.0, "30s", full(), tpot_target_s=0.05, ttft_target_s=2.0)
     assert s.state == "ok" and s.reasons == [] and s.has_data
     assert s.pods_scraped == 2 and s.request_rate == 3.0 and s.tpot_p90_s == 0.04
     assert s.tpot_attainment == pytest.approx(0.8) and s.ttft_attainment == 1.0
@@ -104,19 +104,19 @@ def test_assemble_ok_snapshot() -> None:
     ({"mean_k": None}, "queries failed: mean_k"),
 ])
 def test_missing_metrics_are_no_data_and_never_met(over: dict[str, Any], reason: str) -> None:
-    s = pm.assemble("n", "m", 1.0, "30s", full(**over), 0.05, 2.0)
+    s = prometheus.assemble("n", "m", 1.0, "30s", full(**over), 0.05, 2.0)
     assert s.state == "noData" and not s.has_data
     assert any(reason in r for r in s.reasons), s.reasons
     assert s.slo_met(10.0, 0.0) is None  # not even a generous target counts as met
 
 
 def test_nothing_answered_is_an_error() -> None:
-    s = pm.assemble("n", "m", 1.0, "30s", dict.fromkeys(full()), 0.05, 2.0)
+    s = prometheus.assemble("n", "m", 1.0, "30s", dict.fromkeys(full()), 0.05, 2.0)
     assert s.state == "error" and s.slo_met(1.0, 0.0) is None
 
 
 def test_idle_deployment_is_data_without_quantiles() -> None:
-    s = pm.assemble("n", "m", 1.0, "30s", full(request_rate=vec(0.0), tpot_p90_s=vec("NaN"),
+    s = prometheus.assemble("n", "m", 1.0, "30s", full(request_rate=vec(0.0), tpot_p90_s=vec("NaN"),
                                               tpot_buckets=buckets([("+Inf", 0.0)])), 0.05, 2.0)
     assert s.state == "ok" and s.request_rate == 0.0 and s.tpot_p90_s is None
     assert s.slo_met(0.05, 0.9) is None
@@ -165,10 +165,10 @@ def stub() -> Iterator[_Stub]:
 async def test_client_retries_5xx_from_a_stub_server(stub: _Stub) -> None:
     import httpx
 
-    client = pm.PrometheusClient(stub.url, timeout_s=2.0, retries=2, backoff_s=0.01)
+    client = prometheus.PrometheusClient(stub.url, timeout_s=2.0, retries=2, backoff_s=0.01)
     async with httpx.AsyncClient(timeout=2.0) as http:
         data = await client.query(http, "up", at=1.0)
-    assert pm.parse_scalar(data) == 0.5 and len(stub.queries) == 3
+    assert prometheus.parse_scalar(data) == 0.5 and len(stub.queries) == 3
 
 
 async def test_client_gives_up_after_retries_on_a_stub_server() -> None:
@@ -176,9 +176,9 @@ async def test_client_gives_up_after_retries_on_a_stub_server() -> None:
 
     s = _Stub(fail=10)
     try:
-        client = pm.PrometheusClient(s.url, timeout_s=2.0, retries=1, backoff_s=0.01)
+        client = prometheus.PrometheusClient(s.url, timeout_s=2.0, retries=1, backoff_s=0.01)
         async with httpx.AsyncClient(timeout=2.0) as http:
-            with pytest.raises(pm.PrometheusError, match="HTTP 503"):
+            with pytest.raises(prometheus.PrometheusError, match="HTTP 503"):
                 await client.query(http, "up", at=1.0)
         assert len(s.queries) == 2
     finally:
@@ -189,8 +189,8 @@ async def test_client_gives_up_after_retries_on_a_stub_server() -> None:
 async def test_prometheus_down_gives_an_error_snapshot() -> None:
     from specserve_engine.launcher import free_port
 
-    client = pm.PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=1,
-                                 backoff_s=0.01)
+    client = prometheus.PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=1.0,
+                                         retries=1, backoff_s=0.01)
     s = await client.snapshot("n", "m", "30s", 1.0, 0.05, 2.0)
     assert s.state == "error" and not s.has_data
     assert any("ConnectError" in r for r in s.reasons), s.reasons

@@ -36,9 +36,7 @@ from specserve_contract import POLICY_KEY, TOKEN_KEY
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy.params import Policy
 from specserve_engine.vllm.control import ControlServer, PolicyStore
-from specserve_operator import handlers
-from specserve_operator import manifests as m
-from specserve_operator import tuning as tn
+from specserve_operator import handlers, manifests, tuning
 from specserve_operator.config import LoopConfig
 from tests.kits.operator_kit import (
     CONFIGMAPS,
@@ -55,7 +53,7 @@ pytestmark = pytest.mark.asyncio
 
 NAME = "tiny"  # the service label Prometheus attaches, as a ServiceMonitor would
 UID = "uid-tiny"
-OWNER = m.Owner(NAME, NS, UID)
+OWNER = manifests.Owner(NAME, NS, UID)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -119,7 +117,7 @@ def loop_config(monkeypatch: pytest.MonkeyPatch) -> LoopConfig:
     """Fast loop settings for tests (the operator runs in this process, so they take effect)."""
     cfg = LoopConfig(
         prometheus_url=None, window="60s", prometheus_timeout_s=2.0, push_timeout_s=3.0,
-        retries=1, tuning=tn.TuningConfig(over_patience=1, cooldown_s=0.0, min_steps=10))
+        retries=1, tuning=tuning.TuningConfig(over_patience=1, cooldown_s=0.0, min_steps=10))
     monkeypatch.setattr(handlers.RUNTIME, "loop_override", cfg)
     return cfg
 
@@ -128,7 +126,7 @@ async def add_ready_pod(kmock: Any, name: str = f"{NAME}-0") -> None:
     """An engine pod as the kubelet would report it: Running, Ready, with an IP."""
     body = {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": m.selector_labels(OWNER)},
+        "metadata": {"name": name, "namespace": NS, "labels": manifests.selector_labels(OWNER)},
         "spec": {"containers": [{"name": "engine", "image": "x"}]},
         "status": {"phase": "Running", "podIP": "10.0.0.7",
                    "conditions": [{"type": "Ready", "status": "True"}]},
@@ -227,7 +225,7 @@ async def add_token_secret(kmock: Any, token: str) -> None:
     was started with this token)."""
     r = await kmock.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
+        "metadata": {"name": manifests.secret_name(OWNER), "namespace": NS},
         "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()}})
     assert r.status < 300, await r.text()
 
@@ -305,7 +303,7 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
     """Prometheus unreachable from the start; the 'pod' is a real engine control server."""
     r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": m.secret_name(OWNER), "namespace": NS},
+        "metadata": {"name": manifests.secret_name(OWNER), "namespace": NS},
         "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
     assert r.status < 300
     store = PolicyStore(Policy(), engine_k_max=4, token="tok")
@@ -344,18 +342,18 @@ async def test_one_failing_deployment_does_not_block_another(
         return f"http://127.0.0.1:{server.httpd.server_address[1]}"
 
     loop_config.address = address
-    broken = m.Owner("broken", NS, "uid-broken")
+    broken = manifests.Owner("broken", NS, "uid-broken")
     try:
         for owner in (OWNER, broken):
             r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": m.secret_name(owner), "namespace": NS},
+                "metadata": {"name": manifests.secret_name(owner), "namespace": NS},
                 "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
             assert r.status < 300
             r = await cluster.post(f"/api/v1/namespaces/{NS}/pods", json={
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"{owner.name}-0", "namespace": NS,
-                             "labels": m.selector_labels(owner)},
+                             "labels": manifests.selector_labels(owner)},
                 "status": {"phase": "Running", "podIP": "10.0.0.8",
                            "conditions": [{"type": "Ready", "status": "True"}]}})
             assert r.status < 300

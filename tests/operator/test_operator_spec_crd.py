@@ -13,7 +13,7 @@ import yaml
 
 from specserve_contract import API_VERSION, KIND
 from specserve_operator import crdgen
-from specserve_operator import spec as s
+from specserve_operator.spec import DEFAULT_IMAGE, SpecError, parse_spec
 from tests.kits.malformed_specs import CASES, VALID
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def test_crd_defaults_match_the_models() -> None:
     assert props["speculation"]["default"] == {}
     assert props["speculation"]["properties"]["kMax"]["default"] == 5
     assert props["speculation"]["properties"]["kMax"]["maximum"] == 16
-    assert props["image"]["default"] == s.DEFAULT_IMAGE
+    assert props["image"]["default"] == DEFAULT_IMAGE
     assert props["model"]["properties"]["draft"]["default"] == "none"
     assert props["replicas"]["x-kubernetes-validations"][0]["rule"] == "self.min <= self.max"
     status = _crd_schema()["properties"]["status"]
@@ -128,29 +128,29 @@ def test_crd_defaults_match_the_models() -> None:
 
 
 def test_valid_spec_parses_with_defaults() -> None:
-    parsed = s.parse_spec(copy.deepcopy(VALID))
+    parsed = parse_spec(copy.deepcopy(VALID))
     assert parsed.speculation.k_max == 5
     assert parsed.slo.tpot_p90_ms == 100
-    assert parsed.image == s.DEFAULT_IMAGE
+    assert parsed.image == DEFAULT_IMAGE
     assert parsed.metrics.service_monitor is True
     assert _schema_errors(VALID) == []
 
 
 def test_spec_round_trips_through_camel_case() -> None:
-    parsed = s.parse_spec(copy.deepcopy(VALID))
+    parsed = parse_spec(copy.deepcopy(VALID))
     dumped = parsed.model_dump(by_alias=True, exclude_none=True)
     assert dumped["speculation"]["kMax"] == 5
-    assert s.parse_spec(dumped) == parsed
+    assert parse_spec(dumped) == parsed
 
 
 def test_spec_must_be_an_object() -> None:
-    with pytest.raises(s.SpecError, match="spec: must be an object"):
-        s.parse_spec("adaptive")
+    with pytest.raises(SpecError, match="spec: must be an object"):
+        parse_spec("adaptive")
 
 
 def test_mode_off_without_draft_is_valid() -> None:
     spec = {"model": {"target": "org/m"}, "speculation": {"mode": "off"}}
-    assert s.parse_spec(spec).speculation.mode == "off"
+    assert parse_spec(spec).speculation.mode == "off"
     assert _schema_errors(spec) == []
 
 
@@ -162,8 +162,8 @@ def test_there_are_at_least_30_malformed_cases() -> None:
 @pytest.mark.parametrize(("spec", "message"), [(c[1], c[2]) for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_malformed_spec_is_rejected_with_a_clear_message(spec: Any, message: str) -> None:
-    with pytest.raises(s.SpecError) as info:
-        s.parse_spec(spec)
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec)
     assert message in str(info.value), str(info.value)
     assert str(info.value).startswith("invalid spec: spec")
 
@@ -192,7 +192,7 @@ def test_examples_are_valid_resources() -> None:
     modes = set()
     for doc in docs:
         assert doc["apiVersion"] == API_VERSION
-        parsed = s.parse_spec(doc["spec"])
+        parsed = parse_spec(doc["spec"])
         modes.add(parsed.resources.gpu > 0)
         assert _schema_errors(doc["spec"]) == [], doc["metadata"]["name"]
     assert modes == {True, False}, "a CPU example and a GPU example"

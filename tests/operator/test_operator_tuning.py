@@ -14,11 +14,11 @@ from specserve_engine.policy.params import (
     SloTargets,
     TimingCoefficients,
 )
-from specserve_operator import tuning as tn
+from specserve_operator import tuning
 from specserve_operator.prometheus import SloSnapshot
 
 TARGET = 0.100  # TPOT SLO, seconds
-CFG = tn.TuningConfig(over_patience=2, under_patience=3, cooldown_s=0.0, min_steps=50)
+CFG = tuning.TuningConfig(over_patience=2, under_patience=3, cooldown_s=0.0, min_steps=50)
 # What a pod reports it runs: its profile (timing and acceptance calibration) plus online fits.
 MEASURED = ModelParams(
     target=TimingCoefficients(overhead_s=0.024, per_token_s=0.0076, knee_tokens=4),
@@ -40,11 +40,11 @@ def snap(tpot_p90: float | None = 0.08, *, state: str = "ok", predicted: float |
         step_predicted_mean_s=predicted, step_observed_mean_s=observed, step_rate=step_rate)
 
 
-def run(seq: list[SloSnapshot], p: Policy, cfg: tn.TuningConfig = CFG
-        ) -> tuple[Policy, list[tn.TuningDecision]]:
-    state, out = tn.TuningState(), []
+def run(seq: list[SloSnapshot], p: Policy, cfg: tuning.TuningConfig = CFG
+        ) -> tuple[Policy, list[tuning.TuningDecision]]:
+    state, out = tuning.TuningState(), []
     for i, s in enumerate(seq):
-        d = tn.decide(s, p, state, now=float(i * 10), config=cfg)
+        d = tuning.decide(s, p, state, now=float(i * 10), config=cfg)
         out.append(d)
         p, state = d.policy, d.state
     return p, out
@@ -85,8 +85,8 @@ def test_relax_undoes_confidence_floor_before_headroom() -> None:
 @pytest.mark.parametrize("state", ["noData", "error"])
 def test_no_data_keeps_policy_and_counters(state: str) -> None:
     p = policy(tpot_headroom=0.7)
-    st = tn.TuningState(over=1, under=0, last_change=5.0)
-    d = tn.decide(snap(OVER, state=state, predicted=0.01, observed=0.05), p, st, now=100.0,
+    st = tuning.TuningState(over=1, under=0, last_change=5.0)
+    d = tuning.decide(snap(OVER, state=state, predicted=0.01, observed=0.05), p, st, now=100.0,
                   config=CFG)
     assert d.policy == p and not d.changed
     assert d.state == st
@@ -94,8 +94,8 @@ def test_no_data_keeps_policy_and_counters(state: str) -> None:
 
 
 def test_idle_window_keeps_knobs_and_counters() -> None:
-    st = tn.TuningState(over=1)
-    d = tn.decide(snap(None), policy(), st, now=0.0, config=CFG)
+    st = tuning.TuningState(over=1)
+    d = tuning.decide(snap(None), policy(), st, now=0.0, config=CFG)
     assert not d.changed and d.state.over == 1
 
 
@@ -110,8 +110,8 @@ def test_idle_window_keeps_knobs_and_counters() -> None:
 def test_timing_refit_table(predicted: float | None, observed: float, steps_per_s: float,
                             factor: float | None) -> None:
     p = policy()
-    d = tn.decide(snap(BAND, predicted=predicted, observed=observed, step_rate=steps_per_s), p,
-                  tn.TuningState(), now=0.0, config=CFG, measured=MEASURED)
+    d = tuning.decide(snap(BAND, predicted=predicted, observed=observed, step_rate=steps_per_s), p,
+                  tuning.TuningState(), now=0.0, config=CFG, measured=MEASURED)
     if factor is None:
         assert not d.changed and d.policy == p
         return
@@ -130,12 +130,13 @@ def test_no_refit_of_the_builtin_defaults() -> None:
     """No pod reported its model and none was refitted before: scaling the built-in defaults
     and pushing them would replace every pod's profile, so nothing is refitted."""
     p = policy()
-    d = tn.decide(snap(BAND, predicted=0.010, observed=0.040), p, tn.TuningState(), 0.0, CFG)
+    d = tuning.decide(snap(BAND, predicted=0.010, observed=0.040), p, tuning.TuningState(), 0.0,
+                      CFG)
     assert not d.changed and "no model measured by the pods" in d.summary
     # A model the operator refitted earlier is scaled again when the pods are unreachable.
     refitted = policy(model=MEASURED.model_copy(update={"source": "operator refit x1.100"}))
-    d = tn.decide(snap(BAND, predicted=0.010, observed=0.040), refitted, tn.TuningState(), 0.0,
-                  CFG)
+    d = tuning.decide(snap(BAND, predicted=0.010, observed=0.040), refitted,
+                      tuning.TuningState(), 0.0, CFG)
     assert d.changed
     assert d.policy.model.target.overhead_s == pytest.approx(0.024 * 2.0 ** 0.5)
 
@@ -143,13 +144,13 @@ def test_no_refit_of_the_builtin_defaults() -> None:
 def test_refit_converges_instead_of_oscillating() -> None:
     """Observed stays at 30 ms; predictions follow the refitted model: the ratio shrinks
     monotonically and the refits stop inside the tolerance."""
-    p, st = policy(), tn.TuningState()
+    p, st = policy(), tuning.TuningState()
     ratios = []
     for i in range(12):
         predicted = p.model.target.overhead_s  # this test's engine predicts its overhead
         ratios.append(0.030 / predicted)
         # The pods run what was pushed last, and report it back.
-        d = tn.decide(snap(BAND, predicted=predicted, observed=0.030), p, st, float(i), CFG,
+        d = tuning.decide(snap(BAND, predicted=predicted, observed=0.030), p, st, float(i), CFG,
                       measured=p.model)
         p, st = d.policy, d.state
     assert ratios[0] == pytest.approx(3.0)
@@ -160,10 +161,10 @@ def test_refit_converges_instead_of_oscillating() -> None:
 
 def test_cooldown_defers_changes() -> None:
     cfg = CFG.model_copy(update={"cooldown_s": 60.0})
-    st = tn.TuningState(over=1, last_change=100.0)
-    d = tn.decide(snap(OVER), policy(), st, now=130.0, config=cfg)
+    st = tuning.TuningState(over=1, last_change=100.0)
+    d = tuning.decide(snap(OVER), policy(), st, now=130.0, config=cfg)
     assert not d.changed and "cooldown" in d.summary
-    later = tn.decide(snap(OVER), policy(), d.state, now=170.0, config=cfg)
+    later = tuning.decide(snap(OVER), policy(), d.state, now=170.0, config=cfg)
     assert later.changed and later.policy.tpot_headroom == pytest.approx(0.8)
 
 
@@ -175,16 +176,16 @@ def test_spec_owned_fields_are_never_tuned() -> None:
 
 def test_static_mode_only_refits_timing() -> None:
     p = policy(mode="static", static_k=2)
-    d = tn.decide(snap(OVER), p, tn.TuningState(over=5), 0.0, CFG)
+    d = tuning.decide(snap(OVER), p, tuning.TuningState(over=5), 0.0, CFG)
     assert not d.changed and "no knobs" in d.summary
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30.0), ("2m", 120.0), ("500ms", 0.5),
                                                 ("1h", 3600.0)])
 def test_duration_seconds(text: str, seconds: float) -> None:
-    assert tn.duration_seconds(text) == seconds
+    assert tuning.duration_seconds(text) == seconds
 
 
 def test_duration_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="not a duration"):
-        tn.duration_seconds("soon")
+        tuning.duration_seconds("soon")

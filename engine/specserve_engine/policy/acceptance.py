@@ -47,6 +47,13 @@ def _sigmoid(z: float) -> float:
     return e / (1 + e)
 
 
+def logistic_acceptance(prob: float, slope: float, exp_neg_intercept: float) -> float:
+    """sigmoid(slope * logit(q) + b) = 1 / (1 + e^-b * ((1-q)/q)^slope), q = `prob` clipped:
+    the calibration map, one pow per token (no log/exp), shared by every caller."""
+    q = _Q_MIN if prob < _Q_MIN else (1 - _Q_MIN if prob > 1 - _Q_MIN else prob)
+    return 1 / (1 + exp_neg_intercept * ((1 - q) / q) ** slope)
+
+
 def fit_logistic(
     xs: Sequence[float], totals: Sequence[float], accepted: Sequence[float],
     prior: LogisticCalibration, ridge: float = 1.0,
@@ -101,15 +108,14 @@ class AcceptanceModel:
 
     def set_calibration(self, calibration: Sequence[LogisticCalibration]) -> None:
         self.calibration = list(calibration) or [LogisticCalibration()]
-        # sigmoid(s*logit(q) + b) = 1 / (1 + e^-b * ((1-q)/q)^s): one pow per token, no log/exp.
+        # `logistic_acceptance` takes e^-b: computed once per calibration, not per token.
         self._slopes = [c.slope for c in self.calibration]
         self._exp_neg_b = [math.exp(-c.intercept) for c in self.calibration]
 
     def calibrate(self, position: int, prob: float) -> float:
         """Acceptance probability of a draft token at `position` (1-based) drafted with `prob`."""
         i = min(position, len(self._slopes)) - 1
-        q = min(max(prob, _Q_MIN), 1 - _Q_MIN)
-        return 1 / (1 + self._exp_neg_b[i] * ((1 - q) / q) ** self._slopes[i])
+        return logistic_acceptance(prob, self._slopes[i], self._exp_neg_b[i])
 
     def cumulative(self, probs: Sequence[float]) -> list[float]:
         """c_i1..c_iK of one request from its draft probabilities q_i1..q_iK."""
@@ -117,8 +123,7 @@ class AcceptanceModel:
         slopes, enb, last = self._slopes, self._exp_neg_b, len(self._slopes) - 1
         for j, prob in enumerate(probs):
             i = j if j < last else last
-            q = _Q_MIN if prob < _Q_MIN else (1 - _Q_MIN if prob > 1 - _Q_MIN else prob)
-            c *= 1 / (1 + enb[i] * ((1 - q) / q) ** slopes[i])
+            c *= logistic_acceptance(prob, slopes[i], enb[i])
             out.append(c)
         return out
 

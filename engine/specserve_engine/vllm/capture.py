@@ -6,35 +6,22 @@ wraps that one call on the proposer *instance*: it picks the very same token (th
 same logits) and also keeps ``softmax(logits)[token]``, the draft's confidence. Per ``propose()``
 call the confidences form a ``[batch, K]`` matrix, handed to the scheduler with the draft tokens.
 
-Adaptive drafting: the scheduler sends a stop threshold with each step (an attribute on
-``SchedulerOutput``). When the batch's summed cumulative confidence falls below it (one more
-draft position would not pay for itself), or every request is below the confidence floor, the
-next sample call raises ``_StopDrafting``; the wrapped ``propose()`` catches it and returns the
-tokens drafted so far (a narrower ``[batch, j]`` result, which vLLM's runner handles like a
-smaller K). Confidences are calibrated with the scheduler's per-position logistic map first (the
-same map ``AcceptanceModel.calibrate`` applies), so the rule compares acceptance probabilities.
-The confidence-threshold baseline (policy mode "threshold") instead ends drafting once every
-request has proposed a token with raw draft probability below the threshold.
+Adaptive drafting: the scheduler sends a ``DraftStopRule`` with each step (an attribute on
+``SchedulerOutput``; the rule and its math are in ``policy/drafting.py``). After each drafted
+position the confidences go to ``DraftProgress.stop_after``; when it says stop, the next sample
+call raises ``_StopDrafting`` and the wrapped ``propose()`` returns the tokens drafted so far (a
+narrower ``[batch, j]`` result, which vLLM's runner handles like a smaller K).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True)
-class DraftStopRule:
-    """When the drafter stops this step; sent by the scheduler with each step's output."""
-
-    gain_threshold: float  # stop once the batch's summed cumulative acceptance is below this
-    floor: float  # ... or once every request's cumulative acceptance is below this
-    calibration: list[tuple[float, float]]  # (slope, intercept) per draft position
-    token_floor: float = 0.0  # threshold mode: a request is done at its first raw p below this
+from specserve_engine.policy.drafting import DraftProgress, DraftStopRule
 
 
 class _StopDrafting(Exception):
@@ -50,8 +37,7 @@ class DraftCapture:
         self.stopped_early = 0  # propose() calls cut short, for the scheduler's metrics
         self._tokens: list[torch.Tensor] = []
         self._confidences: list[torch.Tensor] = []
-        self._cumulative: torch.Tensor | None = None
-        self._drafting: torch.Tensor | None = None  # threshold mode: requests not yet done
+        self._progress: DraftProgress | None = None
         self._stop_next = False
         self._original_sample: Callable[[torch.Tensor], torch.Tensor] = drafter._greedy_sample
         self._original_propose: Callable[..., torch.Tensor] = drafter.propose
@@ -76,25 +62,13 @@ class DraftCapture:
         conf = torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         self._tokens.append(tokens)
         self._confidences.append(conf)
-        rule = self.stop_rule
-        if rule is not None and rule.token_floor > 0:
-            going = conf >= rule.token_floor
-            self._drafting = going if self._drafting is None else self._drafting & going
-            if not bool(self._drafting.any()):
-                self._stop_next = True
-        elif rule is not None:
-            slope, intercept = rule.calibration[min(len(self._tokens), len(rule.calibration)) - 1]
-            q = conf.clamp(1e-6, 1 - 1e-6)
-            c = torch.sigmoid(slope * torch.log(q / (1 - q)) + intercept)
-            cum = c if self._cumulative is None else self._cumulative * c
-            self._cumulative = cum
-            if float(cum.sum()) < rule.gain_threshold or bool((cum < rule.floor).all()):
-                self._stop_next = True
+        if self._progress is not None and self._progress.stop_after(conf.tolist()):
+            self._stop_next = True
         return tokens
 
     def _propose(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._tokens, self._confidences = [], []
-        self._cumulative, self._drafting, self._stop_next = None, None, False
+        self._tokens, self._confidences, self._stop_next = [], [], False
+        self._progress = DraftProgress(self.stop_rule) if self.stop_rule is not None else None
         start = time.perf_counter()
         try:
             result = self._original_propose(*args, **kwargs)

@@ -28,12 +28,25 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import vllm
 from vllm.platforms import current_platform
 from vllm.sampling_params import SamplingType
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from specserve_contract import (
+    ENV_CONTROL_HOST,
+    ENV_CONTROL_PORT,
+    ENV_CONTROL_TOKEN,
+    ENV_MODE,
+    ENV_POLICY_FILE,
+    ENV_PROFILE_FILE,
+    ENV_RECORD_STEPS,
+    ENV_RECORD_VERIFICATIONS,
+    ENV_STATIC_K,
+    MODES,
+)
 from specserve_engine.machine import this_machine
 from specserve_engine.policy import (
     EfficiencyModel,
@@ -44,15 +57,20 @@ from specserve_engine.policy import (
     StepTimeModel,
     lengths_above_threshold,
 )
-from specserve_engine.vllm.capture import DraftStopRule
+from specserve_engine.policy.drafting import stop_rule
 from specserve_engine.vllm.control import ControlServer, PolicyStore
-from specserve_engine.vllm.metrics import SpecServeMetrics, batch_range
+from specserve_engine.vllm.exported_metrics import SpecServeMetrics, batch_range
 from specserve_engine.vllm.worker import (
     CONFIDENCES_ATTR,
     DRAFT_SECONDS_ATTR,
     STOP_RULE_ATTR,
     STOPPED_EARLY_ATTR,
 )
+
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.engine import EngineCoreOutputs
+    from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
 
 log = logging.getLogger("specserve.scheduler")
 
@@ -64,21 +82,21 @@ EARLY_REFITS = (25, 50, 100)
 
 def initial_policy(engine_k_max: int, environ: dict[str, str]) -> Policy:
     """The policy at start-up: the mounted policy file (operator), else the serve flags."""
-    path = environ.get("SPECSERVE_POLICY_FILE")
+    path = environ.get(ENV_POLICY_FILE)
     if path and os.path.isfile(path):
         with open(path) as f:
             policy = Policy.model_validate_json(f.read())
         return policy.model_copy(update={"k_max": min(policy.k_max, engine_k_max),
                                          "static_k": min(policy.static_k, engine_k_max)})
-    mode = environ.get("SPECSERVE_MODE", "adaptive")
-    static_k = int(environ.get("SPECSERVE_STATIC_K", str(min(3, engine_k_max))))
+    mode = environ.get(ENV_MODE, "adaptive")
+    static_k = int(environ.get(ENV_STATIC_K, str(min(3, engine_k_max))))
     return Policy(mode=mode, k_max=engine_k_max, static_k=min(static_k, engine_k_max))
 
 
 def with_profile(policy: Policy, environ: dict[str, str]) -> Policy:
     """Fold a measured profile (``specserve profile``: step times, acceptance calibration) into
     the policy's model."""
-    path = environ.get("SPECSERVE_PROFILE_FILE")
+    path = environ.get(ENV_PROFILE_FILE)
     if not path or not os.path.isfile(path) or policy.model.source:
         return policy  # an operator-pushed model (it has a source) wins over the local profile
     profile = Profile.load(path)
@@ -100,6 +118,24 @@ def engine_description(dtype: object) -> dict[str, object]:
     return {"dtype": str(dtype).removeprefix("torch."), "machine": machine.model_dump()}
 
 
+class UnsupportedVllm(RuntimeError):
+    """This vLLM does not have the seam SpecServe steers K through."""
+
+
+def check_dynamic_sd_lookup(lookup: object, version: str) -> None:
+    """SpecServe replaces vLLM's Dynamic-SD table, which vLLM 0.32 builds as a list indexed by
+    batch size from `num_speculative_tokens_per_batch_size` (serving.py always sets one) and
+    reads as ``lookup[batch_size]`` in ``schedule()``. Another shape means another vLLM whose
+    scheduler may read it differently: refuse to start rather than steer K wrongly."""
+    if isinstance(lookup, list) and all(isinstance(k, int) for k in lookup):
+        return
+    raise UnsupportedVllm(
+        f"SpecServe needs vLLM's Dynamic-SD lookup (Scheduler.dynamic_sd_lookup, a list of K "
+        f"per batch size, as in vLLM 0.32); vLLM {version} has {type(lookup).__name__} there. "
+        "Run the vLLM minor version SpecServe is tested with (see constraints.txt), or "
+        "--no-specserve for vLLM's own speculation.")
+
+
 class _KLookup:
     """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` -> K for this step."""
 
@@ -117,7 +153,7 @@ class AdaptiveScheduler(Scheduler):
         env = dict(os.environ)
         policy = with_profile(initial_policy(self.engine_k_max, env), env)
         self.model = EfficiencyModel(policy)
-        self.store = PolicyStore(policy, self.engine_k_max, env.get("SPECSERVE_CONTROL_TOKEN"))
+        self.store = PolicyStore(policy, self.engine_k_max, env.get(ENV_CONTROL_TOKEN))
         self.store.fitted = self.model.fitted_params()
         self.store.engine_info = engine_description(self.vllm_config.model_config.dtype)
         self.metrics = SpecServeMetrics()
@@ -132,20 +168,21 @@ class AdaptiveScheduler(Scheduler):
         self._observations: deque[StepObservation] = deque(maxlen=512)
         self._steps = 0
         # `specserve profile` reads these lines: steps (features, seconds) and verifications.
-        record = env.get("SPECSERVE_RECORD_STEPS")
+        record = env.get(ENV_RECORD_STEPS)
         self._record_file = open(record, "a") if record else None  # noqa: SIM115
-        record = env.get("SPECSERVE_RECORD_VERIFICATIONS")
+        record = env.get(ENV_RECORD_VERIFICATIONS)
         self._verify_file = open(record, "a") if record else None  # noqa: SIM115
         self.control: ControlServer | None = None
-        port = env.get("SPECSERVE_CONTROL_PORT")
+        port = env.get(ENV_CONTROL_PORT)
         if port and self.engine_k_max:
-            host = env.get("SPECSERVE_CONTROL_HOST", "127.0.0.1")
+            host = env.get(ENV_CONTROL_HOST, "127.0.0.1")
             self.control = ControlServer(self.store, self.metrics.text, host, int(port)).start()
             log.info("SpecServe control port on %s:%s (policy v%d, mode %s, K_max %d)",
                      host, port, policy.version, policy.mode, self.engine_k_max)
         # See the module docstring: speculation must not change what a sampled request samples.
         self.verify_sampled = not current_platform.is_cpu()
         if self.engine_k_max:
+            check_dynamic_sd_lookup(getattr(self, "dynamic_sd_lookup", None), vllm.__version__)
             # A non-None lookup also stops vLLM padding new requests with placeholder drafts.
             self.dynamic_sd_lookup = _KLookup(self)
 
@@ -153,7 +190,7 @@ class AdaptiveScheduler(Scheduler):
 
     def _set_policy_metrics(self, policy: Policy) -> None:
         self.metrics.policy_version.set(policy.version)
-        for mode in ("adaptive", "static", "off", "threshold"):
+        for mode in MODES:
             self.metrics.policy_mode.labels(mode).set(1.0 if mode == policy.mode else 0.0)
 
     def _sync_policy(self) -> None:
@@ -164,12 +201,13 @@ class AdaptiveScheduler(Scheduler):
 
     # -- the per-step decision --
 
-    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+    def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         self._sync_policy()
         self._prediction = None
         output = super().schedule(*args, **kwargs)
         if self._prediction is not None:
-            setattr(output, STOP_RULE_ATTR, self._stop_rule(self._prediction))
+            setattr(output, STOP_RULE_ATTR,
+                    stop_rule(self.model, self._prediction, self._context_len))
         self._step_started = time.perf_counter()
         self._step_tokens = output.total_num_scheduled_tokens
         self._step_requests = len(output.num_scheduled_tokens)
@@ -196,34 +234,11 @@ class AdaptiveScheduler(Scheduler):
             m.steps_off.inc()
         return k
 
-    def _stop_rule(self, p: StepPrediction) -> DraftStopRule | None:
-        """When the drafter stops drafting this step.
-
-        Mode "threshold": once every request has drafted a token below the threshold.
-        Mode "adaptive": one more draft position for the whole batch costs one draft step plus
-        B verify tokens (dt) and gains sum_i c_i,j+1 ~ rate * sum_i c_ij expected tokens; it
-        raises goodput G only while that gain exceeds G * dt. So the worker stops once
-        sum_i c_ij < G*dt/rate.
-        """
-        policy = self.model.policy
-        if policy.mode == "threshold" and p.k:
-            return DraftStopRule(0.0, 0.0, [], token_floor=policy.threshold_probability)
-        if policy.mode != "adaptive" or p.k <= 1 or not p.num_requests:
-            return None
-        b = p.num_requests
-        timing = self.model.timing
-        ctx = self._context_len
-        dt = (timing.draft_seconds(b, ctx, 1)
-              + timing.verify_seconds(b, b * (p.k + 2), ctx)
-              - timing.verify_seconds(b, b * (p.k + 1), ctx))
-        acceptance = self.model.acceptance
-        rate = max(acceptance.mean_acceptance, 1e-3)
-        calibration = [(c.slope, c.intercept) for c in acceptance.calibration]
-        return DraftStopRule(p.goodput * dt / rate, policy.confidence_floor, calibration)
-
     # -- feedback from the worker --
 
-    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           model_runner_output: ModelRunnerOutput
+                           ) -> dict[int, EngineCoreOutputs]:
         if self._step_started is not None:
             self._step_observed = time.perf_counter() - self._step_started
             self.metrics.step_observed.observe(self._step_observed)
@@ -257,7 +272,7 @@ class AdaptiveScheduler(Scheduler):
             self._verified_confidences.pop(rid, None)
         return outputs
 
-    def update_draft_token_ids(self, draft_token_ids: Any) -> None:
+    def update_draft_token_ids(self, draft_token_ids: DraftTokenIds) -> None:
         super().update_draft_token_ids(draft_token_ids)
         confidences = getattr(draft_token_ids, CONFIDENCES_ATTR, None)
         draft_seconds = getattr(draft_token_ids, DRAFT_SECONDS_ATTR, None)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from specserve_engine.bench.summary import LevelSummary
+from specserve_engine.trace_replay.summary import LevelSummary
 
 
 def _pyplot() -> ModuleType:

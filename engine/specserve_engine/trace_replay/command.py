@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from specserve_engine.bench import plots
-from specserve_engine.bench.client import replay
-from specserve_engine.bench.runner import (
+from specserve_engine.machine import this_machine
+from specserve_engine.serving import engine_dtype
+from specserve_engine.trace_replay import plots
+from specserve_engine.trace_replay.client import replay
+from specserve_engine.trace_replay.runner import (
     LevelResult,
     Progress,
     Workload,
@@ -24,14 +26,12 @@ from specserve_engine.bench.runner import (
     summaries,
     write_results,
 )
-from specserve_engine.bench.summary import (
+from specserve_engine.trace_replay.summary import (
     markdown_table,
     oracle_envelope,
     whole_trace_ratio,
 )
-from specserve_engine.bench.trace import TraceError, load_trace
-from specserve_engine.machine import this_machine
-from specserve_engine.serving import engine_dtype
+from specserve_engine.trace_replay.trace import TraceError, load_trace
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_conv_2023.csv"
 QUICK_CONFIGS = ("off", "K=3", "adaptive")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from specserve_engine.bench.client import RequestRecord
-from specserve_engine.bench.trace import percentile
+from specserve_engine.trace_replay.client import RequestRecord
+from specserve_engine.trace_replay.trace import percentile
 
 
 @dataclass(frozen=True)

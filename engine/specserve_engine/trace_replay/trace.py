@@ -117,7 +117,7 @@ def plan_requests(
     ]
 
 
-def cut_prompts(token_ids: Sequence[int], lengths: Sequence[int], seed: int) -> list[list[int]]:
+def token_prompts(token_ids: Sequence[int], lengths: Sequence[int], seed: int) -> list[list[int]]:
     """One prompt of each length, cut at seeded random offsets from a token stream."""
     longest = max(lengths, default=0)
     if longest > len(token_ids):

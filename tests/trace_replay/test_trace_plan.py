@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from specserve_engine.bench.trace import (
+from specserve_engine.trace_replay.trace import (
     TraceError,
     TraceRow,
-    cut_prompts,
     length_scale,
     load_trace,
     percentile,
     plan_requests,
+    token_prompts,
 )
 
 SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure_llm_conv_2023.csv"
@@ -92,12 +92,12 @@ def test_impossible_plans_are_refused(kwargs: dict) -> None:
 
 def test_prompts_are_cut_deterministically_with_the_planned_lengths() -> None:
     tokens = list(range(1000))
-    a = cut_prompts(tokens, [5, 50, 1], seed=3)
+    a = token_prompts(tokens, [5, 50, 1], seed=3)
     assert [len(p) for p in a] == [5, 50, 1]
-    assert a == cut_prompts(tokens, [5, 50, 1], seed=3)
+    assert a == token_prompts(tokens, [5, 50, 1], seed=3)
     assert all(p == list(range(p[0], p[0] + len(p))) for p in a)  # contiguous slices
     with pytest.raises(ValueError, match="needs 2000"):
-        cut_prompts(tokens, [2000], seed=0)
+        token_prompts(tokens, [2000], seed=0)
 
 
 @pytest.mark.skipif(not SHARED_TRACE.is_file(), reason="../shared/traces is not beside the repo")

@@ -1,6 +1,6 @@
 """One fresh engine per configuration, the same request sequence at every load level.
 
-Configurations (the baselines of DESIGN.md, all on the same target and draft):
+Configurations (docs/architecture.md, "Benchmark baselines"; all on the same target and draft):
 no speculation; vLLM's own fixed K in {1, 2, 3, 5}; vLLM's Dynamic-SD table (a hand-set K per
 batch-size range); confidence-threshold drafting (stop at draft probability < 0.6, K_max 5);
 SpecServe adaptive (K_max 5, the bench's TPOT SLO in its policy). Engines run one at a time
@@ -21,11 +21,16 @@ from pathlib import Path
 
 import httpx
 
-from specserve_engine.bench.client import RequestRecord, replay
-from specserve_engine.bench.summary import LevelSummary, mean_k, summarize
-from specserve_engine.bench.trace import PlannedRequest, TraceRow, cut_prompts, plan_requests
 from specserve_engine.launcher import ServerProcess, free_port
-from specserve_engine.vllm_metrics import metric_totals
+from specserve_engine.trace_replay.client import RequestRecord, replay
+from specserve_engine.trace_replay.summary import LevelSummary, mean_k, summarize
+from specserve_engine.trace_replay.trace import (
+    PlannedRequest,
+    TraceRow,
+    plan_requests,
+    token_prompts,
+)
+from specserve_engine.vllm_counters import metric_totals
 
 MODEL_NAME = "bench"
 # A hand-set table of the kind vLLM's Dynamic-SD docs describe: long drafts when the batch is
@@ -170,7 +175,7 @@ class Workload:
                                   max_prompt_tokens=max_prompt_tokens,
                                   max_output_tokens=max_output_tokens) for r in rates}
         first = plans[rates[0]]
-        prompts = cut_prompts(token_ids, [p.prompt_tokens for p in first], seed)
+        prompts = token_prompts(token_ids, [p.prompt_tokens for p in first], seed)
         return cls(tuple(rates), plans, prompts)
 
 

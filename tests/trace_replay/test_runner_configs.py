@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from specserve_engine.bench.client import RequestRecord
-from specserve_engine.bench.command import _given_flags, _parser
-from specserve_engine.bench.runner import LevelResult, standard_configs, summaries
 from specserve_engine.cli import build_parser
 from specserve_engine.serving import parse_k_table
+from specserve_engine.trace_replay.client import RequestRecord
+from specserve_engine.trace_replay.command import _given_flags, _parser
+from specserve_engine.trace_replay.runner import LevelResult, standard_configs, summaries
 
 
 def test_every_baseline_of_the_design_is_there_and_parses_as_serve_flags() -> None:

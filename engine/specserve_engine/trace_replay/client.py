@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from specserve_engine.bench.trace import PlannedRequest
+from specserve_engine.trace_replay.trace import PlannedRequest
 
 
 @dataclass

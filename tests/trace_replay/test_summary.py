@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from specserve_engine.bench.client import RequestRecord
-from specserve_engine.bench.summary import (
+from specserve_engine.trace_replay.client import RequestRecord
+from specserve_engine.trace_replay.summary import (
     LevelSummary,
     markdown_table,
     mean_k,
