@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.utils.quantity import parse_quantity
 from pydantic import ValidationError
 
 import specserve_contract as contract
@@ -349,8 +350,11 @@ def deployment(
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
+        # Empty strings left out: the API server drops them (omitempty), and a field it drops
+        # would read as drift on every pass.
         pod_spec["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True) for t in spec.resources.tolerations
+            {k: v for k, v in t.model_dump(by_alias=True, exclude_none=True).items() if v != ""}
+            for t in spec.resources.tolerations
         ]
     return {
         "apiVersion": "apps/v1",
@@ -448,21 +452,42 @@ def slo_summary(spec: SpecServeDeploymentSpec, attainment: float | None = None) 
 # ---------------------------------------------------------------------------------- diffing
 
 
-def is_subset(desired: Any, actual: Any) -> bool:
+# ResourceRequirements maps (`resources.requests`, `resources.limits`): the API server stores
+# their values in canonical form (cpu "1.5" -> "1500m", "1000m" -> "1", memory "0.5Gi" ->
+# "512Mi", "1000" -> "1k"), so they are compared by value, never by text.
+QUANTITY_MAPS = ("requests", "limits")
+
+
+def same_quantity(desired: Any, actual: Any) -> bool:
+    """Do two resource quantities (strings or numbers) have the same value?"""
+    if desired == actual:
+        return True
+    try:
+        return bool(parse_quantity(desired) == parse_quantity(actual))
+    except (ValueError, TypeError):
+        return False
+
+
+def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
     """Does `actual` already contain everything in `desired`?
 
-    The API server adds defaults (imagePullPolicy, protocol, terminationMessagePath, ...), so
-    an object is up to date when every field we set has our value; extra fields are fine.
-    Lists must match item by item (same length), each item compared the same way.
+    The API server adds defaults (imagePullPolicy, protocol, terminationMessagePath, strategy,
+    clusterIP, ...), so an object is up to date when every field we set has our value; extra
+    fields are fine. Lists must match item by item (same length), each item compared the same
+    way. Resource quantities are compared as quantities (`QUANTITY_MAPS`).
     """
     if isinstance(desired, dict):
         if not isinstance(actual, dict):
             return False
-        return all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+        if len(path) >= 2 and path[-2] == "resources" and path[-1] in QUANTITY_MAPS:
+            return all(k in actual and same_quantity(v, actual[k]) for k, v in desired.items())
+        return all(
+            k in actual and is_subset(v, actual[k], (*path, k)) for k, v in desired.items()
+        )
     if isinstance(desired, list):
         if not isinstance(actual, list) or len(desired) != len(actual):
             return False
-        return all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+        return all(is_subset(d, a, path) for d, a in zip(desired, actual, strict=True))
     return bool(desired == actual)
 
 

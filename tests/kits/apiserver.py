@@ -1,0 +1,160 @@
+"""What a real API server stores for an object the operator sends: its defaulting and its
+canonical resource quantities, so that drift tests see objects as `kubectl get -o json` shows
+them (kmock stores what it is sent, verbatim).
+
+Sources (Kubernetes 1.32):
+  quantities   k8s.io/apimachinery/pkg/api/resource/quantity.go (ParseQuantity,
+               CanonicalizeBytes): values are rounded up to nano units and written back with
+               the suffix family they were sent in (no suffix or m/k/M/..: decimal, Ki/Mi/..:
+               binary); decimal: the largest exponent that is a multiple of 3 and leaves an
+               integer mantissa; binary: the largest power of 1024 that divides the value,
+               falling back to decimal below 1024 or for a fractional number of units.
+  defaults     pkg/apis/apps/v1/defaults.go (SetDefaults_Deployment) and
+               pkg/apis/core/v1/defaults.go (SetDefaults_PodSpec, _Container, _Probe,
+               _HTTPGetAction, _ConfigMapVolumeSource, _Service, _ServicePort, _Secret), plus
+               the Service IP allocator (clusterIP, ipFamilies, ipFamilyPolicy).
+  omitempty    Go's JSON encoding drops empty strings, false booleans, zero numbers and empty
+               maps and lists of fields tagged `omitempty` that are not pointers: an operator
+               that sends one reads back an object without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+DECIMAL_SUFFIX = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15,
+                  "E": 18}
+BINARY_SUFFIX = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL_NAME = {e: s for s, e in DECIMAL_SUFFIX.items()}
+_BINARY_NAME = {e: s for s, e in BINARY_SUFFIX.items()}
+
+
+def canonical_quantity(text: str) -> str:
+    """The form the API server writes a (non-negative, non-exponent) quantity back in."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zA-Z]*)", text.strip())
+    if not m or (m.group(2) not in DECIMAL_SUFFIX and m.group(2) not in BINARY_SUFFIX):
+        raise ValueError(f"not a quantity this kit handles: {text!r}")
+    number, suffix = Decimal(m.group(1)), m.group(2)
+    binary = suffix in BINARY_SUFFIX
+    value = number * (2 ** BINARY_SUFFIX[suffix] if binary else Decimal(10) ** DECIMAL_SUFFIX[
+        suffix])
+    nanos = int((value * 10**9).to_integral_value(rounding=ROUND_CEILING))  # rounded up to 1n
+    if nanos == 0:
+        return "0"
+    if binary and nanos >= 1024 * 10**9 and nanos % 10**9 == 0:
+        units, exponent = nanos // 10**9, 0
+        while units % 1024 == 0 and exponent < 60:
+            units, exponent = units // 1024, exponent + 10
+        return f"{units}{_BINARY_NAME.get(exponent, '')}"
+    mantissa, exponent = nanos, -9
+    while mantissa % 1000 == 0 and exponent < 18:
+        mantissa, exponent = mantissa // 1000, exponent + 3
+    return f"{mantissa}{_DECIMAL_NAME[exponent]}"
+
+
+def _canonical_resources(container: dict[str, Any]) -> None:
+    resources = container.setdefault("resources", {})
+    for key in ("requests", "limits"):
+        if key in resources:
+            resources[key] = {k: canonical_quantity(str(v)) for k, v in resources[key].items()}
+
+
+def _probe(probe: dict[str, Any]) -> None:
+    probe.setdefault("timeoutSeconds", 1)
+    probe.setdefault("periodSeconds", 10)
+    probe.setdefault("successThreshold", 1)
+    probe.setdefault("failureThreshold", 3)
+    if "httpGet" in probe:
+        probe["httpGet"].setdefault("scheme", "HTTP")
+
+
+def _container(c: dict[str, Any]) -> None:
+    image = c.get("image", "")
+    tag = image.rsplit("/", 1)[-1].rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    c.setdefault("imagePullPolicy", "Always" if tag in ("", "latest") else "IfNotPresent")
+    c.setdefault("terminationMessagePath", "/dev/termination-log")
+    c.setdefault("terminationMessagePolicy", "File")
+    for port in c.get("ports", []):
+        port.setdefault("protocol", "TCP")
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if name in c:
+            _probe(c[name])
+    _canonical_resources(c)
+
+
+def _omitempty_toleration(t: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in t.items() if v not in ("", None)}
+
+
+def _pod_spec(pod: dict[str, Any]) -> None:
+    pod.setdefault("restartPolicy", "Always")
+    pod.setdefault("terminationGracePeriodSeconds", 30)
+    pod.setdefault("dnsPolicy", "ClusterFirst")
+    pod.setdefault("securityContext", {})
+    pod.setdefault("schedulerName", "default-scheduler")
+    for c in pod.get("containers", []):
+        _container(c)
+    for v in pod.get("volumes", []):
+        if "configMap" in v:
+            v["configMap"].setdefault("defaultMode", 420)
+        if "secret" in v:
+            v["secret"].setdefault("defaultMode", 420)
+    if "tolerations" in pod:
+        pod["tolerations"] = [_omitempty_toleration(t) for t in pod["tolerations"]]
+    if not pod.get("nodeSelector", True):
+        del pod["nodeSelector"]
+
+
+def _server_metadata(obj: dict[str, Any], generation: bool) -> None:
+    meta = obj["metadata"]
+    meta.setdefault("uid", "3f1d2c4e-0000-4000-8000-000000000001")
+    meta.setdefault("resourceVersion", "48213")
+    meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+    meta.setdefault("managedFields", [{"manager": "kopf", "operation": "Update"}])
+    if generation:
+        meta.setdefault("generation", 1)
+
+
+def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as a real API server returns it after a create (or a merge patch replacing the
+    fields we set): defaults filled in, quantities canonical, server metadata and status."""
+    out = copy.deepcopy(obj)
+    kind = out["kind"]
+    _server_metadata(out, generation=kind in ("Deployment", "ServiceMonitor"))
+    if kind == "Deployment":
+        spec = out["spec"]
+        spec.setdefault("replicas", 1)
+        strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+            strategy.setdefault("type", "RollingUpdate")
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxUnavailable", "25%")
+            rolling.setdefault("maxSurge", "25%")
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        spec["template"].setdefault("metadata", {})["creationTimestamp"] = None
+        _pod_spec(spec["template"]["spec"])
+        out["status"] = {"observedGeneration": 1, "replicas": spec["replicas"],
+                         "updatedReplicas": spec["replicas"], "readyReplicas": spec["replicas"],
+                         "availableReplicas": spec["replicas"],
+                         "conditions": [{"type": "Available", "status": "True",
+                                         "reason": "MinimumReplicasAvailable"}]}
+    elif kind == "Service":
+        spec = out["spec"]
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        spec.setdefault("clusterIP", "10.96.12.34")
+        spec.setdefault("clusterIPs", [spec["clusterIP"]])
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        for port in spec.get("ports", []):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port["port"])
+        out["status"] = {"loadBalancer": {}}
+    elif kind == "Secret":
+        out.setdefault("type", "Opaque")
+    return out

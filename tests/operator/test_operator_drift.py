@@ -1,0 +1,172 @@
+"""Drift detection against what a real API server stores: canonical quantities and server
+defaults must not read as drift (else the operator patches and emits `Updated` on every status
+pass), while a real difference still does."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from kubernetes.utils.quantity import parse_quantity
+
+from specserve_operator import manifests, reconcile
+from specserve_operator.spec import SpecServeDeploymentSpec, parse_spec
+from tests.kits.apiserver import as_stored, canonical_quantity
+from tests.kits.malformed_specs import VALID
+
+OWNER = manifests.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
+
+# Sent -> stored, by the Kubernetes quantity canonicalisation rules (apimachinery quantity.go:
+# decimal suffixes get the largest exponent that is a multiple of 3 and keeps the mantissa an
+# integer; binary ones the largest power of 1024 that divides the value, decimal below 1024 or
+# for a fractional number of bytes). These are the strings `kubectl get -o json` shows.
+QUANTITY_FORMS = [
+    # cpu-like (decimal)
+    ("1.5", "1500m"), ("1500m", "1500m"), ("1000m", "1"), ("2000m", "2"), ("0.5", "500m"),
+    ("0.1", "100m"), ("100m", "100m"), ("250m", "250m"), ("2", "2"), ("1.0", "1"),
+    ("1000", "1k"), ("1500", "1500"), ("2000", "2k"), ("1.5M", "1500k"), ("0.0005", "500u"),
+    ("0", "0"), ("0m", "0"), ("16", "16"),
+    # memory-like (binary)
+    ("1Gi", "1Gi"), ("0.5Gi", "512Mi"), ("1024Mi", "1Gi"), ("1536Mi", "1536Mi"),
+    ("1.5Gi", "1536Mi"), ("2048Ki", "2Mi"), ("0.5Ki", "512"), ("1.5Ki", "1536"),
+    ("16Gi", "16Gi"), ("1000Mi", "1000Mi"), ("64Gi", "64Gi"), ("0.25Ti", "256Gi"),
+    # memory in decimal units stays decimal
+    ("1G", "1G"), ("1000M", "1G"), ("1.5G", "1500M"), ("512M", "512M"),
+]
+
+
+def _spec(**changes: Any) -> SpecServeDeploymentSpec:
+    raw = copy.deepcopy(VALID)
+    raw.update(changes)
+    return parse_spec(raw)
+
+
+class RecordingApi:
+    """A KubeClient stand-in: counts writes."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.creates: list[dict[str, Any]] = []
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              body: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append((kind, body))
+        return body
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.creates.append(obj)
+        return obj
+
+
+class Logger:
+    def info(self, *_: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("sent", "stored"), QUANTITY_FORMS)
+def test_the_kit_canonicalises_quantities_like_the_api_server(sent: str, stored: str) -> None:
+    assert canonical_quantity(sent) == stored
+    assert parse_quantity(sent) == parse_quantity(stored)  # same value, other text
+
+
+@pytest.mark.parametrize(("sent", "stored"), [f for f in QUANTITY_FORMS if f[1] != "0"])
+def test_canonical_quantities_are_not_drift(sent: str, stored: str) -> None:
+    spec = _spec(resources={"cpu": sent, "memory": sent, "gpu": 1})
+    desired = manifests.deployment(OWNER, spec)
+    current = as_stored(desired)
+    c = current["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"] == {"cpu": stored, "memory": stored, "nvidia.com/gpu": "1"}
+    assert manifests.is_subset(manifests.patch_for(desired), current)
+
+
+def test_a_changed_quantity_is_drift() -> None:
+    desired = manifests.deployment(OWNER, _spec(resources={"cpu": "1.5", "memory": "1Gi"}))
+    for other in ({"cpu": "1", "memory": "1Gi"}, {"cpu": "1500m", "memory": "1G"}):
+        current = as_stored(manifests.deployment(OWNER, _spec(resources=other)))
+        assert not manifests.is_subset(manifests.patch_for(desired), current), other
+    # A quantity map that lost a key (someone removed the limit) is drift too.
+    current = as_stored(desired)
+    del current["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+    assert not manifests.is_subset(manifests.patch_for(desired), current)
+
+
+def test_quantities_are_compared_only_in_resource_maps() -> None:
+    # Elsewhere "1" and "1000m" are different strings (a label, an arg, an env value).
+    assert not manifests.is_subset({"metadata": {"labels": {"v": "1"}}},
+                                   {"metadata": {"labels": {"v": "1000m"}}})
+    assert manifests.is_subset({"resources": {"limits": {"cpu": "1"}}},
+                               {"resources": {"limits": {"cpu": "1000m"}}})
+    assert not manifests.is_subset({"resources": {"limits": {"cpu": "1"}}},
+                                   {"resources": {"limits": {"cpu": "not-a-quantity"}}})
+
+
+SPECS: dict[str, dict[str, Any]] = {
+    "cpu-tiny": {"model": {"target": "tiny", "draft": "tiny"}},
+    "defaults": {},
+    "gpu": {"resources": {"gpu": 2, "cpu": "7.5", "memory": "0.5Ti",
+                          "nodeSelector": {"pool": "h100"},
+                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                           "effect": "NoSchedule"},
+                                          {"key": "spot", "operator": "Equal", "value": "",
+                                           "effect": "NoExecute", "tolerationSeconds": 30}]},
+            "replicas": {"min": 1, "max": 4, "initial": 2}},
+    "pvc-profile": {"model": {"target": "llama", "draft": "llama-draft",
+                              "pvc": {"claimName": "weights", "subPath": "hf"}},
+                    "profile": {"configMap": {"name": "h100-profile"}},
+                    "image": "registry.example.com/specserve/engine:latest",
+                    "imagePullPolicy": "Always", "vllmArgs": ["--max-model-len", "4096"]},
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_objects_as_the_api_server_returns_them_are_in_sync(name: str) -> None:
+    """A pass over children the server has defaulted writes nothing and emits no event."""
+    spec = _spec(**SPECS[name])
+    api = RecordingApi()
+    body: dict[str, Any] = {}
+    policy = manifests.policy_from_spec(spec, 1)
+    children = (manifests.deployment(OWNER, spec), manifests.service(OWNER, spec),
+                manifests.configmap(OWNER, spec, policy), manifests.servicemonitor(OWNER, spec))
+    for desired in children:
+        stored = as_stored(desired)
+        assert stored != desired  # the server did add something
+        assert reconcile.ensure(api, desired, stored, body, Logger()) == stored  # type: ignore[arg-type]
+    assert api.patches == [] and api.creates == []
+
+
+def test_a_stored_deployment_has_the_server_defaults_the_operator_does_not_set() -> None:
+    """What the sync test above tolerates (the fields a real server adds)."""
+    stored = as_stored(manifests.deployment(OWNER, _spec()))
+    spec = stored["spec"]
+    assert {"revisionHistoryLimit", "progressDeadlineSeconds", "strategy"} <= spec.keys()
+    pod = spec["template"]["spec"]
+    assert {"dnsPolicy", "restartPolicy", "schedulerName", "securityContext"} <= pod.keys()
+    c = pod["containers"][0]
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "File"
+    assert c["startupProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert c["startupProbe"]["successThreshold"] == 1
+    assert {v["name"]: v["configMap"].get("defaultMode") for v in pod["volumes"]
+            if "configMap" in v} == {"policy": 420}
+    svc = as_stored(manifests.service(OWNER, _spec()))["spec"]
+    assert svc["sessionAffinity"] == "None" and svc["ipFamilies"] == ["IPv4"]
+    assert svc["clusterIP"]
+
+
+def test_tolerations_leave_out_what_the_server_drops() -> None:
+    spec = _spec(resources={"tolerations": [{"key": "spot", "operator": "Equal", "value": ""}]})
+    (tol,) = manifests.deployment(OWNER, spec)["spec"]["template"]["spec"]["tolerations"]
+    assert tol == {"key": "spot", "operator": "Equal"}
+
+
+def test_a_real_edit_of_a_stored_object_is_repaired(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec()
+    desired = manifests.deployment(OWNER, spec)
+    stored = as_stored(desired)
+    stored["spec"]["template"]["spec"]["containers"][0]["args"][-1] = "9999"
+    api = RecordingApi()
+    events: list[str] = []
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, reason, **__: events.append(reason))
+    reconcile.ensure(api, desired, stored, {}, Logger())  # type: ignore[arg-type]
+    assert [kind for kind, _ in api.patches] == ["Deployment"] and events == ["Updated"]
