@@ -266,13 +266,36 @@ def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def operator_children() -> set[tuple[str, str]]:
-    """(group, resource) of every object the operator creates, from its own manifests."""
+# The resource of each kind an owner reference may name: (group, kind) -> plural.
+OWNER_RESOURCES = {(GROUP, KIND): PLURAL}
+
+
+def operator_objects() -> list[dict[str, Any]]:
+    """Every object the operator creates, from its own manifests."""
     owner = m.Owner(name="x", namespace="ns", uid="u")
     spec = s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}})
-    objs = [m.deployment(owner, spec), m.service(owner, spec), m.secret(owner, spec, "t"),
+    return [m.deployment(owner, spec), m.service(owner, spec), m.secret(owner, spec, "t"),
             m.configmap(owner, spec, m.policy_from_spec(spec, 1)),
             m.servicemonitor(owner, spec)]
+
+
+def finalizer_grants() -> dict[tuple[str, str], set[str]]:
+    """OwnerReferencesPermissionEnforcement: whoever sets blockOwnerDeletion on a reference to
+    an owner must be allowed to update the owner's finalizers subresource."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for obj in operator_objects():
+        for ref in obj["metadata"].get("ownerReferences", []):
+            if not ref.get("blockOwnerDeletion"):
+                continue
+            group = ref["apiVersion"].rsplit("/", 1)[0] if "/" in ref["apiVersion"] else ""
+            plural = OWNER_RESOURCES[(group, ref["kind"])]
+            out[(group, f"{plural}/finalizers")] = {"update"}
+    return out
+
+
+def operator_children() -> set[tuple[str, str]]:
+    """(group, resource) of every object the operator creates, from its own manifests."""
+    objs = operator_objects()
     missing = {o["kind"] for o in objs} - set(RESOURCES)
     assert not missing, f"the operator makes {missing}: add them to RESOURCES and the chart RBAC"
     return {RESOURCES[o["kind"]] for o in objs}
@@ -284,6 +307,7 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
         (GROUP, f"{PLURAL}/status"): {"patch"},
         ("", "events"): {"create"},
         ("", "pods"): {"get", "list"},  # the SLO loop finds ready engine pods (push.py)
+        **finalizer_grants(),
     }
     for child in operator_children():
         if child[0] == "monitoring.coreos.com" and not service_monitors:
@@ -305,6 +329,26 @@ def test_operator_rbac_is_exactly_what_the_operator_uses() -> None:
     assert binding["roleRef"]["name"] == "specserve-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "specserve-operator",
                                     "namespace": NAMESPACE}]
+
+
+@pytest.mark.parametrize("name", ["default", "namespaced", "namespaced-monitoring"])
+def test_blocking_owner_references_are_allowed_by_the_rbac(name: str) -> None:
+    """Every child's ownerReference has blockOwnerDeletion: true, which the API server's
+    OwnerReferencesPermissionEnforcement plugin admits only when the creator may update the
+    owner's finalizers: the operator's role (cluster-wide or in each watched namespace) must
+    grant it, or every create is refused with 403."""
+    needed = finalizer_grants()
+    assert needed == {(GROUP, f"{PLURAL}/finalizers"): {"update"}}
+    docs = render(ALL_VALUES[name])
+    roles = [d for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+             if d["metadata"]["name"].endswith("-operator")]
+    namespaces = ALL_VALUES[name].get("watchNamespaces")
+    granting = [r for r in roles if all(
+        verbs <= grants(r["rules"]).get(res, set()) for res, verbs in needed.items())]
+    if namespaces:
+        assert sorted(r["metadata"]["namespace"] for r in granting) == sorted(namespaces)
+    else:
+        assert [r["kind"] for r in granting] == ["ClusterRole"]
 
 
 def test_gateway_rbac_is_read_only() -> None:

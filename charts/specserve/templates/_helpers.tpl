@@ -77,6 +77,12 @@ operator's manifests produce.
 - apiGroups: ["specserve.io"]
   resources: ["specservedeployments/status"]
   verbs: ["patch"]
+# The children's owner references set blockOwnerDeletion: true; with the
+# OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and many managed
+# clusters) that needs update on the owner's finalizers, else creating a child is refused (403).
+- apiGroups: ["specserve.io"]
+  resources: ["specservedeployments/finalizers"]
+  verbs: ["update"]
 # The children of each SpecServeDeployment.
 - apiGroups: ["apps"]
   resources: ["deployments"]
