@@ -287,7 +287,46 @@ def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _probe(**timing: int) -> dict[str, Any]:
+# Probe timings (seconds). Loading weights (and compiling) can take many minutes: the startup
+# probe allows `startup_budget_s()` (30 min) before the kubelet restarts the container and
+# liveness takes over; readiness gates the Service endpoints.
+STARTUP_PROBE = {"periodSeconds": 10, "failureThreshold": 180, "timeoutSeconds": 5}
+READINESS_PROBE = {"periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 5}
+LIVENESS_PROBE = {"periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 10}
+# Scheduling a pod and pulling a multi-GB vLLM image onto a fresh GPU node, before the
+# startup probe's clock starts.
+PULL_ALLOWANCE_S = 600
+
+
+def startup_budget_s() -> int:
+    """The longest an engine may take from container start to Ready without being restarted:
+    every startup probe failing but the last (the kubelet restarts at failureThreshold), then
+    one readiness period to be marked Ready."""
+    startup = STARTUP_PROBE.get("initialDelaySeconds", 0) + (
+        STARTUP_PROBE["periodSeconds"] * STARTUP_PROBE["failureThreshold"])
+    return startup + READINESS_PROBE["periodSeconds"]
+
+
+def progress_deadline_s() -> int:
+    """The Deployment's progressDeadlineSeconds: a pod that is still loading within its start
+    budget is progress, not a failure (Kubernetes' default 600 s would report a normal
+    large-model load as ProgressDeadlineExceeded, and so the resource as Degraded)."""
+    return PULL_ALLOWANCE_S + startup_budget_s()
+
+
+def deployment_strategy(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """The Deployment's strategy from spec.rollout (see `RolloutSpec` for the defaults)."""
+    rollout = spec.rollout
+    if rollout.strategy == "Recreate":
+        return {"type": "Recreate"}
+    return {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": rollout.max_surge,
+                          "maxUnavailable": rollout.max_unavailable},
+    }
+
+
+def _probe(timing: dict[str, int]) -> dict[str, Any]:
     return {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}, **timing}
 
 
@@ -334,11 +373,9 @@ def deployment(
         ],
         "env": _env(owner, spec),
         "resources": _resources(spec),
-        # Loading weights (and compiling) can take many minutes: the startup probe allows
-        # 30 min before liveness takes over; readiness gates the Service endpoints.
-        "startupProbe": _probe(periodSeconds=10, failureThreshold=180, timeoutSeconds=5),
-        "readinessProbe": _probe(periodSeconds=5, failureThreshold=3, timeoutSeconds=5),
-        "livenessProbe": _probe(periodSeconds=15, failureThreshold=4, timeoutSeconds=10),
+        "startupProbe": _probe(STARTUP_PROBE),
+        "readinessProbe": _probe(READINESS_PROBE),
+        "livenessProbe": _probe(LIVENESS_PROBE),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False},
     }
@@ -363,6 +400,8 @@ def deployment(
         "spec": {
             "replicas": spec.replicas.initial if replicas is None else replicas,
             "selector": {"matchLabels": selector_labels(owner)},
+            "strategy": deployment_strategy(spec),
+            "progressDeadlineSeconds": progress_deadline_s(),
             "template": {
                 "metadata": {"labels": labels(owner, spec, "engine")},
                 "spec": pod_spec,
@@ -491,8 +530,13 @@ def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
     return bool(desired == actual)
 
 
-def patch_for(desired: dict[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch that brings an object to `desired` (metadata we own + spec/data)."""
+def patch_for(desired: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON merge patch that brings an object to `desired` (metadata we own + spec/data).
+
+    With `current`, it also clears what a merge would keep but the API server refuses next to
+    our fields: a Deployment switched to Recreate must lose strategy.rollingUpdate (a merge
+    patch keeps keys it does not name; null removes one).
+    """
     meta = desired["metadata"]
     body: dict[str, Any] = {
         "metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
@@ -500,4 +544,8 @@ def patch_for(desired: dict[str, Any]) -> dict[str, Any]:
     for key in ("spec", "data"):
         if key in desired:
             body[key] = desired[key]
+    strategy = (desired.get("spec") or {}).get("strategy")
+    if (desired["kind"] == "Deployment" and strategy and strategy.get("type") == "Recreate"
+            and "rollingUpdate" in (((current or {}).get("spec") or {}).get("strategy") or {})):
+        body["spec"] = {**body["spec"], "strategy": {**strategy, "rollingUpdate": None}}
     return body

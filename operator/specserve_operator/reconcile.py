@@ -61,7 +61,8 @@ def ensure(
     wanted = patch_for(desired)
     if is_subset(wanted, current):
         return current
-    patched = api.patch(desired["apiVersion"], kind, meta["namespace"], meta["name"], wanted)
+    patched = api.patch(desired["apiVersion"], kind, meta["namespace"], meta["name"],
+                        patch_for(desired, current))
     kopf.event(body, type="Normal", reason="Updated", message=f"updated {what}")
     logger.info(f"updated {what}")
     return patched or current

@@ -166,6 +166,48 @@ class ReplicasSpec(SpecServeModel):
         return self
 
 
+# The default is GPU-safe: RollingUpdate with maxSurge 0 and maxUnavailable 1 stops one old pod
+# before starting its replacement, so a rollout never asks for more GPUs than the pods already
+# hold. Kubernetes' own default (25% surge, rounded up: one extra pod) needs a spare GPU; on a
+# full node pool the extra pod stays Pending and the rollout never finishes. The price: one pod
+# fewer while its replacement loads (with one replica, an outage). maxSurge 1 suits clusters
+# with a spare GPU where capacity must not dip; Recreate stops every pod first (for versions
+# that must not run side by side; maxSurge and maxUnavailable are then ignored).
+class RolloutSpec(SpecServeModel):
+    """How the engine pods are replaced on a change; the default needs no spare GPU."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.strategy == 'Recreate' || self.maxSurge + self.maxUnavailable > 0",
+                 "message": "rollout.maxSurge and maxUnavailable must not both be 0"},
+            ]
+        }
+    )
+
+    strategy: Literal["RollingUpdate", "Recreate"] = Field(
+        default="RollingUpdate",
+        description="RollingUpdate: replace pods a few at a time; Recreate: stop all, then start.",
+    )
+    max_surge: int = Field(
+        default=0, ge=0, le=1000,
+        description="Extra pods (each with its GPUs) a rolling update may start (0).",
+    )
+    max_unavailable: int = Field(
+        default=1, ge=0, le=1000,
+        description="Pods a rolling update may stop before their replacements are ready (1).",
+    )
+
+    @model_validator(mode="after")
+    def _moves(self) -> RolloutSpec:
+        if self.strategy == "RollingUpdate" and self.max_surge + self.max_unavailable == 0:
+            raise ValueError(
+                "maxSurge and maxUnavailable must not both be 0: the rollout could never "
+                "replace a pod (maxUnavailable 1 needs no spare GPU)"
+            )
+        return self
+
+
 class Toleration(SpecServeModel):
     """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
 
@@ -244,6 +286,7 @@ class SpecServeDeploymentSpec(SpecServeModel):
     speculation: SpeculationSpec = Field(default_factory=SpeculationSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     image: str = Field(
         default=DEFAULT_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$",

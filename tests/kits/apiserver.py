@@ -118,6 +118,45 @@ def _server_metadata(obj: dict[str, Any], generation: bool) -> None:
         meta.setdefault("generation", 1)
 
 
+class Invalid(ValueError):
+    """The API server's 422: the object fails its validation."""
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what `application/merge-patch+json` does): objects merge key
+    by key, null removes a key, everything else (lists included) replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def validate(obj: dict[str, Any]) -> None:
+    """The server-side validation rules the drift tests rely on (apps/validation)."""
+    if obj["kind"] == "Deployment":
+        strategy = obj["spec"].get("strategy") or {}
+        if strategy.get("type") == "Recreate" and "rollingUpdate" in strategy:
+            raise Invalid("spec.strategy.rollingUpdate: Forbidden: may not be specified when "
+                          "strategy `type` is 'Recreate'")
+        rolling = strategy.get("rollingUpdate") or {}
+        if rolling and rolling.get("maxSurge") in (0, "0%") and rolling.get(
+                "maxUnavailable") in (0, "0%"):
+            raise Invalid("spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may "
+                          "not be 0 when `maxSurge` is 0")
+
+
+def patched(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """What the server stores after a merge patch of `stored` (validated, defaults filled)."""
+    out = merge_patch(stored, patch)
+    validate(out)
+    return as_stored(out)
+
+
 def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
     """`obj` as a real API server returns it after a create (or a merge patch replacing the
     fields we set): defaults filled in, quantities canonical, server metadata and status."""

@@ -121,4 +121,10 @@ CASES: list[tuple[str, Any, str, bool]] = [
      "spec.metrics.scrapeInterval", True),
     ("speculation-not-object", _with("speculation", "adaptive"),
      "spec.speculation: Input should be a valid dictionary", True),
+    ("rollout-cannot-move", _with("rollout", {"maxSurge": 0, "maxUnavailable": 0}),
+     "maxSurge and maxUnavailable must not both be 0", False),
+    ("rollout-strategy-unknown", _with("rollout", {"strategy": "BlueGreen"}),
+     "spec.rollout.strategy: Input should be 'RollingUpdate' or 'Recreate'", True),
+    ("rollout-surge-negative", _with("rollout", {"maxSurge": -1}), "spec.rollout.maxSurge",
+     True),
 ]

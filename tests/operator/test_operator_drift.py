@@ -12,7 +12,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from specserve_operator import manifests, reconcile
 from specserve_operator.spec import SpecServeDeploymentSpec, parse_spec
-from tests.kits.apiserver import as_stored, canonical_quantity
+from tests.kits.apiserver import Invalid, as_stored, canonical_quantity, patched
 from tests.kits.malformed_specs import VALID
 
 OWNER = manifests.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
@@ -170,3 +170,67 @@ def test_a_real_edit_of_a_stored_object_is_repaired(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(reconcile.kopf, "event", lambda *_, reason, **__: events.append(reason))
     reconcile.ensure(api, desired, stored, {}, Logger())  # type: ignore[arg-type]
     assert [kind for kind, _ in api.patches] == ["Deployment"] and events == ["Updated"]
+
+
+# -------------------------------------------------------------------------------- rollouts
+
+
+def _strategy(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    return manifests.deployment(OWNER, spec)["spec"]["strategy"]
+
+
+def test_default_rollout_never_needs_a_spare_gpu() -> None:
+    """No surge: a rollout stops an old pod before it starts a new one, so it never asks for
+    more GPUs than `replicas` pods already hold (Kubernetes' default 25% surge would)."""
+    for replicas in (1, 2, 8):
+        spec = _spec(resources={"gpu": 1},
+                     replicas={"min": 1, "max": 8, "initial": replicas})
+        assert _strategy(spec) == {"type": "RollingUpdate",
+                                   "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert _strategy(_spec(rollout={"strategy": "Recreate"})) == {"type": "Recreate"}
+    assert _strategy(_spec(rollout={"maxSurge": 1, "maxUnavailable": 0}))["rollingUpdate"] == {
+        "maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_progress_deadline_covers_the_start_budget() -> None:
+    """A pod still inside its startup probe's budget must not read as a stuck rollout: the
+    deadline is derived from the probes the Deployment actually carries."""
+    dep = manifests.deployment(OWNER, _spec(resources={"gpu": 1}))
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    startup, readiness = c["startupProbe"], c["readinessProbe"]
+    budget = (startup.get("initialDelaySeconds", 0)
+              + startup["periodSeconds"] * startup["failureThreshold"]
+              + readiness["periodSeconds"])
+    deadline = dep["spec"]["progressDeadlineSeconds"]
+    assert deadline >= budget == manifests.startup_budget_s()
+    assert deadline > 600  # Kubernetes' default: shorter than a large model's load
+    assert deadline == manifests.progress_deadline_s()
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({}, {"strategy": "Recreate"}),
+    ({"strategy": "Recreate"}, {}),
+    ({}, {"maxSurge": 1, "maxUnavailable": 0}),
+])
+def test_changing_the_rollout_patches_to_a_valid_object_once(
+    before: dict[str, Any], after: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge patch keeps keys it does not name: switching to Recreate must remove
+    strategy.rollingUpdate, or the API server refuses the patch (422) on every pass."""
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
+    stored = as_stored(manifests.deployment(OWNER, _spec(rollout=before)))
+    desired = manifests.deployment(OWNER, _spec(rollout=after))
+    api = RecordingApi()
+    reconcile.ensure(api, desired, stored, {}, Logger())  # type: ignore[arg-type]
+    ((_, body),) = api.patches
+    result = patched(stored, body)  # raises Invalid where a real server would
+    assert result["spec"]["strategy"] == as_stored(desired)["spec"]["strategy"]
+    again = RecordingApi()
+    reconcile.ensure(again, desired, result, {}, Logger())  # type: ignore[arg-type]
+    assert again.patches == []
+
+
+def test_the_kit_refuses_what_the_server_refuses() -> None:
+    stored = as_stored(manifests.deployment(OWNER, _spec()))
+    with pytest.raises(Invalid):
+        patched(stored, {"spec": {"strategy": {"type": "Recreate"}}})
