@@ -135,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             "dtype": engine_dtype(models.target, args.serve_arg),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.url:
+        # Someone else's engine: its machine and dtype are not this process's to know.
+        meta.update(machine=f"the endpoint {args.url}", dtype="as that endpoint serves")
         return _replay_endpoint(args, workload, slo, meta, out)
 
     policy_file = out / "adaptive-policy.json"
