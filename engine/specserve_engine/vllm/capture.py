@@ -8,9 +8,12 @@ call the confidences form a ``[batch, K]`` matrix, handed to the scheduler with 
 
 Adaptive drafting: the scheduler sends a ``DraftStopRule`` with each step (an attribute on
 ``SchedulerOutput``; the rule and its math are in ``policy/drafting.py``). After each drafted
-position the confidences go to ``DraftProgress.stop_after``; when it says stop, the next sample
-call raises ``_StopDrafting`` and the wrapped ``propose()`` returns the tokens drafted so far (a
-narrower ``[batch, j]`` result, which vLLM's runner handles like a smaller K).
+position the confidences go to ``DraftProgress.stop_after``; when it says stop (and K is not yet
+reached), the same sample call raises ``_StopDrafting``, so the draft forward of the next
+position never runs, and the wrapped ``propose()`` returns the tokens drafted so far (a narrower
+``[batch, j]`` result, which vLLM's runner handles like a smaller K). vLLM samples outside its
+forward context, after the step's forward, in both of its sample calls (before and inside the
+loop of ``SpecDecodeBaseProposer.propose``); the K=1 path returns at that same point.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from specserve_engine.policy.drafting import DraftProgress, DraftStopRule
 
 
 class _StopDrafting(Exception):
-    """Raised between draft positions (outside vLLM's forward context) to end drafting."""
+    """Raised right after a draft position is sampled (outside vLLM's forward context)."""
 
 
 class DraftCapture:
@@ -38,7 +41,6 @@ class DraftCapture:
         self._tokens: list[torch.Tensor] = []
         self._confidences: list[torch.Tensor] = []
         self._progress: DraftProgress | None = None
-        self._stop_next = False
         self._original_sample: Callable[[torch.Tensor], torch.Tensor] = drafter._greedy_sample
         self._original_propose: Callable[..., torch.Tensor] = drafter.propose
         drafter._greedy_sample = self._greedy_sample
@@ -55,19 +57,19 @@ class DraftCapture:
     def _greedy_sample(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self.supported:
             return self._original_sample(hidden_states)
-        if self._stop_next:
-            raise _StopDrafting
         logits = self.drafter.model.compute_logits(hidden_states)
         tokens = logits.argmax(dim=-1)  # the token vLLM itself would draft
         conf = torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         self._tokens.append(tokens)
         self._confidences.append(conf)
-        if self._progress is not None and self._progress.stop_after(conf.tolist()):
-            self._stop_next = True
+        if (self._progress is not None and self._progress.stop_after(conf.tolist())
+                and len(self._tokens) < self.drafter.num_speculative_tokens):
+            # Right after sampling position j: the draft forward of position j+1 never runs.
+            raise _StopDrafting
         return tokens
 
     def _propose(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._tokens, self._confidences, self._stop_next = [], [], False
+        self._tokens, self._confidences = [], []
         self._progress = DraftProgress(self.stop_rule) if self.stop_rule is not None else None
         start = time.perf_counter()
         try:
