@@ -4,6 +4,9 @@
     SPECSERVE_SLO_INTERVAL_S      seconds between SLO loop passes, per resource (default 30)
     SPECSERVE_PROMETHEUS_URL      Prometheus for resources without spec.metrics.prometheusUrl
     SPECSERVE_SLO_WINDOW          the PromQL range of every SLO query (default 2m)
+    SPECSERVE_MANAGE_SERVICEMONITORS  false: never read or write ServiceMonitors (default true;
+                                  the chart sets it from operator.manageServiceMonitors, which
+                                  also decides whether the RBAC grants them)
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from specserve_contract import (
+    ENV_MANAGE_SERVICEMONITORS,
     ENV_PROMETHEUS_URL,
     ENV_SLO_INTERVAL_S,
     ENV_SLO_WINDOW,
@@ -46,6 +50,7 @@ class OperatorConfig:
     status_interval_s: float = DEFAULT_STATUS_INTERVAL_S
     slo_interval_s: float = DEFAULT_SLO_INTERVAL_S
     loop: LoopConfig = field(default_factory=LoopConfig)
+    manage_service_monitors: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -61,4 +66,14 @@ class OperatorConfig:
                                                 DEFAULT_STATUS_INTERVAL_S)),
             slo_interval_s=slo_interval_s,
             loop=loop,
+            manage_service_monitors=_flag(environ.get(ENV_MANAGE_SERVICEMONITORS, "true")),
         )
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{ENV_MANAGE_SERVICEMONITORS}: not a boolean: {text!r}")

@@ -3,8 +3,15 @@
     kopf run -m specserve_operator.handlers --all-namespaces
 
 One reconcile function (`reconcile.reconcile`) serves create, update (of .spec), resume
-(operator restart) and a periodic timer (status refresh and drift repair); deletion is in
-`deletion`, the SLO loop in `slo_loop`, status shaping in `status`. Settings are read from the
+(operator restart) and a periodic timer (status refresh and drift repair); the SLO loop is in
+`slo_loop`, status shaping in `status`.
+
+Deletion has no handler: every child carries a controller ownerReference, so the garbage
+collector deletes them with the resource, and nothing the operator could fail at (a 403, an API
+outage) can hold a deletion up. kopf still puts its finalizer (`FINALIZER`) on each resource
+because of the two timers: it stops a resource's timers before letting the object go, so no
+timer keeps running for (and recreating children of) a deleted resource. A resource that
+carries the finalizer from an older operator is released the same way. Settings are read from the
 environment when the operator starts (`config.OperatorConfig.from_environ`), not at import.
 """
 
@@ -19,7 +26,6 @@ import kopf
 
 from specserve_contract import FINALIZER, GROUP, PLURAL, VERSION
 from specserve_operator.config import LoopConfig, OperatorConfig
-from specserve_operator.deletion import delete_children
 from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
@@ -96,20 +102,16 @@ def _reconcile_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_change(**kwargs: Any) -> None:
-    reconcile(kube(), **_reconcile_kwargs(kwargs))
+    reconcile(kube(), **_reconcile_kwargs(kwargs),
+              manage_monitors=RUNTIME.config.manage_service_monitors)
 
 
 def refresh(**kwargs: Any) -> None:
     """Timer: follow the Deployment into .status and repair drift (a deleted or edited child)."""
     if not (kwargs["status"] or {}).get("phase"):
         return  # not reconciled by on_change yet: do not race the create handler
-    reconcile(kube(), **_reconcile_kwargs(kwargs))
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-def on_delete(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:
-    """Delete the children now (owner references let the garbage collector do it too)."""
-    delete_children(kube(), Owner(name=name, namespace=namespace, uid=uid), logger)
+    reconcile(kube(), **_reconcile_kwargs(kwargs),
+              manage_monitors=RUNTIME.config.manage_service_monitors)
 
 
 async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, patch: Any,

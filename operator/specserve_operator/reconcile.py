@@ -5,6 +5,11 @@ manifest (JSON merge patch of the fields we own), and leaves everything else alo
 with nothing changed writes nothing. A spec that fails validation is reported in .status (phase
 Invalid, Ready=False, Degraded=True with the message) and as a Warning event; existing children
 are left running.
+
+ServiceMonitors are optional: with `manage_monitors` off (the chart's
+operator.manageServiceMonitors: false, whose RBAC then grants none) they are never read or
+written, and a 403 or 404 on one (no RBAC for it, the CRD removed meanwhile) is logged and
+skipped, so it can hold up neither the other children nor .status.
 """
 
 from __future__ import annotations
@@ -85,8 +90,28 @@ def _ensure_policy(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
     return int(policy["version"])
 
 
+# Answers on an optional child that mean "not for us here": skip it, never fail the pass.
+OPTIONAL_CHILD_SKIPPED = (403, 404)
+
+
+def _ensure_servicemonitor(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
+                           body: Any, logger: Any) -> None:
+    if not api.serves(SERVICEMONITOR_API, "servicemonitors"):
+        return
+    name = servicemonitor_name(owner)
+    try:
+        current = api.get(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
+        ensure(api, servicemonitor(owner, spec), current, body, logger)
+    except KubeError as exc:
+        if exc.status not in OPTIONAL_CHILD_SKIPPED:
+            raise
+        logger.warning(f"ServiceMonitor {name} skipped (HTTP {exc.status}: set the chart's "
+                       f"operator.manageServiceMonitors to false, or grant servicemonitors)")
+
+
 def reconcile_children(
-    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any
+    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
+    manage_monitors: bool = True,
 ) -> tuple[dict[str, Any], int]:
     """Bring every child to the desired state; return (the Deployment, the policy version)."""
     _ensure_secret(api, owner, spec, body, logger)
@@ -95,10 +120,8 @@ def reconcile_children(
     dep = ensure(api, deployment(owner, spec), current, body, logger)
     current = api.get("v1", "Service", owner.namespace, service_name(owner))
     ensure(api, service(owner, spec), current, body, logger)
-    if spec.metrics.service_monitor and api.serves(SERVICEMONITOR_API, "servicemonitors"):
-        name = servicemonitor_name(owner)
-        current = api.get(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
-        ensure(api, servicemonitor(owner, spec), current, body, logger)
+    if manage_monitors and spec.metrics.service_monitor:
+        _ensure_servicemonitor(api, owner, spec, body, logger)
     return dep, version
 
 
@@ -110,7 +133,7 @@ def write_status(patch: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
 
 def reconcile(
     api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
-    patch: Any, logger: Any,
+    patch: Any, logger: Any, manage_monitors: bool = True,
 ) -> None:
     """One reconcile pass of one resource: validate the spec, reconcile children, write status."""
     owner = Owner(name=name, namespace=namespace, uid=uid)
@@ -125,6 +148,6 @@ def reconcile(
             logger.info(message)
         write_status(patch, old, invalid_status(message, old, now_stamp(), generation))
         return
-    dep, version = reconcile_children(api, owner, spec, body, logger)
+    dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors)
     new = running_status(spec, owner, dep, version, old, now_stamp(), generation)
     write_status(patch, old, new)

@@ -175,6 +175,7 @@ def test_operator_runs_the_kopf_handlers_cluster_wide() -> None:
     assert c["args"][-2:] == ["-m", "specserve_operator.handlers"]
     assert "--all-namespaces" in c["args"]
     assert {"name": "SPECSERVE_STATUS_INTERVAL_S", "value": "15"} in c["env"]
+    assert {"name": "SPECSERVE_MANAGE_SERVICEMONITORS", "value": "true"} in c["env"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "specserve-operator"
@@ -252,8 +253,9 @@ RESOURCES = {
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
 }
 # kopf: list/watch/patch the resource, patch its status, post events; the handlers read the
-# resource too. Children: get, create, patch, delete (operator/specserve_operator/kube.py).
-CHILD_VERBS = {"get", "create", "patch", "delete"}
+# resource too. Children: get, create, patch (reconcile.py); never delete: the garbage collector
+# removes them through their owner references.
+CHILD_VERBS = {"get", "create", "patch"}
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -387,6 +389,12 @@ def test_service_monitor_rights_can_be_left_out() -> None:
     docs = render(NON_DEFAULT["namespaced-monitoring"])
     role = one(docs, "Role", "specserve-operator")
     assert grants(role["rules"]) == expected_operator_grants(service_monitors=False)
+    # ... and the operator is told so: it must not even read ServiceMonitors (403 otherwise).
+    env = container(one(docs, "Deployment", "specserve-operator"))["env"]
+    assert {"name": "SPECSERVE_MANAGE_SERVICEMONITORS", "value": "false"} in env
+    from specserve_operator.config import OperatorConfig
+    config = OperatorConfig.from_environ({e["name"]: e["value"] for e in env})
+    assert config.manage_service_monitors is False
     assert "--debug" in container(one(docs, "Deployment", "specserve-operator"))["args"]
 
 
