@@ -17,6 +17,7 @@ environment when the operator starts (`config.OperatorConfig.from_environ`), not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from specserve_operator.manifests import Owner
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
 from specserve_operator.slo_loop import slo_iteration
 from specserve_operator.spec import SpecError, parse_spec
-from specserve_operator.status import loop_failed_status
+from specserve_operator.status import SLO_LOOP, loop_failed_status
 
 log = logging.getLogger("specserve.operator")
 
@@ -132,4 +133,4 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
     except Exception as exc:  # report and go on: the next pass retries
         logger.exception(f"slo loop failed: {exc}")
         new = loop_failed_status(old, exc, now_stamp())
-    write_status(patch, old, new)
+    await asyncio.to_thread(write_status, kube(), owner, SLO_LOOP, lambda fresh: new, body)

@@ -27,6 +27,19 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 MERGE_PATCH = "application/merge-patch+json"
+CONFLICT = 409  # a create of an existing name, or a write whose resourceVersion is stale
+# Read-modify-write attempts before a conflict is given up on (the next pass starts afresh).
+CONFLICT_ATTEMPTS = 5
+
+
+def precondition(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """`body` made conditional on `current` being what the server still stores: a merge patch
+    that names metadata.resourceVersion is refused with 409 Conflict if the object changed
+    since it was read (optimistic concurrency). Objects without one (tests' fakes) go as is."""
+    version = ((current or {}).get("metadata") or {}).get("resourceVersion")
+    if not version:
+        return body
+    return {**body, "metadata": {**(body.get("metadata") or {}), "resourceVersion": version}}
 
 
 class KubeError(RuntimeError):
