@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from specserve_contract import ENV_MANAGE_SERVICEMONITORS, FINALIZER
+from specserve_contract import ENV_MANAGE_SERVICEMONITORS, FINALIZER, GROUP, PLURAL
+from specserve_operator.kube_client import API_CALLS, KubeClient
 from tests.kits.operator_kit import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -104,3 +105,40 @@ async def test_a_resource_under_deletion_with_the_old_finalizer_is_released(
     assert response.status < 300 and live(cluster, SSD, NAME) is not None
     async with running_operator():
         await eventually(lambda: live(cluster, SSD, NAME) is None)
+
+
+async def test_the_operator_makes_only_calls_its_rbac_grants(cluster: Any) -> None:
+    """A lifecycle (create, ServiceMonitor, a spec edit, a repaired child, status) through the
+    real client: every call is in API_CALLS (the client refuses others, and tests/chart checks
+    that the chart grants exactly API_CALLS and kopf's calls), and the reconcile used every
+    call of the table except the SLO loop's own (tests/operator/test_operator_slo_loop.py)."""
+    KubeClient.issued.clear()
+    add_servicemonitor_crd(cluster)
+    async with running_operator():
+        await create(cluster, ssd(NAME, SPEC, UID))
+        await eventually(lambda: live(cluster, SERVICEMONITORS, NAME))
+        await eventually(lambda: all(live(cluster, r, n) for r, n in CHILDREN))
+        response = await cluster.patch(
+            f"{SSD_PATH}/{NAME}", json={"spec": {"speculation": {"kMax": 7}}},
+            headers={"Content-Type": "application/merge-patch+json"})
+        assert response.status < 300
+        await eventually(lambda: '"k_max": 7' in live(cluster, CONFIGMAPS, f"{NAME}-policy")[
+            "data"]["policy.json"])
+        for resource, name in ((SERVICES, NAME), (SERVICEMONITORS, NAME)):  # drift: edited
+            path = {SERVICES: f"/api/v1/namespaces/ns1/services/{name}",
+                    SERVICEMONITORS: f"/apis/{SERVICEMONITORS.rsplit('/', 1)[0]}/namespaces/"
+                                     f"ns1/servicemonitors/{name}"}[resource]
+            edit = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "someone"}}}
+            response = await cluster.patch(
+                path, json=edit, headers={"Content-Type": "application/merge-patch+json"})
+            assert response.status < 300
+        await eventually(lambda: live(cluster, SERVICES, NAME)["metadata"]["labels"][
+            "app.kubernetes.io/managed-by"] == "specserve-operator")
+        await eventually(lambda: live(cluster, SERVICEMONITORS, NAME)["metadata"]["labels"][
+            "app.kubernetes.io/managed-by"] == "specserve-operator")
+        await eventually(lambda: _status(cluster).get("k") == "adaptive<=7")
+    issued = set(KubeClient.issued)
+    assert issued <= API_CALLS
+    not_here = {("list", "", "pods"), ("patch", GROUP, PLURAL),  # SLO loop: pods, kubectl-scale
+                ("get", GROUP, PLURAL)}  # write_status re-reads only after a 409 (lost_updates)
+    assert API_CALLS - not_here <= issued, API_CALLS - not_here - issued

@@ -90,12 +90,18 @@ operator's manifests produce.
   resources: ["deployments"]
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
-  resources: ["services", "configmaps", "secrets"]
+  resources: ["services", "configmaps"]
   verbs: ["get", "create", "patch"]
+# The control-token Secret of each resource: created once, read to push, never patched.
+# (RBAC cannot narrow this by name: `create` has no name to match, and the names are per
+# resource. Use watchNamespaces to confine it to the watched namespaces.)
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 # The SLO loop pushes the policy to every ready engine pod (it lists them to find their IPs).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["list"]
 # Events on the resources (Created, Updated, InvalidSpec, kopf's warnings).
 - apiGroups: [""]
   resources: ["events"]
