@@ -26,6 +26,7 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_PROMETHEUS_URL         user                                operator (start-up)
     SPECSERVE_SLO_WINDOW             user                                operator (start-up)
     SPECSERVE_MANAGE_SERVICEMONITORS Helm chart (manageServiceMonitors)  operator (start-up)
+    SPECSERVE_METRICS_PORT           user                                operator (start-up)
     SPECSERVE_TEST_DTYPE             user, CI                            tests (engine fixtures)
 """
 
@@ -140,6 +141,7 @@ ENV_SLO_INTERVAL_S = "SPECSERVE_SLO_INTERVAL_S"
 ENV_PROMETHEUS_URL = "SPECSERVE_PROMETHEUS_URL"
 ENV_SLO_WINDOW = "SPECSERVE_SLO_WINDOW"
 ENV_MANAGE_SERVICEMONITORS = "SPECSERVE_MANAGE_SERVICEMONITORS"
+ENV_METRICS_PORT = "SPECSERVE_METRICS_PORT"
 ENV_TEST_DTYPE = "SPECSERVE_TEST_DTYPE"
 
 # ---------------------------------------------------------------------------- limits, modes

@@ -7,6 +7,7 @@
     SPECSERVE_MANAGE_SERVICEMONITORS  false: never read or write ServiceMonitors (default true;
                                   the chart sets it from operator.manageServiceMonitors, which
                                   also decides whether the RBAC grants them)
+    SPECSERVE_METRICS_PORT        the operator's /metrics (default 8081; 0: off)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from specserve_contract import (
     ENV_MANAGE_SERVICEMONITORS,
+    ENV_METRICS_PORT,
     ENV_PROMETHEUS_URL,
     ENV_SLO_INTERVAL_S,
     ENV_SLO_WINDOW,
@@ -51,6 +53,7 @@ class OperatorConfig:
     slo_interval_s: float = DEFAULT_SLO_INTERVAL_S
     loop: LoopConfig = field(default_factory=LoopConfig)
     manage_service_monitors: bool = True
+    metrics_port: int = 0  # 0: no /metrics server (from_environ defaults to 8081)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -67,6 +70,7 @@ class OperatorConfig:
             slo_interval_s=slo_interval_s,
             loop=loop,
             manage_service_monitors=_flag(environ.get(ENV_MANAGE_SERVICEMONITORS, "true")),
+            metrics_port=int(environ.get(ENV_METRICS_PORT, "8081")),
         )
 
 

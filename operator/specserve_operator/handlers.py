@@ -26,6 +26,7 @@ from typing import Any
 import kopf
 
 from specserve_contract import FINALIZER, GROUP, PLURAL, VERSION
+from specserve_operator import metrics
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
@@ -76,6 +77,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # routine log lines stay in the operator's log.
     settings.posting.level = logging.WARNING
     RUNTIME.kube = KubeClient.from_environment()
+    metrics.serve(RUNTIME.config.metrics_port)
     register_timers(RUNTIME.config)
 
 
@@ -103,16 +105,24 @@ def _reconcile_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_change(**kwargs: Any) -> None:
-    reconcile(kube(), **_reconcile_kwargs(kwargs),
-              manage_monitors=RUNTIME.config.manage_service_monitors)
+    _counted_reconcile(kwargs)
+
+
+def _counted_reconcile(kwargs: dict[str, Any]) -> None:
+    try:
+        result = reconcile(kube(), **_reconcile_kwargs(kwargs),
+                           manage_monitors=RUNTIME.config.manage_service_monitors)
+    except Exception:
+        metrics.RECONCILES.labels("error").inc()
+        raise
+    metrics.RECONCILES.labels(result).inc()
 
 
 def refresh(**kwargs: Any) -> None:
     """Timer: follow the Deployment into .status and repair drift (a deleted or edited child)."""
     if not (kwargs["status"] or {}).get("phase"):
         return  # not reconciled by on_change yet: do not race the create handler
-    reconcile(kube(), **_reconcile_kwargs(kwargs),
-              manage_monitors=RUNTIME.config.manage_service_monitors)
+    _counted_reconcile(kwargs)
 
 
 async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, patch: Any,
@@ -128,9 +138,11 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
         return
     owner = Owner(name=name, namespace=namespace, uid=uid)
     try:
-        new = await slo_iteration(kube(), owner, spec, body, old, logger, RUNTIME.loop,
-                                  now_stamp())
+        with metrics.SLO_LOOP_SECONDS.time():
+            new = await slo_iteration(kube(), owner, spec, body, old, logger, RUNTIME.loop,
+                                      now_stamp())
     except Exception as exc:  # report and go on: the next pass retries
+        metrics.SLO_LOOP_FAILURES.inc()
         logger.exception(f"slo loop failed: {exc}")
         new = loop_failed_status(old, exc, now_stamp())
     await asyncio.to_thread(write_status, kube(), owner, SLO_LOOP, lambda fresh: new, body)

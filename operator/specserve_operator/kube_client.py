@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from kubernetes import client, config
 
 from specserve_contract import API_VERSION, GROUP, KIND, PLURAL
+from specserve_operator import metrics
 from specserve_operator.manifests import SERVICEMONITOR_API
 
 # (apiVersion, kind) -> plural, for every kind the operator touches.
@@ -147,6 +148,8 @@ class KubeClient:
         )
         response = self.api.call_api(*args)
         data = response.read() or b""
+        if call is not None:
+            metrics.API_CALLS.labels(call[0], call[2], str(response.status)).inc()
         if response.status == 404:
             return None
         if not 200 <= response.status < 300:

@@ -195,8 +195,9 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 def reconcile(
     api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
     patch: Any, logger: Any, manage_monitors: bool = True,
-) -> None:
-    """One reconcile pass of one resource: validate the spec, reconcile children, write status."""
+) -> str:
+    """One reconcile pass of one resource: validate the spec, reconcile children, write status.
+    Returns "ok", or "invalid" for a refused spec."""
     owner = Owner(name=name, namespace=namespace, uid=uid)
     old = dict(status or {})
     generation = meta.get("generation")
@@ -210,9 +211,10 @@ def reconcile(
         stamp = now_stamp()
         write_status(api, owner, RECONCILE,
                      lambda fresh: invalid_status(message, fresh, stamp, generation), body)
-        return
+        return "invalid"
     dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors)
     stamp = now_stamp()
     write_status(api, owner, RECONCILE,
                  lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation),
                  body)
+    return "ok"

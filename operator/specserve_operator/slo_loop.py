@@ -20,6 +20,7 @@ import kopf
 
 from specserve_contract import API_VERSION, ENV_PROMETHEUS_URL, KIND, POLICY_KEY, TOKEN_KEY
 from specserve_engine.policy.params import Policy
+from specserve_operator import metrics
 from specserve_operator.autoscale import (
     Recommendation,
     ScaleDecision,
@@ -294,6 +295,8 @@ async def slo_iteration(
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])
     policy, result, ready = await push(api, owner, decision.policy, cfg)
+    metrics.POLICY_PUSHES.labels("acknowledged").inc(len(result.acknowledged))
+    metrics.POLICY_PUSHES.labels("failed").inc(len(result.failed))
     scaled = await scale(api, owner, spec, snap, policy, old, cfg, now)
     if scaled.changed:
         kopf.event(body, type="Normal", reason="Scaled",
