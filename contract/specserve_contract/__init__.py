@@ -25,6 +25,8 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_SLO_INTERVAL_S         user                                operator (start-up)
     SPECSERVE_PROMETHEUS_URL         user                                operator (start-up)
     SPECSERVE_SLO_WINDOW             user                                operator (start-up)
+    SPECSERVE_MANAGE_SERVICEMONITORS Helm chart (manageServiceMonitors)  operator (start-up)
+    SPECSERVE_METRICS_PORT           user                                operator (start-up)
     SPECSERVE_TEST_DTYPE             user, CI                            tests (engine fixtures)
 """
 
@@ -40,7 +42,8 @@ KIND = "SpecServeDeployment"
 PLURAL = "specservedeployments"
 SINGULAR = "specservedeployment"
 SHORT_NAMES = ("ssd",)
-# kopf's finalizer on every SpecServeDeployment (the operator deletes the children first).
+# kopf's finalizer on every SpecServeDeployment. It guards the per-resource timers only (kopf
+# stops them before the object goes); the children go with the owner's garbage collection.
 FINALIZER = f"{GROUP}/cleanup"
 
 # ---------------------------------------------------------------------------------- labels
@@ -137,6 +140,8 @@ ENV_STATUS_INTERVAL_S = "SPECSERVE_STATUS_INTERVAL_S"
 ENV_SLO_INTERVAL_S = "SPECSERVE_SLO_INTERVAL_S"
 ENV_PROMETHEUS_URL = "SPECSERVE_PROMETHEUS_URL"
 ENV_SLO_WINDOW = "SPECSERVE_SLO_WINDOW"
+ENV_MANAGE_SERVICEMONITORS = "SPECSERVE_MANAGE_SERVICEMONITORS"
+ENV_METRICS_PORT = "SPECSERVE_METRICS_PORT"
 ENV_TEST_DTYPE = "SPECSERVE_TEST_DTYPE"
 
 # ---------------------------------------------------------------------------- limits, modes

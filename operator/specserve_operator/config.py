@@ -4,6 +4,10 @@
     SPECSERVE_SLO_INTERVAL_S      seconds between SLO loop passes, per resource (default 30)
     SPECSERVE_PROMETHEUS_URL      Prometheus for resources without spec.metrics.prometheusUrl
     SPECSERVE_SLO_WINDOW          the PromQL range of every SLO query (default 2m)
+    SPECSERVE_MANAGE_SERVICEMONITORS  false: never read or write ServiceMonitors (default true;
+                                  the chart sets it from operator.manageServiceMonitors, which
+                                  also decides whether the RBAC grants them)
+    SPECSERVE_METRICS_PORT        the operator's /metrics (default 8081; 0: off)
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from specserve_contract import (
+    ENV_MANAGE_SERVICEMONITORS,
+    ENV_METRICS_PORT,
     ENV_PROMETHEUS_URL,
     ENV_SLO_INTERVAL_S,
     ENV_SLO_WINDOW,
@@ -46,6 +52,8 @@ class OperatorConfig:
     status_interval_s: float = DEFAULT_STATUS_INTERVAL_S
     slo_interval_s: float = DEFAULT_SLO_INTERVAL_S
     loop: LoopConfig = field(default_factory=LoopConfig)
+    manage_service_monitors: bool = True
+    metrics_port: int = 0  # 0: no /metrics server (from_environ defaults to 8081)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -61,4 +69,15 @@ class OperatorConfig:
                                                 DEFAULT_STATUS_INTERVAL_S)),
             slo_interval_s=slo_interval_s,
             loop=loop,
+            manage_service_monitors=_flag(environ.get(ENV_MANAGE_SERVICEMONITORS, "true")),
+            metrics_port=int(environ.get(ENV_METRICS_PORT, "8081")),
         )
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{ENV_MANAGE_SERVICEMONITORS}: not a boolean: {text!r}")

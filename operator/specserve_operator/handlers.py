@@ -3,13 +3,21 @@
     kopf run -m specserve_operator.handlers --all-namespaces
 
 One reconcile function (`reconcile.reconcile`) serves create, update (of .spec), resume
-(operator restart) and a periodic timer (status refresh and drift repair); deletion is in
-`deletion`, the SLO loop in `slo_loop`, status shaping in `status`. Settings are read from the
+(operator restart) and a periodic timer (status refresh and drift repair); the SLO loop is in
+`slo_loop`, status shaping in `status`.
+
+Deletion has no handler: every child carries a controller ownerReference, so the garbage
+collector deletes them with the resource, and nothing the operator could fail at (a 403, an API
+outage) can hold a deletion up. kopf still puts its finalizer (`FINALIZER`) on each resource
+because of the two timers: it stops a resource's timers before letting the object go, so no
+timer keeps running for (and recreating children of) a deleted resource. A resource that
+carries the finalizer from an older operator is released the same way. Settings are read from the
 environment when the operator starts (`config.OperatorConfig.from_environ`), not at import.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,14 +26,14 @@ from typing import Any
 import kopf
 
 from specserve_contract import FINALIZER, GROUP, PLURAL, VERSION
+from specserve_operator import metrics
 from specserve_operator.config import LoopConfig, OperatorConfig
-from specserve_operator.deletion import delete_children
 from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
 from specserve_operator.slo_loop import slo_iteration
 from specserve_operator.spec import SpecError, parse_spec
-from specserve_operator.status import loop_failed_status
+from specserve_operator.status import SLO_LOOP, loop_failed_status
 
 log = logging.getLogger("specserve.operator")
 
@@ -69,6 +77,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # routine log lines stay in the operator's log.
     settings.posting.level = logging.WARNING
     RUNTIME.kube = KubeClient.from_environment()
+    metrics.serve(RUNTIME.config.metrics_port)
     register_timers(RUNTIME.config)
 
 
@@ -96,20 +105,24 @@ def _reconcile_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_change(**kwargs: Any) -> None:
-    reconcile(kube(), **_reconcile_kwargs(kwargs))
+    _counted_reconcile(kwargs)
+
+
+def _counted_reconcile(kwargs: dict[str, Any]) -> None:
+    try:
+        result = reconcile(kube(), **_reconcile_kwargs(kwargs),
+                           manage_monitors=RUNTIME.config.manage_service_monitors)
+    except Exception:
+        metrics.RECONCILES.labels("error").inc()
+        raise
+    metrics.RECONCILES.labels(result).inc()
 
 
 def refresh(**kwargs: Any) -> None:
     """Timer: follow the Deployment into .status and repair drift (a deleted or edited child)."""
     if not (kwargs["status"] or {}).get("phase"):
         return  # not reconciled by on_change yet: do not race the create handler
-    reconcile(kube(), **_reconcile_kwargs(kwargs))
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-def on_delete(namespace: str, name: str, uid: str, logger: Any, **_: Any) -> None:
-    """Delete the children now (owner references let the garbage collector do it too)."""
-    delete_children(kube(), Owner(name=name, namespace=namespace, uid=uid), logger)
+    _counted_reconcile(kwargs)
 
 
 async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, patch: Any,
@@ -125,9 +138,11 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
         return
     owner = Owner(name=name, namespace=namespace, uid=uid)
     try:
-        new = await slo_iteration(kube(), owner, spec, body, old, logger, RUNTIME.loop,
-                                  now_stamp())
+        with metrics.SLO_LOOP_SECONDS.time():
+            new = await slo_iteration(kube(), owner, spec, body, old, logger, RUNTIME.loop,
+                                      now_stamp())
     except Exception as exc:  # report and go on: the next pass retries
+        metrics.SLO_LOOP_FAILURES.inc()
         logger.exception(f"slo loop failed: {exc}")
         new = loop_failed_status(old, exc, now_stamp())
-    write_status(patch, old, new)
+    await asyncio.to_thread(write_status, kube(), owner, SLO_LOOP, lambda fresh: new, body)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from kubernetes import client, config
 
-from specserve_contract import API_VERSION, KIND, PLURAL
+from specserve_contract import API_VERSION, GROUP, KIND, PLURAL
+from specserve_operator import metrics
 from specserve_operator.manifests import SERVICEMONITOR_API
 
 # (apiVersion, kind) -> plural, for every kind the operator touches.
@@ -27,6 +28,71 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 MERGE_PATCH = "application/merge-patch+json"
+
+# Every (verb, API group, resource) this client may issue: the operator's own API calls. The
+# client refuses any other (`UnlistedApiCall`), and tests/chart checks that the chart's RBAC is
+# exactly these plus kopf's (KOPF_CALLS) and the admission grant (ADMISSION_GRANTS): nothing
+# missing, nothing unused.
+API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
+    # reconcile: children are read, created and patched, never deleted (garbage collection).
+    *((verb, "apps", "deployments") for verb in ("get", "create", "patch")),
+    *((verb, "", "services") for verb in ("get", "create", "patch")),
+    *((verb, "", "configmaps") for verb in ("get", "create", "patch")),
+    ("get", "", "secrets"), ("create", "", "secrets"),  # the token: made once, never patched
+    *((verb, "monitoring.coreos.com", "servicemonitors") for verb in ("get", "create", "patch")),
+    # write_status reads the resource and patches its status; the SLO loop scales (spec patch).
+    ("get", GROUP, PLURAL), ("patch", GROUP, PLURAL), ("patch", GROUP, f"{PLURAL}/status"),
+    ("list", "", "pods"),  # the SLO loop finds the ready engine pods
+})
+# What kopf itself calls: it watches the resources, patches their finalizer and annotations,
+# posts events, and watches CRDs.
+KOPF_CALLS: frozenset[tuple[str, str, str]] = frozenset({
+    ("list", GROUP, PLURAL), ("watch", GROUP, PLURAL), ("patch", GROUP, PLURAL),
+    ("create", "", "events"),
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+    ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+})
+# Not a call: OwnerReferencesPermissionEnforcement admits a child with blockOwnerDeletion only
+# from whoever may update the owner's finalizers.
+ADMISSION_GRANTS: frozenset[tuple[str, str, str]] = frozenset({
+    ("update", GROUP, f"{PLURAL}/finalizers"),
+})
+_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+class UnlistedApiCall(AssertionError):
+    """A call that API_CALLS (and so the chart's RBAC) does not list: a bug, found in tests."""
+
+
+def api_call(method: str, path: str) -> tuple[str, str, str] | None:
+    """(verb, group, resource[/subresource]) of a request path; None for discovery paths."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"]:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    elif rest[:1] == ["namespaces"] or not rest:
+        return None  # discovery, or namespaces themselves (never called)
+    resource, name, sub = rest[0], rest[1:2], rest[2:3]
+    verb = _VERBS.get(method) or ("get" if name else "list")
+    return verb, group, resource + (f"/{sub[0]}" if sub else "")
+CONFLICT = 409  # a create of an existing name, or a write whose resourceVersion is stale
+# Read-modify-write attempts before a conflict is given up on (the next pass starts afresh).
+CONFLICT_ATTEMPTS = 5
+
+
+def precondition(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """`body` made conditional on `current` being what the server still stores: a merge patch
+    that names metadata.resourceVersion is refused with 409 Conflict if the object changed
+    since it was read (optimistic concurrency). Objects without one (tests' fakes) go as is."""
+    version = ((current or {}).get("metadata") or {}).get("resourceVersion")
+    if not version:
+        return body
+    return {**body, "metadata": {**(body.get("metadata") or {}), "resourceVersion": version}}
 
 
 class KubeError(RuntimeError):
@@ -49,6 +115,9 @@ def resource_path(
 
 
 class KubeClient:
+    # Every call any client in this process made (tests compare it with API_CALLS).
+    issued: ClassVar[set[tuple[str, str, str]]] = set()
+
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api = api_client
 
@@ -65,6 +134,11 @@ class KubeClient:
         self, method: str, path: str, body: Any = None, content_type: str | None = None
     ) -> dict[str, Any] | None:
         """One API call; None on 404, KubeError on any other failure."""
+        call = api_call(method, path)
+        if call is not None:
+            if call not in API_CALLS:
+                raise UnlistedApiCall(f"{method} {path}: {call} is not in API_CALLS (nor RBAC)")
+            KubeClient.issued.add(call)
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -74,6 +148,8 @@ class KubeClient:
         )
         response = self.api.call_api(*args)
         data = response.read() or b""
+        if call is not None:
+            metrics.API_CALLS.labels(call[0], call[2], str(response.status)).inc()
         if response.status == 404:
             return None
         if not 200 <= response.status < 300:

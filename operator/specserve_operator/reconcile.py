@@ -5,17 +5,30 @@ manifest (JSON merge patch of the fields we own), and leaves everything else alo
 with nothing changed writes nothing. A spec that fails validation is reported in .status (phase
 Invalid, Ready=False, Degraded=True with the message) and as a Warning event; existing children
 are left running.
+
+ServiceMonitors are optional: with `manage_monitors` off (the chart's
+operator.manageServiceMonitors: false, whose RBAC then grants none) they are never read or
+written, and a 403 or 404 on one (no RBAC for it, the CRD removed meanwhile) is logged and
+skipped, so it can hold up neither the other children nor .status.
 """
 
 from __future__ import annotations
 
 import datetime
 import secrets
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
-from specserve_operator.kube_client import KubeClient, KubeError
+from specserve_contract import API_VERSION, KIND
+from specserve_operator.kube_client import (
+    CONFLICT,
+    CONFLICT_ATTEMPTS,
+    KubeClient,
+    KubeError,
+    precondition,
+)
 from specserve_operator.manifests import (
     SERVICEMONITOR_API,
     Owner,
@@ -35,7 +48,7 @@ from specserve_operator.manifests import (
     servicemonitor_name,
 )
 from specserve_operator.spec import SpecError, SpecServeDeploymentSpec, parse_spec
-from specserve_operator.status import invalid_status, running_status, status_patch
+from specserve_operator.status import RECONCILE, Writer, invalid_status, owned_patch, running_status
 
 
 def now_stamp() -> str:
@@ -78,15 +91,55 @@ def _ensure_secret(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
 
 def _ensure_policy(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
                    logger: Any) -> int:
-    """Store the policy (bumping its version only when the spec changes it); return the version."""
-    current = api.get("v1", "ConfigMap", owner.namespace, configmap_name(owner))
-    policy, _changed = merge_policy(parse_policy(current), spec)
-    ensure(api, configmap(owner, spec, policy), current, body, logger)
-    return int(policy["version"])
+    """Store the policy (bumping its version only when the spec changes it); return the version.
+
+    The policy document has two writers: this one owns the spec's fields (`merge_policy`), the
+    SLO loop the tuned ones (`slo_loop.update_policy`). Each reads, merges and writes under a
+    resourceVersion precondition, and a 409 Conflict starts again from a fresh read, so neither
+    drops what the other wrote in between.
+    """
+    for attempt in range(CONFLICT_ATTEMPTS):
+        current = api.get("v1", "ConfigMap", owner.namespace, configmap_name(owner))
+        policy, _changed = merge_policy(parse_policy(current), spec)
+        desired = configmap(owner, spec, policy)
+        try:
+            if current is None:
+                ensure(api, desired, None, body, logger)
+            elif not is_subset(patch_for(desired), current):
+                api.patch("v1", "ConfigMap", owner.namespace, configmap_name(owner),
+                          precondition(patch_for(desired, current), current))
+                kopf.event(body, type="Normal", reason="Updated",
+                           message=f"updated ConfigMap {configmap_name(owner)}")
+                logger.info(f"updated ConfigMap {configmap_name(owner)}")
+            return int(policy["version"])
+        except KubeError as exc:
+            if exc.status != CONFLICT or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+# Answers on an optional child that mean "not for us here": skip it, never fail the pass.
+OPTIONAL_CHILD_SKIPPED = (403, 404)
+
+
+def _ensure_servicemonitor(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
+                           body: Any, logger: Any) -> None:
+    if not api.serves(SERVICEMONITOR_API, "servicemonitors"):
+        return
+    name = servicemonitor_name(owner)
+    try:
+        current = api.get(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
+        ensure(api, servicemonitor(owner, spec), current, body, logger)
+    except KubeError as exc:
+        if exc.status not in OPTIONAL_CHILD_SKIPPED:
+            raise
+        logger.warning(f"ServiceMonitor {name} skipped (HTTP {exc.status}: set the chart's "
+                       f"operator.manageServiceMonitors to false, or grant servicemonitors)")
 
 
 def reconcile_children(
-    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any
+    api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
+    manage_monitors: bool = True,
 ) -> tuple[dict[str, Any], int]:
     """Bring every child to the desired state; return (the Deployment, the policy version)."""
     _ensure_secret(api, owner, spec, body, logger)
@@ -95,24 +148,56 @@ def reconcile_children(
     dep = ensure(api, deployment(owner, spec), current, body, logger)
     current = api.get("v1", "Service", owner.namespace, service_name(owner))
     ensure(api, service(owner, spec), current, body, logger)
-    if spec.metrics.service_monitor and api.serves(SERVICEMONITOR_API, "servicemonitors"):
-        name = servicemonitor_name(owner)
-        current = api.get(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
-        ensure(api, servicemonitor(owner, spec), current, body, logger)
+    if manage_monitors and spec.metrics.service_monitor:
+        _ensure_servicemonitor(api, owner, spec, body, logger)
     return dep, version
 
 
-def write_status(patch: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Put the top-level status keys that changed into kopf's patch."""
-    for key, value in status_patch(old, new).items():
-        patch.status[key] = value
+def write_status(api: KubeClient, owner: Owner, writer: Writer,
+                 build: Callable[[dict[str, Any]], dict[str, Any]],
+                 seen: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write `writer`'s part of .status: build the new status from the current one, send only
+    what `writer` owns (`status.owned_patch`) to the status subresource under a resourceVersion
+    precondition; a 409 Conflict starts again from a fresh read. Returns what was sent (empty:
+    nothing to change, or the resource is gone).
+
+    `seen`: the resource as the watch last delivered it (kopf's body). The first attempt works
+    from it (its resourceVersion is the precondition), so the usual pass costs no extra read;
+    and when `writer` would change nothing in it, nothing is sent at all (only `writer` changes
+    its keys, so a stale view can make it write too often, never too rarely)."""
+    obj = _plain(seen) if seen is not None else None
+    for attempt in range(CONFLICT_ATTEMPTS):
+        if obj is None:
+            obj = api.get(API_VERSION, KIND, owner.namespace, owner.name)
+            if obj is None:
+                return {}
+        fresh = obj.get("status") or {}
+        body = owned_patch(writer, fresh, build(fresh))
+        if not body:
+            return {}
+        try:
+            api.patch(API_VERSION, KIND, owner.namespace, owner.name,
+                      precondition({"status": body}, obj), subresource="status")
+            return body
+        except KubeError as exc:
+            if exc.status != CONFLICT or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+            obj = None  # read it again
+    return {}
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """kopf's body as plain dicts (metadata and status are all we read)."""
+    return {"metadata": dict(body.get("metadata") or {}),
+            "status": dict(body.get("status") or {})}
 
 
 def reconcile(
     api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
-    patch: Any, logger: Any,
-) -> None:
-    """One reconcile pass of one resource: validate the spec, reconcile children, write status."""
+    patch: Any, logger: Any, manage_monitors: bool = True,
+) -> str:
+    """One reconcile pass of one resource: validate the spec, reconcile children, write status.
+    Returns "ok", or "invalid" for a refused spec."""
     owner = Owner(name=name, namespace=namespace, uid=uid)
     old = dict(status or {})
     generation = meta.get("generation")
@@ -123,8 +208,13 @@ def reconcile(
         if old.get("phase") != "Invalid" or old.get("message") != message:
             kopf.warn(body, reason="InvalidSpec", message=message)
             logger.info(message)
-        write_status(patch, old, invalid_status(message, old, now_stamp(), generation))
-        return
-    dep, version = reconcile_children(api, owner, spec, body, logger)
-    new = running_status(spec, owner, dep, version, old, now_stamp(), generation)
-    write_status(patch, old, new)
+        stamp = now_stamp()
+        write_status(api, owner, RECONCILE,
+                     lambda fresh: invalid_status(message, fresh, stamp, generation), body)
+        return "invalid"
+    dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors)
+    stamp = now_stamp()
+    write_status(api, owner, RECONCILE,
+                 lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation),
+                 body)
+    return "ok"

@@ -13,12 +13,14 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from specserve_contract import API_VERSION, ENV_PROMETHEUS_URL, KIND, POLICY_KEY, TOKEN_KEY
 from specserve_engine.policy.params import Policy
+from specserve_operator import metrics
 from specserve_operator.autoscale import (
     Recommendation,
     ScaleDecision,
@@ -26,7 +28,13 @@ from specserve_operator.autoscale import (
 )
 from specserve_operator.autoscale import decide as decide_replicas
 from specserve_operator.config import LoopConfig
-from specserve_operator.kube_client import KubeClient
+from specserve_operator.kube_client import (
+    CONFLICT,
+    CONFLICT_ATTEMPTS,
+    KubeClient,
+    KubeError,
+    precondition,
+)
 from specserve_operator.manifests import (
     Owner,
     configmap_name,
@@ -74,9 +82,62 @@ async def read_policy(api: KubeClient, owner: Owner) -> Policy | None:
     return None if stored is None else Policy.model_validate(stored)
 
 
-async def write_policy(api: KubeClient, owner: Owner, policy: Policy) -> None:
-    body = {"data": {POLICY_KEY: policy_json(policy.model_dump(mode="json"))}}
-    await _call(api.patch, "v1", "ConfigMap", owner.namespace, configmap_name(owner), body)
+# The fields of the policy document the SLO loop owns (the spec's fields, SPEC_POLICY_FIELDS,
+# belong to reconcile; `version` is a counter both advance, under the same precondition).
+TUNED_FIELDS = ("tpot_headroom", "confidence_floor", "model")
+
+
+def update_policy_sync(api: KubeClient, owner: Owner,
+                       change: Callable[[Policy], Policy | None]) -> Policy | None:
+    """Read-modify-write of the policy ConfigMap: `change` gets the policy as stored now and
+    returns the one to store (None: leave it). The write names the resourceVersion it read; a
+    409 Conflict (reconcile wrote a spec change meanwhile) runs `change` again on a fresh read.
+    Returns the policy stored, None when there is no ConfigMap (yet)."""
+    name = configmap_name(owner)
+    for attempt in range(CONFLICT_ATTEMPTS):
+        cm = api.get("v1", "ConfigMap", owner.namespace, name)
+        stored = parse_policy(cm)
+        if stored is None:
+            return None
+        current = Policy.model_validate(stored)
+        new = change(current)
+        if new is None:
+            return current
+        body = {"data": {POLICY_KEY: policy_json(new.model_dump(mode="json"))}}
+        try:
+            api.patch("v1", "ConfigMap", owner.namespace, name, precondition(body, cm))
+            return new
+        except KubeError as exc:
+            if exc.status != CONFLICT or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+    return None
+
+
+async def update_policy(api: KubeClient, owner: Owner,
+                        change: Callable[[Policy], Policy | None]) -> Policy | None:
+    return await _call(update_policy_sync, api, owner, change)
+
+
+def tuned_onto(tuned: Policy) -> Callable[[Policy], Policy | None]:
+    """`change` for update_policy: the tuned fields of `tuned` onto the stored policy, one
+    version above it; the spec's fields stay as stored."""
+    def change(stored: Policy) -> Policy | None:
+        update = {f: getattr(tuned, f) for f in TUNED_FIELDS if getattr(stored, f) != getattr(
+            tuned, f)}
+        if not update:
+            return None
+        merged = stored.model_dump(mode="python") | update | {"version": stored.version + 1}
+        return Policy.model_validate(merged)
+    return change
+
+
+def versioned_above(version: int) -> Callable[[Policy], Policy | None]:
+    """`change` for update_policy: the stored policy, re-versioned above `version`."""
+    def change(stored: Policy) -> Policy | None:
+        if stored.version > version:
+            return None
+        return stored.model_copy(update={"version": version + 1})
+    return change
 
 
 async def ready_targets(api: KubeClient, owner: Owner, cfg: LoopConfig) -> list[PodTarget]:
@@ -118,7 +179,9 @@ async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy
     measured = await fetch_model(await ready_targets(api, owner, cfg), cfg.push_timeout_s)
     decision = decide_tuning(snap, policy, tuning_state(old), now, cfg.tuning, measured=measured)
     if decision.changed:
-        await write_policy(api, owner, decision.policy)
+        stored = await update_policy(api, owner, tuned_onto(decision.policy))
+        if stored is not None and stored != decision.policy:
+            decision = decision.model_copy(update={"policy": stored})
     return decision
 
 
@@ -147,8 +210,8 @@ async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
     if higher is not None and higher >= policy.version:
         # A pod runs a newer version than the ConfigMap (e.g. the ConfigMap was recreated):
         # re-version above it so every pod converges on the operator's policy.
-        policy = policy.model_copy(update={"version": higher + 1})
-        await write_policy(api, owner, policy)
+        policy = await update_policy(api, owner, versioned_above(higher)) or policy.model_copy(
+            update={"version": higher + 1})
         result, ready = await push_once(api, owner, policy, cfg)
     return policy, result, ready
 
@@ -232,6 +295,8 @@ async def slo_iteration(
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])
     policy, result, ready = await push(api, owner, decision.policy, cfg)
+    metrics.POLICY_PUSHES.labels("acknowledged").inc(len(result.acknowledged))
+    metrics.POLICY_PUSHES.labels("failed").inc(len(result.failed))
     scaled = await scale(api, owner, spec, snap, policy, old, cfg, now)
     if scaled.changed:
         kopf.event(body, type="Normal", reason="Scaled",

@@ -8,6 +8,14 @@ Conditions follow the Kubernetes convention (type/status/reason/message/lastTran
     PolicyApplied  every ready pod acknowledged the current policy version
 lastTransitionTime changes only when a condition's status changes.
 
+Who writes which key (one writer per key and per condition type; see `Writer`):
+
+    reconcile (status timer, create/update/resume)   phase, message, observedGeneration,
+                                                     replicas, selector, k, slo;
+                                                     Ready, Degraded, Progressing
+    SLO loop (SLO timer)                             sloSnapshot, tuning, autoscale, policy;
+                                                     SLOMet, PolicyApplied
+
 Every status this module returns is built through the pydantic status models of `spec.py` (the
 models the CRD's status schema is generated from), so what the operator writes and what the CRD
 declares have one source. They come back as camelCase dicts (what kopf patches), holding exactly
@@ -16,6 +24,7 @@ the keys that were set.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -245,3 +254,76 @@ def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     """The top-level status keys that differ (empty when nothing changed)."""
     old = old or {}
     return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+# ------------------------------------------------------------------------ who writes what
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One writer of .status: the top-level keys and the condition types it owns.
+
+    Two writers run concurrently per resource (the status timer and the SLO loop), each from its
+    own, possibly stale, view. So each one writes only what it owns, merged into a fresh read
+    (`owned_patch`), under a resourceVersion precondition (`reconcile.write_status`). A key or
+    condition type that the other writer owns is written only while it is missing (so a new
+    resource shows every column and condition at once); once present, only its owner changes
+    it.
+    """
+
+    name: str
+    keys: frozenset[str]
+    conditions: frozenset[str]
+
+
+# reconcile.reconcile (create/update/resume handler and the status timer): what the children
+# say, and the summaries of the spec.
+RECONCILE = Writer(
+    "reconcile",
+    frozenset({"phase", "message", "observedGeneration", "replicas", "selector", "k", "slo"}),
+    frozenset({"Ready", "Degraded", "Progressing"}),
+)
+# slo_loop.slo_iteration (the SLO timer): what it measured, decided and pushed.
+SLO_LOOP = Writer(
+    "slo-loop",
+    frozenset({"sloSnapshot", "tuning", "autoscale", "policy"}),
+    frozenset({"SLOMet", "PolicyApplied"}),
+)
+WRITERS = (RECONCILE, SLO_LOOP)
+
+
+def _merge_owned_conditions(fresh: list[dict[str, Any]] | None, new: list[dict[str, Any]],
+                            owned: frozenset[str]) -> list[dict[str, Any]]:
+    """`fresh` with the owned types replaced by `new`'s (a merge keyed by type); a type owned by
+    the other writer comes from `new` only while `fresh` lacks it. A condition keeps the
+    lastTransitionTime of the fresh one while its status is the same."""
+    merged = {c.get("type"): c for c in fresh or []}
+    for cond in new:
+        type_ = cond.get("type")
+        prev = merged.get(type_)
+        if type_ not in owned and prev is not None:
+            continue
+        out = dict(cond)
+        if prev is not None and prev.get("status") == cond.get("status") and prev.get(
+                "lastTransitionTime"):
+            out["lastTransitionTime"] = prev["lastTransitionTime"]
+        merged[type_] = out
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(merged.values(), key=lambda c: order.get(c.get("type"), len(order)))
+
+
+def owned_patch(writer: Writer, fresh: dict[str, Any] | None, new: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The status merge patch `writer` sends, given the status as just read: its own keys that
+    differ, the other writer's keys only where they are missing, conditions merged by type."""
+    fresh = fresh or {}
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        if key == "conditions":
+            merged = _merge_owned_conditions(fresh.get("conditions"), value, writer.conditions)
+            if merged != (fresh.get("conditions") or []):
+                out[key] = merged
+        elif key in writer.keys or key not in fresh:
+            if fresh.get(key) != value:
+                out[key] = value
+    return out

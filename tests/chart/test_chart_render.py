@@ -20,6 +20,11 @@ from specserve_contract import GROUP, KIND, PLURAL  # noqa: E402
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
+from specserve_operator.kube_client import (  # noqa: E402
+    ADMISSION_GRANTS,
+    API_CALLS,
+    KOPF_CALLS,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "specserve"
@@ -175,6 +180,7 @@ def test_operator_runs_the_kopf_handlers_cluster_wide() -> None:
     assert c["args"][-2:] == ["-m", "specserve_operator.handlers"]
     assert "--all-namespaces" in c["args"]
     assert {"name": "SPECSERVE_STATUS_INTERVAL_S", "value": "15"} in c["env"]
+    assert {"name": "SPECSERVE_MANAGE_SERVICEMONITORS", "value": "true"} in c["env"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "specserve-operator"
@@ -252,8 +258,9 @@ RESOURCES = {
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
 }
 # kopf: list/watch/patch the resource, patch its status, post events; the handlers read the
-# resource too. Children: get, create, patch, delete (operator/specserve_operator/kube.py).
-CHILD_VERBS = {"get", "create", "patch", "delete"}
+# resource too. Children: get, create, patch (reconcile.py); never delete: the garbage collector
+# removes them through their owner references.
+CHILD_VERBS = {"get", "create", "patch"}
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -301,18 +308,33 @@ def operator_children() -> set[tuple[str, str]]:
     return {RESOURCES[o["kind"]] for o in objs}
 
 
+def code_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]]:
+    """What the code calls: the operator's own client (API_CALLS, which the client enforces),
+    kopf's calls and the admission grant, as (group, resource) -> verbs."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for verb, group, resource in API_CALLS | KOPF_CALLS | ADMISSION_GRANTS:
+        if group == "monitoring.coreos.com" and not service_monitors:
+            continue
+        if (group, resource) in CRD_WATCH:
+            continue  # the cluster-wide part (CRD_WATCH)
+        out.setdefault((group, resource), set()).add(verb)
+    return out
+
+
 def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]]:
     want = {
         (GROUP, PLURAL): {"get", "list", "watch", "patch"},
         (GROUP, f"{PLURAL}/status"): {"patch"},
         ("", "events"): {"create"},
-        ("", "pods"): {"get", "list"},  # the SLO loop finds ready engine pods (push.py)
+        ("", "pods"): {"list"},  # the SLO loop finds ready engine pods (push.py)
         **finalizer_grants(),
     }
     for child in operator_children():
         if child[0] == "monitoring.coreos.com" and not service_monitors:
             continue
-        want[child] = set(CHILD_VERBS)
+        # The control token is created once and never patched.
+        want[child] = set(CHILD_VERBS) - ({"patch"} if child == ("", "secrets") else set())
+    assert want == code_grants(service_monitors), "the manifests and API_CALLS disagree"
     return want
 
 
@@ -351,6 +373,41 @@ def test_blocking_owner_references_are_allowed_by_the_rbac(name: str) -> None:
         assert [r["kind"] for r in granting] == ["ClusterRole"]
 
 
+@pytest.mark.parametrize("name", ["default", "namespaced", "namespaced-monitoring"])
+def test_rbac_is_exactly_the_calls_the_code_makes(name: str) -> None:
+    """Both ways: every call in API_CALLS/KOPF_CALLS (the operator's client refuses any other)
+    is granted, and nothing is granted that no call uses."""
+    values = ALL_VALUES[name]
+    monitors = values.get("operator", {}).get("manageServiceMonitors", True)
+    docs = render(values)
+    roles = [d for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+             if d["metadata"]["name"].endswith("-operator")]
+    for role in roles:
+        granted = grants(role["rules"])
+        if role["kind"] == "ClusterRole" and values.get("watchNamespaces"):
+            assert granted == CRD_WATCH
+            continue
+        rest = {k: v for k, v in granted.items() if k not in CRD_WATCH}
+        missing = {k: v - rest.get(k, set()) for k, v in code_grants(monitors).items()
+                   if v - rest.get(k, set())}
+        unused = {k: v - code_grants(monitors).get(k, set()) for k, v in rest.items()
+                  if v - code_grants(monitors).get(k, set())}
+        assert (missing, unused) == ({}, {}), role["metadata"]
+
+
+def test_secrets_are_never_listed_watched_or_patched() -> None:
+    """Reading every Secret is the widest right an operator can hold: only get (its own token
+    Secrets, by name) and create, and only in the watched namespaces when they are set."""
+    for name, values in ALL_VALUES.items():
+        for doc in render(values):
+            if doc["kind"] not in ("ClusterRole", "Role"):
+                continue
+            secret_verbs = grants(doc["rules"]).get(("", "secrets"), set())
+            assert secret_verbs <= {"get", "create"}, (name, doc["metadata"])
+            if values.get("watchNamespaces") and doc["kind"] == "ClusterRole":
+                assert not secret_verbs, (name, doc["metadata"])
+
+
 def test_gateway_rbac_is_read_only() -> None:
     role = one(render(), "ClusterRole", "specserve-gateway")
     assert grants(role["rules"]) == GATEWAY_GRANTS
@@ -387,6 +444,12 @@ def test_service_monitor_rights_can_be_left_out() -> None:
     docs = render(NON_DEFAULT["namespaced-monitoring"])
     role = one(docs, "Role", "specserve-operator")
     assert grants(role["rules"]) == expected_operator_grants(service_monitors=False)
+    # ... and the operator is told so: it must not even read ServiceMonitors (403 otherwise).
+    env = container(one(docs, "Deployment", "specserve-operator"))["env"]
+    assert {"name": "SPECSERVE_MANAGE_SERVICEMONITORS", "value": "false"} in env
+    from specserve_operator.config import OperatorConfig
+    config = OperatorConfig.from_environ({e["name"]: e["value"] for e in env})
+    assert config.manage_service_monitors is False
     assert "--debug" in container(one(docs, "Deployment", "specserve-operator"))["args"]
 
 

@@ -197,3 +197,71 @@ def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
     elif kind == "Secret":
         out.setdefault("type", "Opaque")
     return out
+
+
+class MemoryApiServer:
+    """An in-memory stand-in for the operator's `KubeClient` (get/create/patch/request) that
+    keeps what kmock does not: every write bumps metadata.resourceVersion, and a merge patch that
+    names a resourceVersion other than the stored one is refused with 409 Conflict (optimistic
+    concurrency, as the API server does). `before_write` runs before each write is applied,
+    which is where a test puts the concurrent writer that makes a read stale.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.version = 100
+        self.writes: list[tuple[str, str, str, dict[str, Any]]] = []  # (verb, kind, name, body)
+        self.conflicts = 0
+        self.before_write: list[Any] = []  # callables (verb, kind, name, body) -> None, once each
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object as the server would (a create that cannot fail)."""
+        self.version += 1
+        out = copy.deepcopy(obj)
+        out.setdefault("metadata", {})["resourceVersion"] = str(self.version)
+        self.objects[(out["kind"], out["metadata"]["name"])] = out
+        return copy.deepcopy(out)
+
+    def _hook(self, verb: str, kind: str, name: str, body: dict[str, Any]) -> None:
+        if self.before_write:
+            self.before_write.pop(0)(verb, kind, name, body)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        obj = self.objects.get((kind, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        from specserve_operator.kube_client import KubeError
+        self._hook("create", obj["kind"], obj["metadata"]["name"], obj)
+        self.writes.append(("create", obj["kind"], obj["metadata"]["name"], obj))
+        if (obj["kind"], obj["metadata"]["name"]) in self.objects:
+            raise KubeError(409, "POST", obj["kind"], "AlreadyExists")
+        return self.put(obj)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              body: dict[str, Any], subresource: str = "") -> Any:
+        from specserve_operator.kube_client import KubeError
+        self._hook("patch", kind, name, body)
+        self.writes.append(("patch", kind, name, body))
+        stored = self.objects.get((kind, name))
+        if stored is None:
+            return None
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != stored["metadata"]["resourceVersion"]:
+            self.conflicts += 1
+            raise KubeError(409, "PATCH", f"{kind}/{name}",
+                            "Operation cannot be fulfilled: the object has been modified; "
+                            "please apply your changes to the latest version and try again")
+        if subresource == "status":
+            body = {"status": body.get("status")}  # the status subresource writes status only
+        else:
+            body = {k: v for k, v in body.items() if k != "status"}
+        out = merge_patch(stored, body)
+        out["metadata"].pop("resourceVersion", None)
+        return self.put(out)
+
+    def request(self, method: str, path: str, *_: Any) -> Any:
+        return {"items": []}  # pod listings: no pods
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        return False

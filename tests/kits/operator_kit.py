@@ -8,6 +8,7 @@ emulator's objects.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -132,3 +133,39 @@ def ssd(name: str, spec: Any, uid: str | None = None) -> dict[str, Any]:
 async def create(kmock: kmock_lib.KubernetesEmulator, body: dict[str, Any]) -> None:
     response = await kmock.post(SSD_PATH, json=body)
     assert response.status < 300, await response.text()
+
+
+def forbid(kmock: kmock_lib.KubernetesEmulator, resource: str) -> Any:
+    """Answer every namespaced request for `resource` ("group/version/plural") with the API
+    server's 403, as when the operator's RBAC does not grant it (discovery still answers: RBAC
+    never hides discovery from an authenticated user). Returns the reaction: iterating it
+    gives the requests it answered."""
+    group_version, plural = resource.rsplit("/", 1)
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    pattern = re.compile(rf"{re.escape(root)}/namespaces/[^/]+/{re.escape(plural)}(/.*)?")
+    return kmock[pattern] << 403 << {
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+        "code": 403,
+        "message": f'{plural} is forbidden: User "system:serviceaccount:specserve-system:'
+                   f'specserve-operator" cannot get resource "{plural}"',
+    }
+
+
+async def collect_garbage(kmock: kmock_lib.KubernetesEmulator) -> int:
+    """What the garbage collector does and kmock does not: delete every object whose owner
+    references all name owners that no longer exist (background propagation). Returns how many
+    objects were deleted."""
+    live_uids = {(obj.raw.get("metadata") or {}).get("uid")
+                 for obj in kmock.objects.values() if not obj.deleted}
+    deleted = 0
+    for (res, ns, name), obj in list(kmock.objects.items()):
+        if obj.deleted:
+            continue
+        refs = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+        if not refs or any(ref.get("uid") in live_uids for ref in refs):
+            continue
+        root = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+        response = await kmock.delete(f"{root}/namespaces/{ns}/{res.plural}/{name}")
+        assert response.status < 300, await response.text()
+        deleted += 1
+    return deleted

@@ -8,6 +8,8 @@ from typing import Any
 
 # Read when the operator starts (specserve_operator.config): refresh status every second.
 os.environ.setdefault("SPECSERVE_STATUS_INTERVAL_S", "1")
+# No /metrics server unless a test asks for one (test_operator_metrics.py).
+os.environ.setdefault("SPECSERVE_METRICS_PORT", "0")
 
 import kmock as kmock_lib
 import kopf

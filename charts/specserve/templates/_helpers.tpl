@@ -70,7 +70,8 @@ create, patch, delete on the children it owns). tests/chart checks them against 
 operator's manifests produce.
 */}}
 {{- define "specserve.operatorRules" -}}
-# Watch SpecServeDeployments; kopf patches them (finalizer, progress annotations).
+# Watch SpecServeDeployments; kopf patches them (its finalizer, which guards the timers, and
+# progress annotations).
 - apiGroups: ["specserve.io"]
   resources: ["specservedeployments"]
   verbs: ["get", "list", "watch", "patch"]
@@ -83,17 +84,24 @@ operator's manifests produce.
 - apiGroups: ["specserve.io"]
   resources: ["specservedeployments/finalizers"]
   verbs: ["update"]
-# The children of each SpecServeDeployment.
+# The children of each SpecServeDeployment (no delete: the garbage collector removes them
+# through their owner references).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
-  resources: ["services", "configmaps", "secrets"]
-  verbs: ["get", "create", "patch", "delete"]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "create", "patch"]
+# The control-token Secret of each resource: created once, read to push, never patched.
+# (RBAC cannot narrow this by name: `create` has no name to match, and the names are per
+# resource. Use watchNamespaces to confine it to the watched namespaces.)
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 # The SLO loop pushes the policy to every ready engine pod (it lists them to find their IPs).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["list"]
 # Events on the resources (Created, Updated, InvalidSpec, kopf's warnings).
 - apiGroups: [""]
   resources: ["events"]
@@ -101,7 +109,7 @@ operator's manifests produce.
 {{- if .Values.operator.manageServiceMonitors }}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
 {{- end -}}
 
