@@ -243,7 +243,7 @@ async def test_every_malformed_resource_is_rejected_with_a_message(cluster: Any)
                 (live(cluster, SSD, n).get("status") or {}).get("phase") == "Invalid"
                 for n in names)
 
-        await eventually(all_invalid, timeout=60)
+        await eventually(all_invalid, timeout=120)  # 48 resources, one status PATCH each; ~30 s unloaded
         for name, (case_id, message) in names.items():
             status = live(cluster, SSD, name)["status"]
             assert message in status["message"], case_id
