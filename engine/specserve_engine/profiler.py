@@ -152,7 +152,7 @@ class StepRecorder:
 
     def engine_info(self) -> dict:
         """What the engine reports about itself: the dtype it computes in, its machine."""
-        r = httpx.get(f"{self.control_url}/specserve/policy", timeout=10)
+        r = httpx.get(f"{self.control_url}{POLICY_PATH}", timeout=10)
         r.raise_for_status()
         return r.json()["engine"]
 

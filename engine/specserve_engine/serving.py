@@ -119,12 +119,13 @@ class ServeConfig:
         if profile is None and self.auto_profile:
             candidate = default_profile_path(model)
             profile = candidate if candidate.is_file() else None
-        from specserve_engine.machine import DTYPES, resolve_dtype, this_machine
+        from specserve_engine.machine import resolve_dtype, this_machine
 
-        if (self.dtype or "auto") not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        dtype = resolve_dtype(self.dtype or "auto", checkpoint_dtype(target_cfg), on_cpu_build(),
-                              this_machine())
+        try:
+            dtype = resolve_dtype(self.dtype or "auto", checkpoint_dtype(target_cfg),
+                                  on_cpu_build(), this_machine())
+        except ValueError as exc:
+            raise UserError(f"--{exc}") from None
         return dataclasses.replace(
             self, model=model, draft=draft, served_model_name=name or model.name, dtype=dtype,
             profile_file=profile,
@@ -157,7 +158,7 @@ def engine_dtype(model: Path, serve_args: Sequence[str] = ()) -> str:
             requested = serve_args[i + 1]
         elif word.startswith("--dtype="):
             requested = word.split("=", 1)[1]
-    config = json.loads((model / "config.json").read_text())
+    config = check_causal_lm_dir(model, "target")
     return resolve_dtype(requested, checkpoint_dtype(config), on_cpu_build(), this_machine())
 
 
