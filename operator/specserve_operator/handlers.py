@@ -92,8 +92,10 @@ def register_timers(config: OperatorConfig) -> None:
         return
     RUNTIME.timers = intervals
     status_s, slo_s = intervals
-    kopf.timer(GROUP, VERSION, PLURAL, interval=status_s, idle=status_s)(refresh)
-    kopf.timer(GROUP, VERSION, PLURAL, interval=slo_s)(slo_loop)
+    # backoff: a pass that raised is retried after one interval, not after kopf's default 60 s.
+    kopf.timer(GROUP, VERSION, PLURAL, interval=status_s, idle=status_s,
+               backoff=status_s)(refresh)
+    kopf.timer(GROUP, VERSION, PLURAL, interval=slo_s, backoff=slo_s)(slo_loop)
 
 
 def _reconcile_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -145,4 +147,8 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
         metrics.SLO_LOOP_FAILURES.inc()
         logger.exception(f"slo loop failed: {exc}")
         new = loop_failed_status(old, exc, now_stamp())
-    await asyncio.to_thread(write_status, kube(), owner, SLO_LOOP, lambda fresh: new, body)
+    try:
+        await asyncio.to_thread(write_status, kube(), owner, SLO_LOOP, lambda fresh: new, body)
+    except Exception as exc:  # the next pass writes it; raising would put kopf into its backoff
+        metrics.SLO_LOOP_FAILURES.inc()
+        logger.exception(f"slo loop: status not written: {exc}")

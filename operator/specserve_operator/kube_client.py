@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, ClassVar
 
+import urllib3
 from kubernetes import client, config
 
 from specserve_contract import API_VERSION, GROUP, KIND, PLURAL
@@ -28,6 +29,9 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 MERGE_PATCH = "application/merge-patch+json"
+# (connect, read) seconds for one API call. Without it a connection the API server (or a proxy)
+# stops answering hangs the handler, and a kopf timer stuck in a handler never fires again.
+REQUEST_TIMEOUT_S = (5.0, 30.0)
 
 # Every (verb, API group, resource) this client may issue: the operator's own API calls. The
 # client refuses any other (`UnlistedApiCall`), and tests/chart checks that the chart's RBAC is
@@ -96,9 +100,13 @@ def precondition(body: dict[str, Any], current: dict[str, Any] | None) -> dict[s
 
 
 class KubeError(RuntimeError):
+    """A failed API call: `status` is the HTTP status, 0 when no response came (timeout,
+    refused or reset connection)."""
+
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
         self.status = status
-        super().__init__(f"{method} {path} -> HTTP {status}: {body[:500]}")
+        what = f"HTTP {status}" if status else "no response"
+        super().__init__(f"{method} {path} -> {what}: {body[:500]}")
 
 
 def resource_path(
@@ -146,8 +154,13 @@ class KubeClient:
             method=method, resource_path=path, header_params=headers, body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*args)
-        data = response.read() or b""
+        try:
+            response = self.api.call_api(*args, _request_timeout=REQUEST_TIMEOUT_S)
+            data = response.read() or b""
+        except urllib3.exceptions.HTTPError as exc:
+            if call is not None:
+                metrics.API_CALLS.labels(call[0], call[2], "0").inc()
+            raise KubeError(0, method, path, f"{type(exc).__name__}: {exc}") from exc
         if call is not None:
             metrics.API_CALLS.labels(call[0], call[2], str(response.status)).inc()
         if response.status == 404:

@@ -59,8 +59,10 @@ async def running_operator() -> AsyncIterator[kopf.testing.KopfRunner]:
         await asyncio.to_thread(runner.__exit__, None, None, None)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll `check` until it returns something truthy (returned) or raise after `timeout`."""
+async def eventually(check: Callable[[], Any], timeout: float = 20.0,
+                     explain: Callable[[], str] | None = None) -> Any:
+    """Poll `check` until it returns something truthy (returned) or raise after `timeout`;
+    `explain` adds what the failure message should show of the state then."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -71,7 +73,8 @@ async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
         if result:
             return result
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {check}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"condition not met within {timeout}s: {check}{detail}")
         await asyncio.sleep(0.1)
 
 

@@ -170,6 +170,14 @@ def loop_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return out
 
 
+def loop_story(caplog: pytest.LogCaptureFixture, last: int = 12) -> str:
+    """The operator's last log lines about the SLO loop and timers: what a failed wait shows."""
+    lines = [f"{time.strftime('%H:%M:%S', time.gmtime(rec.created))} {rec.levelname} "
+             f"{rec.getMessage()[:300]}" for rec in caplog.records
+             if rec.name.startswith("kopf") or rec.getMessage().startswith("slo loop")]
+    return "\n".join(lines[-last:])
+
+
 @contextlib.asynccontextmanager
 async def load(url: str, concurrency: int = 2, max_tokens: int = 32) -> AsyncIterator[list[int]]:
     """Completions against the engine until the block ends; yields the finished count."""
@@ -275,12 +283,16 @@ async def test_loop_tunes_and_pushes_to_a_real_engine_then_survives_prometheus_d
             print("\nONE LOOP ITERATION:", json.dumps(record, indent=1, sort_keys=True))
 
             # ---- Prometheus goes down: last good policy kept, status says why, no scaling
-            prometheus.stop()
-            await eventually(lambda: status(cluster)["sloSnapshot"]["state"] == "error", 30)
+            # Off this loop: kmock serves the operator from it while Prometheus shuts down.
+            await asyncio.to_thread(prometheus.stop)
+            await eventually(lambda: status(cluster)["sloSnapshot"]["state"] == "error", 30,
+                             explain=lambda: loop_story(caplog))
             version = stored_policy(cluster).version
             replicas = live(cluster, SSD, NAME)["spec"]["replicas"]["initial"]
             n = len(loop_records(caplog))
-            await eventually(lambda: len(loop_records(caplog)) >= n + 2, 30)
+            # Two more passes (2 s apart, each one a few seconds on a loaded 2-core machine).
+            await eventually(lambda: len(loop_records(caplog)) >= n + 2, 60,
+                             explain=lambda: loop_story(caplog))
         assert stored_policy(cluster).version == version
         await eventually(lambda: engine_policy_version(control_port) == version, 10)
         assert live(cluster, SSD, NAME)["spec"]["replicas"]["initial"] == replicas
