@@ -2,7 +2,8 @@
 
     POST /v1/completions, /v1/chat/completions   routed by the body's `model`
     GET  /v1/models                               every model in the route table
-    GET  /health                                  the gateway itself is up
+    GET  /health                                  the gateway itself is up (liveness)
+    GET  /ready                                   503 until the route source's first table
     GET  /gateway/routes                          the table and per-backend counters (JSON)
     GET  /metrics                                 Prometheus text: requests, outstanding
 
@@ -117,6 +118,11 @@ class Gateway:
 
     async def health(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
+
+    async def ready(self, request: Request) -> Response:
+        if self.source.ready():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("waiting for the first route list\n", status_code=503)
 
     async def models(self, request: Request) -> Response:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "specserve"}
@@ -252,6 +258,7 @@ def create_app(source: RouteSource, config: GatewayConfig | None = None) -> Star
 
     routes = [
         Route("/health", gateway.health, methods=["GET"]),
+        Route("/ready", gateway.ready, methods=["GET"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/gateway/routes", gateway.routes, methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),

@@ -161,12 +161,14 @@ class Watch:
         self.on_change = on_change
         self.timeout_s = timeout_s
         self.objects: dict[str, dict[str, Any]] = {}
+        self.listed = False  # a first list has come back
 
     async def _list(self, client: httpx.AsyncClient) -> str:
         resp = await client.get(self.path, params=self.params, headers=self.api.headers())
         resp.raise_for_status()
         body = resp.json()
         self.objects = {object_key(o): o for o in body.get("items") or []}
+        self.listed = True
         self.on_change()
         return str((body.get("metadata") or {}).get("resourceVersion", ""))
 
@@ -231,6 +233,11 @@ class KubeSource:
 
     def table(self) -> RouteTable:
         return self._table
+
+    def ready(self) -> bool:
+        """Every watch has listed once. Later watch failures keep the last table and readiness:
+        stale routes serve better than none while the API server is away."""
+        return all(w.listed for w in self._ssd_watches + self._slice_watches)
 
     async def start(self) -> None:
         for watch in self._ssd_watches + self._slice_watches:

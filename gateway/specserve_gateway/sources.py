@@ -6,6 +6,8 @@
 - `specserve_gateway.kube_routes.KubeSource`: SpecServeDeployments and their ready pods, watched.
 
 The proxy calls `table()` on every request, so a source only swaps in a new table object.
+`ready()` says whether the table is the source's first real one yet (the gateway's readiness):
+a gateway that routed before its first route list would answer 404 for every model.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger("specserve_gateway")
 class RouteSource(Protocol):
     def table(self) -> RouteTable: ...
 
+    def ready(self) -> bool: ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -39,6 +43,9 @@ class StaticSource:
 
     def table(self) -> RouteTable:
         return self._table
+
+    def ready(self) -> bool:
+        return True
 
     async def start(self) -> None:
         return None
@@ -78,6 +85,9 @@ class FileSource:
     def table(self) -> RouteTable:
         return self._table
 
+    def ready(self) -> bool:
+        return True  # read (or refused) at construction
+
     def reload_if_changed(self) -> bool:
         stamp = self._mtime()
         if stamp is None or stamp == self._stamp:
@@ -115,6 +125,9 @@ class CombinedSource:
         for source in self.sources:
             table = table.merged(source.table())
         return table
+
+    def ready(self) -> bool:
+        return all(source.ready() for source in self.sources)
 
     async def start(self) -> None:
         for source in self.sources:

@@ -20,17 +20,19 @@ import uvicorn
 from specserve_engine.launcher import free_port
 from specserve_gateway.app import GatewayConfig, create_app
 from specserve_gateway.routing import RouteTable
-from specserve_gateway.sources import StaticSource
+from specserve_gateway.sources import RouteSource, StaticSource
 
 
 @contextmanager
 def running_gateway(
-    table: RouteTable, config: GatewayConfig | None = None
+    routes: RouteTable | RouteSource, config: GatewayConfig | None = None
 ) -> Iterator[str]:
-    """The gateway on 127.0.0.1:<free port> (uvicorn in a thread); yields its base URL."""
+    """The gateway on 127.0.0.1:<free port> (uvicorn in a thread) over a fixed table or a
+    source; yields its base URL once it is live (not necessarily ready)."""
     port = free_port()
+    source = StaticSource(routes) if isinstance(routes, RouteTable) else routes
     server = uvicorn.Server(uvicorn.Config(
-        create_app(StaticSource(table), config), host="127.0.0.1", port=port,
+        create_app(source, config), host="127.0.0.1", port=port,
         log_level="warning", lifespan="on",
     ))
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)

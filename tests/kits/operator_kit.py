@@ -17,7 +17,7 @@ import kmock as kmock_lib
 import kopf
 import kopf.testing
 
-from specserve_contract import API_VERSION, KIND, PLURAL
+from specserve_contract import API_VERSION, KIND, PLURAL, SHORT_NAMES, SINGULAR
 
 NS = "ns1"
 SSD = f"{API_VERSION}/{PLURAL}"
@@ -131,6 +131,19 @@ def ssd(name: str, spec: Any, uid: str | None = None) -> dict[str, Any]:
                      "generation": 1, "resourceVersion": "1"},
         "spec": spec,
     }
+
+
+def serve_the_crd(kmock: kmock_lib.KubernetesEmulator) -> None:
+    """Make the emulator serve the built-in kinds and SpecServeDeployments (as an installed CRD
+    would: namespaced, with the status and scale subresources)."""
+    kmock.resources.load_bundled()
+    info = kmock.resources[SSD]
+    info.kind = KIND
+    info.singular = SINGULAR
+    info.namespaced = True
+    info.shortnames = set(SHORT_NAMES)
+    info.verbs = {"list", "watch", "get", "create", "patch", "update", "delete"}
+    info.subresources = {"status", "scale"}
 
 
 async def create(kmock: kmock_lib.KubernetesEmulator, body: dict[str, Any]) -> None:

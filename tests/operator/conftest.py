@@ -15,8 +15,7 @@ import kmock as kmock_lib
 import kopf
 import pytest
 
-from specserve_contract import KIND, SHORT_NAMES, SINGULAR
-from tests.kits.operator_kit import SSD, Emulator
+from tests.kits.operator_kit import Emulator, serve_the_crd
 
 
 # kopf's built-in login piggybacks on the kubernetes client, whose default kubeconfig path is
@@ -32,14 +31,7 @@ def _login_to_emulator(**_: Any) -> kopf.ConnectionInfo:
 def cluster(
     kmock: kmock_lib.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> kmock_lib.KubernetesEmulator:
-    kmock.resources.load_bundled()
-    info = kmock.resources[SSD]
-    info.kind = KIND
-    info.singular = SINGULAR
-    info.namespaced = True
-    info.shortnames = set(SHORT_NAMES)
-    info.verbs = {"list", "watch", "get", "create", "patch", "update", "delete"}
-    info.subresources = {"status", "scale"}
+    serve_the_crd(kmock)
     url = str(kmock.url).rstrip("/")
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
