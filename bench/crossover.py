@@ -11,6 +11,10 @@ profile measured with the same engine flags), and each row also shows goodput an
     python bench/crossover.py                 # K=3, batch sizes 1 and 32
     python bench/crossover.py --k 3 --batch-sizes 1 4 16 32 --rounds 3
     python bench/crossover.py --adaptive --adaptive-profile eager.json --eager
+
+``--tpot-slo-ms X`` gives the adaptive engine a TPOT SLO of X ms (headroom 1). Set below what any
+K reaches, it shows the fallback: the K with the lowest predicted TPOT where, before it, every step
+ran K = 0 (as "off" does, plus the draft forward vLLM still runs on such steps).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -60,7 +66,10 @@ def main() -> int:
     ap.add_argument("--eager", action="store_true", help="engines run with vLLM's --enforce-eager")
     ap.add_argument("--adaptive", action="store_true", help="also run SpecServe adaptive")
     ap.add_argument("--adaptive-profile", help="step-time profile for the adaptive engine")
+    ap.add_argument("--tpot-slo-ms", type=float,
+                    help="TPOT SLO of the adaptive engine (implies --adaptive)")
     args = ap.parse_args()
+    args.adaptive = args.adaptive or args.tpot_slo_ms is not None
 
     models = tiny.build()
     spec_name = f"K={args.k}"
@@ -71,7 +80,13 @@ def main() -> int:
     }
     if args.adaptive:
         profile = ["--profile", args.adaptive_profile] if args.adaptive_profile else []
-        configs["adaptive"] = ["--draft", str(models.draft), "--k-max", "5", *profile]
+        policy: list[str] = []
+        if args.tpot_slo_ms is not None:
+            path = Path(tempfile.mkdtemp(prefix="specserve-crossover-")) / "policy.json"
+            path.write_text(json.dumps({"k_max": 5, "tpot_headroom": 1.0,
+                                        "slo": {"tpot_seconds": args.tpot_slo_ms / 1e3}}))
+            policy = ["--policy-file", str(path)]
+        configs["adaptive"] = ["--draft", str(models.draft), "--k-max", "5", *profile, *policy]
     times: dict[tuple[str, int], list[float]] = {}
     k_verified: dict[tuple[str, int], list[float]] = {}
     acceptance: dict[str, float] = {}
@@ -103,7 +118,8 @@ def main() -> int:
 
     dtype = engine_dtype(models.target, args.serve_arg)
     mode = "eager" if args.eager else "compiled"
-    print(f"\n{this_machine().describe()}, dtype {dtype}, {mode}; median of {args.rounds} "
+    slo = f"; adaptive TPOT SLO {args.tpot_slo_ms:g} ms" if args.tpot_slo_ms is not None else ""
+    print(f"\n{this_machine().describe()}, dtype {dtype}, {mode}{slo}; median of {args.rounds} "
           f"rounds; {args.max_tokens} tokens per request; goodput = output tokens / wall time "
           "of the batch; ratio = time / off's time")
     print(f"{'batch':>5} {'config':>9} {'time s':>8} {'tok/s':>7} {'ratio':>6} {'K':>5}")
@@ -122,7 +138,8 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"k": args.k, "machine": this_machine().describe(), "dtype": dtype,
-                       "mode": mode, "rows": rows, "acceptance": acceptance}, f, indent=2)
+                       "mode": mode, "tpot_slo_ms": args.tpot_slo_ms, "rows": rows,
+                       "acceptance": acceptance}, f, indent=2)
     return 0
 
 

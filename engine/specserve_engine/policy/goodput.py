@@ -15,8 +15,9 @@ The TPOT SLO binds one aggregate of TPOT_i, chosen by `Policy.tpot_aggregate`:
   per-request TPOT SLO (and its p99) is about.
 - "mean": mean_i TPOT_i, the batch-average per-request TPOT.
 (The ratio T(K) / mean_i(1 + sum c_ij) is not offered: it equals B / G(K), so constraining it
-never changes the argmax of G.) The bound is `tpot_headroom * slo.tpot_seconds`; K = 0 is always
-allowed, so a batch too slow to meet the SLO at all still decodes without speculation.
+never changes the argmax of G.) The bound is `tpot_headroom * slo.tpot_seconds`. When no K meets
+it (a batch too slow for the SLO at any K), the K with the lowest predicted TPOT is chosen: K > 0
+where drafts shorten the per-token time (small batches, confident drafts), else K = 0.
 
 Decisions, cheapest first (all pure Python, O(B * K_max) with the inner loops in builtins):
 - `choose_k`: the batch-wide K for the next step, from look-ahead rows (drafts do not exist yet).
@@ -182,13 +183,14 @@ class EfficiencyModel:
     # -- decisions --
 
     def _best(self, predictions: Sequence[StepPrediction]) -> StepPrediction:
-        """Highest goodput among SLO-feasible predictions; the first one is always feasible."""
+        """Highest goodput among SLO-feasible predictions; when none is feasible, the lowest
+        predicted TPOT (the SLO is missed whatever K is: miss it by least). Ties go to the
+        first (smaller) K."""
         limit = self.policy.tpot_limit_seconds
-        best = predictions[0]
-        for p in predictions[1:]:
-            if (limit is None or p.tpot_seconds <= limit) and p.goodput > best.goodput:
-                best = p
-        return best
+        feasible = [p for p in predictions if limit is None or p.tpot_seconds <= limit]
+        if feasible:
+            return max(feasible, key=lambda p: p.goodput)
+        return min(predictions, key=lambda p: p.tpot_seconds)
 
     def choose_k(
         self, rows: Sequence[Sequence[float]], context_len: float, extra_tokens: int = 0
