@@ -8,6 +8,9 @@
                                   the chart sets it from operator.manageServiceMonitors, which
                                   also decides whether the RBAC grants them)
     SPECSERVE_METRICS_PORT        the operator's /metrics (default 8081; 0: off)
+    SPECSERVE_PEERING             kopf peering object that elects the acting replica (see
+                                  `peering`); unset or empty: standalone, one replica only
+    SPECSERVE_PEERING_LIFETIME_S  seconds a silent replica counts as alive (default 30)
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from specserve_contract import (
     ENV_MANAGE_SERVICEMONITORS,
     ENV_METRICS_PORT,
+    ENV_PEERING,
+    ENV_PEERING_LIFETIME_S,
     ENV_PROMETHEUS_URL,
     ENV_SLO_INTERVAL_S,
     ENV_SLO_WINDOW,
@@ -30,6 +35,7 @@ from specserve_operator.tuning import TuningConfig
 DEFAULT_STATUS_INTERVAL_S = 15.0
 DEFAULT_SLO_INTERVAL_S = 30.0
 DEFAULT_SLO_WINDOW = "2m"
+DEFAULT_PEERING_LIFETIME_S = 30
 
 
 @dataclass
@@ -54,6 +60,8 @@ class OperatorConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     manage_service_monitors: bool = True
     metrics_port: int = 0  # 0: no /metrics server (from_environ defaults to 8081)
+    peering: str = ""  # "": standalone
+    peering_lifetime_s: int = DEFAULT_PEERING_LIFETIME_S
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -71,6 +79,9 @@ class OperatorConfig:
             loop=loop,
             manage_service_monitors=_flag(environ.get(ENV_MANAGE_SERVICEMONITORS, "true")),
             metrics_port=int(environ.get(ENV_METRICS_PORT, "8081")),
+            peering=environ.get(ENV_PEERING, "").strip(),
+            peering_lifetime_s=int(environ.get(ENV_PEERING_LIFETIME_S,
+                                               DEFAULT_PEERING_LIFETIME_S)),
         )
 
 

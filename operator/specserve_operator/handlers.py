@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from specserve_operator import metrics
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
+from specserve_operator.peering import configure_peering
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
 from specserve_operator.slo_loop import slo_iteration
 from specserve_operator.spec import SpecError, parse_spec
@@ -76,6 +78,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events: the explicit ones (Created/Updated/InvalidSpec/...) plus kopf's own warnings;
     # routine log lines stay in the operator's log.
     settings.posting.level = logging.WARNING
+    log.info(configure_peering(settings, RUNTIME.config.peering,
+                               RUNTIME.config.peering_lifetime_s, time.time()))
     RUNTIME.kube = KubeClient.from_environment()
     metrics.serve(RUNTIME.config.metrics_port)
     register_timers(RUNTIME.config)
