@@ -27,6 +27,7 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_SLO_WINDOW             user                                operator (start-up)
     SPECSERVE_MANAGE_SERVICEMONITORS Helm chart (manageServiceMonitors)  operator (start-up)
     SPECSERVE_METRICS_PORT           user                                operator (start-up)
+    SPECSERVE_MONITOR_LABELS         Helm chart (monitoring.labels)      operator (start-up)
     SPECSERVE_TEST_DTYPE             user, CI                            tests (engine fixtures)
 """
 
@@ -142,6 +143,9 @@ ENV_PROMETHEUS_URL = "SPECSERVE_PROMETHEUS_URL"
 ENV_SLO_WINDOW = "SPECSERVE_SLO_WINDOW"
 ENV_MANAGE_SERVICEMONITORS = "SPECSERVE_MANAGE_SERVICEMONITORS"
 ENV_METRICS_PORT = "SPECSERVE_METRICS_PORT"
+# A JSON object of labels every ServiceMonitor the operator creates carries (so a Prometheus
+# whose serviceMonitorSelector asks for e.g. `release: kube-prometheus-stack` selects them).
+ENV_MONITOR_LABELS = "SPECSERVE_MONITOR_LABELS"
 ENV_TEST_DTYPE = "SPECSERVE_TEST_DTYPE"
 
 # ---------------------------------------------------------------------------- limits, modes

@@ -8,16 +8,21 @@
                                   the chart sets it from operator.manageServiceMonitors, which
                                   also decides whether the RBAC grants them)
     SPECSERVE_METRICS_PORT        the operator's /metrics (default 8081; 0: off)
+    SPECSERVE_MONITOR_LABELS      JSON object: labels of every ServiceMonitor it creates (the
+                                  chart sets it from monitoring.labels, by default
+                                  {"release": "kube-prometheus-stack"}); default none
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from specserve_contract import (
     ENV_MANAGE_SERVICEMONITORS,
     ENV_METRICS_PORT,
+    ENV_MONITOR_LABELS,
     ENV_PROMETHEUS_URL,
     ENV_SLO_INTERVAL_S,
     ENV_SLO_WINDOW,
@@ -25,6 +30,7 @@ from specserve_contract import (
 )
 from specserve_operator.autoscale import AutoscaleConfig
 from specserve_operator.push import AddressResolver, pod_ip_address
+from specserve_operator.spec import label_problems
 from specserve_operator.tuning import TuningConfig
 
 DEFAULT_STATUS_INTERVAL_S = 15.0
@@ -54,6 +60,7 @@ class OperatorConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     manage_service_monitors: bool = True
     metrics_port: int = 0  # 0: no /metrics server (from_environ defaults to 8081)
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -71,7 +78,24 @@ class OperatorConfig:
             loop=loop,
             manage_service_monitors=_flag(environ.get(ENV_MANAGE_SERVICEMONITORS, "true")),
             metrics_port=int(environ.get(ENV_METRICS_PORT, "8081")),
+            monitor_labels=_labels(environ.get(ENV_MONITOR_LABELS, "")),
         )
+
+
+def _labels(text: str) -> dict[str, str]:
+    """A JSON object of labels ("" or "{}": none); ValueError saying what is wrong."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_MONITOR_LABELS}: not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{ENV_MONITOR_LABELS}: must be a JSON object of strings: {text!r}")
+    problems = label_problems(value)
+    if problems:
+        raise ValueError(f"{ENV_MONITOR_LABELS}: " + "; ".join(problems))
+    return value
 
 
 def _flag(text: str) -> bool:

@@ -111,7 +111,8 @@ def on_change(**kwargs: Any) -> None:
 def _counted_reconcile(kwargs: dict[str, Any]) -> None:
     try:
         result = reconcile(kube(), **_reconcile_kwargs(kwargs),
-                           manage_monitors=RUNTIME.config.manage_service_monitors)
+                           manage_monitors=RUNTIME.config.manage_service_monitors,
+                           monitor_labels=RUNTIME.config.monitor_labels)
     except Exception:
         metrics.RECONCILES.labels("error").inc()
         raise

@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from specserve_contract import (
@@ -261,6 +268,25 @@ class ProfileSpec(SpecServeModel):
     )
 
 
+# Kubernetes label syntax: a key is an optional DNS-subdomain prefix and "/" and a name of at
+# most 63 characters; a value is empty or a name.
+LABEL_NAME_PART = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{LABEL_NAME_PART}$")
+LABEL_VALUE = re.compile(rf"^{LABEL_NAME_PART}?$")
+
+
+def label_problems(labels: dict[str, str]) -> list[str]:
+    """What is wrong with a label map, as messages (empty: valid)."""
+    out = []
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key) or len(key) > 317:
+            out.append(f"{key!r} is not a valid label key")
+        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+            out.append(f"label {key}: {value!r} is not a valid label value (at most 63 "
+                       "letters, digits, '-', '_', '.', starting and ending alphanumeric)")
+    return out
+
+
 class MetricsSpec(SpecServeModel):
     """Where the operator reads SLO metrics, and how Prometheus scrapes the pods."""
 
@@ -277,6 +303,21 @@ class MetricsSpec(SpecServeModel):
     scrape_interval: str = Field(
         default="15s", pattern=DURATION, description="ServiceMonitor scrape interval."
     )
+    service_monitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Labels of the ServiceMonitor, over the operator's defaults (the chart's "
+        "monitoring.labels, e.g. release: kube-prometheus-stack), so that the Prometheus "
+        "whose serviceMonitorSelector asks for them scrapes the pods.",
+    )
+
+    @field_validator("service_monitor_labels")
+    @classmethod
+    def _label_syntax(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = label_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class SpecServeDeploymentSpec(SpecServeModel):

@@ -460,6 +460,30 @@ def test_monitors_are_off_by_default() -> None:
     assert not [d for d in render() if d["apiVersion"].startswith("monitoring.coreos.com/")]
 
 
+def operator_config(values: dict[str, Any]) -> Any:
+    from specserve_operator.config import OperatorConfig
+    env = container(one(render(values), "Deployment", "specserve-operator"))["env"]
+    return OperatorConfig.from_environ({e["name"]: e["value"] for e in env if "value" in e})
+
+
+def test_monitor_labels_default_to_what_kube_prometheus_stack_selects() -> None:
+    """kube-prometheus-stack's Prometheus selects monitors with `release: <its release name>`
+    (charts/kube-prometheus-stack/templates/prometheus/prometheus.yaml, while
+    serviceMonitorSelectorNilUsesHelmValues / podMonitorSelectorNilUsesHelmValues are true, its
+    default): every monitor carries it, the operator's per-deployment ones too."""
+    assert operator_config({}).monitor_labels == {"release": "kube-prometheus-stack"}
+    docs = render({"monitoring": {"serviceMonitor": {"enabled": True},
+                                  "podMonitor": {"enabled": True}}})
+    monitors = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert len(monitors) == 2
+    for mon in monitors:
+        assert mon["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Helm merges maps with the defaults: a null removes the default key.
+    assert operator_config({"monitoring": {"labels": {"release": None}}}).monitor_labels == {}
+    mine = {"release": "prom", "example.com/team": "ml"}
+    assert operator_config({"monitoring": {"labels": mine}}).monitor_labels == mine
+
+
 def test_monitors_match_the_ports() -> None:
     docs = render(NON_DEFAULT["monitoring"])
     sm = one(docs, "ServiceMonitor", "specserve-gateway")

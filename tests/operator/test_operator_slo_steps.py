@@ -168,3 +168,14 @@ def test_operator_settings_are_read_from_the_environment() -> None:
 def test_an_empty_prometheus_url_means_none(url: str | None) -> None:
     env = {} if url is None else {"SPECSERVE_PROMETHEUS_URL": url}
     assert OperatorConfig.from_environ(env).loop.prometheus_url is None
+
+
+def test_monitor_labels_are_a_json_object_of_kubernetes_labels() -> None:
+    env = {"SPECSERVE_MONITOR_LABELS": '{"release": "kube-prometheus-stack"}'}
+    assert OperatorConfig.from_environ(env).monitor_labels == {"release": "kube-prometheus-stack"}
+    assert OperatorConfig.from_environ({}).monitor_labels == {}
+    assert OperatorConfig.from_environ({"SPECSERVE_MONITOR_LABELS": "{}"}).monitor_labels == {}
+    for bad, why in (("release=x", "not JSON"), ('["x"]', "JSON object"),
+                     ('{"release": "a b"}', "not a valid label value")):
+        with pytest.raises(ValueError, match=why):
+            OperatorConfig.from_environ({"SPECSERVE_MONITOR_LABELS": bad})
