@@ -96,6 +96,25 @@ def selector_labels(name: str) -> dict[str, str]:
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
 
 
+# The pod labels every monitor copies onto the series it scrapes (`podTargetLabels` of the
+# operator's ServiceMonitor and of the chart's PodMonitor), so one PromQL selector finds a
+# resource's series whichever monitor scraped them: {namespace, app_kubernetes_io_name,
+# app_kubernetes_io_instance}. (A ServiceMonitor also sets `service`, a PodMonitor does not.)
+SERIES_POD_LABELS = (LABEL_NAME, LABEL_INSTANCE)
+
+
+def series_label(pod_label: str) -> str:
+    """The series label a pod label becomes: Prometheus label names allow [a-zA-Z0-9_] only
+    (the Prometheus Operator's sanitizeLabelName: every other character becomes "_")."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in pod_label)
+
+
+def series_labels(name: str) -> dict[str, str]:
+    """Series labels (besides namespace) that select one resource's engine series."""
+    pod = selector_labels(name)
+    return {series_label(key): pod[key] for key in SERIES_POD_LABELS}
+
+
 # ----------------------------------------------------------------------------------- ports
 # HTTP_PORT: vLLM's OpenAI server (/v1/*, /health, /metrics with vllm:*).
 # CONTROL_PORT: SpecServe's control server (policy GET/PUT, /metrics with specserve_*); a

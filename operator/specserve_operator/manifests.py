@@ -468,6 +468,8 @@ def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec,
         "spec": {
             "selector": {"matchLabels": selector_labels(owner)},
             "namespaceSelector": {"matchNames": [owner.namespace]},
+            # The SLO loop selects series by these (prometheus.selector), not by `service`.
+            "podTargetLabels": list(contract.SERIES_POD_LABELS),
             "endpoints": [
                 {"port": HTTP_PORT_NAME, "path": METRICS_PATH, "interval": interval},
                 {"port": CONTROL_PORT_NAME, "path": METRICS_PATH, "interval": interval},

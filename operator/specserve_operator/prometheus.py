@@ -3,10 +3,13 @@
 Pure parts (query building, result parsing, attainment from histogram buckets, assembling the
 snapshot) are plain functions; `PrometheusClient` is the thin HTTP adapter (timeouts, retries).
 
-Series are selected by `namespace` and `service` labels: what the Prometheus Operator attaches to
-every series scraped through the ServiceMonitor the operator creates (both the vLLM port and the
-control port, so vllm:* and specserve_* series share the labels). A plain Prometheus scrape config
-can attach the same labels to static targets.
+Series are selected by `namespace` and the two pod labels every monitor copies onto them
+(`specserve_contract.series_labels`: app_kubernetes_io_name="specserve-engine",
+app_kubernetes_io_instance=NAME). The Prometheus Operator sets `namespace` on every target, and
+`podTargetLabels` copies pod labels, in the same way for a ServiceMonitor (the operator's) and a
+PodMonitor (the chart's); a `service` label exists only for ServiceMonitor targets, so it is
+not used. Both ports (vllm:* and specserve_*) carry the labels. A plain Prometheus gets them
+with the usual `labelmap` of `__meta_kubernetes_pod_label_(.+)`, or as static target labels.
 
 "No data" is a state of its own: when the pods are not scraped, or the request rate or the
 latency histograms are missing, the snapshot says so (`state` "noData" with the reasons) and
@@ -23,6 +26,8 @@ from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
+
+from specserve_contract import series_labels
 
 TTFT = "vllm:time_to_first_token_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"
@@ -86,11 +91,12 @@ class SloSnapshot(BaseModel):
 # ------------------------------------------------------------------------------- PromQL (pure)
 
 
-def selector(namespace: str, service: str) -> str:
+def selector(namespace: str, name: str) -> str:
     """Label matchers for one deployment's series (escaped for PromQL string literals)."""
     def q(v: str) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"namespace={q(namespace)},service={q(service)}"
+    pairs = {"namespace": namespace, **series_labels(name)}
+    return ",".join(f"{k}={q(v)}" for k, v in pairs.items())
 
 
 def _ratio(num: str, den: str, sel: str, window: str) -> str:
@@ -217,7 +223,7 @@ def assemble(
             reasons.append("queries failed: " + ", ".join(failed))
         if not fields.get("pods_scraped"):
             reasons.append("no engine pod is scraped (up == 1) for "
-                           f"namespace={namespace} service={name}")
+                           f"{{{selector(namespace, name)}}}")
         rate = fields.get("request_rate")
         if rate is None:
             reasons.append("no request-rate series (vllm:e2e_request_latency_seconds_count)")

@@ -16,7 +16,7 @@ import yaml
 helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (chart tests)")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
-from specserve_contract import GROUP, KIND, PLURAL  # noqa: E402
+from specserve_contract import GROUP, KIND, PLURAL, SERIES_POD_LABELS  # noqa: E402
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
@@ -504,6 +504,12 @@ def test_monitors_match_the_ports() -> None:
     port_names = {p["name"] for p in container(engine)["ports"]}
     assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} == port_names == {
         "http", "control"}
+
+    # The SLO loop selects series by the labels these copy (specserve_operator.prometheus).
+    assert pm["spec"]["podTargetLabels"] == list(SERIES_POD_LABELS)
+    assert m.servicemonitor(owner, s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}}))[
+        "spec"]["podTargetLabels"] == list(SERIES_POD_LABELS)
+    assert set(SERIES_POD_LABELS) <= set(pod_labels)
 
     namespaced = render(NON_DEFAULT["namespaced-monitoring"])
     pm = one(namespaced, "PodMonitor", "specserve-engines")

@@ -27,21 +27,32 @@ def buckets(pairs: list[tuple[str, float]]) -> dict[str, Any]:
             "result": [{"metric": {"le": le}, "value": [0, str(v)]} for le, v in pairs]}
 
 
+SEL = ('namespace="ns1",app_kubernetes_io_name="specserve-engine",'
+       'app_kubernetes_io_instance="chat"')
+
+
 def test_queries_select_the_deployment_and_use_the_window() -> None:
     q = prometheus.build_queries(prometheus.selector("ns1", "chat"), "1m")
     assert q["tpot_p90_s"] == (
         'histogram_quantile(0.9, sum by (le) (rate('
-        'vllm:request_time_per_output_token_seconds_bucket{namespace="ns1",service="chat"}[1m])))')
+        'vllm:request_time_per_output_token_seconds_bucket{' + SEL + '}[1m])))')
     assert "vllm:time_to_first_token_seconds_bucket" in q["ttft_p99_s"]
     assert q["acceptance_rate"].startswith(
-        'sum(rate(vllm:spec_decode_num_accepted_tokens_total{namespace="ns1",service="chat"}')
+        'sum(rate(vllm:spec_decode_num_accepted_tokens_total{' + SEL + '}')
     assert "specserve_step_time_observed_seconds_sum" in q["step_observed_mean_s"]
     assert {"ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s",
             "request_rate", "running", "waiting", "pods_scraped"} <= set(q)
 
 
 def test_selector_escapes_quotes() -> None:
-    assert prometheus.selector('a"b', "c\\d") == 'namespace="a\\"b",service="c\\\\d"'
+    assert prometheus.selector('a"b', "c\\d") == (
+        'namespace="a\\"b",app_kubernetes_io_name="specserve-engine",'
+        'app_kubernetes_io_instance="c\\\\d"')
+
+
+def test_selector_uses_labels_both_monitor_kinds_set() -> None:
+    """`service` exists only on ServiceMonitor targets; the selector never uses it."""
+    assert "service" not in prometheus.selector("ns", "chat")
 
 
 @pytest.mark.parametrize(("data", "value"), [
