@@ -78,6 +78,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     RUNTIME.kube = KubeClient.from_environment()
     metrics.serve(RUNTIME.config.metrics_port)
+    # A resource that has not run a pass for three intervals (deleted) leaves the gauge.
+    metrics.NO_DATA.ttl_s = 3 * RUNTIME.config.slo_interval_s
     register_timers(RUNTIME.config)
 
 

@@ -15,6 +15,15 @@ with the usual `labelmap` of `__meta_kubernetes_pod_label_(.+)`, or as static ta
 latency histograms are missing, the snapshot says so (`state` "noData" with the reasons) and
 `slo_met` is None. The tuning loop then keeps the current policy and the autoscaler keeps the
 replica count: missing metrics never count as "SLO met" and never shrink a deployment.
+`no_data_reason` names the cause, one of `NO_DATA_REASONS` (the NoData condition's reason):
+
+    NoPrometheusUrl          no spec.metrics.prometheusUrl and no SPECSERVE_PROMETHEUS_URL
+    PrometheusUrlNotAllowed  spec.metrics.prometheusUrl is not on the operator's allow-list
+    CredentialsUnavailable   a bearer-token or CA Secret named in spec.metrics cannot be read
+    QueryError               Prometheus did not answer, or refused a query (HTTP, TLS, 4xx/5xx)
+    NoTargets                Prometheus has no `up` series for the selector (not scraped at all)
+    TargetsDown              `up` series exist, none is 1 (the scrapes fail)
+    EmptySeries              scraped, but the request-rate or TPOT series are missing
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ TPOT = "vllm:request_time_per_output_token_seconds"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 SnapshotState = Literal["ok", "noData", "error"]
+NoDataReason = Literal["NoPrometheusUrl", "PrometheusUrlNotAllowed", "CredentialsUnavailable",
+                       "QueryError", "NoTargets", "TargetsDown", "EmptySeries"]
+NO_DATA_REASONS: tuple[str, ...] = NoDataReason.__args__  # type: ignore[attr-defined]
 
 
 class SloSnapshot(BaseModel):
@@ -47,7 +59,10 @@ class SloSnapshot(BaseModel):
     window: str
     state: SnapshotState
     reasons: list[str] = Field(default_factory=list, description="why state is not ok")
-    pods_scraped: int | None = None
+    no_data_reason: NoDataReason | None = Field(
+        default=None, description="the cause when state is not ok (NO_DATA_REASONS)")
+    targets: int | None = Field(default=None, description="`up` series for the selector")
+    pods_scraped: int | None = Field(default=None, description="targets with up == 1")
     ttft_p50_s: float | None = None
     ttft_p90_s: float | None = None
     ttft_p99_s: float | None = None
@@ -112,6 +127,7 @@ def build_queries(sel: str, window: str) -> dict[str, str]:
                 f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))"
             )
         out[f"{prefix}_buckets"] = f"sum by (le) (rate({metric}_bucket{{{sel}}}[{window}]))"
+    out["targets"] = f"count(up{{{sel}}})"
     out["pods_scraped"] = f"count(up{{{sel}}} == 1)"
     out["request_rate"] = f"sum(rate(vllm:e2e_request_latency_seconds_count{{{sel}}}[{window}]))"
     out["running"] = f"sum(vllm:num_requests_running{{{sel}}})"
@@ -199,13 +215,15 @@ def assemble(
     State: "error" when no query answered at all; "noData" when pods are not scraped or the
     request rate / latency histograms are absent; otherwise "ok". An idle deployment (pods
     scraped, rate 0, no latencies) is "ok" with no quantiles: an observed zero, not a gap.
+    `no_data_reason`: the first that applies of QueryError (some query failed: the rest cannot
+    be trusted to be complete), NoTargets, TargetsDown, EmptySeries.
     """
     fields: dict[str, Any] = {}
     for key, data in results.items():
         if key.endswith("_buckets") or data is None:
             continue
         value = parse_scalar(data)
-        if key == "pods_scraped":
+        if key in ("targets", "pods_scraped"):  # count() of nothing is an empty vector
             value = int(value) if value is not None else 0 if data.get("result") == [] else None
         fields[key] = value
     tpot_buckets = parse_buckets(results.get("tpot_buckets") or {})
@@ -214,24 +232,34 @@ def assemble(
     fields["ttft_attainment"] = fraction_at_most(ttft_buckets, ttft_target_s)
 
     reasons: list[str] = []
+    why: NoDataReason | None = None
+    sel = "{" + selector(namespace, name) + "}"
     if all(v is None for v in results.values()):
         state: SnapshotState = "error"
         reasons.append("Prometheus answered no query")
+        why = "QueryError"
     else:
         failed = sorted(k for k, v in results.items() if v is None)
         if failed:
             reasons.append("queries failed: " + ", ".join(failed))
-        if not fields.get("pods_scraped"):
-            reasons.append("no engine pod is scraped (up == 1) for "
-                           f"{{{selector(namespace, name)}}}")
+            why = "QueryError"
+        if fields.get("targets") == 0:
+            reasons.append(f"Prometheus has no target (no `up` series) for {sel}: is a "
+                           "ServiceMonitor or PodMonitor selected by this Prometheus?")
+            why = why or "NoTargets"
+        elif not fields.get("pods_scraped"):
+            reasons.append(f"no engine pod is scraped (up == 1) for {sel}")
+            why = why or "TargetsDown"
         rate = fields.get("request_rate")
         if rate is None:
             reasons.append("no request-rate series (vllm:e2e_request_latency_seconds_count)")
         elif rate > 0 and fields.get("tpot_p90_s") is None:
             reasons.append(f"requests are served but no TPOT histogram ({TPOT}_bucket)")
+        if reasons:
+            why = why or "EmptySeries"
         state = "noData" if reasons else "ok"
     return SloSnapshot(namespace=namespace, name=name, time=now, window=window, state=state,
-                       reasons=reasons, **fields)
+                       reasons=reasons, no_data_reason=why, **fields)
 
 
 # ------------------------------------------------------------------------------- HTTP adapter

@@ -58,6 +58,7 @@ from specserve_operator.push import (
 from specserve_operator.spec import SpecServeDeploymentSpec
 from specserve_operator.status import (
     merge_conditions,
+    no_data_condition,
     policy_condition,
     slo_condition,
     snapshot_status,
@@ -156,7 +157,7 @@ async def take_snapshot(owner: Owner, spec: SpecServeDeploymentSpec, cfg: LoopCo
     url = spec.metrics.prometheus_url or cfg.prometheus_url
     if url is None:
         return SloSnapshot(namespace=owner.namespace, name=owner.name, time=now,
-                           window=cfg.window, state="noData",
+                           window=cfg.window, state="noData", no_data_reason="NoPrometheusUrl",
                            reasons=["no Prometheus URL: set spec.metrics.prometheusUrl or "
                                     + ENV_PROMETHEUS_URL])
     client = PrometheusClient(url, cfg.prometheus_timeout_s, cfg.retries)
@@ -264,7 +265,8 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
     snap_status = snapshot_status(snap, stamp)
     applied = len(result.acknowledged)
     conds = [slo_condition(spec, snap_status),
-             policy_condition(policy.version, applied, ready, configmap_name(owner))]
+             policy_condition(policy.version, applied, ready, configmap_name(owner)),
+             no_data_condition(snap_status)]
     return status_dict(
         slo_snapshot=snap_status,
         slo=slo_summary(spec, snap_status["attainment"]),
@@ -281,6 +283,32 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
     )
 
 
+def no_data_event(snap: SloSnapshot, old: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the event this snapshot calls for: a Warning `NoData` when the
+    loop loses its data or the cause changes, a Normal `DataRestored` when it has data again;
+    None while nothing changed (as the NoData condition in the last status says)."""
+    prev = next((c for c in old.get("conditions") or [] if c.get("type") == "NoData"), {})
+    if snap.state != "ok":
+        cause = snap.no_data_reason or "QueryError"
+        if prev.get("status") == "True" and prev.get("reason") == cause:
+            return None
+        return "Warning", "NoData", f"{cause}: {'; '.join(snap.reasons)}"[:1000]
+    if prev.get("status") == "True":
+        return "Normal", "DataRestored", f"SLO metrics are back ({snap.pods_scraped} targets)"
+    return None
+
+
+def report_data(body: Any, owner: Owner, snap: SloSnapshot, old: dict[str, Any],
+                now: float) -> None:
+    """The NoData event (on a change) and the operator's no-data metrics (every pass)."""
+    event = no_data_event(snap, old)
+    if event is not None:
+        kopf.event(body, type=event[0], reason=event[1], message=event[2])
+    metrics.NO_DATA.observe(owner.namespace, owner.name,
+                            None if snap.state == "ok" else snap.no_data_reason or "QueryError",
+                            now)
+
+
 async def slo_iteration(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
     old: dict[str, Any], logger: Any, cfg: LoopConfig, stamp: str,
@@ -291,6 +319,7 @@ async def slo_iteration(
     if policy is None:
         return {}  # the reconcile handler creates the ConfigMap first
     snap = await take_snapshot(owner, spec, cfg, now)
+    report_data(body, owner, snap, old, now)
     decision = await decide_policy(api, owner, snap, policy, old, cfg, now)
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])

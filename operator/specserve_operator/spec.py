@@ -375,8 +375,9 @@ class SpecServeDeploymentSpec(SpecServeModel):
 # ------------------------------------------------------------------------------------- status
 
 Phase = Literal["Pending", "Progressing", "Running", "Degraded", "Invalid"]
-ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied"]
-CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied")
+ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied", "NoData"]
+CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied",
+                                    "NoData")
 
 
 class Condition(SpecServeModel):
@@ -419,6 +420,12 @@ class SloSnapshotStatus(SpecServeModel):
     state: Literal["ok", "noData", "error"] | None = Field(
         default=None, description="ok, noData (metrics missing) or error (Prometheus down).")
     reason: str | None = Field(default=None, max_length=4096, description="Why not ok.")
+    no_data_reason: str | None = Field(
+        default=None, max_length=64,
+        description="The cause when not ok: NoPrometheusUrl, PrometheusUrlNotAllowed, "
+        "CredentialsUnavailable, QueryError, NoTargets, TargetsDown or EmptySeries "
+        "(the NoData condition's reason).")
+    targets: int | None = Field(default=None, description="Targets Prometheus has (up series).")
     ttft_p50_ms: float | None = None
     tpot_p50_ms: float | None = None
     tpot_p99_ms: float | None = None

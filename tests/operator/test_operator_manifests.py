@@ -284,7 +284,7 @@ def test_status_while_pods_start() -> None:
     out = status.running_status(_spec(), OWNER, {"spec": {"replicas": 2}}, 1, None, NOW, 4)
     assert out["phase"] == "Progressing"
     assert _conds(out) == {"Ready": "False", "Progressing": "True", "Degraded": "False",
-                           "SLOMet": "Unknown", "PolicyApplied": "False"}
+                           "SLOMet": "Unknown", "PolicyApplied": "False", "NoData": "Unknown"}
     assert out["replicas"] == {"desired": 2, "current": 0, "ready": 0}
     assert out["observedGeneration"] == 4
     assert all(c["observedGeneration"] == 4 for c in out["conditions"])

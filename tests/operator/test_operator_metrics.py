@@ -69,3 +69,9 @@ async def test_metrics_count_reconciles_slo_passes_pushes_and_api_calls(
     assert created and all(code.startswith("2") for code, _ in created), created
     assert _value(text, "specserve_operator_api_calls_total",
                   '{code="200",resource="specservedeployments/status",verb="patch"}') >= 1
+    # "good" has no Prometheus URL: no data, by cause, per resource (the alert's input).
+    assert _value(text, "specserve_operator_slo_no_data",
+                  '{name="good",namespace="ns1",reason="NoPrometheusUrl"}') == 1
+    assert _value(text, "specserve_operator_slo_no_data_passes_total",
+                  '{reason="NoPrometheusUrl"}') >= 1
+

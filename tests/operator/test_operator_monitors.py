@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from specserve_contract import CONTROL_PORT_NAME, HTTP_PORT_NAME
+from specserve_engine.launcher import free_port
 from specserve_operator import manifests, prometheus
 from specserve_operator.prometheus import PrometheusClient, SloSnapshot
 from specserve_operator.spec import parse_spec
@@ -40,7 +41,7 @@ import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "chat"
-SM_NS, PM_NS = "team-sm", "team-pm"
+SM_NS, PM_NS, DOWN_NS = "team-sm", "team-pm", "team-down"
 SPEC = parse_spec({"model": {"target": "tiny", "draft": "tiny"}})
 SERIES = EngineSeries()
 WINDOW = "5s"  # data older than the window exists by then, so rates are not diluted
@@ -105,7 +106,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                    "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "redis"}},
                             "podTargetLabels": ["app.kubernetes.io/instance"],
                             "podMetricsEndpoints": [{"port": "metrics"}]}}
+    # Pods whose ports nobody listens on: targets that exist, and are down.
+    down_owner = manifests.Owner(NAME, DOWN_NS, "uid-down")
+    dead = free_port()
+    down_targets = [replace(t, address=f"127.0.0.1:{dead}")
+                    for t in engine_pods(down_owner, exporters, 1)]
     configs = [
+        *monitor_scrape_configs(manifests.servicemonitor(down_owner, SPEC), down_targets),
         *monitor_scrape_configs(sm, engine_pods(sm_owner, exporters, 2)),
         *monitor_scrape_configs(sm_other, engine_pods(other, exporters, 1)),
         # The PodMonitor's namespaceSelector (watchNamespaces) keeps it to team-pm; the
@@ -184,3 +191,12 @@ def test_what_each_monitor_kind_attaches(setup: Setup) -> None:
     # The selector of before (namespace + service) found nothing through a PodMonitor.
     assert setup.prom.query(f'up{{namespace="{PM_NS}",service="{NAME}"}}') == []
     assert setup.prom.query(f'up{{{prometheus.selector(PM_NS, NAME)}}}') != []
+
+
+@pytest.mark.parametrize(("namespace", "cause"), [("team-none", "NoTargets"),
+                                                  (DOWN_NS, "TargetsDown")])
+async def test_no_data_says_whether_targets_are_missing_or_down(setup: Setup, namespace: str,
+                                                                cause: str) -> None:
+    snap = await snapshot(setup.prom, namespace)
+    assert (snap.state, snap.no_data_reason) == ("noData", cause)
+    assert snap.targets == (0 if cause == "NoTargets" else 2) and snap.pods_scraped == 0

@@ -91,6 +91,7 @@ def test_parse_buckets_sorts_and_reads_inf() -> None:
 def full(**over: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
     out: dict[str, dict[str, Any] | None] = {
         k: vec(0.04) for k in prometheus.build_queries(prometheus.selector("n", "m"), "30s")}
+    out["targets"] = vec(2)
     out["pods_scraped"] = vec(2)
     out["request_rate"] = vec(3.0)
     out["tpot_buckets"] = buckets([("0.05", 8.0), ("+Inf", 10.0)])
@@ -108,22 +109,28 @@ def test_assemble_ok_snapshot() -> None:
     assert s.slo_met(0.05, 0.9) is False and s.slo_met(0.05, 0.8) is True
 
 
-@pytest.mark.parametrize(("over", "reason"), [
-    ({"pods_scraped": vec(None)}, "no engine pod is scraped"),
-    ({"request_rate": vec(None)}, "no request-rate series"),
-    ({"tpot_p90_s": vec("NaN")}, "no TPOT histogram"),
-    ({"mean_k": None}, "queries failed: mean_k"),
+@pytest.mark.parametrize(("over", "reason", "cause"), [
+    ({"targets": vec(None), "pods_scraped": vec(None), "request_rate": vec(None)},
+     "Prometheus has no target", "NoTargets"),
+    ({"pods_scraped": vec(None)}, "no engine pod is scraped", "TargetsDown"),
+    ({"request_rate": vec(None)}, "no request-rate series", "EmptySeries"),
+    ({"tpot_p90_s": vec("NaN")}, "no TPOT histogram", "EmptySeries"),
+    ({"mean_k": None}, "queries failed: mean_k", "QueryError"),
+    ({"mean_k": None, "targets": vec(None)}, "queries failed: mean_k", "QueryError"),
 ])
-def test_missing_metrics_are_no_data_and_never_met(over: dict[str, Any], reason: str) -> None:
+def test_missing_metrics_are_no_data_and_never_met(over: dict[str, Any], reason: str,
+                                                   cause: str) -> None:
     s = prometheus.assemble("n", "m", 1.0, "30s", full(**over), 0.05, 2.0)
     assert s.state == "noData" and not s.has_data
     assert any(reason in r for r in s.reasons), s.reasons
+    assert s.no_data_reason == cause
     assert s.slo_met(10.0, 0.0) is None  # not even a generous target counts as met
 
 
 def test_nothing_answered_is_an_error() -> None:
     s = prometheus.assemble("n", "m", 1.0, "30s", dict.fromkeys(full()), 0.05, 2.0)
     assert s.state == "error" and s.slo_met(1.0, 0.0) is None
+    assert s.no_data_reason == "QueryError"
 
 
 def test_idle_deployment_is_data_without_quantiles() -> None:

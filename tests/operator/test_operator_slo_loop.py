@@ -40,6 +40,7 @@ from tests.kits.operator_kit import (
     NS,
     SSD,
     create,
+    events,
     eventually,
     live,
     running_operator,
@@ -272,6 +273,13 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
         assert "no data" in st["tuning"]["decision"]
         slo = next(c for c in st["conditions"] if c["type"] == "SLOMet")
         assert (slo["status"], slo["reason"]) == ("Unknown", "PrometheusUnavailable")
+        no_data = next(c for c in st["conditions"] if c["type"] == "NoData")
+        assert (no_data["status"], no_data["reason"]) == ("True", "QueryError")
+        assert st["sloSnapshot"]["noDataReason"] == "QueryError"
+        # One Warning for the loss of data, not one per pass.
+        warned = [e for e in events(cluster, NAME) if e["reason"] == "NoData"]
+        assert len(warned) == 1 and warned[0]["type"] == "Warning"
+        assert warned[0]["message"].startswith("QueryError: ")
     finally:
         server.stop()
 
