@@ -28,6 +28,9 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_MANAGE_SERVICEMONITORS Helm chart (manageServiceMonitors)  operator (start-up)
     SPECSERVE_METRICS_PORT           user                                operator (start-up)
     SPECSERVE_MONITOR_LABELS         Helm chart (monitoring.labels)      operator (start-up)
+    SPECSERVE_PROMETHEUS_ALLOWED_URLS  Helm chart (operator.prometheus)  operator (start-up)
+    SPECSERVE_PROMETHEUS_TOKEN_FILE  Helm chart (operator.prometheus)    operator (each pass)
+    SPECSERVE_PROMETHEUS_CA_FILE     Helm chart (operator.prometheus)    operator (each pass)
     SPECSERVE_TEST_DTYPE             user, CI                            tests (engine fixtures)
 """
 
@@ -165,6 +168,13 @@ ENV_METRICS_PORT = "SPECSERVE_METRICS_PORT"
 # A JSON object of labels every ServiceMonitor the operator creates carries (so a Prometheus
 # whose serviceMonitorSelector asks for e.g. `release: kube-prometheus-stack` selects them).
 ENV_MONITOR_LABELS = "SPECSERVE_MONITOR_LABELS"
+# Comma-separated Prometheus base URLs that spec.metrics.prometheusUrl may name (besides
+# SPECSERVE_PROMETHEUS_URL itself; "*": any). The operator does not query any other.
+ENV_PROMETHEUS_ALLOWED_URLS = "SPECSERVE_PROMETHEUS_ALLOWED_URLS"
+# Files (mounted from Secrets) with the bearer token and the CA bundle for
+# SPECSERVE_PROMETHEUS_URL; never sent to or used for any other URL.
+ENV_PROMETHEUS_TOKEN_FILE = "SPECSERVE_PROMETHEUS_TOKEN_FILE"
+ENV_PROMETHEUS_CA_FILE = "SPECSERVE_PROMETHEUS_CA_FILE"
 ENV_TEST_DTYPE = "SPECSERVE_TEST_DTYPE"
 
 # ---------------------------------------------------------------------------- limits, modes

@@ -8,6 +8,10 @@
                                   the chart sets it from operator.manageServiceMonitors, which
                                   also decides whether the RBAC grants them)
     SPECSERVE_METRICS_PORT        the operator's /metrics (default 8081; 0: off)
+    SPECSERVE_PROMETHEUS_ALLOWED_URLS  comma-separated Prometheus base URLs a spec may name
+                                  (besides SPECSERVE_PROMETHEUS_URL; "*": any; default none)
+    SPECSERVE_PROMETHEUS_TOKEN_FILE, SPECSERVE_PROMETHEUS_CA_FILE  bearer token and CA bundle
+                                  for SPECSERVE_PROMETHEUS_URL only (read on every pass)
     SPECSERVE_MONITOR_LABELS      JSON object: labels of every ServiceMonitor it creates (the
                                   chart sets it from monitoring.labels, by default
                                   {"release": "kube-prometheus-stack"}); default none
@@ -23,6 +27,9 @@ from specserve_contract import (
     ENV_MANAGE_SERVICEMONITORS,
     ENV_METRICS_PORT,
     ENV_MONITOR_LABELS,
+    ENV_PROMETHEUS_ALLOWED_URLS,
+    ENV_PROMETHEUS_CA_FILE,
+    ENV_PROMETHEUS_TOKEN_FILE,
     ENV_PROMETHEUS_URL,
     ENV_SLO_INTERVAL_S,
     ENV_SLO_WINDOW,
@@ -43,6 +50,11 @@ class LoopConfig:
     """Settings of the SLO loop (from the environment at start-up; tests make their own)."""
 
     prometheus_url: str | None = None
+    # spec.metrics.prometheusUrl values the operator may query (prometheus.url_allowed)
+    allowed_urls: tuple[str, ...] = ()
+    # credentials of prometheus_url (files mounted from Secrets), never sent elsewhere
+    token_file: str | None = None
+    ca_file: str | None = None
     window: str = DEFAULT_SLO_WINDOW
     prometheus_timeout_s: float = 5.0
     push_timeout_s: float = 5.0
@@ -67,6 +79,10 @@ class OperatorConfig:
         slo_interval_s = float(environ.get(ENV_SLO_INTERVAL_S, DEFAULT_SLO_INTERVAL_S))
         loop = LoopConfig(
             prometheus_url=environ.get(ENV_PROMETHEUS_URL) or None,
+            allowed_urls=tuple(u.strip() for u in environ.get(ENV_PROMETHEUS_ALLOWED_URLS,
+                                                               "").split(",") if u.strip()),
+            token_file=environ.get(ENV_PROMETHEUS_TOKEN_FILE) or None,
+            ca_file=environ.get(ENV_PROMETHEUS_CA_FILE) or None,
             window=environ.get(ENV_SLO_WINDOW, DEFAULT_SLO_WINDOW),
             # Tuning waits two passes after a change, so the next snapshot measures it.
             tuning=TuningConfig(cooldown_s=2 * slo_interval_s),

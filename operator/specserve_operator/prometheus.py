@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -262,6 +264,42 @@ def assemble(
                        reasons=reasons, no_data_reason=why, **fields)
 
 
+# ------------------------------------------------------------------- which URLs (pure)
+
+
+def _origin(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path) of an http(s) URL without credentials; None otherwise."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    if parts.query or parts.fragment:
+        return None
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname.lower(), port or default, parts.path.rstrip("/")
+
+
+def url_allowed(url: str, allowed: Sequence[str], default: str | None) -> bool:
+    """May the operator query `url` (named in a spec)? Yes for its default URL and for URLs
+    under an allow-list entry (same scheme, host and port; the entry's path or below it); "*"
+    allows any. URLs with credentials, a query or a fragment never."""
+    target = _origin(url)
+    if target is None:
+        return False
+    if "*" in allowed:
+        return True
+    for entry in [*allowed, *([default] if default else [])]:
+        base = _origin(entry)
+        if base is None or base[:3] != target[:3]:
+            continue
+        if target[3] == base[3] or target[3].startswith(base[3] + "/"):
+            return True
+    return False
+
+
 # ------------------------------------------------------------------------------- HTTP adapter
 
 
@@ -273,12 +311,25 @@ class PrometheusClient:
     """Instant queries against the Prometheus HTTP API (`GET /api/v1/query`)."""
 
     def __init__(self, url: str, timeout_s: float = 5.0, retries: int = 2,
-                 backoff_s: float = 0.2, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 backoff_s: float = 0.2, transport: httpx.AsyncBaseTransport | None = None,
+                 token: str | None = None, ca_pem: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.transport = transport
+        self.token = token  # sent as `Authorization: Bearer <token>`
+        self.ca_pem = ca_pem  # PEM bundle the server's certificate must chain to
+
+    def http_client(self) -> httpx.AsyncClient:
+        """An HTTP client with this Prometheus' credentials and trust (system CAs without
+        ca_pem)."""
+        verify: ssl.SSLContext | bool = True
+        if self.ca_pem:
+            verify = ssl.create_default_context(cadata=self.ca_pem)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport,
+                                 verify=verify, headers=headers)
 
     async def query(self, client: httpx.AsyncClient, promql: str, at: float) -> dict[str, Any]:
         """The `data` of one query; PrometheusError after the retries (5xx, timeouts, refused)."""
@@ -309,7 +360,7 @@ class PrometheusClient:
         """Run every query concurrently and assemble the snapshot (never raises for HTTP)."""
         queries = build_queries(selector(namespace, name), window)
         errors: list[str] = []
-        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport) as client:
+        async with self.http_client() as client:
             async def one(q: str) -> dict[str, Any] | None:
                 try:
                     return await self.query(client, q, now)

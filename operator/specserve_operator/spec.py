@@ -287,6 +287,13 @@ def label_problems(labels: dict[str, str]) -> list[str]:
     return out
 
 
+class SecretKeyRef(SpecServeModel):
+    """A key of a Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
 class MetricsSpec(SpecServeModel):
     """Where the operator reads SLO metrics, and how Prometheus scrapes the pods."""
 
@@ -294,7 +301,19 @@ class MetricsSpec(SpecServeModel):
         default=None,
         max_length=2048,
         pattern=r"^https?://[^\s]+$",
-        description="Prometheus base URL the operator queries, e.g. http://prometheus:9090.",
+        description="Prometheus base URL the operator queries, e.g. http://prometheus:9090. "
+        "Only a URL on the operator's allow-list (the chart's operator.prometheus.allowedUrls) "
+        "or its default URL is queried.",
+    )
+    bearer_token_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a bearer token sent to Prometheus "
+        "(Authorization: Bearer).",
+    )
+    ca_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the PEM CA bundle that Prometheus' TLS certificate is "
+        "checked against (default: the system's CAs).",
     )
     service_monitor: bool = Field(
         default=True,

@@ -556,3 +556,34 @@ def test_dashboard_configmap() -> None:
     assert used == KNOWN_METRICS
     slo_vars = {v["name"] for v in dash["templating"]["list"]}
     assert {"ttft_slo_ms", "tpot_slo_ms", "model", "namespace"} <= slo_vars
+
+
+def test_prometheus_access_reaches_the_operator() -> None:
+    """The default URL, the allow-list and the credential Secrets (mounted, read as files)."""
+    values = {"operator": {"prometheus": {
+        "url": "https://kube-prometheus-stack-prometheus.monitoring.svc:9090",
+        "allowedUrls": ["http://thanos.monitoring:10902", "https://prom.team-a:9090"],
+        "bearerTokenSecret": {"name": "prom-token"}, "caSecret": {"name": "prom-ca"}}}}
+    docs = render(values)
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        kv.validate(doc, KUBE_VERSION, strict=True)
+    config = operator_config(values).loop
+    assert config.prometheus_url == "https://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    assert config.allowed_urls == ("http://thanos.monitoring:10902", "https://prom.team-a:9090")
+    assert config.token_file == "/etc/specserve/prometheus-token/token"
+    assert config.ca_file == "/etc/specserve/prometheus-ca/ca.crt"
+    dep = one(docs, "Deployment", "specserve-operator")
+    mounts = {v["mountPath"]: v["name"] for v in container(dep)["volumeMounts"]}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    for path, secret, key in ((config.token_file, "prom-token", "token"),
+                              (config.ca_file, "prom-ca", "ca.crt")):
+        volume = volumes[mounts[str(Path(path).parent)]]
+        assert volume["secret"] == {"secretName": secret, "items": [{"key": key, "path": key}]}
+    # Defaults: no URL, no allow-list (a spec URL is refused), no credentials.
+    plain = operator_config({}).loop
+    assert (plain.prometheus_url, plain.allowed_urls, plain.token_file, plain.ca_file) == (
+        None, (), None, None)
+    with pytest.raises(helm.HelmValuesError):
+        render({"operator": {"prometheus": {"allowedUrls": ["prometheus:9090"]}}})

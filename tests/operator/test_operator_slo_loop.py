@@ -62,7 +62,9 @@ OWNER = manifests.Owner(NAME, NS, UID)
 def loop_config(monkeypatch: pytest.MonkeyPatch) -> LoopConfig:
     """Fast loop settings for tests (the operator runs in this process, so they take effect)."""
     cfg = LoopConfig(
-        prometheus_url=None, window="60s", prometheus_timeout_s=2.0, push_timeout_s=3.0,
+        # The tests' Prometheus URLs (random local ports) are named in the specs: allow any.
+        prometheus_url=None, allowed_urls=("*",), window="60s", prometheus_timeout_s=2.0,
+        push_timeout_s=3.0,
         retries=1, tuning=tuning.TuningConfig(over_patience=1, cooldown_s=0.0, min_steps=10))
     monkeypatch.setattr(handlers.RUNTIME, "loop_override", cfg)
     return cfg
