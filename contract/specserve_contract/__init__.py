@@ -27,6 +27,10 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_SLO_WINDOW             user                                operator (start-up)
     SPECSERVE_MANAGE_SERVICEMONITORS Helm chart (manageServiceMonitors)  operator (start-up)
     SPECSERVE_METRICS_PORT           user                                operator (start-up)
+    SPECSERVE_MONITOR_LABELS         Helm chart (monitoring.labels)      operator (start-up)
+    SPECSERVE_PROMETHEUS_ALLOWED_URLS  Helm chart (operator.prometheus)  operator (start-up)
+    SPECSERVE_PROMETHEUS_TOKEN_FILE  Helm chart (operator.prometheus)    operator (each pass)
+    SPECSERVE_PROMETHEUS_CA_FILE     Helm chart (operator.prometheus)    operator (each pass)
     SPECSERVE_TEST_DTYPE             user, CI                            tests (engine fixtures)
 """
 
@@ -95,6 +99,25 @@ def selector_labels(name: str) -> dict[str, str]:
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
 
 
+# The pod labels every monitor copies onto the series it scrapes (`podTargetLabels` of the
+# operator's ServiceMonitor and of the chart's PodMonitor), so one PromQL selector finds a
+# resource's series whichever monitor scraped them: {namespace, app_kubernetes_io_name,
+# app_kubernetes_io_instance}. (A ServiceMonitor also sets `service`, a PodMonitor does not.)
+SERIES_POD_LABELS = (LABEL_NAME, LABEL_INSTANCE)
+
+
+def series_label(pod_label: str) -> str:
+    """The series label a pod label becomes: Prometheus label names allow [a-zA-Z0-9_] only
+    (the Prometheus Operator's sanitizeLabelName: every other character becomes "_")."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in pod_label)
+
+
+def series_labels(name: str) -> dict[str, str]:
+    """Series labels (besides namespace) that select one resource's engine series."""
+    pod = selector_labels(name)
+    return {series_label(key): pod[key] for key in SERIES_POD_LABELS}
+
+
 # ----------------------------------------------------------------------------------- ports
 # HTTP_PORT: vLLM's OpenAI server (/v1/*, /health, /metrics with vllm:*).
 # CONTROL_PORT: SpecServe's control server (policy GET/PUT, /metrics with specserve_*); a
@@ -144,6 +167,16 @@ ENV_MANAGE_SERVICEMONITORS = "SPECSERVE_MANAGE_SERVICEMONITORS"
 ENV_METRICS_PORT = "SPECSERVE_METRICS_PORT"
 ENV_PEERING = "SPECSERVE_PEERING"
 ENV_PEERING_LIFETIME_S = "SPECSERVE_PEERING_LIFETIME_S"
+# A JSON object of labels every ServiceMonitor the operator creates carries (so a Prometheus
+# whose serviceMonitorSelector asks for e.g. `release: kube-prometheus-stack` selects them).
+ENV_MONITOR_LABELS = "SPECSERVE_MONITOR_LABELS"
+# Comma-separated Prometheus base URLs that spec.metrics.prometheusUrl may name (besides
+# SPECSERVE_PROMETHEUS_URL itself; "*": any). The operator does not query any other.
+ENV_PROMETHEUS_ALLOWED_URLS = "SPECSERVE_PROMETHEUS_ALLOWED_URLS"
+# Files (mounted from Secrets) with the bearer token and the CA bundle for
+# SPECSERVE_PROMETHEUS_URL; never sent to or used for any other URL.
+ENV_PROMETHEUS_TOKEN_FILE = "SPECSERVE_PROMETHEUS_TOKEN_FILE"
+ENV_PROMETHEUS_CA_FILE = "SPECSERVE_PROMETHEUS_CA_FILE"
 ENV_TEST_DTYPE = "SPECSERVE_TEST_DTYPE"
 
 # ---------------------------------------------------------------------------- limits, modes

@@ -82,6 +82,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                RUNTIME.config.peering_lifetime_s, time.time()))
     RUNTIME.kube = KubeClient.from_environment()
     metrics.serve(RUNTIME.config.metrics_port)
+    # A resource that has not run a pass for three intervals (deleted) leaves the gauge.
+    metrics.NO_DATA.ttl_s = 3 * RUNTIME.config.slo_interval_s
     register_timers(RUNTIME.config)
 
 
@@ -117,7 +119,8 @@ def on_change(**kwargs: Any) -> None:
 def _counted_reconcile(kwargs: dict[str, Any]) -> None:
     try:
         result = reconcile(kube(), **_reconcile_kwargs(kwargs),
-                           manage_monitors=RUNTIME.config.manage_service_monitors)
+                           manage_monitors=RUNTIME.config.manage_service_monitors,
+                           monitor_labels=RUNTIME.config.monitor_labels)
     except Exception:
         metrics.RECONCILES.labels("error").inc()
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -450,15 +451,25 @@ def configmap(
     }
 
 
-def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec,
+                   default_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ServiceMonitor of both ports. Its labels: `default_labels` (the operator's,
+    SPECSERVE_MONITOR_LABELS) under spec.metrics.serviceMonitorLabels, under the recommended
+    labels (which stay ours). A Prometheus selects ServiceMonitors by these labels:
+    kube-prometheus-stack's, by default, those with `release: <its release name>`."""
     interval = spec.metrics.scrape_interval
+    meta = _metadata(owner, spec, servicemonitor_name(owner), "metrics")
+    meta["labels"] = {**(default_labels or {}), **spec.metrics.service_monitor_labels,
+                      **meta["labels"]}
     return {
         "apiVersion": SERVICEMONITOR_API,
         "kind": "ServiceMonitor",
-        "metadata": _metadata(owner, spec, servicemonitor_name(owner), "metrics"),
+        "metadata": meta,
         "spec": {
             "selector": {"matchLabels": selector_labels(owner)},
             "namespaceSelector": {"matchNames": [owner.namespace]},
+            # The SLO loop selects series by these (prometheus.selector), not by `service`.
+            "podTargetLabels": list(contract.SERIES_POD_LABELS),
             "endpoints": [
                 {"port": HTTP_PORT_NAME, "path": METRICS_PATH, "interval": interval},
                 {"port": CONTROL_PORT_NAME, "path": METRICS_PATH, "interval": interval},

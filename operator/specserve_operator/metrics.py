@@ -5,6 +5,13 @@
     specserve_operator_slo_loop_failures_total             passes that raised (status says why)
     specserve_operator_policy_pushes_total{result}         per pod: acknowledged, failed
     specserve_operator_api_calls_total{verb,resource,code} every call of the operator's client
+    specserve_operator_slo_no_data{namespace,name,reason}  1 per resource whose last SLO pass had
+                                                           no data (reason: the NoData cause)
+    specserve_operator_slo_no_data_passes_total{reason}    SLO passes without data, by cause
+
+The no-data gauge lists only resources whose last pass is recent (within `NoDataTracker.ttl_s`,
+three SLO intervals): a deleted resource's series goes once its timer stops, without a deletion
+handler.
 
 Served on SPECSERVE_METRICS_PORT (default 8081; 0 turns it off) from start-up; kopf's own
 liveness endpoint stays on its port.
@@ -12,7 +19,13 @@ liveness endpoint stays on its port.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -29,6 +42,49 @@ POLICY_PUSHES = Counter("specserve_operator_policy_pushes",
 API_CALLS = Counter("specserve_operator_api_calls",
                     "Kubernetes API calls of the operator's client.",
                     ["verb", "resource", "code"], registry=REGISTRY)
+
+NO_DATA_PASSES = Counter("specserve_operator_slo_no_data_passes",
+                         "SLO-loop passes without data, by cause.", ["reason"],
+                         registry=REGISTRY)
+
+
+class NoDataTracker(Collector):
+    """specserve_operator_slo_no_data{namespace,name,reason}: 1 for each resource whose last
+    pass (within ttl_s) had no data."""
+
+    def __init__(self, ttl_s: float = 90.0) -> None:
+        self.ttl_s = ttl_s
+        self._last: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, namespace: str, name: str, reason: str | None,
+                now: float | None = None) -> None:
+        """One pass of one resource: `reason` the no-data cause, None when it had data."""
+        if reason is not None:
+            NO_DATA_PASSES.labels(reason).inc()
+        with self._lock:
+            self._last[(namespace, name)] = (reason, time.time() if now is None else now)
+
+    def current(self, now: float | None = None) -> dict[tuple[str, str], str]:
+        """(namespace, name) -> cause, for resources without data now."""
+        now = time.time() if now is None else now
+        with self._lock:
+            for key in [k for k, (_, t) in self._last.items() if now - t > self.ttl_s]:
+                del self._last[key]
+            return {k: r for k, (r, _) in self._last.items() if r is not None}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "specserve_operator_slo_no_data",
+            "1 for each SpecServeDeployment whose last SLO pass had no data, by cause.",
+            labels=["namespace", "name", "reason"])
+        for (namespace, name), reason in sorted(self.current().items()):
+            family.add_metric([namespace, name, reason], 1.0)
+        yield family
+
+
+NO_DATA = NoDataTracker()
+REGISTRY.register(NO_DATA)
 
 _served: list[int] = []
 

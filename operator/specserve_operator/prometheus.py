@@ -3,32 +3,51 @@
 Pure parts (query building, result parsing, attainment from histogram buckets, assembling the
 snapshot) are plain functions; `PrometheusClient` is the thin HTTP adapter (timeouts, retries).
 
-Series are selected by `namespace` and `service` labels: what the Prometheus Operator attaches to
-every series scraped through the ServiceMonitor the operator creates (both the vLLM port and the
-control port, so vllm:* and specserve_* series share the labels). A plain Prometheus scrape config
-can attach the same labels to static targets.
+Series are selected by `namespace` and the two pod labels every monitor copies onto them
+(`specserve_contract.series_labels`: app_kubernetes_io_name="specserve-engine",
+app_kubernetes_io_instance=NAME). The Prometheus Operator sets `namespace` on every target, and
+`podTargetLabels` copies pod labels, in the same way for a ServiceMonitor (the operator's) and a
+PodMonitor (the chart's); a `service` label exists only for ServiceMonitor targets, so it is
+not used. Both ports (vllm:* and specserve_*) carry the labels. A plain Prometheus gets them
+with the usual `labelmap` of `__meta_kubernetes_pod_label_(.+)`, or as static target labels.
 
 "No data" is a state of its own: when the pods are not scraped, or the request rate or the
 latency histograms are missing, the snapshot says so (`state` "noData" with the reasons) and
 `slo_met` is None. The tuning loop then keeps the current policy and the autoscaler keeps the
 replica count: missing metrics never count as "SLO met" and never shrink a deployment.
+`no_data_reason` names the cause, one of `NO_DATA_REASONS` (the NoData condition's reason):
+
+    NoPrometheusUrl          no spec.metrics.prometheusUrl and no SPECSERVE_PROMETHEUS_URL
+    PrometheusUrlNotAllowed  spec.metrics.prometheusUrl is not on the operator's allow-list
+    CredentialsUnavailable   a bearer-token or CA Secret named in spec.metrics cannot be read
+    QueryError               Prometheus did not answer, or refused a query (HTTP, TLS, 4xx/5xx)
+    NoTargets                Prometheus has no `up` series for the selector (not scraped at all)
+    TargetsDown              `up` series exist, none is 1 (the scrapes fail)
+    EmptySeries              scraped, but the request-rate or TPOT series are missing
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
+
+from specserve_contract import series_labels
 
 TTFT = "vllm:time_to_first_token_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 SnapshotState = Literal["ok", "noData", "error"]
+NoDataReason = Literal["NoPrometheusUrl", "PrometheusUrlNotAllowed", "CredentialsUnavailable",
+                       "QueryError", "NoTargets", "TargetsDown", "EmptySeries"]
+NO_DATA_REASONS: tuple[str, ...] = NoDataReason.__args__  # type: ignore[attr-defined]
 
 
 class SloSnapshot(BaseModel):
@@ -42,7 +61,10 @@ class SloSnapshot(BaseModel):
     window: str
     state: SnapshotState
     reasons: list[str] = Field(default_factory=list, description="why state is not ok")
-    pods_scraped: int | None = None
+    no_data_reason: NoDataReason | None = Field(
+        default=None, description="the cause when state is not ok (NO_DATA_REASONS)")
+    targets: int | None = Field(default=None, description="`up` series for the selector")
+    pods_scraped: int | None = Field(default=None, description="targets with up == 1")
     ttft_p50_s: float | None = None
     ttft_p90_s: float | None = None
     ttft_p99_s: float | None = None
@@ -86,11 +108,12 @@ class SloSnapshot(BaseModel):
 # ------------------------------------------------------------------------------- PromQL (pure)
 
 
-def selector(namespace: str, service: str) -> str:
+def selector(namespace: str, name: str) -> str:
     """Label matchers for one deployment's series (escaped for PromQL string literals)."""
     def q(v: str) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"namespace={q(namespace)},service={q(service)}"
+    pairs = {"namespace": namespace, **series_labels(name)}
+    return ",".join(f"{k}={q(v)}" for k, v in pairs.items())
 
 
 def _ratio(num: str, den: str, sel: str, window: str) -> str:
@@ -106,6 +129,7 @@ def build_queries(sel: str, window: str) -> dict[str, str]:
                 f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))"
             )
         out[f"{prefix}_buckets"] = f"sum by (le) (rate({metric}_bucket{{{sel}}}[{window}]))"
+    out["targets"] = f"count(up{{{sel}}})"
     out["pods_scraped"] = f"count(up{{{sel}}} == 1)"
     out["request_rate"] = f"sum(rate(vllm:e2e_request_latency_seconds_count{{{sel}}}[{window}]))"
     out["running"] = f"sum(vllm:num_requests_running{{{sel}}})"
@@ -193,13 +217,15 @@ def assemble(
     State: "error" when no query answered at all; "noData" when pods are not scraped or the
     request rate / latency histograms are absent; otherwise "ok". An idle deployment (pods
     scraped, rate 0, no latencies) is "ok" with no quantiles: an observed zero, not a gap.
+    `no_data_reason`: the first that applies of QueryError (some query failed: the rest cannot
+    be trusted to be complete), NoTargets, TargetsDown, EmptySeries.
     """
     fields: dict[str, Any] = {}
     for key, data in results.items():
         if key.endswith("_buckets") or data is None:
             continue
         value = parse_scalar(data)
-        if key == "pods_scraped":
+        if key in ("targets", "pods_scraped"):  # count() of nothing is an empty vector
             value = int(value) if value is not None else 0 if data.get("result") == [] else None
         fields[key] = value
     tpot_buckets = parse_buckets(results.get("tpot_buckets") or {})
@@ -208,24 +234,70 @@ def assemble(
     fields["ttft_attainment"] = fraction_at_most(ttft_buckets, ttft_target_s)
 
     reasons: list[str] = []
+    why: NoDataReason | None = None
+    sel = "{" + selector(namespace, name) + "}"
     if all(v is None for v in results.values()):
         state: SnapshotState = "error"
         reasons.append("Prometheus answered no query")
+        why = "QueryError"
     else:
         failed = sorted(k for k, v in results.items() if v is None)
         if failed:
             reasons.append("queries failed: " + ", ".join(failed))
-        if not fields.get("pods_scraped"):
-            reasons.append("no engine pod is scraped (up == 1) for "
-                           f"namespace={namespace} service={name}")
+            why = "QueryError"
+        if fields.get("targets") == 0:
+            reasons.append(f"Prometheus has no target (no `up` series) for {sel}: is a "
+                           "ServiceMonitor or PodMonitor selected by this Prometheus?")
+            why = why or "NoTargets"
+        elif not fields.get("pods_scraped"):
+            reasons.append(f"no engine pod is scraped (up == 1) for {sel}")
+            why = why or "TargetsDown"
         rate = fields.get("request_rate")
         if rate is None:
             reasons.append("no request-rate series (vllm:e2e_request_latency_seconds_count)")
         elif rate > 0 and fields.get("tpot_p90_s") is None:
             reasons.append(f"requests are served but no TPOT histogram ({TPOT}_bucket)")
+        if reasons:
+            why = why or "EmptySeries"
         state = "noData" if reasons else "ok"
     return SloSnapshot(namespace=namespace, name=name, time=now, window=window, state=state,
-                       reasons=reasons, **fields)
+                       reasons=reasons, no_data_reason=why, **fields)
+
+
+# ------------------------------------------------------------------- which URLs (pure)
+
+
+def _origin(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path) of an http(s) URL without credentials; None otherwise."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    if parts.query or parts.fragment:
+        return None
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname.lower(), port or default, parts.path.rstrip("/")
+
+
+def url_allowed(url: str, allowed: Sequence[str], default: str | None) -> bool:
+    """May the operator query `url` (named in a spec)? Yes for its default URL and for URLs
+    under an allow-list entry (same scheme, host and port; the entry's path or below it); "*"
+    allows any. URLs with credentials, a query or a fragment never."""
+    target = _origin(url)
+    if target is None:
+        return False
+    if "*" in allowed:
+        return True
+    for entry in [*allowed, *([default] if default else [])]:
+        base = _origin(entry)
+        if base is None or base[:3] != target[:3]:
+            continue
+        if target[3] == base[3] or target[3].startswith(base[3] + "/"):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------- HTTP adapter
@@ -239,12 +311,25 @@ class PrometheusClient:
     """Instant queries against the Prometheus HTTP API (`GET /api/v1/query`)."""
 
     def __init__(self, url: str, timeout_s: float = 5.0, retries: int = 2,
-                 backoff_s: float = 0.2, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 backoff_s: float = 0.2, transport: httpx.AsyncBaseTransport | None = None,
+                 token: str | None = None, ca_pem: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.transport = transport
+        self.token = token  # sent as `Authorization: Bearer <token>`
+        self.ca_pem = ca_pem  # PEM bundle the server's certificate must chain to
+
+    def http_client(self) -> httpx.AsyncClient:
+        """An HTTP client with this Prometheus' credentials and trust (system CAs without
+        ca_pem)."""
+        verify: ssl.SSLContext | bool = True
+        if self.ca_pem:
+            verify = ssl.create_default_context(cadata=self.ca_pem)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport,
+                                 verify=verify, headers=headers)
 
     async def query(self, client: httpx.AsyncClient, promql: str, at: float) -> dict[str, Any]:
         """The `data` of one query; PrometheusError after the retries (5xx, timeouts, refused)."""
@@ -275,7 +360,7 @@ class PrometheusClient:
         """Run every query concurrently and assemble the snapshot (never raises for HTTP)."""
         queries = build_queries(selector(namespace, name), window)
         errors: list[str] = []
-        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self.transport) as client:
+        async with self.http_client() as client:
             async def one(q: str) -> dict[str, Any] | None:
                 try:
                     return await self.query(client, q, now)

@@ -123,13 +123,14 @@ OPTIONAL_CHILD_SKIPPED = (403, 404)
 
 
 def _ensure_servicemonitor(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
-                           body: Any, logger: Any) -> None:
+                           body: Any, logger: Any,
+                           monitor_labels: Mapping[str, str] | None = None) -> None:
     if not api.serves(SERVICEMONITOR_API, "servicemonitors"):
         return
     name = servicemonitor_name(owner)
     try:
         current = api.get(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
-        ensure(api, servicemonitor(owner, spec), current, body, logger)
+        ensure(api, servicemonitor(owner, spec, monitor_labels), current, body, logger)
     except KubeError as exc:
         if exc.status not in OPTIONAL_CHILD_SKIPPED:
             raise
@@ -139,7 +140,7 @@ def _ensure_servicemonitor(api: KubeClient, owner: Owner, spec: SpecServeDeploym
 
 def reconcile_children(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
-    manage_monitors: bool = True,
+    manage_monitors: bool = True, monitor_labels: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Bring every child to the desired state; return (the Deployment, the policy version)."""
     _ensure_secret(api, owner, spec, body, logger)
@@ -149,7 +150,7 @@ def reconcile_children(
     current = api.get("v1", "Service", owner.namespace, service_name(owner))
     ensure(api, service(owner, spec), current, body, logger)
     if manage_monitors and spec.metrics.service_monitor:
-        _ensure_servicemonitor(api, owner, spec, body, logger)
+        _ensure_servicemonitor(api, owner, spec, body, logger, monitor_labels)
     return dep, version
 
 
@@ -195,6 +196,7 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 def reconcile(
     api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
     patch: Any, logger: Any, manage_monitors: bool = True,
+    monitor_labels: Mapping[str, str] | None = None,
 ) -> str:
     """One reconcile pass of one resource: validate the spec, reconcile children, write status.
     Returns "ok", or "invalid" for a refused spec."""
@@ -212,7 +214,8 @@ def reconcile(
         write_status(api, owner, RECONCILE,
                      lambda fresh: invalid_status(message, fresh, stamp, generation), body)
         return "invalid"
-    dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors)
+    dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors,
+                                      monitor_labels)
     stamp = now_stamp()
     write_status(api, owner, RECONCILE,
                  lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation),

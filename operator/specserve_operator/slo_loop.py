@@ -12,13 +12,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kopf
 
-from specserve_contract import API_VERSION, ENV_PROMETHEUS_URL, KIND, POLICY_KEY, TOKEN_KEY
+from specserve_contract import (
+    API_VERSION,
+    ENV_PROMETHEUS_ALLOWED_URLS,
+    ENV_PROMETHEUS_CA_FILE,
+    ENV_PROMETHEUS_TOKEN_FILE,
+    ENV_PROMETHEUS_URL,
+    KIND,
+    POLICY_KEY,
+    TOKEN_KEY,
+)
 from specserve_engine.policy.params import Policy
 from specserve_operator import metrics
 from specserve_operator.autoscale import (
@@ -45,7 +56,12 @@ from specserve_operator.manifests import (
     selector_labels,
     slo_summary,
 )
-from specserve_operator.prometheus import PrometheusClient, SloSnapshot
+from specserve_operator.prometheus import (
+    NoDataReason,
+    PrometheusClient,
+    SloSnapshot,
+    url_allowed,
+)
 from specserve_operator.push import (
     PodAck,
     PodTarget,
@@ -55,9 +71,10 @@ from specserve_operator.push import (
     push_policy,
     ready_pods,
 )
-from specserve_operator.spec import SpecServeDeploymentSpec
+from specserve_operator.spec import SecretKeyRef, SpecServeDeploymentSpec
 from specserve_operator.status import (
     merge_conditions,
+    no_data_condition,
     policy_condition,
     slo_condition,
     snapshot_status,
@@ -150,16 +167,77 @@ async def ready_targets(api: KubeClient, owner: Owner, cfg: LoopConfig) -> list[
 # ------------------------------------------------------------------------------ the steps
 
 
-async def take_snapshot(owner: Owner, spec: SpecServeDeploymentSpec, cfg: LoopConfig,
-                        now: float) -> SloSnapshot:
-    """1. What Prometheus says about this resource's SLOs over the window."""
-    url = spec.metrics.prometheus_url or cfg.prometheus_url
+class NoAccess(Exception):
+    """Prometheus is not to be (or cannot be) queried: `reason` is a NoDataReason."""
+
+    def __init__(self, reason: NoDataReason, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+def _secret_value(api: KubeClient | None, namespace: str, ref: SecretKeyRef, what: str) -> str:
+    secret = None if api is None else api.get("v1", "Secret", namespace, ref.name)
+    value = ((secret or {}).get("data") or {}).get(ref.key)
+    if not value:
+        raise NoAccess("CredentialsUnavailable",
+                       f"{what}: Secret {namespace}/{ref.name} has no key {ref.key!r}"
+                       if secret else f"{what}: Secret {namespace}/{ref.name} not found")
+    return base64.b64decode(value).decode().strip()
+
+
+def _file(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise NoAccess("CredentialsUnavailable", f"{what}: {exc}") from None
+
+
+def prometheus_client(api: KubeClient | None, owner: Owner, spec: SpecServeDeploymentSpec,
+                      cfg: LoopConfig) -> PrometheusClient:
+    """The client for this resource's Prometheus, or NoAccess. A URL named in the spec must be
+    the operator's default or on its allow-list (else it is never queried: a spec could
+    otherwise make the operator send requests anywhere its network reaches). Credentials: the
+    spec's Secrets (in the resource's namespace); the operator's own token and CA files only
+    for its default URL."""
+    m = spec.metrics
+    url = m.prometheus_url or cfg.prometheus_url
     if url is None:
+        raise NoAccess("NoPrometheusUrl", "no Prometheus URL: set spec.metrics.prometheusUrl or "
+                       + ENV_PROMETHEUS_URL)
+    is_default = cfg.prometheus_url is not None and url.rstrip("/") == cfg.prometheus_url.rstrip(
+        "/")
+    if not is_default and not url_allowed(url, cfg.allowed_urls, cfg.prometheus_url):
+        raise NoAccess("PrometheusUrlNotAllowed",
+                       f"spec.metrics.prometheusUrl {url} is not allowed by the operator "
+                       f"({ENV_PROMETHEUS_ALLOWED_URLS}: {','.join(cfg.allowed_urls) or 'none'}; "
+                       "the chart's operator.prometheus.allowedUrls): not queried")
+    ns = owner.namespace
+    token = ca = None
+    if m.bearer_token_secret is not None:
+        token = _secret_value(api, ns, m.bearer_token_secret, "spec.metrics.bearerTokenSecret")
+    elif is_default and cfg.token_file:
+        token = _file(cfg.token_file, ENV_PROMETHEUS_TOKEN_FILE)
+    if m.ca_secret is not None:
+        ca = _secret_value(api, ns, m.ca_secret, "spec.metrics.caSecret")
+    elif is_default and cfg.ca_file:
+        ca = _file(cfg.ca_file, ENV_PROMETHEUS_CA_FILE)
+    if ca is not None:
+        try:
+            ssl.create_default_context(cadata=ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise NoAccess("CredentialsUnavailable", f"the CA bundle is not PEM: {exc}") from None
+    return PrometheusClient(url, cfg.prometheus_timeout_s, cfg.retries, token=token, ca_pem=ca)
+
+
+async def take_snapshot(owner: Owner, spec: SpecServeDeploymentSpec, cfg: LoopConfig,
+                        now: float, api: KubeClient | None = None) -> SloSnapshot:
+    """1. What Prometheus says about this resource's SLOs over the window."""
+    try:
+        client = await _call(prometheus_client, api, owner, spec, cfg)
+    except NoAccess as exc:
         return SloSnapshot(namespace=owner.namespace, name=owner.name, time=now,
-                           window=cfg.window, state="noData",
-                           reasons=["no Prometheus URL: set spec.metrics.prometheusUrl or "
-                                    + ENV_PROMETHEUS_URL])
-    client = PrometheusClient(url, cfg.prometheus_timeout_s, cfg.retries)
+                           window=cfg.window, state="noData", no_data_reason=exc.reason,
+                           reasons=[str(exc)])
     return await client.snapshot(owner.namespace, owner.name, cfg.window, now,
                                  spec.slo.tpot_p90_ms / 1e3, spec.slo.ttft_p90_ms / 1e3)
 
@@ -264,7 +342,8 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
     snap_status = snapshot_status(snap, stamp)
     applied = len(result.acknowledged)
     conds = [slo_condition(spec, snap_status),
-             policy_condition(policy.version, applied, ready, configmap_name(owner))]
+             policy_condition(policy.version, applied, ready, configmap_name(owner)),
+             no_data_condition(snap_status)]
     return status_dict(
         slo_snapshot=snap_status,
         slo=slo_summary(spec, snap_status["attainment"]),
@@ -281,6 +360,32 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
     )
 
 
+def no_data_event(snap: SloSnapshot, old: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the event this snapshot calls for: a Warning `NoData` when the
+    loop loses its data or the cause changes, a Normal `DataRestored` when it has data again;
+    None while nothing changed (as the NoData condition in the last status says)."""
+    prev = next((c for c in old.get("conditions") or [] if c.get("type") == "NoData"), {})
+    if snap.state != "ok":
+        cause = snap.no_data_reason or "QueryError"
+        if prev.get("status") == "True" and prev.get("reason") == cause:
+            return None
+        return "Warning", "NoData", f"{cause}: {'; '.join(snap.reasons)}"[:1000]
+    if prev.get("status") == "True":
+        return "Normal", "DataRestored", f"SLO metrics are back ({snap.pods_scraped} targets)"
+    return None
+
+
+def report_data(body: Any, owner: Owner, snap: SloSnapshot, old: dict[str, Any],
+                now: float) -> None:
+    """The NoData event (on a change) and the operator's no-data metrics (every pass)."""
+    event = no_data_event(snap, old)
+    if event is not None:
+        kopf.event(body, type=event[0], reason=event[1], message=event[2])
+    metrics.NO_DATA.observe(owner.namespace, owner.name,
+                            None if snap.state == "ok" else snap.no_data_reason or "QueryError",
+                            now)
+
+
 async def slo_iteration(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
     old: dict[str, Any], logger: Any, cfg: LoopConfig, stamp: str,
@@ -290,7 +395,8 @@ async def slo_iteration(
     policy = await read_policy(api, owner)
     if policy is None:
         return {}  # the reconcile handler creates the ConfigMap first
-    snap = await take_snapshot(owner, spec, cfg, now)
+    snap = await take_snapshot(owner, spec, cfg, now, api)
+    report_data(body, owner, snap, old, now)
     decision = await decide_policy(api, owner, snap, policy, old, cfg, now)
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])

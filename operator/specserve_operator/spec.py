@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from specserve_contract import (
@@ -261,6 +268,32 @@ class ProfileSpec(SpecServeModel):
     )
 
 
+# Kubernetes label syntax: a key is an optional DNS-subdomain prefix and "/" and a name of at
+# most 63 characters; a value is empty or a name.
+LABEL_NAME_PART = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{LABEL_NAME_PART}$")
+LABEL_VALUE = re.compile(rf"^{LABEL_NAME_PART}?$")
+
+
+def label_problems(labels: dict[str, str]) -> list[str]:
+    """What is wrong with a label map, as messages (empty: valid)."""
+    out = []
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key) or len(key) > 317:
+            out.append(f"{key!r} is not a valid label key")
+        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+            out.append(f"label {key}: {value!r} is not a valid label value (at most 63 "
+                       "letters, digits, '-', '_', '.', starting and ending alphanumeric)")
+    return out
+
+
+class SecretKeyRef(SpecServeModel):
+    """A key of a Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
 class MetricsSpec(SpecServeModel):
     """Where the operator reads SLO metrics, and how Prometheus scrapes the pods."""
 
@@ -268,7 +301,19 @@ class MetricsSpec(SpecServeModel):
         default=None,
         max_length=2048,
         pattern=r"^https?://[^\s]+$",
-        description="Prometheus base URL the operator queries, e.g. http://prometheus:9090.",
+        description="Prometheus base URL the operator queries, e.g. http://prometheus:9090. "
+        "Only a URL on the operator's allow-list (the chart's operator.prometheus.allowedUrls) "
+        "or its default URL is queried.",
+    )
+    bearer_token_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a bearer token sent to Prometheus "
+        "(Authorization: Bearer).",
+    )
+    ca_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the PEM CA bundle that Prometheus' TLS certificate is "
+        "checked against (default: the system's CAs).",
     )
     service_monitor: bool = Field(
         default=True,
@@ -277,6 +322,21 @@ class MetricsSpec(SpecServeModel):
     scrape_interval: str = Field(
         default="15s", pattern=DURATION, description="ServiceMonitor scrape interval."
     )
+    service_monitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Labels of the ServiceMonitor, over the operator's defaults (the chart's "
+        "monitoring.labels, e.g. release: kube-prometheus-stack), so that the Prometheus "
+        "whose serviceMonitorSelector asks for them scrapes the pods.",
+    )
+
+    @field_validator("service_monitor_labels")
+    @classmethod
+    def _label_syntax(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = label_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class SpecServeDeploymentSpec(SpecServeModel):
@@ -334,8 +394,9 @@ class SpecServeDeploymentSpec(SpecServeModel):
 # ------------------------------------------------------------------------------------- status
 
 Phase = Literal["Pending", "Progressing", "Running", "Degraded", "Invalid"]
-ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied"]
-CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied")
+ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied", "NoData"]
+CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied",
+                                    "NoData")
 
 
 class Condition(SpecServeModel):
@@ -378,6 +439,12 @@ class SloSnapshotStatus(SpecServeModel):
     state: Literal["ok", "noData", "error"] | None = Field(
         default=None, description="ok, noData (metrics missing) or error (Prometheus down).")
     reason: str | None = Field(default=None, max_length=4096, description="Why not ok.")
+    no_data_reason: str | None = Field(
+        default=None, max_length=64,
+        description="The cause when not ok: NoPrometheusUrl, PrometheusUrlNotAllowed, "
+        "CredentialsUnavailable, QueryError, NoTargets, TargetsDown or EmptySeries "
+        "(the NoData condition's reason).")
+    targets: int | None = Field(default=None, description="Targets Prometheus has (up series).")
     ttft_p50_ms: float | None = None
     tpot_p50_ms: float | None = None
     tpot_p99_ms: float | None = None

@@ -6,6 +6,8 @@ Conditions follow the Kubernetes convention (type/status/reason/message/lastTran
     Degraded       the Deployment failed to progress, or the spec is invalid
     SLOMet         the last SLO snapshot meets the targets (Unknown until measured)
     PolicyApplied  every ready pod acknowledged the current policy version
+    NoData         the SLO loop has no data for the resource (True, with the cause as reason:
+                   prometheus.NO_DATA_REASONS); False once a snapshot is ok
 lastTransitionTime changes only when a condition's status changes.
 
 Who writes which key (one writer per key and per condition type; see `Writer`):
@@ -14,7 +16,7 @@ Who writes which key (one writer per key and per condition type; see `Writer`):
                                                      replicas, selector, k, slo;
                                                      Ready, Degraded, Progressing
     SLO loop (SLO timer)                             sloSnapshot, tuning, autoscale, policy;
-                                                     SLOMet, PolicyApplied
+                                                     SLOMet, PolicyApplied, NoData
 
 Every status this module returns is built through the pydantic status models of `spec.py` (the
 models the CRD's status schema is generated from), so what the operator writes and what the CRD
@@ -145,6 +147,7 @@ def running_status(
     snapshot = old.get("sloSnapshot") or {}
     attainment = snapshot.get("attainment")
     conds.append(slo_condition(spec, snapshot))
+    conds.append(no_data_condition(snapshot))
 
     if stuck or failing:
         phase = "Degraded"
@@ -183,6 +186,20 @@ def slo_condition(spec: SpecServeDeploymentSpec, snapshot: dict[str, Any] | None
         "SLOMet", met, "TargetsMet" if met else "TargetsMissed",
         f"{attainment:.1%} of requests met the targets (target {spec.slo.attainment:.0%})",
     )
+
+
+def no_data_condition(snapshot: dict[str, Any] | None) -> dict[str, Any]:
+    """NoData from the last snapshot in .status: True with the cause (prometheus.NoDataReason)
+    as reason while the SLO loop has no data; False when the last snapshot is ok."""
+    snapshot = snapshot or {}
+    state = snapshot.get("state")
+    if not state:
+        return condition("NoData", None, "NotMeasured", "no SLO snapshot yet")
+    if state == "ok":
+        return condition("NoData", False, "DataPresent",
+                         f"{snapshot.get('podsScraped') or 0} targets scraped")
+    reason = snapshot.get("noDataReason") or ("QueryError" if state == "error" else "EmptySeries")
+    return condition("NoData", True, reason, snapshot.get("reason") or "metrics missing")
 
 
 def policy_condition(version: int, applied: int, ready: int, configmap: str) -> dict[str, Any]:
@@ -230,6 +247,7 @@ def snapshot_status(snap: SloSnapshot, now: str) -> dict[str, Any]:
     """.status.sloSnapshot of one measurement (every field present, None where unmeasured)."""
     return _dump(SloSnapshotStatus(
         state=snap.state, reason="; ".join(snap.reasons) or None, time=now,
+        no_data_reason=snap.no_data_reason, targets=snap.targets,
         ttft_p50_ms=_ms(snap.ttft_p50_s), ttft_p90_ms=_ms(snap.ttft_p90_s),
         ttft_p99_ms=_ms(snap.ttft_p99_s), tpot_p50_ms=_ms(snap.tpot_p50_s),
         tpot_p90_ms=_ms(snap.tpot_p90_s), tpot_p99_ms=_ms(snap.tpot_p99_s),
@@ -246,7 +264,8 @@ def loop_failed_status(old: dict[str, Any] | None, exc: BaseException, now: str
                        ) -> dict[str, Any]:
     """An SLO pass that raised: the last snapshot, marked as an error saying why."""
     snap = {**((old or {}).get("sloSnapshot") or {}), "state": "error",
-            "reason": f"SLO loop failed: {type(exc).__name__}: {exc}"[:4000], "time": now}
+            "reason": f"SLO loop failed: {type(exc).__name__}: {exc}"[:4000], "time": now,
+            "noDataReason": None}
     return status_dict(slo_snapshot=snap)
 
 
@@ -287,7 +306,7 @@ RECONCILE = Writer(
 SLO_LOOP = Writer(
     "slo-loop",
     frozenset({"sloSnapshot", "tuning", "autoscale", "policy"}),
-    frozenset({"SLOMet", "PolicyApplied"}),
+    frozenset({"SLOMet", "PolicyApplied", "NoData"}),
 )
 WRITERS = (RECONCILE, SLO_LOOP)
 

@@ -16,7 +16,7 @@ import yaml
 helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (chart tests)")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
-from specserve_contract import GROUP, KIND, PLURAL  # noqa: E402
+from specserve_contract import GROUP, KIND, PLURAL, SERIES_POD_LABELS  # noqa: E402
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
@@ -463,6 +463,30 @@ def test_monitors_are_off_by_default() -> None:
     assert not [d for d in render() if d["apiVersion"].startswith("monitoring.coreos.com/")]
 
 
+def operator_config(values: dict[str, Any]) -> Any:
+    from specserve_operator.config import OperatorConfig
+    env = container(one(render(values), "Deployment", "specserve-operator"))["env"]
+    return OperatorConfig.from_environ({e["name"]: e["value"] for e in env if "value" in e})
+
+
+def test_monitor_labels_default_to_what_kube_prometheus_stack_selects() -> None:
+    """kube-prometheus-stack's Prometheus selects monitors with `release: <its release name>`
+    (charts/kube-prometheus-stack/templates/prometheus/prometheus.yaml, while
+    serviceMonitorSelectorNilUsesHelmValues / podMonitorSelectorNilUsesHelmValues are true, its
+    default): every monitor carries it, the operator's per-deployment ones too."""
+    assert operator_config({}).monitor_labels == {"release": "kube-prometheus-stack"}
+    docs = render({"monitoring": {"serviceMonitor": {"enabled": True},
+                                  "podMonitor": {"enabled": True}}})
+    monitors = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert len(monitors) == 2
+    for mon in monitors:
+        assert mon["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Helm merges maps with the defaults: a null removes the default key.
+    assert operator_config({"monitoring": {"labels": {"release": None}}}).monitor_labels == {}
+    mine = {"release": "prom", "example.com/team": "ml"}
+    assert operator_config({"monitoring": {"labels": mine}}).monitor_labels == mine
+
+
 def test_monitors_match_the_ports() -> None:
     docs = render(NON_DEFAULT["monitoring"])
     sm = one(docs, "ServiceMonitor", "specserve-gateway")
@@ -483,6 +507,12 @@ def test_monitors_match_the_ports() -> None:
     port_names = {p["name"] for p in container(engine)["ports"]}
     assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} == port_names == {
         "http", "control"}
+
+    # The SLO loop selects series by the labels these copy (specserve_operator.prometheus).
+    assert pm["spec"]["podTargetLabels"] == list(SERIES_POD_LABELS)
+    assert m.servicemonitor(owner, s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}}))[
+        "spec"]["podTargetLabels"] == list(SERIES_POD_LABELS)
+    assert set(SERIES_POD_LABELS) <= set(pod_labels)
 
     namespaced = render(NON_DEFAULT["namespaced-monitoring"])
     pm = one(namespaced, "PodMonitor", "specserve-engines")
@@ -529,3 +559,34 @@ def test_dashboard_configmap() -> None:
     assert used == KNOWN_METRICS
     slo_vars = {v["name"] for v in dash["templating"]["list"]}
     assert {"ttft_slo_ms", "tpot_slo_ms", "model", "namespace"} <= slo_vars
+
+
+def test_prometheus_access_reaches_the_operator() -> None:
+    """The default URL, the allow-list and the credential Secrets (mounted, read as files)."""
+    values = {"operator": {"prometheus": {
+        "url": "https://kube-prometheus-stack-prometheus.monitoring.svc:9090",
+        "allowedUrls": ["http://thanos.monitoring:10902", "https://prom.team-a:9090"],
+        "bearerTokenSecret": {"name": "prom-token"}, "caSecret": {"name": "prom-ca"}}}}
+    docs = render(values)
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        kv.validate(doc, KUBE_VERSION, strict=True)
+    config = operator_config(values).loop
+    assert config.prometheus_url == "https://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    assert config.allowed_urls == ("http://thanos.monitoring:10902", "https://prom.team-a:9090")
+    assert config.token_file == "/etc/specserve/prometheus-token/token"
+    assert config.ca_file == "/etc/specserve/prometheus-ca/ca.crt"
+    dep = one(docs, "Deployment", "specserve-operator")
+    mounts = {v["mountPath"]: v["name"] for v in container(dep)["volumeMounts"]}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    for path, secret, key in ((config.token_file, "prom-token", "token"),
+                              (config.ca_file, "prom-ca", "ca.crt")):
+        volume = volumes[mounts[str(Path(path).parent)]]
+        assert volume["secret"] == {"secretName": secret, "items": [{"key": key, "path": key}]}
+    # Defaults: no URL, no allow-list (a spec URL is refused), no credentials.
+    plain = operator_config({}).loop
+    assert (plain.prometheus_url, plain.allowed_urls, plain.token_file, plain.ca_file) == (
+        None, (), None, None)
+    with pytest.raises(helm.HelmValuesError):
+        render({"operator": {"prometheus": {"allowedUrls": ["prometheus:9090"]}}})

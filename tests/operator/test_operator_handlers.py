@@ -219,12 +219,17 @@ async def test_invalid_spec_is_reported_then_fixed(cluster: Any) -> None:
         await eventually(lambda: live(cluster, SSD, NAME)["status"]["phase"] == "Progressing")
 
 
-async def test_servicemonitor_only_when_its_crd_exists(cluster: Any) -> None:
+async def test_servicemonitor_only_when_its_crd_exists(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     add_servicemonitor_crd(cluster)
+    # What the chart sets by default (monitoring.labels), read when the operator starts.
+    monkeypatch.setenv("SPECSERVE_MONITOR_LABELS", '{"release":"kube-prometheus-stack"}')
     async with running_operator():
         await create(cluster, ssd(NAME, SPEC, UID))
         sm = await eventually(lambda: live(cluster, SERVICEMONITORS, NAME))
         assert sm["metadata"]["ownerReferences"][0]["uid"] == UID
+        assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert {e["port"] for e in sm["spec"]["endpoints"]} == {"http", "control"}
         await create(cluster, ssd("no-monitor", {**SPEC, "metrics": {"serviceMonitor": False}}))
         await eventually(lambda: live(cluster, DEPLOYMENTS, "no-monitor"))

@@ -120,7 +120,8 @@ def _slo_status(attainment: float, stamp: str) -> dict[str, Any]:
         policy={"version": 1, "applied_pods": 1, "pushed_at": stamp},
         conditions=st.merge_conditions(None, [
             st.slo_condition(SPEC, {"state": "ok", "attainment": attainment}),
-            st.policy_condition(1, 1, 1, m.configmap_name(OWNER))], stamp),
+            st.policy_condition(1, 1, 1, m.configmap_name(OWNER)),
+            st.no_data_condition({"state": "ok", "podsScraped": 2})], stamp),
     )
 
 
@@ -135,13 +136,14 @@ def test_each_writer_replaces_only_its_own_conditions() -> None:
     stale = api.get(API_VERSION, KIND, "ns1", OWNER.name)
     reconcile.write_status(api, OWNER, st.RECONCILE, _reconciled, stale)
     assert _conds(_status(api)) == {"Ready": "True", "Degraded": "False", "Progressing": "False",
-                                    "SLOMet": "Unknown", "PolicyApplied": "Unknown"}
+                                    "SLOMet": "Unknown", "PolicyApplied": "Unknown",
+                                    "NoData": "Unknown"}
     # The SLO loop, from the view before the reconcile wrote (409 on it, then a fresh read).
     reconcile.write_status(api, OWNER, st.SLO_LOOP, lambda _: _slo_status(0.97, "T2"), stale)
     assert api.conflicts == 1
     after_slo = _conds(_status(api))
-    assert (after_slo["Ready"], after_slo["SLOMet"], after_slo["PolicyApplied"]) == (
-        "True", "True", "True")
+    assert (after_slo["Ready"], after_slo["SLOMet"], after_slo["PolicyApplied"],
+            after_slo["NoData"]) == ("True", "True", "True", "False")
     # The status timer again, from the view before the SLO loop wrote: its own computation of
     # SLOMet/PolicyApplied (from the stale snapshot) must not win.
     stale_after_reconcile = {"metadata": {"resourceVersion": "0"},
@@ -149,6 +151,7 @@ def test_each_writer_replaces_only_its_own_conditions() -> None:
     reconcile.write_status(api, OWNER, st.RECONCILE, _reconciled, stale_after_reconcile)
     final = _status(api)
     assert _conds(final)["SLOMet"] == "True" and _conds(final)["PolicyApplied"] == "True"
+    assert _conds(final)["NoData"] == "False"
     assert final["slo"] == "tpot<=100ms 97%/90%"  # from the fresh snapshot, not the stale one
     assert final["sloSnapshot"]["attainment"] == 0.97
     assert [c["type"] for c in final["conditions"]] == list(CONDITION_TYPES)

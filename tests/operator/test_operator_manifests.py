@@ -12,7 +12,12 @@ import pytest
 
 from specserve_engine.policy.params import Policy
 from specserve_operator import manifests, status
-from specserve_operator.spec import CONDITION_TYPES, SpecServeDeploymentSpec, parse_spec
+from specserve_operator.spec import (
+    CONDITION_TYPES,
+    SpecError,
+    SpecServeDeploymentSpec,
+    parse_spec,
+)
 from tests.kits.malformed_specs import VALID
 
 OWNER = manifests.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
@@ -279,7 +284,7 @@ def test_status_while_pods_start() -> None:
     out = status.running_status(_spec(), OWNER, {"spec": {"replicas": 2}}, 1, None, NOW, 4)
     assert out["phase"] == "Progressing"
     assert _conds(out) == {"Ready": "False", "Progressing": "True", "Degraded": "False",
-                           "SLOMet": "Unknown", "PolicyApplied": "False"}
+                           "SLOMet": "Unknown", "PolicyApplied": "False", "NoData": "Unknown"}
     assert out["replicas"] == {"desired": 2, "current": 0, "ready": 0}
     assert out["observedGeneration"] == 4
     assert all(c["observedGeneration"] == 4 for c in out["conditions"])
@@ -335,3 +340,28 @@ def test_invalid_status_keeps_other_conditions() -> None:
     assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "InvalidSpec"
     assert "min (3) must be <= max (2)" in c["Degraded"]["message"]
     assert c["SLOMet"]["status"] == "Unknown"  # untouched
+
+
+def test_servicemonitor_labels_add_to_the_operator_defaults_and_keep_ours() -> None:
+    spec = _spec(metrics={"serviceMonitorLabels": {"team": "a", "release": "prom-b"}})
+    defaults = {"release": "kube-prometheus-stack", "app.kubernetes.io/name": "theirs"}
+    labels = manifests.servicemonitor(OWNER, spec, defaults)["metadata"]["labels"]
+    assert labels["release"] == "prom-b" and labels["team"] == "a"  # the spec's win
+    assert labels["app.kubernetes.io/name"] == "specserve-engine"  # the selector label stays
+    plain = manifests.servicemonitor(OWNER, _spec(), defaults)["metadata"]["labels"]
+    assert plain["release"] == "kube-prometheus-stack"
+    assert "release" not in manifests.servicemonitor(OWNER, _spec())["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ({"release": "not ok!"}, "not a valid label value"),
+    ({"bad key": "x"}, "not a valid label key"),
+    ({"release": "x" * 64}, "not a valid label value"),
+])
+def test_servicemonitor_labels_must_be_kubernetes_labels(labels: dict[str, str],
+                                                         message: str) -> None:
+    raw = copy.deepcopy(VALID) | {"metrics": {"serviceMonitorLabels": labels}}
+    with pytest.raises(SpecError, match=message):
+        parse_spec(raw)
+    assert parse_spec(copy.deepcopy(VALID) | {"metrics": {"serviceMonitorLabels": {
+        "example.com/team": "a-b.c_d", "empty": ""}}})

@@ -22,6 +22,7 @@ from tests.kits.operator_kit import SSD, create, eventually, live, running_opera
 pytestmark = pytest.mark.asyncio
 
 SPEC: dict[str, Any] = {"model": {"target": "org/target-1b", "draft": "org/draft-100m"}}
+NO_DATA_GOOD = '{name="good",namespace="ns1",reason="NoPrometheusUrl"}'
 BAD: dict[str, Any] = {**SPEC, "replicas": {"min": 3, "max": 2, "initial": 2}}
 
 
@@ -55,7 +56,9 @@ async def test_metrics_count_reconciles_slo_passes_pushes_and_api_calls(
         text = ""
         for _ in range(100):  # until an SLO pass has run (every 2 s)
             text = await scrape()
-            if _value(text, "specserve_operator_slo_loop_seconds_count") >= 1:
+            # (the registry is the process's: earlier tests may have counted passes already)
+            if _value(text, "specserve_operator_slo_loop_seconds_count") >= 1 and _value(
+                    text, "specserve_operator_slo_no_data", NO_DATA_GOOD):
                 break
             await asyncio.sleep(0.2)
     assert _value(text, "specserve_operator_reconciles_total", '{result="ok"}') >= 1
@@ -69,3 +72,8 @@ async def test_metrics_count_reconciles_slo_passes_pushes_and_api_calls(
     assert created and all(code.startswith("2") for code, _ in created), created
     assert _value(text, "specserve_operator_api_calls_total",
                   '{code="200",resource="specservedeployments/status",verb="patch"}') >= 1
+    # "good" has no Prometheus URL: no data, by cause, per resource (the alert's input).
+    assert _value(text, "specserve_operator_slo_no_data", NO_DATA_GOOD) == 1
+    assert _value(text, "specserve_operator_slo_no_data_passes_total",
+                  '{reason="NoPrometheusUrl"}') >= 1
+

@@ -27,21 +27,32 @@ def buckets(pairs: list[tuple[str, float]]) -> dict[str, Any]:
             "result": [{"metric": {"le": le}, "value": [0, str(v)]} for le, v in pairs]}
 
 
+SEL = ('namespace="ns1",app_kubernetes_io_name="specserve-engine",'
+       'app_kubernetes_io_instance="chat"')
+
+
 def test_queries_select_the_deployment_and_use_the_window() -> None:
     q = prometheus.build_queries(prometheus.selector("ns1", "chat"), "1m")
     assert q["tpot_p90_s"] == (
         'histogram_quantile(0.9, sum by (le) (rate('
-        'vllm:request_time_per_output_token_seconds_bucket{namespace="ns1",service="chat"}[1m])))')
+        'vllm:request_time_per_output_token_seconds_bucket{' + SEL + '}[1m])))')
     assert "vllm:time_to_first_token_seconds_bucket" in q["ttft_p99_s"]
     assert q["acceptance_rate"].startswith(
-        'sum(rate(vllm:spec_decode_num_accepted_tokens_total{namespace="ns1",service="chat"}')
+        'sum(rate(vllm:spec_decode_num_accepted_tokens_total{' + SEL + '}')
     assert "specserve_step_time_observed_seconds_sum" in q["step_observed_mean_s"]
     assert {"ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s",
             "request_rate", "running", "waiting", "pods_scraped"} <= set(q)
 
 
 def test_selector_escapes_quotes() -> None:
-    assert prometheus.selector('a"b', "c\\d") == 'namespace="a\\"b",service="c\\\\d"'
+    assert prometheus.selector('a"b', "c\\d") == (
+        'namespace="a\\"b",app_kubernetes_io_name="specserve-engine",'
+        'app_kubernetes_io_instance="c\\\\d"')
+
+
+def test_selector_uses_labels_both_monitor_kinds_set() -> None:
+    """`service` exists only on ServiceMonitor targets; the selector never uses it."""
+    assert "service" not in prometheus.selector("ns", "chat")
 
 
 @pytest.mark.parametrize(("data", "value"), [
@@ -80,6 +91,7 @@ def test_parse_buckets_sorts_and_reads_inf() -> None:
 def full(**over: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
     out: dict[str, dict[str, Any] | None] = {
         k: vec(0.04) for k in prometheus.build_queries(prometheus.selector("n", "m"), "30s")}
+    out["targets"] = vec(2)
     out["pods_scraped"] = vec(2)
     out["request_rate"] = vec(3.0)
     out["tpot_buckets"] = buckets([("0.05", 8.0), ("+Inf", 10.0)])
@@ -97,22 +109,28 @@ def test_assemble_ok_snapshot() -> None:
     assert s.slo_met(0.05, 0.9) is False and s.slo_met(0.05, 0.8) is True
 
 
-@pytest.mark.parametrize(("over", "reason"), [
-    ({"pods_scraped": vec(None)}, "no engine pod is scraped"),
-    ({"request_rate": vec(None)}, "no request-rate series"),
-    ({"tpot_p90_s": vec("NaN")}, "no TPOT histogram"),
-    ({"mean_k": None}, "queries failed: mean_k"),
+@pytest.mark.parametrize(("over", "reason", "cause"), [
+    ({"targets": vec(None), "pods_scraped": vec(None), "request_rate": vec(None)},
+     "Prometheus has no target", "NoTargets"),
+    ({"pods_scraped": vec(None)}, "no engine pod is scraped", "TargetsDown"),
+    ({"request_rate": vec(None)}, "no request-rate series", "EmptySeries"),
+    ({"tpot_p90_s": vec("NaN")}, "no TPOT histogram", "EmptySeries"),
+    ({"mean_k": None}, "queries failed: mean_k", "QueryError"),
+    ({"mean_k": None, "targets": vec(None)}, "queries failed: mean_k", "QueryError"),
 ])
-def test_missing_metrics_are_no_data_and_never_met(over: dict[str, Any], reason: str) -> None:
+def test_missing_metrics_are_no_data_and_never_met(over: dict[str, Any], reason: str,
+                                                   cause: str) -> None:
     s = prometheus.assemble("n", "m", 1.0, "30s", full(**over), 0.05, 2.0)
     assert s.state == "noData" and not s.has_data
     assert any(reason in r for r in s.reasons), s.reasons
+    assert s.no_data_reason == cause
     assert s.slo_met(10.0, 0.0) is None  # not even a generous target counts as met
 
 
 def test_nothing_answered_is_an_error() -> None:
     s = prometheus.assemble("n", "m", 1.0, "30s", dict.fromkeys(full()), 0.05, 2.0)
     assert s.state == "error" and s.slo_met(1.0, 0.0) is None
+    assert s.no_data_reason == "QueryError"
 
 
 def test_idle_deployment_is_data_without_quantiles() -> None:

@@ -18,9 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ os.environ.setdefault("SPECSERVE_SLO_INTERVAL_S", "2")
 import httpx
 import pytest
 
-from specserve_contract import POLICY_KEY, TOKEN_KEY
+from specserve_contract import POLICY_KEY, TOKEN_KEY, series_labels
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy.params import Policy
 from specserve_engine.vllm.control import ControlServer, PolicyStore
@@ -43,15 +40,17 @@ from tests.kits.operator_kit import (
     NS,
     SSD,
     create,
+    events,
     eventually,
     live,
     running_operator,
     ssd,
 )
+from tests.kits.prometheus_kit import Prometheus, prometheus_binary
 
 pytestmark = pytest.mark.asyncio
 
-NAME = "tiny"  # the service label Prometheus attaches, as a ServiceMonitor would
+NAME = "tiny"  # the app_kubernetes_io_instance label Prometheus attaches, as the monitors do
 UID = "uid-tiny"
 OWNER = manifests.Owner(NAME, NS, UID)
 
@@ -59,64 +58,13 @@ OWNER = manifests.Owner(NAME, NS, UID)
 # ----------------------------------------------------------------------------------- helpers
 
 
-class Prometheus:
-    """`prometheus` on 127.0.0.1:<free port>, 1 s scrapes, temporary storage."""
-
-    def __init__(self, binary: str, targets: list[str], workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{
-                "job_name": "specserve",
-                "static_configs": [{"targets": targets,
-                                    "labels": {"namespace": NS, "service": NAME}}],
-            }],
-        }
-        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        self.log = workdir / "prometheus.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, f"--config.file={workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(f"prometheus not ready:\n{self.log.read_text()[-2000:]}")
-
-    def value(self, promql: str) -> float | None:
-        r = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5.0).json()
-        result = r["data"]["result"]
-        return float(result[0]["value"][1]) if result else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus") or next(
-        (p for p in ("/usr/bin/prometheus", "/usr/sbin/prometheus") if Path(p).exists()), None)
-
-
 @pytest.fixture()
 def loop_config(monkeypatch: pytest.MonkeyPatch) -> LoopConfig:
     """Fast loop settings for tests (the operator runs in this process, so they take effect)."""
     cfg = LoopConfig(
-        prometheus_url=None, window="60s", prometheus_timeout_s=2.0, push_timeout_s=3.0,
+        # The tests' Prometheus URLs (random local ports) are named in the specs: allow any.
+        prometheus_url=None, allowed_urls=("*",), window="60s", prometheus_timeout_s=2.0,
+        push_timeout_s=3.0,
         retries=1, tuning=tuning.TuningConfig(over_patience=1, cooldown_s=0.0, min_steps=10))
     monkeypatch.setattr(handlers.RUNTIME, "loop_override", cfg)
     return cfg
@@ -219,8 +167,9 @@ def prometheus(spec_engine: ServerProcess, control_port: int, tmp_path: Path
     if binary is None:
         pytest.skip("the `prometheus` binary was not found on PATH: install the Debian package "
                     "`prometheus` (make setup does)")
-    prom = Prometheus(binary, [f"127.0.0.1:{spec_engine.port}", f"127.0.0.1:{control_port}"],
-                      tmp_path)
+    prom = Prometheus.static(
+        binary, [f"127.0.0.1:{spec_engine.port}", f"127.0.0.1:{control_port}"],
+        {"namespace": NS, **series_labels(NAME)}, tmp_path)
     try:
         prom.wait_ready()
         yield prom
@@ -246,7 +195,8 @@ async def test_loop_tunes_and_pushes_to_a_real_engine_then_survives_prometheus_d
     caplog.set_level(logging.INFO)
     await add_token_secret(cluster, control_token)
     loop_config.address = lambda pod: f"http://127.0.0.1:{control_port}"
-    await eventually(lambda: prometheus.value(f'count(up{{service="{NAME}"}} == 1)') == 2, 30)
+    await eventually(lambda: prometheus.value(
+        f'count(up{{app_kubernetes_io_instance="{NAME}"}} == 1)') == 2, 30)
     before = engine_policy_version(control_port)
 
     async with load(spec_engine.url) as finished:
@@ -337,6 +287,13 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
         assert "no data" in st["tuning"]["decision"]
         slo = next(c for c in st["conditions"] if c["type"] == "SLOMet")
         assert (slo["status"], slo["reason"]) == ("Unknown", "PrometheusUnavailable")
+        no_data = next(c for c in st["conditions"] if c["type"] == "NoData")
+        assert (no_data["status"], no_data["reason"]) == ("True", "QueryError")
+        assert st["sloSnapshot"]["noDataReason"] == "QueryError"
+        # One Warning for the loss of data, not one per pass.
+        warned = [e for e in events(cluster, NAME) if e["reason"] == "NoData"]
+        assert len(warned) == 1 and warned[0]["type"] == "Warning"
+        assert warned[0]["message"].startswith("QueryError: ")
     finally:
         server.stop()
 

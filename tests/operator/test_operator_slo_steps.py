@@ -14,6 +14,7 @@ from specserve_engine.policy.params import Policy
 from specserve_operator import slo_loop
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.manifests import Owner, configmap_name, secret_name, selector_labels
+from specserve_operator.metrics import NoDataTracker
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import SpecServeDeploymentStatus, parse_spec
 from specserve_operator.status import loop_failed_status, snapshot_status
@@ -117,7 +118,11 @@ async def test_scale_up_patches_the_resource_like_kubectl_scale() -> None:
     assert API_VERSION == "specserve.io/v1alpha1"
 
 
-async def test_one_iteration_returns_status_the_crd_schema_accepts() -> None:
+async def test_one_iteration_returns_status_the_crd_schema_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    posted: list[dict[str, Any]] = []
+    monkeypatch.setattr(slo_loop.kopf, "event", lambda body, **kw: posted.append(kw))
     api = FakeKube({("ConfigMap", configmap_name(OWNER)): configmap_with(Policy(version=1)),
                     ("Deployment", "m"): {"spec": {"replicas": 1}}})
 
@@ -136,20 +141,49 @@ async def test_one_iteration_returns_status_the_crd_schema_accepts() -> None:
     SpecServeDeploymentStatus.model_validate(new)  # camelCase keys, as the CRD declares them
     record = json.loads(log.lines[-1].removeprefix("slo loop: "))
     assert record["deployment"] == "ns/m" and record["scale"]["desired"] == 1
+    no_data = next(c for c in new["conditions"] if c["type"] == "NoData")
+    assert (no_data["status"], no_data["reason"]) == ("True", "NoPrometheusUrl")
+    assert [(e["type"], e["reason"]) for e in posted] == [("Warning", "NoData")]
+    # The next pass, seeing that condition, posts nothing more.
+    await slo_loop.slo_iteration(api, OWNER, SPEC, {}, new, log, LoopConfig(), "T2")
+    assert len(posted) == 1
+
+
+@pytest.mark.parametrize(("state", "cause", "prev", "want"), [
+    ("noData", "NoTargets", None, ("Warning", "NoData")),
+    ("noData", "NoTargets", ("True", "NoTargets"), None),
+    ("noData", "EmptySeries", ("True", "NoTargets"), ("Warning", "NoData")),  # a new cause
+    ("error", None, ("False", "DataPresent"), ("Warning", "NoData")),
+    ("ok", None, ("True", "QueryError"), ("Normal", "DataRestored")),
+    ("ok", None, ("False", "DataPresent"), None),
+    ("ok", None, None, None),
+])
+def test_no_data_events_only_on_a_change(state: str, cause: str | None,
+                                         prev: tuple[str, str] | None,
+                                         want: tuple[str, str] | None) -> None:
+    snap = SloSnapshot(namespace="ns", name="m", time=1.0, window="2m", state=state,
+                       no_data_reason=cause, reasons=["why"] if state != "ok" else [])
+    old = {"conditions": [{"type": "NoData", "status": prev[0], "reason": prev[1]}]} if prev \
+        else {}
+    event = slo_loop.no_data_event(snap, old)
+    assert (event[:2] if event else None) == want
+    if want == ("Warning", "NoData"):
+        assert event is not None and event[2] == f"{cause or 'QueryError'}: why"
 
 
 def test_snapshot_status_has_every_field_in_milliseconds() -> None:
     snap = no_data(reasons=["a", "b"], tpot_p90_s=0.0123456, request_rate=0.123456)
     out = snapshot_status(snap, "T")
     assert out["tpotP90Ms"] == 12.346 and out["requestRate"] == 0.1235
-    assert out["reason"] == "a; b" and out["ttftP50Ms"] is None and len(out) == 15
+    assert out["reason"] == "a; b" and out["ttftP50Ms"] is None and len(out) == 17
 
 
 def test_a_failed_pass_keeps_the_last_snapshot_and_says_why() -> None:
     old = {"sloSnapshot": {"state": "ok", "attainment": 0.5}}
     out = loop_failed_status(old, RuntimeError("boom"), "T")
     assert out == {"sloSnapshot": {"state": "error", "attainment": 0.5, "time": "T",
-                                   "reason": "SLO loop failed: RuntimeError: boom"}}
+                                   "reason": "SLO loop failed: RuntimeError: boom",
+                                   "noDataReason": None}}
 
 
 def test_operator_settings_are_read_from_the_environment() -> None:
@@ -168,3 +202,25 @@ def test_operator_settings_are_read_from_the_environment() -> None:
 def test_an_empty_prometheus_url_means_none(url: str | None) -> None:
     env = {} if url is None else {"SPECSERVE_PROMETHEUS_URL": url}
     assert OperatorConfig.from_environ(env).loop.prometheus_url is None
+
+
+def test_monitor_labels_are_a_json_object_of_kubernetes_labels() -> None:
+    env = {"SPECSERVE_MONITOR_LABELS": '{"release": "kube-prometheus-stack"}'}
+    assert OperatorConfig.from_environ(env).monitor_labels == {"release": "kube-prometheus-stack"}
+    assert OperatorConfig.from_environ({}).monitor_labels == {}
+    assert OperatorConfig.from_environ({"SPECSERVE_MONITOR_LABELS": "{}"}).monitor_labels == {}
+    for bad, why in (("release=x", "not JSON"), ('["x"]', "JSON object"),
+                     ('{"release": "a b"}', "not a valid label value")):
+        with pytest.raises(ValueError, match=why):
+            OperatorConfig.from_environ({"SPECSERVE_MONITOR_LABELS": bad})
+
+
+def test_the_no_data_gauge_forgets_resources_whose_passes_stopped() -> None:
+    tracker = NoDataTracker(ttl_s=10.0)
+    tracker.observe("ns", "a", "NoTargets", now=100.0)
+    tracker.observe("ns", "b", None, now=100.0)  # has data: not listed
+    tracker.observe("ns", "c", "QueryError", now=105.0)
+    assert tracker.current(now=109.0) == {("ns", "a"): "NoTargets", ("ns", "c"): "QueryError"}
+    assert tracker.current(now=112.0) == {("ns", "c"): "QueryError"}  # a: deleted, say
+    tracker.observe("ns", "c", None, now=113.0)
+    assert tracker.current(now=113.0) == {}
