@@ -5,6 +5,9 @@
     specserve_operator_slo_loop_failures_total             passes that raised (status says why)
     specserve_operator_policy_pushes_total{result}         per pod: acknowledged, failed
     specserve_operator_api_calls_total{verb,resource,code} every call of the operator's client
+    specserve_operator_desired_replicas{namespace,name}    the SLO loop's replica decision
+                                                           (what an HPA/KEDA acts on in
+                                                           autoscaling mode external)
 
 Served on SPECSERVE_METRICS_PORT (default 8081; 0 turns it off) from start-up; kopf's own
 liveness endpoint stays on its port.
@@ -12,7 +15,9 @@ liveness endpoint stays on its port.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -29,8 +34,21 @@ POLICY_PUSHES = Counter("specserve_operator_policy_pushes",
 API_CALLS = Counter("specserve_operator_api_calls",
                     "Kubernetes API calls of the operator's client.",
                     ["verb", "resource", "code"], registry=REGISTRY)
+# Set by every SLO-loop pass, in every autoscaling mode; a resource's series goes with it
+# (`forget`). In mode external an HPA (External metric through prometheus-adapter, target
+# AverageValue 1) or a KEDA prometheus trigger (threshold 1) turns it into the replica count.
+DESIRED_REPLICAS = Gauge("specserve_operator_desired_replicas",
+                         "Engine replicas the SLO loop decided (builtin) or recommends "
+                         "(external; off: spec.replicas.initial).", ["namespace", "name"],
+                         registry=REGISTRY)
 
 _served: list[int] = []
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted resource's series (a no-op when it has none)."""
+    with contextlib.suppress(KeyError):
+        DESIRED_REPLICAS.remove(namespace, name)
 
 
 def serve(port: int) -> None:

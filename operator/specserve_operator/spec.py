@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from specserve_contract import (
     API_VERSION,
+    AUTOSCALING_MODES,
     K_LIMIT,
     KIND,
     NO_DRAFT,
@@ -136,7 +137,11 @@ class SloSpec(SpecServeModel):
 
 
 class ReplicasSpec(SpecServeModel):
-    """Engine pod count bounds; `kubectl scale ssd/NAME --replicas=N` sets `initial`."""
+    """Engine pod count: bounds, and the count to start with (or keep, see AutoscalingSpec).
+
+    `kubectl scale ssd/NAME --replicas=N` sets `initial` (the scale subresource's
+    specReplicasPath); what that does depends on spec.autoscaling.mode.
+    """
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -152,7 +157,9 @@ class ReplicasSpec(SpecServeModel):
         default=1,
         ge=0,
         le=1000,
-        description="Pods to start with (and the target of the scale subresource); min..max.",
+        description="min..max; the scale subresource's replicas. autoscaling.mode builtin: the "
+        "count before the operator's first decision; external: the count an HPA/KEDA sets; "
+        "off: the fixed count.",
     )
 
     @model_validator(mode="after")
@@ -164,6 +171,19 @@ class ReplicasSpec(SpecServeModel):
                 f"initial ({self.initial}) must lie between min ({self.min}) and max ({self.max})"
             )
         return self
+
+
+class AutoscalingSpec(SpecServeModel):
+    """Who sets the engine pod count (the operator never writes the spec in any mode)."""
+
+    mode: Literal[AUTOSCALING_MODES] = Field(  # type: ignore[valid-type]
+        default="builtin",
+        description="builtin: the operator's SLO loop sets the Deployment's replicas within "
+        "replicas.min..max and reports them in status.autoscale; external: the operator exports "
+        "its recommendation (metric specserve_operator_desired_replicas) and follows "
+        "replicas.initial, which an HPA or KEDA sets through the scale subresource; off: "
+        "replicas.initial, fixed.",
+    )
 
 
 # The default is GPU-safe: RollingUpdate with maxSurge 0 and maxUnavailable 1 stops one old pod
@@ -286,6 +306,7 @@ class SpecServeDeploymentSpec(SpecServeModel):
     speculation: SpeculationSpec = Field(default_factory=SpeculationSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     image: str = Field(
@@ -406,8 +427,14 @@ class ScaleRecommendation(SpecServeModel):
 
 
 class AutoscaleStatus(SpecServeModel):
-    """The autoscaler's last decision and the recommendations it stabilises over."""
+    """The autoscaler's last decision and the recommendations it stabilises over.
 
+    In autoscaling mode builtin, `desired` (made in that mode) is the engine Deployment's
+    replica count; in external mode it is the recommendation the operator exports.
+    """
+
+    mode: Literal[AUTOSCALING_MODES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="The spec.autoscaling.mode the decision was made in.")
     desired: int | None = None
     raw: int | None = None
     reason: str | None = Field(default=None, max_length=4096)
