@@ -140,6 +140,11 @@ async def test_external_exports_the_recommendation_and_follows_spec_replicas(
         await asyncio.sleep(2.5)
         assert replicas(cluster) == 3
         assert len(spec_writes(cluster)) == 1  # the test's own
+        # Deleted: its series leaves the operator's /metrics.
+        response = await cluster.delete(f"{SSD_PATH}/{NAME}")
+        assert response.status < 300, await response.text()
+        await eventually(lambda: metrics.REGISTRY.get_sample_value(
+            "specserve_operator_desired_replicas", {"namespace": NS, "name": NAME}) is None, 20)
 
 
 async def test_off_keeps_spec_replicas_and_follows_kubectl_scale(
