@@ -247,7 +247,7 @@ async def test_every_malformed_resource_is_rejected_with_a_message(cluster: Any)
                 (live(cluster, SSD, n).get("status") or {}).get("phase") == "Invalid"
                 for n in names)
 
-        # 48 resources, one status PATCH each: about 30 s on an idle 2-core machine.
+        # 49 resources, one status PATCH each: about 30 s on an idle 2-core machine.
         await eventually(all_invalid, timeout=120)
         for name, (case_id, message) in names.items():
             status = live(cluster, SSD, name)["status"]
