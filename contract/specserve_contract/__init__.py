@@ -192,6 +192,12 @@ K_LIMIT = 16
 MODES = ("adaptive", "static", "off", "threshold")
 OPERATOR_MODES = ("adaptive", "static", "off")
 
+# spec.autoscaling.mode: who sets the engine pod count. builtin: the operator's SLO loop (it
+# writes the Deployment and .status, never the spec); external: an HPA or KEDA through the
+# scale subresource (spec.replicas.initial), fed by the operator's desired-replicas metric;
+# off: spec.replicas.initial, fixed.
+AUTOSCALING_MODES = ("builtin", "external", "off")
+
 # Values of model.target / model.draft (and `specserve serve --draft`) with a special meaning.
 NO_DRAFT = "none"  # no speculation
 TINY = "tiny"  # the engine's built-in tiny models (operator spec only)

@@ -6,13 +6,15 @@ One reconcile function (`reconcile.reconcile`) serves create, update (of .spec),
 (operator restart) and a periodic timer (status refresh and drift repair); the SLO loop is in
 `slo_loop`, status shaping in `status`.
 
-Deletion has no handler: every child carries a controller ownerReference, so the garbage
-collector deletes them with the resource, and nothing the operator could fail at (a 403, an API
-outage) can hold a deletion up. kopf still puts its finalizer (`FINALIZER`) on each resource
-because of the two timers: it stops a resource's timers before letting the object go, so no
-timer keeps running for (and recreating children of) a deleted resource. A resource that
-carries the finalizer from an older operator is released the same way. Settings are read from the
-environment when the operator starts (`config.OperatorConfig.from_environ`), not at import.
+Deletion has no handler for the children: every child carries a controller ownerReference,
+so the garbage collector deletes them with the resource, and nothing the operator could fail at
+(a 403, an API outage) can hold a deletion up (`forget_metrics`, optional, only drops the
+resource's series from the operator's /metrics). kopf still puts its finalizer (`FINALIZER`)
+on each resource because of the two timers: it stops a resource's timers before letting the
+object go, so no timer keeps running for (and recreating children of) a deleted resource. A
+resource that carries the finalizer from an older operator is released the same way. Settings
+are read from the environment when the operator starts (`config.OperatorConfig.from_environ`),
+not at import.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
 from specserve_operator.peering import configure_peering
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
-from specserve_operator.slo_loop import slo_iteration
+from specserve_operator.slo_loop import apply_scale, slo_iteration
 from specserve_operator.spec import SpecError, parse_spec
 from specserve_operator.status import SLO_LOOP, loop_failed_status
 
@@ -159,3 +161,16 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
     except Exception as exc:  # the next pass writes it; raising would put kopf into its backoff
         metrics.SLO_LOOP_FAILURES.inc()
         logger.exception(f"slo loop: status not written: {exc}")
+        return
+    # Scale only now that .status holds the decision: reconcile keeps what it finds there.
+    try:
+        await apply_scale(kube(), owner, spec, new)
+    except Exception as exc:  # the status timer's drift repair applies it on its next pass
+        logger.warning(f"scaling the Deployment failed (reconcile retries): {exc}")
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget_metrics(namespace: str, name: str, **_: Any) -> None:
+    """Only the operator's own in-memory metric series of the resource: `optional` (no
+    finalizer of its own), and nothing here can fail or hold the deletion up."""
+    metrics.forget(namespace, name)

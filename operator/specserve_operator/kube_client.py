@@ -44,8 +44,9 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     *((verb, "", "configmaps") for verb in ("get", "create", "patch")),
     ("get", "", "secrets"), ("create", "", "secrets"),  # the token: made once, never patched
     *((verb, "monitoring.coreos.com", "servicemonitors") for verb in ("get", "create", "patch")),
-    # write_status reads the resource and patches its status; the SLO loop scales (spec patch).
-    ("get", GROUP, PLURAL), ("patch", GROUP, PLURAL), ("patch", GROUP, f"{PLURAL}/status"),
+    # write_status (and reconcile, before it undoes a scale) reads the resource; status patches.
+    # No spec patch: the operator never writes the spec (the SLO loop scales the Deployment).
+    ("get", GROUP, PLURAL), ("patch", GROUP, f"{PLURAL}/status"),
     ("list", "", "pods"),  # the SLO loop finds the ready engine pods
 })
 # What kopf itself calls: it watches the resources, patches their finalizer and annotations,

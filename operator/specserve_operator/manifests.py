@@ -331,10 +331,28 @@ def _probe(timing: dict[str, int]) -> dict[str, Any]:
     return {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}, **timing}
 
 
+def deployment_replicas(spec: SpecServeDeploymentSpec, status: Mapping[str, Any] | None) -> int:
+    """The engine Deployment's replica count, given the resource's .status.
+
+    autoscaling.mode builtin: the SLO loop's last decision (.status.autoscale.desired, made in
+    builtin mode), within the spec's min..max now; before that decision (a new resource, or
+    just switched to builtin), spec.replicas.initial. external and off: spec.replicas.initial
+    (what an HPA/KEDA or `kubectl scale ssd/NAME` set). Reconcile (drift repair) and the SLO
+    loop both use this, so they can never disagree about the count.
+    """
+    auto = (status or {}).get("autoscale") or {}
+    desired = auto.get("desired")
+    if (spec.autoscaling.mode == "builtin" and auto.get("mode") == "builtin"
+            and isinstance(desired, int)):
+        return min(max(desired, spec.replicas.min), spec.replicas.max)
+    return spec.replicas.initial
+
+
 def deployment(
     owner: Owner, spec: SpecServeDeploymentSpec, replicas: int | None = None
 ) -> dict[str, Any]:
-    """The engine Deployment; `replicas` defaults to spec.replicas.initial."""
+    """The engine Deployment; `replicas` defaults to spec.replicas.initial (reconcile passes
+    `deployment_replicas`)."""
     served_name = spec.model.served_name or owner.name
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},

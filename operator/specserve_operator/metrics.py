@@ -8,6 +8,9 @@
     specserve_operator_slo_no_data{namespace,name,reason}  1 per resource whose last SLO pass had
                                                            no data (reason: the NoData cause)
     specserve_operator_slo_no_data_passes_total{reason}    SLO passes without data, by cause
+    specserve_operator_desired_replicas{namespace,name}    the SLO loop's replica decision
+                                                           (what an HPA/KEDA acts on in
+                                                           autoscaling mode external)
 
 The no-data gauge lists only resources whose last pass is recent (within `NoDataTracker.ttl_s`,
 three SLO intervals): a deleted resource's series goes once its timer stops, without a deletion
@@ -19,11 +22,12 @@ liveness endpoint stays on its port.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -42,6 +46,13 @@ POLICY_PUSHES = Counter("specserve_operator_policy_pushes",
 API_CALLS = Counter("specserve_operator_api_calls",
                     "Kubernetes API calls of the operator's client.",
                     ["verb", "resource", "code"], registry=REGISTRY)
+# Set by every SLO-loop pass, in every autoscaling mode; a resource's series goes with it
+# (`forget`). In mode external an HPA (External metric through prometheus-adapter, target
+# AverageValue 1) or a KEDA prometheus trigger (threshold 1) turns it into the replica count.
+DESIRED_REPLICAS = Gauge("specserve_operator_desired_replicas",
+                         "Engine replicas the SLO loop decided (builtin) or recommends "
+                         "(external; off: spec.replicas.initial).", ["namespace", "name"],
+                         registry=REGISTRY)
 
 NO_DATA_PASSES = Counter("specserve_operator_slo_no_data_passes",
                          "SLO-loop passes without data, by cause.", ["reason"],
@@ -87,6 +98,12 @@ NO_DATA = NoDataTracker()
 REGISTRY.register(NO_DATA)
 
 _served: list[int] = []
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted resource's series (a no-op when it has none)."""
+    with contextlib.suppress(KeyError):
+        DESIRED_REPLICAS.remove(namespace, name)
 
 
 def serve(port: int) -> None:

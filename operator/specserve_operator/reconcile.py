@@ -36,6 +36,7 @@ from specserve_operator.manifests import (
     configmap_name,
     deployment,
     deployment_name,
+    deployment_replicas,
     is_subset,
     merge_policy,
     parse_policy,
@@ -138,15 +139,36 @@ def _ensure_servicemonitor(api: KubeClient, owner: Owner, spec: SpecServeDeploym
                        f"operator.manageServiceMonitors to false, or grant servicemonitors)")
 
 
+def engine_replicas(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
+                    status: Mapping[str, Any] | None, current: dict[str, Any] | None) -> int:
+    """The Deployment's replicas (`manifests.deployment_replicas`), never undoing a newer scale.
+
+    In builtin mode the SLO loop writes its decision to .status first and scales the Deployment
+    after, while `status` (the watch's view) may be older than the Deployment just read. So
+    before changing the replicas of an existing Deployment, the decision is read again: a
+    Deployment the loop has scaled always finds that decision in a read made after it."""
+    replicas = deployment_replicas(spec, status)
+    have = ((current or {}).get("spec") or {}).get("replicas")
+    if current is None or spec.autoscaling.mode != "builtin" or have == replicas:
+        return replicas
+    fresh = api.get(API_VERSION, KIND, owner.namespace, owner.name)
+    return replicas if fresh is None else deployment_replicas(spec, fresh.get("status"))
+
+
 def reconcile_children(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
     manage_monitors: bool = True, monitor_labels: Mapping[str, str] | None = None,
+    status: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """Bring every child to the desired state; return (the Deployment, the policy version)."""
+    """Bring every child to the desired state; return (the Deployment, the policy version).
+
+    `status`: the resource's .status as last seen (the Deployment's replicas follow the SLO
+    loop's decision in it, in autoscaling mode builtin)."""
     _ensure_secret(api, owner, spec, body, logger)
     version = _ensure_policy(api, owner, spec, body, logger)
     current = api.get("apps/v1", "Deployment", owner.namespace, deployment_name(owner))
-    dep = ensure(api, deployment(owner, spec), current, body, logger)
+    replicas = engine_replicas(api, owner, spec, status, current)
+    dep = ensure(api, deployment(owner, spec, replicas), current, body, logger)
     current = api.get("v1", "Service", owner.namespace, service_name(owner))
     ensure(api, service(owner, spec), current, body, logger)
     if manage_monitors and spec.metrics.service_monitor:
@@ -215,7 +237,7 @@ def reconcile(
                      lambda fresh: invalid_status(message, fresh, stamp, generation), body)
         return "invalid"
     dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors,
-                                      monitor_labels)
+                                      monitor_labels, old)
     stamp = now_stamp()
     write_status(api, owner, RECONCILE,
                  lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation),

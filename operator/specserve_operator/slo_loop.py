@@ -2,9 +2,15 @@
 
 Each step is a function of its inputs (the API client, the resource, the loop settings and what
 the previous step produced), so it can be read and tested alone; `slo_iteration` runs them in
-order, posts the events and returns the .status keys. Prometheus failing, pods failing to ack
-or a scale patch failing are reported in .status and never raise; the policy stays the last good
-one and the replica count stays.
+order, posts the events and returns the .status keys. Prometheus failing or pods failing to ack
+are reported in .status and never raise; the policy stays the last good one and the replica
+count stays.
+
+Replicas (spec.autoscaling.mode): the decision goes to .status.autoscale and to the metric
+specserve_operator_desired_replicas in every mode; only in builtin mode does the operator act
+on it, by scaling the Deployment (`apply_scale`, once the status holding the decision is
+written: reconcile reads it there). The spec is never written: it belongs to the user (and to
+GitOps tools, and, in external mode, to the HPA or KEDA through the scale subresource).
 """
 
 from __future__ import annotations
@@ -21,12 +27,10 @@ from typing import Any
 import kopf
 
 from specserve_contract import (
-    API_VERSION,
     ENV_PROMETHEUS_ALLOWED_URLS,
     ENV_PROMETHEUS_CA_FILE,
     ENV_PROMETHEUS_TOKEN_FILE,
     ENV_PROMETHEUS_URL,
-    KIND,
     POLICY_KEY,
     TOKEN_KEY,
 )
@@ -50,6 +54,7 @@ from specserve_operator.manifests import (
     Owner,
     configmap_name,
     deployment_name,
+    deployment_replicas,
     parse_policy,
     policy_json,
     secret_name,
@@ -294,12 +299,17 @@ async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
     return policy, result, ready
 
 
-async def scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
-                policy: Policy, old: dict[str, Any], cfg: LoopConfig, now: float
-                ) -> ScaleDecision:
-    """4. The replica decision; a change is applied as `kubectl scale ssd/NAME` would."""
-    dep = await _call(api.get, "apps/v1", "Deployment", owner.namespace, deployment_name(owner))
-    current = int(((dep or {}).get("spec") or {}).get("replicas", spec.replicas.initial))
+def decide_scale(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Policy,
+                 old: dict[str, Any], cfg: LoopConfig, now: float) -> ScaleDecision:
+    """4. The replica decision (pure): from the count the pods have now (`deployment_replicas`
+    of the last status: in builtin mode the last decision, else spec.replicas.initial) and the
+    snapshot. builtin: `apply_scale` applies it; external: a recommendation for the HPA/KEDA
+    (exported, never applied); off: no decision, the count stays spec.replicas.initial."""
+    mode = spec.autoscaling.mode
+    current = deployment_replicas(spec, old)
+    if mode == "off":
+        return ScaleDecision(current=current, desired=current, raw=None, history=[],
+                             reason=f"autoscaling off: fixed at spec.replicas.initial ({current})")
     history = [Recommendation(time=r["time"], replicas=r["replicas"])
                for r in (old.get("autoscale") or {}).get("recommendations") or []]
     out_tokens = snap.output_tokens_per_request or cfg.autoscale.default_output_tokens
@@ -308,19 +318,35 @@ async def scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, sn
                                     prompt + out_tokens / 2, cfg.autoscale.max_batch)
     decision = decide_replicas(snap, current, spec.replicas.min, spec.replicas.max, capacity,
                                spec.slo.attainment, history, now, cfg.autoscale)
-    if decision.changed:
-        # Through the scale subresource's specReplicasPath (.spec.replicas.initial); the update
-        # handler then patches the Deployment.
-        await _call(api.patch, API_VERSION, KIND, owner.namespace, owner.name,
-                    {"spec": {"replicas": {"initial": decision.desired}}})
+    if mode == "external":
+        decision = decision.model_copy(update={
+            "reason": f"external (the HPA/KEDA applies it): {decision.reason}"})
     return decision
+
+
+async def apply_scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
+                      status: dict[str, Any]) -> int | None:
+    """5. builtin mode: the Deployment's replicas to the decision in `status`. Call it once
+    that status is written (reconcile's drift repair reads the decision there, so it then keeps
+    this count). Returns the count set; None when nothing was patched (another mode, no
+    decision in `status`, no Deployment yet, or already there)."""
+    if spec.autoscaling.mode != "builtin" or "autoscale" not in status:
+        return None
+    replicas = deployment_replicas(spec, status)
+    name = deployment_name(owner)
+    dep = await _call(api.get, "apps/v1", "Deployment", owner.namespace, name)
+    if dep is None or (dep.get("spec") or {}).get("replicas") == replicas:
+        return None
+    await _call(api.patch, "apps/v1", "Deployment", owner.namespace, name,
+                {"spec": {"replicas": replicas}})
+    return replicas
 
 
 # ------------------------------------------------------------------------- record and status
 
 
 def loop_record(owner: Owner, snap: SloSnapshot, decision: TuningDecision, policy: Policy,
-                result: PushResult, scaled: ScaleDecision) -> dict[str, Any]:
+                result: PushResult, scaled: ScaleDecision, mode: str) -> dict[str, Any]:
     """What one pass did, as the `slo loop: {...}` log line carries it."""
     return {
         "deployment": f"{owner.namespace}/{owner.name}",
@@ -330,7 +356,7 @@ def loop_record(owner: Owner, snap: SloSnapshot, decision: TuningDecision, polic
                      "confidence_floor": policy.confidence_floor},
         "push": {"version": result.version, "acknowledged": result.acknowledged,
                  "failed": [a.model_dump(exclude_none=True) for a in result.failed]},
-        "scale": {"current": scaled.current, "desired": scaled.desired,
+        "scale": {"mode": mode, "current": scaled.current, "desired": scaled.desired,
                   "reason": scaled.reason},
     }
 
@@ -353,7 +379,7 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
         policy={"version": policy.version, "applied_pods": applied,
                 "failed_pods": len(result.failed), "message": result.describe()[:4000],
                 "pushed_at": stamp},
-        autoscale={"desired": scaled.desired, "raw": scaled.raw,
+        autoscale={"mode": spec.autoscaling.mode, "desired": scaled.desired, "raw": scaled.raw,
                    "reason": scaled.reason[:4000], "time": stamp,
                    "recommendations": [r.model_dump() for r in scaled.history]},
         conditions=merge_conditions(old.get("conditions"), conds, stamp),
@@ -390,7 +416,8 @@ async def slo_iteration(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
     old: dict[str, Any], logger: Any, cfg: LoopConfig, stamp: str,
 ) -> dict[str, Any]:
-    """One pass: snapshot -> tuning decision -> ConfigMap + push -> autoscale; the .status keys."""
+    """One pass: snapshot -> tuning decision -> ConfigMap + push -> replica decision; the
+    .status keys (the caller writes them, then calls `apply_scale`)."""
     now = time.time()
     policy = await read_policy(api, owner)
     if policy is None:
@@ -403,11 +430,12 @@ async def slo_iteration(
     policy, result, ready = await push(api, owner, decision.policy, cfg)
     metrics.POLICY_PUSHES.labels("acknowledged").inc(len(result.acknowledged))
     metrics.POLICY_PUSHES.labels("failed").inc(len(result.failed))
-    scaled = await scale(api, owner, spec, snap, policy, old, cfg, now)
-    if scaled.changed:
+    scaled = decide_scale(spec, snap, policy, old, cfg, now)
+    metrics.DESIRED_REPLICAS.labels(owner.namespace, owner.name).set(scaled.desired)
+    if scaled.changed and spec.autoscaling.mode == "builtin":
         kopf.event(body, type="Normal", reason="Scaled",
                    message=f"replicas {scaled.current} -> {scaled.desired}: "
                            f"{scaled.reason}"[:1000])
-    record = loop_record(owner, snap, decision, policy, result, scaled)
+    record = loop_record(owner, snap, decision, policy, result, scaled, spec.autoscaling.mode)
     logger.info("slo loop: " + json.dumps(record, sort_keys=True))
     return loop_status(owner, spec, snap, decision, policy, result, ready, scaled, old, stamp)

@@ -4,7 +4,18 @@
 (`python -m specserve_operator.crdgen`), and the operator validates every spec it sees with
 them (`parse_spec`), so the CRD's OpenAPI schema and the operator can never disagree about
 field names, types, bounds or defaults. Cross-field rules (min <= max, a draft only when
-speculating, ...) live in `model_validator`s here, with messages a user can act on.
+speculating, ...) live in `model_validator`s here, with messages a user can act on, and each
+one that CEL can express has its twin next to it (`cel_rules`): an `x-kubernetes-validations`
+rule in the CRD with the same message, so the API server refuses such a spec at `kubectl
+apply` (and `kubectl scale` beyond `replicas.max`) before the operator ever sees it.
+`tests/operator/test_operator_cel.py` evaluates them with a CEL implementation against the
+malformed corpus.
+
+CEL rules, as a real API server runs them: evaluated after defaulting (fields with a default
+are present; optional ones need `has()`, and a null counts as absent); every string or list
+a rule walks has a maxLength/maxItems, so the estimated cost stays within the per-rule
+budget; no transition rules (`oldSelf`) and no `quantity()` (no rule compares quantities).
+They need Kubernetes >= 1.29 (CRD validation rules GA; messageExpression is part of them).
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
@@ -12,7 +23,7 @@ Field names are camelCase on the wire (Kubernetes convention) and snake_case in 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +37,7 @@ from pydantic.alias_generators import to_camel
 
 from specserve_contract import (
     API_VERSION,
+    AUTOSCALING_MODES,
     K_LIMIT,
     KIND,
     NO_DRAFT,
@@ -57,6 +69,25 @@ class SpecServeModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+
+def cel(rule: str, message: str, message_expression: str | None = None) -> dict[str, str]:
+    """One CEL rule of the CRD: `message` is the validator's message (messageExpression: the
+    same message with the values in it, as the validator formats them)."""
+    out = {"rule": rule, "message": message}
+    if message_expression:
+        out["messageExpression"] = message_expression
+    return out
+
+
+def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
+    """`json_schema_extra` that puts `rules` on the model's schema (crdgen keeps them)."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def _s(field: str) -> str:
+    """A CEL string of an integer field (for messageExpression)."""
+    return f"' + string(self.{field}) + '"
 
 
 # --------------------------------------------------------------------------------------- spec
@@ -117,6 +148,11 @@ class SpeculationSpec(SpecServeModel):
 class SloSpec(SpecServeModel):
     """Latency objectives the operator tunes and scales for."""
 
+    model_config = ConfigDict(json_schema_extra=cel_rules(
+        cel("self.ttftP90Ms <= self.ttftP99Ms", "ttftP90Ms must not exceed ttftP99Ms",
+            f"'ttftP90Ms ({_s('ttftP90Ms')}) must not exceed ttftP99Ms ({_s('ttftP99Ms')})'"),
+    ))
+
     ttft_p90_ms: int = Field(
         default=2000, ge=1, le=600_000, description="Time to first token, p90 target (ms)."
     )
@@ -143,15 +179,23 @@ class SloSpec(SpecServeModel):
 
 
 class ReplicasSpec(SpecServeModel):
-    """Engine pod count bounds; `kubectl scale ssd/NAME --replicas=N` sets `initial`."""
+    """Engine pod count: bounds, and the count to start with (or keep, see AutoscalingSpec).
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "self.min <= self.max", "message": "replicas.min must be <= max"},
-            ]
-        }
-    )
+    `kubectl scale ssd/NAME --replicas=N` sets `initial` (the scale subresource's
+    specReplicasPath); what that does depends on spec.autoscaling.mode.
+    """
+
+    # The second rule also holds on the scale subresource: the API server validates the whole
+    # object after `kubectl scale` (or an HPA) writes initial, so a count above max is refused.
+    # (Checked only with consistent bounds, as `_ordered` does: one message per mistake.)
+    model_config = ConfigDict(json_schema_extra=cel_rules(
+        cel("self.min <= self.max", "min must be <= max",
+            f"'min ({_s('min')}) must be <= max ({_s('max')})'"),
+        cel("self.min > self.max || (self.min <= self.initial && self.initial <= self.max)",
+            "initial must lie between min and max",
+            f"'initial ({_s('initial')}) must lie between min ({_s('min')}) and max "
+            f"({_s('max')})'"),
+    ))
 
     min: int = Field(default=1, ge=0, le=1000, description="Fewest engine pods.")
     max: int = Field(default=1, ge=1, le=1000, description="Most engine pods.")
@@ -159,7 +203,9 @@ class ReplicasSpec(SpecServeModel):
         default=1,
         ge=0,
         le=1000,
-        description="Pods to start with (and the target of the scale subresource); min..max.",
+        description="min..max; the scale subresource's replicas. autoscaling.mode builtin: the "
+        "count before the operator's first decision; external: the count an HPA/KEDA sets; "
+        "off: the fixed count.",
     )
 
     @model_validator(mode="after")
@@ -173,6 +219,23 @@ class ReplicasSpec(SpecServeModel):
         return self
 
 
+class AutoscalingSpec(SpecServeModel):
+    """Who sets the engine pod count (the operator never writes the spec in any mode)."""
+
+    mode: Literal[AUTOSCALING_MODES] = Field(  # type: ignore[valid-type]
+        default="builtin",
+        description="builtin: the operator's SLO loop sets the Deployment's replicas within "
+        "replicas.min..max and reports them in status.autoscale; external: the operator exports "
+        "its recommendation (metric specserve_operator_desired_replicas) and follows "
+        "replicas.initial, which an HPA or KEDA sets through the scale subresource; off: "
+        "replicas.initial, fixed.",
+    )
+
+
+ROLLOUT_STUCK = ("maxSurge and maxUnavailable must not both be 0: the rollout could never "
+                 "replace a pod (maxUnavailable 1 needs no spare GPU)")
+
+
 # The default is GPU-safe: RollingUpdate with maxSurge 0 and maxUnavailable 1 stops one old pod
 # before starting its replacement, so a rollout never asks for more GPUs than the pods already
 # hold. Kubernetes' own default (25% surge, rounded up: one extra pod) needs a spare GPU; on a
@@ -183,14 +246,10 @@ class ReplicasSpec(SpecServeModel):
 class RolloutSpec(SpecServeModel):
     """How the engine pods are replaced on a change; the default needs no spare GPU."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "self.strategy == 'Recreate' || self.maxSurge + self.maxUnavailable > 0",
-                 "message": "rollout.maxSurge and maxUnavailable must not both be 0"},
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(
+        cel("self.strategy == 'Recreate' || self.maxSurge + self.maxUnavailable > 0",
+            ROLLOUT_STUCK),
+    ))
 
     strategy: Literal["RollingUpdate", "Recreate"] = Field(
         default="RollingUpdate",
@@ -208,15 +267,23 @@ class RolloutSpec(SpecServeModel):
     @model_validator(mode="after")
     def _moves(self) -> RolloutSpec:
         if self.strategy == "RollingUpdate" and self.max_surge + self.max_unavailable == 0:
-            raise ValueError(
-                "maxSurge and maxUnavailable must not both be 0: the rollout could never "
-                "replace a pod (maxUnavailable 1 needs no spare GPU)"
-            )
+            raise ValueError(ROLLOUT_STUCK)
         return self
+
+
+EXISTS_WITH_VALUE = "a toleration with operator Exists must not set value"
+SECONDS_WITHOUT_NOEXECUTE = "tolerationSeconds only applies to effect NoExecute"
 
 
 class Toleration(SpecServeModel):
     """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(
+        cel("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            EXISTS_WITH_VALUE),
+        cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            SECONDS_WITHOUT_NOEXECUTE),
+    ))
 
     key: str | None = Field(default=None, max_length=316)
     operator: Literal["Exists", "Equal"] = "Equal"
@@ -227,9 +294,9 @@ class Toleration(SpecServeModel):
     @model_validator(mode="after")
     def _exists_has_no_value(self) -> Toleration:
         if self.operator == "Exists" and self.value:
-            raise ValueError("a toleration with operator Exists must not set value")
+            raise ValueError(EXISTS_WITH_VALUE)
         if self.toleration_seconds is not None and self.effect != "NoExecute":
-            raise ValueError("tolerationSeconds only applies to effect NoExecute")
+            raise ValueError(SECONDS_WITHOUT_NOEXECUTE)
         return self
 
 
@@ -339,13 +406,46 @@ class MetricsSpec(SpecServeModel):
         return value
 
 
+# The cross-field rules of the whole spec (`_consistent` below), as CEL. A reserved flag is the
+# argument itself or its `--flag=value` form; the message names the first one in
+# RESERVED_VLLM_FLAGS' order, as `_consistent` does. (vllmArgs has no default in the CRD: a
+# list default_factory is not in the JSON schema, so the rule needs has().)
+_RESERVED = "[" + ", ".join(f"'{f}'" for f in RESERVED_VLLM_FLAGS) + "]"
+_IS_RESERVED = "(a == f || a.startsWith(f + '='))"
+SPEC_RULES = cel_rules(
+    cel(f"self.speculation.mode != 'off' || self.model.draft == '{NO_DRAFT}'",
+        "a draft model needs speculation.mode adaptive or static",
+        '"model.draft is \'" + self.model.draft + "\' but speculation.mode is off: set '
+        'model.draft to \'none\' or use mode adaptive or static"'),
+    cel(f"self.speculation.mode == 'off' || self.model.draft != '{NO_DRAFT}'",
+        "speculation.mode adaptive or static needs a draft model",
+        "'speculation.mode ' + self.speculation.mode + ' needs a draft model: set model.draft "
+        "or use speculation.mode off'"),
+    cel("self.speculation.mode != 'static' || self.speculation.staticK <= self.speculation.kMax",
+        "speculation.staticK must be <= speculation.kMax",
+        f"'speculation.staticK ({_s('speculation.staticK')}) must be <= speculation.kMax "
+        f"({_s('speculation.kMax')})'"),
+    cel(f"self.model.draft != self.model.target || self.model.draft == '{TINY}'",
+        "model.draft must differ from model.target"),
+    cel(f"!has(self.vllmArgs) || self.vllmArgs.all(a, !{_RESERVED}.exists(f, {_IS_RESERVED}))",
+        "vllmArgs must not contain a flag SpecServe sets itself",
+        f"'vllmArgs must not contain ' + {_RESERVED}.filter(f, self.vllmArgs.exists(a, "
+        f"{_IS_RESERVED}))[0] + ': SpecServe sets it from the spec'"),
+)
+# Longest vllmArgs entry: bounds the cost the API server estimates for the rule above.
+VLLM_ARG_MAX_LENGTH = 4096
+
+
 class SpecServeDeploymentSpec(SpecServeModel):
     """Desired state of a SpecServe model deployment."""
+
+    model_config = ConfigDict(json_schema_extra=SPEC_RULES)
 
     model: ModelSpec
     speculation: SpeculationSpec = Field(default_factory=SpeculationSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     image: str = Field(
@@ -353,7 +453,7 @@ class SpecServeDeploymentSpec(SpecServeModel):
         description="Engine container image.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    vllm_args: list[str] = Field(
+    vllm_args: list[Annotated[str, Field(max_length=VLLM_ARG_MAX_LENGTH)]] = Field(
         default_factory=list,
         max_length=64,
         description="Extra `vllm serve` arguments, passed as is (after SpecServe's own).",
@@ -367,7 +467,7 @@ class SpecServeDeploymentSpec(SpecServeModel):
         mode = self.speculation.mode
         if mode == "off" and has_draft:
             raise ValueError(
-                f"model.draft is {self.model.draft!r} but speculation.mode is off: "
+                f"model.draft is '{self.model.draft}' but speculation.mode is off: "
                 "set model.draft to 'none' or use mode adaptive or static"
             )
         if mode != "off" and not has_draft:
@@ -382,9 +482,8 @@ class SpecServeDeploymentSpec(SpecServeModel):
             )
         if self.model.draft == self.model.target and self.model.draft != TINY:
             raise ValueError("model.draft must differ from model.target")
-        for arg in self.vllm_args:
-            flag = arg.split("=", 1)[0]
-            if flag in RESERVED_VLLM_FLAGS:
+        for flag in RESERVED_VLLM_FLAGS:
+            if any(arg == flag or arg.startswith(flag + "=") for arg in self.vllm_args):
                 raise ValueError(
                     f"vllmArgs must not contain {flag}: SpecServe sets it from the spec"
                 )
@@ -473,8 +572,14 @@ class ScaleRecommendation(SpecServeModel):
 
 
 class AutoscaleStatus(SpecServeModel):
-    """The autoscaler's last decision and the recommendations it stabilises over."""
+    """The autoscaler's last decision and the recommendations it stabilises over.
 
+    In autoscaling mode builtin, `desired` (made in that mode) is the engine Deployment's
+    replica count; in external mode it is the recommendation the operator exports.
+    """
+
+    mode: Literal[AUTOSCALING_MODES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="The spec.autoscaling.mode the decision was made in.")
     desired: int | None = None
     raw: int | None = None
     reason: str | None = Field(default=None, max_length=4096)

@@ -36,7 +36,8 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
     "monitoring": {
         "monitoring": {"labels": {"release": "kube-prometheus-stack"},
                        "serviceMonitor": {"enabled": True, "interval": "10s"},
-                       "podMonitor": {"enabled": True}},
+                       "podMonitor": {"enabled": True},
+                       "operatorPodMonitor": {"enabled": True}},
         "dashboard": {"namespace": "monitoring"},
     },
     "namespaced-monitoring": {
@@ -517,6 +518,21 @@ def test_monitors_match_the_ports() -> None:
     namespaced = render(NON_DEFAULT["namespaced-monitoring"])
     pm = one(namespaced, "PodMonitor", "specserve-engines")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert not [d for d in namespaced if d["metadata"]["name"] == "specserve-operator"
+                and d["kind"] == "PodMonitor"]
+
+
+def test_operator_pod_monitor_keeps_the_resources_labels() -> None:
+    """autoscaling.mode external: specserve_operator_desired_replicas{namespace,name} names
+    the SpecServeDeployment; honorLabels keeps those over the scraped pod's namespace."""
+    docs = render(NON_DEFAULT["monitoring"])
+    pm = one(docs, "PodMonitor", "specserve-operator")
+    op = one(docs, "Deployment", "specserve-operator")
+    assert pm["spec"]["selector"]["matchLabels"] == op["spec"]["selector"]["matchLabels"]
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in container(op)["ports"]}
+    assert endpoint["port"] == "metrics" and ports["metrics"] == 8081
+    assert endpoint["honorLabels"] is True and endpoint["path"] == "/metrics"
 
 
 # ------------------------------------------------------------------------------- dashboard

@@ -1,9 +1,9 @@
 """Malformed SpecServeDeployment specs, each with the message the user must see.
 
 Each case: (id, spec, expected message fragment, rejected by the CRD's OpenAPI schema).
-Cases with `schema=False` are cross-field rules (pydantic validators, some also CEL rules in the
-CRD) or unknown fields (pruned / refused by `kubectl apply --validate=strict` in a cluster):
-plain JSON-Schema validation cannot see them, the operator does.
+Cases with `schema=False` are cross-field rules (pydantic validators, each with a CEL twin in
+the CRD: test_operator_cel.py) or unknown fields (pruned / refused by `kubectl apply
+--validate=strict` in a cluster): the OpenAPI schema alone cannot see them, the operator does.
 """
 
 from __future__ import annotations
@@ -127,4 +127,6 @@ CASES: list[tuple[str, Any, str, bool]] = [
      "spec.rollout.strategy: Input should be 'RollingUpdate' or 'Recreate'", True),
     ("rollout-surge-negative", _with("rollout", {"maxSurge": -1}), "spec.rollout.maxSurge",
      True),
+    ("autoscaling-mode-unknown", _with("autoscaling", {"mode": "hpa"}),
+     "spec.autoscaling.mode: Input should be 'builtin', 'external' or 'off'", True),
 ]

@@ -39,6 +39,9 @@ SPEC: dict[str, Any] = {
     "model": {"target": "org/target-1b", "draft": "org/draft-100m"},
     "speculation": {"mode": "adaptive", "kMax": 4},
     "replicas": {"min": 1, "max": 3, "initial": 2},
+    # Replicas follow spec.replicas.initial (in builtin mode only until the SLO loop's first
+    # decision): test_operator_autoscaling_modes.py covers each mode.
+    "autoscaling": {"mode": "off"},
 }
 NAME = "chat"
 UID = "uid-chat"
@@ -122,7 +125,8 @@ async def test_update_of_model_k_and_replicas_patches_children(cluster: Any) -> 
 
 
 async def test_scale_subresource_style_update_changes_deployment_replicas(cluster: Any) -> None:
-    """`kubectl scale ssd/chat --replicas=3` writes .spec.replicas.initial."""
+    """`kubectl scale ssd/chat --replicas=3` writes .spec.replicas.initial (mode off: the
+    count)."""
     async with running_operator():
         await create(cluster, ssd(NAME, SPEC, UID))
         await eventually(lambda: _all_children(cluster))
@@ -248,7 +252,7 @@ async def test_every_malformed_resource_is_rejected_with_a_message(cluster: Any)
                 (live(cluster, SSD, n).get("status") or {}).get("phase") == "Invalid"
                 for n in names)
 
-        # 48 resources, one status PATCH each: about 30 s on an idle 2-core machine.
+        # 49 resources, one status PATCH each: about 30 s on an idle 2-core machine.
         await eventually(all_invalid, timeout=120)
         for name, (case_id, message) in names.items():
             status = live(cluster, SSD, name)["status"]

@@ -1,7 +1,8 @@
 """The SLO loop end to end: the operator (kopf, against the kmock Kubernetes emulator) reads a
 real Prometheus scraping a real SpecServe engine under load, tunes the policy, pushes it to the
 engine's control port, and the engine acknowledges it (specserve_policy_version). Then
-Prometheus goes down: the last good policy stays, .status says why, the replica count stays.
+Prometheus goes down: the last good policy stays, .status says why, the replica count stays
+(the Deployment's: autoscaling mode builtin never writes the spec).
 
 A second, fast test needs no engine: a real engine control server (no vLLM) stands in for the
 pod and Prometheus is unreachable from the start.
@@ -18,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from specserve_operator import handlers, manifests, tuning
 from specserve_operator.config import LoopConfig
 from tests.kits.operator_kit import (
     CONFIGMAPS,
+    DEPLOYMENTS,
     NS,
     SSD,
     create,
@@ -238,14 +241,15 @@ async def test_loop_tunes_and_pushes_to_a_real_engine_then_survives_prometheus_d
             await eventually(lambda: status(cluster)["sloSnapshot"]["state"] == "error", 30,
                              explain=lambda: loop_story(caplog))
             version = stored_policy(cluster).version
-            replicas = live(cluster, SSD, NAME)["spec"]["replicas"]["initial"]
+            replicas = live(cluster, DEPLOYMENTS, NAME)["spec"]["replicas"]
             n = len(loop_records(caplog))
             # Two more passes (2 s apart, each one a few seconds on a loaded 2-core machine).
             await eventually(lambda: len(loop_records(caplog)) >= n + 2, 60,
                              explain=lambda: loop_story(caplog))
         assert stored_policy(cluster).version == version
         await eventually(lambda: engine_policy_version(control_port) == version, 10)
-        assert live(cluster, SSD, NAME)["spec"]["replicas"]["initial"] == replicas
+        assert live(cluster, DEPLOYMENTS, NAME)["spec"]["replicas"] == replicas
+        assert live(cluster, SSD, NAME)["spec"]["replicas"]["initial"] == 1  # never written
         st = status(cluster)
         assert "Prometheus answered no query" in st["sloSnapshot"]["reason"]
         assert "no data" in st["autoscale"]["reason"]
@@ -284,6 +288,7 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
         assert "ConnectError" in st["sloSnapshot"]["reason"]
         assert st["autoscale"]["desired"] == 1 and "no data" in st["autoscale"]["reason"]
         assert live(cluster, SSD, NAME)["spec"]["replicas"]["initial"] == 1
+        assert live(cluster, DEPLOYMENTS, NAME)["spec"]["replicas"] == 1
         assert "no data" in st["tuning"]["decision"]
         slo = next(c for c in st["conditions"] if c["type"] == "SLOMet")
         assert (slo["status"], slo["reason"]) == ("Unknown", "PrometheusUnavailable")

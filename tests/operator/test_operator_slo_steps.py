@@ -9,14 +9,24 @@ from typing import Any
 
 import pytest
 
-from specserve_contract import API_VERSION, KIND, POLICY_KEY, TOKEN_KEY
+from specserve_contract import KIND, POLICY_KEY, TOKEN_KEY
 from specserve_engine.policy.params import Policy
-from specserve_operator import slo_loop
+from specserve_operator import metrics, slo_loop
 from specserve_operator.config import LoopConfig, OperatorConfig
-from specserve_operator.manifests import Owner, configmap_name, secret_name, selector_labels
+from specserve_operator.manifests import (
+    Owner,
+    configmap_name,
+    deployment_replicas,
+    secret_name,
+    selector_labels,
+)
 from specserve_operator.metrics import NoDataTracker
 from specserve_operator.prometheus import SloSnapshot
-from specserve_operator.spec import SpecServeDeploymentStatus, parse_spec
+from specserve_operator.spec import (
+    SpecServeDeploymentSpec,
+    SpecServeDeploymentStatus,
+    parse_spec,
+)
 from specserve_operator.status import loop_failed_status, snapshot_status
 
 OWNER = Owner("m", "ns", "uid-m")
@@ -100,22 +110,73 @@ async def test_push_with_a_token_but_no_pods_acknowledges_nothing() -> None:
     assert (ready, result.acks) == (0, [])
 
 
-async def test_scale_without_data_keeps_the_replicas_and_patches_nothing() -> None:
-    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 2}}})
-    decision = await slo_loop.scale(api, OWNER, SPEC, no_data(), Policy(), {}, LoopConfig(),
-                                    100.0)
-    assert (decision.current, decision.desired, decision.changed) == (2, 2, False)
+def busy() -> SloSnapshot:
+    return SloSnapshot(namespace="ns", name="m", time=100.0, window="2m", state="ok",
+                       request_rate=500.0, attainment=0.2, tpot_p90_s=1.0, ttft_p90_s=10.0)
+
+
+def with_mode(mode: str) -> SpecServeDeploymentSpec:
+    return parse_spec({"model": {"target": "tiny", "draft": "tiny"}, "autoscaling": {"mode": mode},
+                       "replicas": {"min": 1, "max": 4, "initial": 1}})
+
+
+def decided(mode: str, desired: int) -> dict[str, Any]:
+    return {"autoscale": {"mode": mode, "desired": desired}}
+
+
+@pytest.mark.parametrize(("mode", "status", "replicas"), [
+    ("builtin", {}, 1),                        # before the loop's first decision: initial
+    ("builtin", decided("builtin", 3), 3),     # then the loop's last decision
+    ("builtin", decided("builtin", 9), 4),     # ... within the spec's bounds now
+    ("builtin", decided("external", 3), 1),    # a recommendation made in external mode: not
+    ("external", decided("builtin", 3), 1),    # external follows initial (the HPA's count)
+    ("external", decided("external", 3), 1),
+    ("off", decided("builtin", 3), 1),
+])
+def test_the_deployment_count_comes_from_the_mode_and_the_last_decision(
+        mode: str, status: dict[str, Any], replicas: int) -> None:
+    assert deployment_replicas(with_mode(mode), status) == replicas
+
+
+def test_scale_without_data_keeps_the_count_the_pods_have() -> None:
+    fresh = slo_loop.decide_scale(SPEC, no_data(), Policy(), {}, LoopConfig(), 100.0)
+    assert (fresh.current, fresh.desired, fresh.changed) == (1, 1, False)
+    later = slo_loop.decide_scale(SPEC, no_data(), Policy(), decided("builtin", 2),
+                                  LoopConfig(), 100.0)
+    assert (later.current, later.desired, later.changed) == (2, 2, False)
+
+
+async def test_builtin_scale_up_goes_to_the_deployment_never_to_the_spec() -> None:
+    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 1}}})
+    decision = slo_loop.decide_scale(SPEC, busy(), Policy(), {}, LoopConfig(), 100.0)
+    assert decision.desired > 1 and api.patches == []
+    status = decided("builtin", decision.desired)
+    assert await slo_loop.apply_scale(api, OWNER, SPEC, status) == decision.desired
+    assert api.patches == [("Deployment", "m", {"spec": {"replicas": decision.desired}})]
+    api.objects[("Deployment", "m")] = {"spec": {"replicas": decision.desired}}
+    assert await slo_loop.apply_scale(api, OWNER, SPEC, status) is None  # already there
+    assert await slo_loop.apply_scale(api, OWNER, SPEC, {"sloSnapshot": {}}) is None  # failed
+    assert len(api.patches) == 1 and all(kind != KIND for kind, _, _ in api.patches)
+
+
+async def test_external_mode_recommends_and_never_scales() -> None:
+    spec = with_mode("external")
+    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 1}}})
+    # The HPA's count (spec.replicas.initial) is the base, whatever the last decision said.
+    decision = slo_loop.decide_scale(spec, busy(), Policy(), decided("external", 3),
+                                     LoopConfig(), 100.0)
+    assert decision.current == 1 and decision.desired > 1
+    assert decision.reason.startswith("external (the HPA/KEDA applies it): ")
+    assert await slo_loop.apply_scale(api, OWNER, spec, decided("external", 3)) is None
     assert api.patches == []
 
 
-async def test_scale_up_patches_the_resource_like_kubectl_scale() -> None:
-    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 1}}})
-    busy = SloSnapshot(namespace="ns", name="m", time=100.0, window="2m", state="ok",
-                       request_rate=500.0, attainment=0.2, tpot_p90_s=1.0, ttft_p90_s=10.0)
-    decision = await slo_loop.scale(api, OWNER, SPEC, busy, Policy(), {}, LoopConfig(), 100.0)
-    assert decision.desired > 1
-    assert api.patches == [(KIND, "m", {"spec": {"replicas": {"initial": decision.desired}}})]
-    assert API_VERSION == "specserve.io/v1alpha1"
+def test_off_mode_decides_nothing() -> None:
+    decision = slo_loop.decide_scale(with_mode("off"), busy(), Policy(), decided("builtin", 3),
+                                     LoopConfig(), 100.0)
+    assert (decision.current, decision.desired, decision.raw, decision.history) == (1, 1, None,
+                                                                                    [])
+    assert "autoscaling off" in decision.reason
 
 
 async def test_one_iteration_returns_status_the_crd_schema_accepts(
@@ -141,6 +202,10 @@ async def test_one_iteration_returns_status_the_crd_schema_accepts(
     SpecServeDeploymentStatus.model_validate(new)  # camelCase keys, as the CRD declares them
     record = json.loads(log.lines[-1].removeprefix("slo loop: "))
     assert record["deployment"] == "ns/m" and record["scale"]["desired"] == 1
+    assert new["autoscale"]["mode"] == "builtin" and new["autoscale"]["desired"] == 1
+    assert metrics.REGISTRY.get_sample_value("specserve_operator_desired_replicas",
+                                             {"namespace": "ns", "name": "m"}) == 1
+    assert api.patches == []  # nothing to scale: no Deployment patch, and never the spec
     no_data = next(c for c in new["conditions"] if c["type"] == "NoData")
     assert (no_data["status"], no_data["reason"]) == ("True", "NoPrometheusUrl")
     assert [(e["type"], e["reason"]) for e in posted] == [("Warning", "NoData")]

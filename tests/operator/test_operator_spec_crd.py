@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -14,34 +13,15 @@ import yaml
 from specserve_contract import API_VERSION, KIND
 from specserve_operator import crdgen
 from specserve_operator.spec import DEFAULT_IMAGE, SpecError, parse_spec
+from tests.kits.crd_validation import CRD_PATH, crd_schema, schema_errors
 from tests.kits.malformed_specs import CASES, VALID
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = ROOT / "crds" / crdgen.CRD_FILE
 EXAMPLES = ROOT / "examples" / "specserve.yaml"
 
 
-def _jsonschema(node: Any) -> Any:
-    """OpenAPI v3.0 (CRD) -> JSON Schema draft 4: `nullable` becomes a null type."""
-    if isinstance(node, list):
-        return [_jsonschema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [out["type"], "null"]
-    return out
-
-
-def _crd_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD_PATH.read_text())
-    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-
-
-def _schema_errors(spec: Any) -> list[str]:
-    doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "x"}, "spec": spec}
-    validator = jsonschema.Draft4Validator(_jsonschema(_crd_schema()))
-    return [e.message for e in validator.iter_errors(doc)]
+_crd_schema = crd_schema
+_schema_errors = schema_errors
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -171,7 +151,9 @@ def test_malformed_spec_is_rejected_with_a_clear_message(spec: Any, message: str
 @pytest.mark.parametrize(("spec", "by_schema"), [(c[1], c[3]) for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_malformed_spec_against_the_crd_schema(spec: Any, by_schema: bool) -> None:
-    """Schema-expressible rules are refused by the API server already; the rest by the operator."""
+    """Schema-expressible rules are refused by the OpenAPI schema already; the cross-field ones
+    by the CRD's CEL rules (test_operator_cel.py) and the operator; unknown fields (pruned by
+    the API server) by the operator only."""
     errors = _schema_errors(spec)
     if by_schema:
         assert errors, "the CRD schema should refuse this spec"
