@@ -114,6 +114,7 @@ METRICS_PATH = "/metrics"
 HEALTH_PATH = "/health"
 
 MODELS_MOUNT = "/models"  # a PVC with weights; relative model paths resolve under it
+SHM_DIR = "/dev/shm"  # a memory-backed emptyDir: vLLM's workers exchange tensors through it
 POLICY_DIR = "/etc/specserve/policy"
 POLICY_KEY = "policy.json"  # the ConfigMap key, also the file name in POLICY_DIR
 POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"

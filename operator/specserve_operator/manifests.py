@@ -46,6 +46,7 @@ from specserve_contract import (
     POLICY_FILE,
     POLICY_KEY,
     PROFILE_DIR,
+    SHM_DIR,
     TINY,
     TOKEN_KEY,
 )
@@ -262,14 +263,46 @@ def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
         requests["cpu"] = limits["cpu"] = r.cpu
     if r.memory:
         requests["memory"] = limits["memory"] = r.memory
+    if r.ephemeral_storage:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = r.ephemeral_storage
     if r.gpu:
-        limits["nvidia.com/gpu"] = str(r.gpu)
+        # Extended resources take a limit only (the request defaults to it, and may not differ).
+        limits[r.gpu_resource_name] = str(r.gpu)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
     if limits:
         out["limits"] = limits
     return out
+
+
+# Keys whose value is a map (Go `map[string]string` with omitempty): an empty one is dropped by
+# the API server. Elsewhere `{}` means something (emptyDir: {}, labelSelector: {} = all pods).
+_MAP_FIELDS = frozenset({"matchLabels", "volumeAttributes", "options", "labels", "annotations"})
+
+
+def omitempty(value: Any) -> Any:
+    """A pass-through Kubernetes object as the API server stores it: without the empty strings,
+    false booleans, empty lists and empty maps its JSON encoding omits (`omitempty`; each
+    means the same as the field absent). Sending them would read as drift on every pass."""
+    if isinstance(value, list):
+        return [omitempty(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        item = omitempty(item)
+        if item is None or item is False or item == "" or item == [] or (
+                item == {} and key in _MAP_FIELDS):
+            continue
+        out[key] = item
+    return out
+
+
+def _dump(model: Any) -> Any:
+    """A spec model (ours or the official client's) as the Kubernetes JSON it stands for."""
+    return omitempty(model.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                      exclude_unset=True))
 
 
 def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
@@ -284,7 +317,7 @@ def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
     if cm is not None:
         env.append({"name": ENV_PROFILE_FILE, "value": f"{PROFILE_DIR}/{cm.key}"})
     # Without one the engine uses the profile cached next to the model, else its timing prior.
-    return env
+    return env + [_dump(var) for var in spec.pod.env]
 
 
 # Probe timings (seconds). Loading weights (and compiling) can take many minutes: the startup
@@ -330,6 +363,24 @@ def _probe(timing: dict[str, int]) -> dict[str, Any]:
     return {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}, **timing}
 
 
+def _shm(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """/dev/shm: memory-backed, so its pages count against the memory limit; without
+    resources.shmSize it may grow to that limit (or to the node's memory without one)."""
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if spec.resources.shm_size:
+        shm["sizeLimit"] = spec.resources.shm_size
+    return shm
+
+
+def _pod_metadata(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """The pod's labels (the operator's after the user's: they select the pods, and the spec
+    refuses a user label of the same key anyway) and annotations."""
+    meta: dict[str, Any] = {"labels": {**spec.pod.labels, **labels(owner, spec, "engine")}}
+    if spec.pod.annotations:
+        meta["annotations"] = dict(spec.pod.annotations)
+    return meta
+
+
 def deployment(
     owner: Owner, spec: SpecServeDeploymentSpec, replicas: int | None = None
 ) -> dict[str, Any]:
@@ -337,7 +388,7 @@ def deployment(
     served_name = spec.model.served_name or owner.name
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "dshm", "mountPath": SHM_DIR},
     ]
     volumes: list[dict[str, Any]] = [
         {
@@ -346,7 +397,7 @@ def deployment(
                 {"key": POLICY_KEY, "path": POLICY_KEY}]},
         },
         # vLLM (PyTorch) workers exchange tensors through shared memory.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "emptyDir": _shm(spec)},
     ]
     if spec.model.pvc is not None:
         mount: dict[str, Any] = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
@@ -360,6 +411,9 @@ def deployment(
     if spec.profile.config_map is not None:
         mounts.append({"name": "profile", "mountPath": PROFILE_DIR, "readOnly": True})
         volumes.append({"name": "profile", "configMap": {"name": spec.profile.config_map.name}})
+    pod = spec.pod
+    volumes += [_dump(v) for v in pod.volumes]
+    mounts += [_dump(m) for m in pod.volume_mounts]
 
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
@@ -372,6 +426,7 @@ def deployment(
             {"name": CONTROL_PORT_NAME, "containerPort": CONTROL_PORT, "protocol": "TCP"},
         ],
         "env": _env(owner, spec),
+        **({"envFrom": [_dump(e) for e in pod.env_from]} if pod.env_from else {}),
         "resources": _resources(spec),
         "startupProbe": _probe(STARTUP_PROBE),
         "readinessProbe": _probe(READINESS_PROBE),
@@ -384,6 +439,14 @@ def deployment(
         "volumes": volumes,
         "terminationGracePeriodSeconds": 60,
     }
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [_dump(s) for s in pod.image_pull_secrets]
+    if pod.priority_class_name:
+        pod_spec["priorityClassName"] = pod.priority_class_name
+    if pod.runtime_class_name:
+        pod_spec["runtimeClassName"] = pod.runtime_class_name
+    if pod.affinity is not None and _dump(pod.affinity):
+        pod_spec["affinity"] = _dump(pod.affinity)
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
@@ -403,7 +466,7 @@ def deployment(
             "strategy": deployment_strategy(spec),
             "progressDeadlineSeconds": progress_deadline_s(),
             "template": {
-                "metadata": {"labels": labels(owner, spec, "engine")},
+                "metadata": _pod_metadata(owner, spec),
                 "spec": pod_spec,
             },
         },
@@ -495,6 +558,9 @@ def slo_summary(spec: SpecServeDeploymentSpec, attainment: float | None = None) 
 # their values in canonical form (cpu "1.5" -> "1500m", "1000m" -> "1", memory "0.5Gi" ->
 # "512Mi", "1000" -> "1k"), so they are compared by value, never by text.
 QUANTITY_MAPS = ("requests", "limits")
+# Single quantities elsewhere in a pod template: emptyDir sizeLimit (the /dev/shm size, user
+# volumes) and a resourceFieldRef's divisor (env, downwardAPI volumes).
+QUANTITY_FIELDS = ("sizeLimit", "divisor")
 
 
 def same_quantity(desired: Any, actual: Any) -> bool:
@@ -513,7 +579,7 @@ def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
     The API server adds defaults (imagePullPolicy, protocol, terminationMessagePath, strategy,
     clusterIP, ...), so an object is up to date when every field we set has our value; extra
     fields are fine. Lists must match item by item (same length), each item compared the same
-    way. Resource quantities are compared as quantities (`QUANTITY_MAPS`).
+    way. Resource quantities are compared as quantities (`QUANTITY_MAPS`, `QUANTITY_FIELDS`).
     """
     if isinstance(desired, dict):
         if not isinstance(actual, dict):
@@ -521,7 +587,9 @@ def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
         if len(path) >= 2 and path[-2] == "resources" and path[-1] in QUANTITY_MAPS:
             return all(k in actual and same_quantity(v, actual[k]) for k, v in desired.items())
         return all(
-            k in actual and is_subset(v, actual[k], (*path, k)) for k, v in desired.items()
+            k in actual and (same_quantity(v, actual[k]) if k in QUANTITY_FIELDS
+                             else is_subset(v, actual[k], (*path, k)))
+            for k, v in desired.items()
         )
     if isinstance(desired, list):
         if not isinstance(actual, list) or len(desired) != len(actual):
