@@ -90,6 +90,11 @@ def servicemonitor_name(name: str) -> str:
     return name
 
 
+def disruption_budget_name(name: str) -> str:
+    """The PodDisruptionBudget of the engine pods."""
+    return name
+
+
 def selector_labels(name: str) -> dict[str, str]:
     """Labels that select the engine pods of one resource (immutable in a Deployment)."""
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}

@@ -9,6 +9,7 @@ Objects owned by a SpecServeDeployment NAME (all carry an owner reference to it)
     Secret          NAME-control      the control-port bearer token (created once, never updated)
     ConfigMap       NAME-policy       policy.json: the current speculation policy
     ServiceMonitor  NAME              only when the Prometheus Operator's CRD exists
+    PodDisruptionBudget NAME          unless spec.disruptionBudget.enabled is false
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from specserve_operator.spec import SpecServeDeploymentSpec
 
 ENGINE_CONTAINER = "engine"
 SERVICEMONITOR_API = "monitoring.coreos.com/v1"
+PDB_API = "policy/v1"
 
 # Fields of the policy that come from the spec; the rest (fitted model parameters) belong to the
 # tuning loop and survive spec changes. See `merge_policy`.
@@ -94,6 +96,10 @@ def configmap_name(owner: Owner) -> str:
 
 def servicemonitor_name(owner: Owner) -> str:
     return contract.servicemonitor_name(owner.name)
+
+
+def disruption_budget_name(owner: Owner) -> str:
+    return contract.disruption_budget_name(owner.name)
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
@@ -528,6 +534,33 @@ def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any
             ],
         },
     }
+
+
+def disruption_budget(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """The engine pods' PodDisruptionBudget (see `spec.DisruptionBudgetSpec`).
+
+    unhealthyPodEvictionPolicy AlwaysAllow: a pod that runs but is not Ready (still loading,
+    or crash-looping) may always be evicted. With the default (IfHealthyBudget) such pods are
+    evictable only while the budget holds, so two broken pods of three would block a drain;
+    they serve nothing, so evicting them costs nothing. (Beta and on since Kubernetes 1.27, GA
+    in 1.31; an older API server drops the field, which would read as drift.)
+    """
+    return {
+        "apiVersion": PDB_API,
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, spec, disruption_budget_name(owner), "engine"),
+        "spec": {
+            "maxUnavailable": spec.disruption_budget.max_unavailable,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def owned_by(obj: dict[str, Any] | None, owner: Owner) -> bool:
+    """Is `obj` one of `owner`'s children (its controller reference names the owner's uid)?"""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in refs)
 
 
 # ------------------------------------------------------------------------------------ status

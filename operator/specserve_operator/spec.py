@@ -239,6 +239,25 @@ class RolloutSpec(SpecServeModel):
         return self
 
 
+# Voluntary disruptions (node drains, cluster-autoscaler scale-down, upgrades) evict engine pods
+# through the Eviction API, which honours a PodDisruptionBudget. maxUnavailable 1 lets a drain
+# take one engine pod at a time, waiting for its replacement to be Ready (minutes: it loads the
+# model) before the next; with replicas 1 a drain still proceeds (an outage while the pod
+# moves) instead of blocking the node forever, as minAvailable 1 would. maxUnavailable 0 blocks
+# every voluntary eviction: for pods that must never move, at the price of manual drains.
+class DisruptionBudgetSpec(SpecServeModel):
+    """The engine pods' PodDisruptionBudget (policy/v1): how many a node drain may evict."""
+
+    enabled: bool = Field(
+        default=True, description="Create the PodDisruptionBudget (false: none; an existing one "
+        "the operator made is deleted).",
+    )
+    max_unavailable: int = Field(
+        default=1, ge=0, le=1000,
+        description="Engine pods voluntary disruptions may take down at once (0 blocks drains).",
+    )
+
+
 class Toleration(SpecServeModel):
     """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
 
@@ -586,6 +605,7 @@ class SpecServeDeploymentSpec(SpecServeModel):
     slo: SloSpec = Field(default_factory=SloSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     pod: PodSpec = Field(default_factory=PodSpec)
     image: str = Field(

@@ -230,7 +230,8 @@ def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
     fields we set): defaults filled in, quantities canonical, server metadata and status."""
     out = copy.deepcopy(obj)
     kind = out["kind"]
-    _server_metadata(out, generation=kind in ("Deployment", "ServiceMonitor"))
+    _server_metadata(out, generation=kind in ("Deployment", "ServiceMonitor",
+                                               "PodDisruptionBudget"))
     if kind == "Deployment":
         spec = out["spec"]
         spec.setdefault("replicas", 1)
@@ -264,6 +265,9 @@ def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
         out["status"] = {"loadBalancer": {}}
     elif kind == "Secret":
         out.setdefault("type", "Opaque")
+    elif kind == "PodDisruptionBudget":  # pkg/apis/policy/v1: no defaults; a status
+        out["status"] = {"observedGeneration": 1, "currentHealthy": 1, "desiredHealthy": 0,
+                         "disruptionsAllowed": 1, "expectedPods": 1}
     return out
 
 
@@ -329,6 +333,11 @@ class MemoryApiServer:
         out = merge_patch(stored, body)
         out["metadata"].pop("resourceVersion", None)
         return self.put(patched(stored, body) if self.defaulting and not subresource else out)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self._hook("delete", kind, name, {})
+        self.writes.append(("delete", kind, name, {}))
+        return self.objects.pop((kind, name), None) is not None
 
     def request(self, method: str, path: str, *_: Any) -> Any:
         return {"items": []}  # pod listings: no pods

@@ -194,7 +194,8 @@ def test_objects_as_the_api_server_returns_them_are_in_sync(name: str) -> None:
     body: dict[str, Any] = {}
     policy = manifests.policy_from_spec(spec, 1)
     children = (manifests.deployment(OWNER, spec), manifests.service(OWNER, spec),
-                manifests.configmap(OWNER, spec, policy), manifests.servicemonitor(OWNER, spec))
+                manifests.configmap(OWNER, spec, policy), manifests.servicemonitor(OWNER, spec),
+                manifests.disruption_budget(OWNER, spec))
     for desired in children:
         stored = as_stored(desired)
         assert stored != desired  # the server did add something
@@ -385,3 +386,53 @@ def test_a_pod_template_edit_is_drift() -> None:
         current = as_stored(desired)
         edit(current["spec"]["template"]["spec"])
         assert not manifests.is_subset(wanted, current)
+
+
+# ------------------------------------------------------------------- PodDisruptionBudget
+
+
+def _pdbs(api: MemoryApiServer) -> list[dict[str, Any]]:
+    return [o for (kind, _), o in api.objects.items() if kind == "PodDisruptionBudget"]
+
+
+def test_the_disruption_budget_is_created_repaired_changed_and_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, reason, **__: events.append(reason))
+    api = MemoryApiServer(defaulting=True)
+    reconcile.reconcile_children(api, OWNER, _spec(), {}, Logger())  # type: ignore[arg-type]
+    (pdb,) = _pdbs(api)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    # Someone edits it: the next pass puts it back.
+    api.objects[("PodDisruptionBudget", "chat")]["spec"]["maxUnavailable"] = 0
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, _spec(), {}, Logger())  # type: ignore[arg-type]
+    assert [(v, k) for v, k, *_ in api.writes] == [("patch", "PodDisruptionBudget")]
+    assert _pdbs(api)[0]["spec"]["maxUnavailable"] == 1
+    # The spec changes it.
+    two = _spec(disruptionBudget={"maxUnavailable": 2})
+    reconcile.reconcile_children(api, OWNER, two, {}, Logger())  # type: ignore[arg-type]
+    assert _pdbs(api)[0]["spec"]["maxUnavailable"] == 2
+    # Turned off: deleted, once.
+    off = _spec(disruptionBudget={"enabled": False})
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]
+    assert [(v, k) for v, k, *_ in api.writes] == [("delete", "PodDisruptionBudget")]
+    assert _pdbs(api) == [] and events[-1] == "Deleted"
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]
+    assert api.writes == []
+
+
+def test_a_disruption_budget_the_resource_does_not_own_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
+    api = MemoryApiServer(defaulting=True)
+    theirs = manifests.disruption_budget(manifests.Owner("chat", "prod", "someone-else"), _spec())
+    api.put(theirs)
+    off = _spec(disruptionBudget={"enabled": False})
+    reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]
+    assert len(_pdbs(api)) == 1 and "delete" not in {v for v, *_ in api.writes}

@@ -40,6 +40,7 @@ def _all_objects(spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
         manifests.secret(OWNER, spec, "t0ken"),
         manifests.configmap(OWNER, spec, manifests.policy_from_spec(spec, 1)),
         manifests.servicemonitor(OWNER, spec),
+        manifests.disruption_budget(OWNER, spec),
     ]
 
 
@@ -278,8 +279,25 @@ def test_objects_pass_the_kubernetes_schemas(gpu: int) -> None:
                             "tolerations": [{"key": "k", "operator": "Equal", "value": "v"}]},
                  model={"target": "m", "draft": "d", "pvc": {"claimName": "w"}},
                  profile={"configMap": {"name": "p"}}, pod=POD)
-    for obj in _all_objects(spec)[:4]:  # ServiceMonitor is a CRD, not in Kubernetes' schemas
-        kubernetes_validate.validate(obj, "1.32", strict=True)
+    for obj in _all_objects(spec):
+        if obj["kind"] != "ServiceMonitor":  # a CRD, not in Kubernetes' schemas
+            kubernetes_validate.validate(obj, "1.32", strict=True)
+
+
+def test_the_disruption_budget_covers_the_engine_pods() -> None:
+    pdb = manifests.disruption_budget(OWNER, _spec())
+    assert pdb["apiVersion"] == "policy/v1" and pdb["metadata"]["name"] == "chat"
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": manifests.selector_labels(OWNER)},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    dep = manifests.deployment(OWNER, _spec())
+    assert dep["spec"]["selector"] == pdb["spec"]["selector"]
+    zero = manifests.disruption_budget(OWNER, _spec(disruptionBudget={"maxUnavailable": 0}))
+    assert zero["spec"]["maxUnavailable"] == 0
+    assert manifests.owned_by(pdb, OWNER)
+    assert not manifests.owned_by(pdb, manifests.Owner("chat", "prod", "other-uid"))
 
 
 def test_image_tag() -> None:
