@@ -8,8 +8,9 @@ Change a value here and every side follows; the wire values are also pinned by t
 Environment variables (one constant each below; who writes them, who reads them):
 
     variable                         written by                          read by
-    SPECSERVE_CONTROL_TOKEN          operator manifests (Secret ref),    engine scheduler
-                                     profiler, tests
+    SPECSERVE_CONTROL_TOKEN_FILE     operator manifests (Secret mount)   engine scheduler
+    SPECSERVE_CONTROL_TOKEN          user (`specserve serve`), profiler, engine scheduler (when
+                                     tests                               no token file is set)
     SPECSERVE_POLICY_FILE            operator manifests (ConfigMap       engine scheduler
                                      mount), serving.engine_env
     SPECSERVE_PROFILE_FILE           operator manifests (profile mount), engine scheduler
@@ -128,11 +129,16 @@ PROFILE_KEY = "profile.json"  # default key of spec.profile.configMap
 # `specserve profile` writes here inside the model folder; `specserve serve` finds it there.
 PROFILE_FILENAME = "specserve-profile.json"
 TOKEN_KEY = "token"  # the Secret key of the control token
+# The control-token Secret, mounted as a directory (never with subPath: the kubelet then stops
+# updating it), so a recreated Secret reaches running pods.
+CONTROL_TOKEN_DIR = "/etc/specserve/control"
+CONTROL_TOKEN_FILE = f"{CONTROL_TOKEN_DIR}/{TOKEN_KEY}"
 
 # ------------------------------------------------------------------- environment variables
 # See the table in the module docstring.
 
 ENV_CONTROL_TOKEN = "SPECSERVE_CONTROL_TOKEN"
+ENV_CONTROL_TOKEN_FILE = "SPECSERVE_CONTROL_TOKEN_FILE"
 ENV_POLICY_FILE = "SPECSERVE_POLICY_FILE"
 ENV_PROFILE_FILE = "SPECSERVE_PROFILE_FILE"
 ENV_MODE = "SPECSERVE_MODE"

@@ -6,7 +6,8 @@ object can be checked in plain unit tests. `handlers.py` sends these dicts to th
 Objects owned by a SpecServeDeployment NAME (all carry an owner reference to it):
     Deployment      NAME              engine pods running `specserve serve`
     Service         NAME              OpenAI port 8000 (`http`) and control port 8001 (`control`)
-    Secret          NAME-control      the control-port bearer token (created once, never updated)
+    Secret          NAME-control      the control-port bearer token (created once, never updated;
+                                      mounted in the pods as a file, re-read when it changes)
     ConfigMap       NAME-policy       policy.json: the current speculation policy
     ServiceMonitor  NAME              only when the Prometheus Operator's CRD exists
     PodDisruptionBudget NAME          unless spec.disruptionBudget.enabled is false
@@ -27,7 +28,9 @@ from specserve_contract import (
     API_VERSION,
     CONTROL_PORT,
     CONTROL_PORT_NAME,
-    ENV_CONTROL_TOKEN,
+    CONTROL_TOKEN_DIR,
+    CONTROL_TOKEN_FILE,
+    ENV_CONTROL_TOKEN_FILE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
     HEALTH_PATH,
@@ -312,11 +315,10 @@ def _dump(model: Any) -> Any:
 
 
 def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
+    # The token as a file (the Secret's volume), not an env var: a Secret deleted and
+    # recreated with a new token then reaches running pods (the engine re-reads the file).
     env: list[dict[str, Any]] = [
-        {
-            "name": ENV_CONTROL_TOKEN,
-            "valueFrom": {"secretKeyRef": {"name": secret_name(owner), "key": TOKEN_KEY}},
-        },
+        {"name": ENV_CONTROL_TOKEN_FILE, "value": CONTROL_TOKEN_FILE},
         {"name": ENV_POLICY_FILE, "value": POLICY_FILE},
     ]
     cm = spec.profile.config_map
@@ -394,6 +396,8 @@ def deployment(
     served_name = spec.model.served_name or owner.name
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
+        # The whole folder, never a subPath (the kubelet does not update subPath mounts).
+        {"name": "control-token", "mountPath": CONTROL_TOKEN_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": SHM_DIR},
     ]
     volumes: list[dict[str, Any]] = [
@@ -401,6 +405,11 @@ def deployment(
             "name": "policy",
             "configMap": {"name": configmap_name(owner), "items": [
                 {"key": POLICY_KEY, "path": POLICY_KEY}]},
+        },
+        {
+            "name": "control-token",
+            "secret": {"secretName": secret_name(owner), "items": [
+                {"key": TOKEN_KEY, "path": TOKEN_KEY}]},
         },
         # vLLM (PyTorch) workers exchange tensors through shared memory.
         {"name": "dshm", "emptyDir": _shm(spec)},

@@ -21,7 +21,9 @@ from pydantic.alias_generators import to_camel
 
 from specserve_contract import (
     API_VERSION,
+    CONTROL_TOKEN_DIR,
     ENV_CONTROL_TOKEN,
+    ENV_CONTROL_TOKEN_FILE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
     K_LIMIT,
@@ -332,12 +334,14 @@ class ResourcesSpec(SpecServeModel):
 # Names in the engine pod the operator owns (manifests.deployment): volume -> mount path.
 OPERATOR_VOLUMES: dict[str, str] = {
     "policy": POLICY_DIR,
+    "control-token": CONTROL_TOKEN_DIR,
     "dshm": SHM_DIR,
     "models": MODELS_MOUNT,
     "profile": PROFILE_DIR,
 }
 # Environment variables the operator sets on the engine container.
-OPERATOR_ENV = (ENV_CONTROL_TOKEN, ENV_POLICY_FILE, ENV_PROFILE_FILE)
+# (SPECSERVE_CONTROL_TOKEN is not set, but refused too: the token file would win over it.)
+OPERATOR_ENV = (ENV_CONTROL_TOKEN_FILE, ENV_CONTROL_TOKEN, ENV_POLICY_FILE, ENV_PROFILE_FILE)
 # Pod labels the operator sets: the first two select the pods (the Deployment, the Service,
 # the gateway and the SLO loop find them by these), the others are the recommended labels.
 OPERATOR_LABELS = (LABEL_NAME, LABEL_INSTANCE, LABEL_COMPONENT, LABEL_PART_OF, LABEL_MANAGED_BY,

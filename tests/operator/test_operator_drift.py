@@ -369,6 +369,10 @@ def test_a_second_reconcile_pass_patches_nothing(
     assert api.writes == []
 
 
+def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(item for item in items if item["name"] == name)
+
+
 def test_a_pod_template_edit_is_drift() -> None:
     """A removed volume, an edited env var, an other shm size, a lost priority class or
     affinity: each reads as drift (and is patched back)."""
@@ -376,9 +380,9 @@ def test_a_pod_template_edit_is_drift() -> None:
     wanted = manifests.patch_for(desired)
     edits = [
         lambda pod: pod["volumes"].pop(),
-        lambda pod: pod["containers"][0]["env"][2]["valueFrom"]["secretKeyRef"].update(
-            key="other"),
-        lambda pod: pod["volumes"][1]["emptyDir"].update(sizeLimit="4Gi"),
+        lambda pod: _named(pod["containers"][0]["env"], "HF_TOKEN")["valueFrom"][
+            "secretKeyRef"].update(key="other"),
+        lambda pod: _named(pod["volumes"], "dshm")["emptyDir"].update(sizeLimit="4Gi"),
         lambda pod: pod.pop("priorityClassName"),
         lambda pod: pod["affinity"].pop("nodeAffinity"),
     ]

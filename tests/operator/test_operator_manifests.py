@@ -59,18 +59,23 @@ def test_engine_container_runs_specserve_serve() -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "control": 8001}
 
 
-def test_engine_env_token_from_secret_and_policy_file_mounted() -> None:
+def test_engine_token_and_policy_are_mounted_files() -> None:
+    """The token is a file from the Secret's volume (mounted as a folder, so the kubelet updates
+    it when the Secret is recreated), not an env var a running pod could never see change."""
     dep = manifests.deployment(OWNER, _spec())
     c = _container(dep)
     env = {e["name"]: e for e in c["env"]}
-    ref = env["SPECSERVE_CONTROL_TOKEN"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "chat-control", "key": "token"}
-    assert "value" not in env["SPECSERVE_CONTROL_TOKEN"]
+    assert "SPECSERVE_CONTROL_TOKEN" not in env
+    assert env["SPECSERVE_CONTROL_TOKEN_FILE"]["value"] == "/etc/specserve/control/token"
     assert env["SPECSERVE_POLICY_FILE"]["value"] == "/etc/specserve/policy/policy.json"
-    mounts = {v["name"]: v["mountPath"] for v in c["volumeMounts"]}
-    assert mounts["policy"] == "/etc/specserve/policy"
+    mounts = {v["name"]: v for v in c["volumeMounts"]}
+    assert mounts["policy"]["mountPath"] == "/etc/specserve/policy"
+    assert mounts["control-token"] == {"name": "control-token", "readOnly": True,
+                                       "mountPath": "/etc/specserve/control"}  # no subPath
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["policy"]["configMap"]["name"] == "chat-policy"
+    assert volumes["control-token"]["secret"] == {
+        "secretName": "chat-control", "items": [{"key": "token", "path": "token"}]}
 
 
 def test_probes_hit_the_engine_health_endpoint() -> None:
