@@ -8,8 +8,9 @@ Change a value here and every side follows; the wire values are also pinned by t
 Environment variables (one constant each below; who writes them, who reads them):
 
     variable                         written by                          read by
-    SPECSERVE_CONTROL_TOKEN          operator manifests (Secret ref),    engine scheduler
-                                     profiler, tests
+    SPECSERVE_CONTROL_TOKEN_FILE     operator manifests (Secret mount)   engine scheduler
+    SPECSERVE_CONTROL_TOKEN          user (`specserve serve`), profiler, engine scheduler (when
+                                     tests                               no token file is set)
     SPECSERVE_POLICY_FILE            operator manifests (ConfigMap       engine scheduler
                                      mount), serving.engine_env
     SPECSERVE_PROFILE_FILE           operator manifests (profile mount), engine scheduler
@@ -94,6 +95,11 @@ def servicemonitor_name(name: str) -> str:
     return name
 
 
+def disruption_budget_name(name: str) -> str:
+    """The PodDisruptionBudget of the engine pods."""
+    return name
+
+
 def selector_labels(name: str) -> dict[str, str]:
     """Labels that select the engine pods of one resource (immutable in a Deployment)."""
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
@@ -137,6 +143,7 @@ METRICS_PATH = "/metrics"
 HEALTH_PATH = "/health"
 
 MODELS_MOUNT = "/models"  # a PVC with weights; relative model paths resolve under it
+SHM_DIR = "/dev/shm"  # a memory-backed emptyDir: vLLM's workers exchange tensors through it
 POLICY_DIR = "/etc/specserve/policy"
 POLICY_KEY = "policy.json"  # the ConfigMap key, also the file name in POLICY_DIR
 POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"
@@ -145,11 +152,16 @@ PROFILE_KEY = "profile.json"  # default key of spec.profile.configMap
 # `specserve profile` writes here inside the model folder; `specserve serve` finds it there.
 PROFILE_FILENAME = "specserve-profile.json"
 TOKEN_KEY = "token"  # the Secret key of the control token
+# The control-token Secret, mounted as a directory (never with subPath: the kubelet then stops
+# updating it), so a recreated Secret reaches running pods.
+CONTROL_TOKEN_DIR = "/etc/specserve/control"
+CONTROL_TOKEN_FILE = f"{CONTROL_TOKEN_DIR}/{TOKEN_KEY}"
 
 # ------------------------------------------------------------------- environment variables
 # See the table in the module docstring.
 
 ENV_CONTROL_TOKEN = "SPECSERVE_CONTROL_TOKEN"
+ENV_CONTROL_TOKEN_FILE = "SPECSERVE_CONTROL_TOKEN_FILE"
 ENV_POLICY_FILE = "SPECSERVE_POLICY_FILE"
 ENV_PROFILE_FILE = "SPECSERVE_PROFILE_FILE"
 ENV_MODE = "SPECSERVE_MODE"

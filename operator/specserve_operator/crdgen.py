@@ -59,6 +59,11 @@ SCALE = {
     "labelSelectorPath": ".status.selector",
 }
 
+# Without it the API server prunes every field the schema does not list (what it stores is
+# then not what was applied); only on objects whose full schema would be most of the CRD.
+PRESERVE = "x-kubernetes-preserve-unknown-fields"
+
+
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     """Inline every $ref (CRD schemas cannot reference)."""
     if isinstance(node, list):
@@ -85,6 +90,11 @@ def _convert(node: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
         merged.update(node)
         merged["nullable"] = True
         node = merged
+    if node.get(PRESERVE):
+        # A pass-through Kubernetes object (pod affinity, volumes): opaque to the API server,
+        # which keeps it as sent; the operator validates it with the official client's models.
+        keep = ("description", "nullable", PRESERVE)
+        return {"type": "object", **{k: node[k] for k in keep if k in node}}
     node.pop("title", None)
     if node.get("additionalProperties") is False:
         node.pop("additionalProperties")

@@ -16,7 +16,7 @@ from kubernetes import client, config
 
 from specserve_contract import API_VERSION, GROUP, KIND, PLURAL
 from specserve_operator import metrics
-from specserve_operator.manifests import SERVICEMONITOR_API
+from specserve_operator.manifests import PDB_API, SERVICEMONITOR_API
 
 # (apiVersion, kind) -> plural, for every kind the operator touches.
 PLURALS: dict[tuple[str, str], str] = {
@@ -25,6 +25,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("v1", "ConfigMap"): "configmaps",
     (SERVICEMONITOR_API, "ServiceMonitor"): "servicemonitors",
+    (PDB_API, "PodDisruptionBudget"): "poddisruptionbudgets",
     (API_VERSION, KIND): PLURAL,
 }
 
@@ -44,6 +45,8 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     *((verb, "", "configmaps") for verb in ("get", "create", "patch")),
     ("get", "", "secrets"), ("create", "", "secrets"),  # the token: made once, never patched
     *((verb, "monitoring.coreos.com", "servicemonitors") for verb in ("get", "create", "patch")),
+    # The one delete: the PodDisruptionBudget of a resource whose spec turned it off.
+    *((verb, "policy", "poddisruptionbudgets") for verb in ("get", "create", "patch", "delete")),
     # write_status (and reconcile, before it undoes a scale) reads the resource; status patches.
     # No spec patch: the operator never writes the spec (the SLO loop scales the Deployment).
     ("get", GROUP, PLURAL), ("patch", GROUP, f"{PLURAL}/status"),

@@ -6,9 +6,11 @@ object can be checked in plain unit tests. `handlers.py` sends these dicts to th
 Objects owned by a SpecServeDeployment NAME (all carry an owner reference to it):
     Deployment      NAME              engine pods running `specserve serve`
     Service         NAME              OpenAI port 8000 (`http`) and control port 8001 (`control`)
-    Secret          NAME-control      the control-port bearer token (created once, never updated)
+    Secret          NAME-control      the control-port bearer token (created once, never updated;
+                                      mounted in the pods as a file, re-read when it changes)
     ConfigMap       NAME-policy       policy.json: the current speculation policy
     ServiceMonitor  NAME              only when the Prometheus Operator's CRD exists
+    PodDisruptionBudget NAME          unless spec.disruptionBudget.enabled is false
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from specserve_contract import (
     API_VERSION,
     CONTROL_PORT,
     CONTROL_PORT_NAME,
-    ENV_CONTROL_TOKEN,
+    CONTROL_TOKEN_DIR,
+    CONTROL_TOKEN_FILE,
+    ENV_CONTROL_TOKEN_FILE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
     HEALTH_PATH,
@@ -47,6 +51,7 @@ from specserve_contract import (
     POLICY_FILE,
     POLICY_KEY,
     PROFILE_DIR,
+    SHM_DIR,
     TINY,
     TOKEN_KEY,
 )
@@ -55,6 +60,7 @@ from specserve_operator.spec import SpecServeDeploymentSpec
 
 ENGINE_CONTAINER = "engine"
 SERVICEMONITOR_API = "monitoring.coreos.com/v1"
+PDB_API = "policy/v1"
 
 # Fields of the policy that come from the spec; the rest (fitted model parameters) belong to the
 # tuning loop and survive spec changes. See `merge_policy`.
@@ -94,6 +100,10 @@ def configmap_name(owner: Owner) -> str:
 
 def servicemonitor_name(owner: Owner) -> str:
     return contract.servicemonitor_name(owner.name)
+
+
+def disruption_budget_name(owner: Owner) -> str:
+    return contract.disruption_budget_name(owner.name)
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
@@ -263,8 +273,11 @@ def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
         requests["cpu"] = limits["cpu"] = r.cpu
     if r.memory:
         requests["memory"] = limits["memory"] = r.memory
+    if r.ephemeral_storage:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = r.ephemeral_storage
     if r.gpu:
-        limits["nvidia.com/gpu"] = str(r.gpu)
+        # Extended resources take a limit only (the request defaults to it, and may not differ).
+        limits[r.gpu_resource_name] = str(r.gpu)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -273,19 +286,47 @@ def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
     return out
 
 
+# Keys whose value is a map (Go `map[string]string` with omitempty): an empty one is dropped by
+# the API server. Elsewhere `{}` means something (emptyDir: {}, labelSelector: {} = all pods).
+_MAP_FIELDS = frozenset({"matchLabels", "volumeAttributes", "options", "labels", "annotations"})
+
+
+def omitempty(value: Any) -> Any:
+    """A pass-through Kubernetes object as the API server stores it: without the empty strings,
+    false booleans, empty lists and empty maps its JSON encoding omits (`omitempty`; each
+    means the same as the field absent). Sending them would read as drift on every pass."""
+    if isinstance(value, list):
+        return [omitempty(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        item = omitempty(item)
+        if item is None or item is False or item == "" or item == [] or (
+                item == {} and key in _MAP_FIELDS):
+            continue
+        out[key] = item
+    return out
+
+
+def _dump(model: Any) -> Any:
+    """A spec model (ours or the official client's) as the Kubernetes JSON it stands for."""
+    return omitempty(model.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                      exclude_unset=True))
+
+
 def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
+    # The token as a file (the Secret's volume), not an env var: a Secret deleted and
+    # recreated with a new token then reaches running pods (the engine re-reads the file).
     env: list[dict[str, Any]] = [
-        {
-            "name": ENV_CONTROL_TOKEN,
-            "valueFrom": {"secretKeyRef": {"name": secret_name(owner), "key": TOKEN_KEY}},
-        },
+        {"name": ENV_CONTROL_TOKEN_FILE, "value": CONTROL_TOKEN_FILE},
         {"name": ENV_POLICY_FILE, "value": POLICY_FILE},
     ]
     cm = spec.profile.config_map
     if cm is not None:
         env.append({"name": ENV_PROFILE_FILE, "value": f"{PROFILE_DIR}/{cm.key}"})
     # Without one the engine uses the profile cached next to the model, else its timing prior.
-    return env
+    return env + [_dump(var) for var in spec.pod.env]
 
 
 # Probe timings (seconds). Loading weights (and compiling) can take many minutes: the startup
@@ -348,6 +389,24 @@ def deployment_replicas(spec: SpecServeDeploymentSpec, status: Mapping[str, Any]
     return spec.replicas.initial
 
 
+def _shm(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """/dev/shm: memory-backed, so its pages count against the memory limit; without
+    resources.shmSize it may grow to that limit (or to the node's memory without one)."""
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if spec.resources.shm_size:
+        shm["sizeLimit"] = spec.resources.shm_size
+    return shm
+
+
+def _pod_metadata(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """The pod's labels (the operator's after the user's: they select the pods, and the spec
+    refuses a user label of the same key anyway) and annotations."""
+    meta: dict[str, Any] = {"labels": {**spec.pod.labels, **labels(owner, spec, "engine")}}
+    if spec.pod.annotations:
+        meta["annotations"] = dict(spec.pod.annotations)
+    return meta
+
+
 def deployment(
     owner: Owner, spec: SpecServeDeploymentSpec, replicas: int | None = None
 ) -> dict[str, Any]:
@@ -356,7 +415,9 @@ def deployment(
     served_name = spec.model.served_name or owner.name
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        # The whole folder, never a subPath (the kubelet does not update subPath mounts).
+        {"name": "control-token", "mountPath": CONTROL_TOKEN_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": SHM_DIR},
     ]
     volumes: list[dict[str, Any]] = [
         {
@@ -364,8 +425,13 @@ def deployment(
             "configMap": {"name": configmap_name(owner), "items": [
                 {"key": POLICY_KEY, "path": POLICY_KEY}]},
         },
+        {
+            "name": "control-token",
+            "secret": {"secretName": secret_name(owner), "items": [
+                {"key": TOKEN_KEY, "path": TOKEN_KEY}]},
+        },
         # vLLM (PyTorch) workers exchange tensors through shared memory.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "emptyDir": _shm(spec)},
     ]
     if spec.model.pvc is not None:
         mount: dict[str, Any] = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
@@ -379,6 +445,9 @@ def deployment(
     if spec.profile.config_map is not None:
         mounts.append({"name": "profile", "mountPath": PROFILE_DIR, "readOnly": True})
         volumes.append({"name": "profile", "configMap": {"name": spec.profile.config_map.name}})
+    pod = spec.pod
+    volumes += [_dump(v) for v in pod.volumes]
+    mounts += [_dump(m) for m in pod.volume_mounts]
 
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
@@ -391,6 +460,7 @@ def deployment(
             {"name": CONTROL_PORT_NAME, "containerPort": CONTROL_PORT, "protocol": "TCP"},
         ],
         "env": _env(owner, spec),
+        **({"envFrom": [_dump(e) for e in pod.env_from]} if pod.env_from else {}),
         "resources": _resources(spec),
         "startupProbe": _probe(STARTUP_PROBE),
         "readinessProbe": _probe(READINESS_PROBE),
@@ -403,6 +473,14 @@ def deployment(
         "volumes": volumes,
         "terminationGracePeriodSeconds": 60,
     }
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [_dump(s) for s in pod.image_pull_secrets]
+    if pod.priority_class_name:
+        pod_spec["priorityClassName"] = pod.priority_class_name
+    if pod.runtime_class_name:
+        pod_spec["runtimeClassName"] = pod.runtime_class_name
+    if pod.affinity is not None and _dump(pod.affinity):
+        pod_spec["affinity"] = _dump(pod.affinity)
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
@@ -422,7 +500,7 @@ def deployment(
             "strategy": deployment_strategy(spec),
             "progressDeadlineSeconds": progress_deadline_s(),
             "template": {
-                "metadata": {"labels": labels(owner, spec, "engine")},
+                "metadata": _pod_metadata(owner, spec),
                 "spec": pod_spec,
             },
         },
@@ -496,6 +574,33 @@ def servicemonitor(owner: Owner, spec: SpecServeDeploymentSpec,
     }
 
 
+def disruption_budget(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """The engine pods' PodDisruptionBudget (see `spec.DisruptionBudgetSpec`).
+
+    unhealthyPodEvictionPolicy AlwaysAllow: a pod that runs but is not Ready (still loading,
+    or crash-looping) may always be evicted. With the default (IfHealthyBudget) such pods are
+    evictable only while the budget holds, so two broken pods of three would block a drain;
+    they serve nothing, so evicting them costs nothing. (Beta and on since Kubernetes 1.27, GA
+    in 1.31; an older API server drops the field, which would read as drift.)
+    """
+    return {
+        "apiVersion": PDB_API,
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, spec, disruption_budget_name(owner), "engine"),
+        "spec": {
+            "maxUnavailable": spec.disruption_budget.max_unavailable,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def owned_by(obj: dict[str, Any] | None, owner: Owner) -> bool:
+    """Is `obj` one of `owner`'s children (its controller reference names the owner's uid)?"""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in refs)
+
+
 # ------------------------------------------------------------------------------------ status
 
 
@@ -524,6 +629,9 @@ def slo_summary(spec: SpecServeDeploymentSpec, attainment: float | None = None) 
 # their values in canonical form (cpu "1.5" -> "1500m", "1000m" -> "1", memory "0.5Gi" ->
 # "512Mi", "1000" -> "1k"), so they are compared by value, never by text.
 QUANTITY_MAPS = ("requests", "limits")
+# Single quantities elsewhere in a pod template: emptyDir sizeLimit (the /dev/shm size, user
+# volumes) and a resourceFieldRef's divisor (env, downwardAPI volumes).
+QUANTITY_FIELDS = ("sizeLimit", "divisor")
 
 
 def same_quantity(desired: Any, actual: Any) -> bool:
@@ -542,7 +650,7 @@ def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
     The API server adds defaults (imagePullPolicy, protocol, terminationMessagePath, strategy,
     clusterIP, ...), so an object is up to date when every field we set has our value; extra
     fields are fine. Lists must match item by item (same length), each item compared the same
-    way. Resource quantities are compared as quantities (`QUANTITY_MAPS`).
+    way. Resource quantities are compared as quantities (`QUANTITY_MAPS`, `QUANTITY_FIELDS`).
     """
     if isinstance(desired, dict):
         if not isinstance(actual, dict):
@@ -550,7 +658,9 @@ def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
         if len(path) >= 2 and path[-2] == "resources" and path[-1] in QUANTITY_MAPS:
             return all(k in actual and same_quantity(v, actual[k]) for k, v in desired.items())
         return all(
-            k in actual and is_subset(v, actual[k], (*path, k)) for k, v in desired.items()
+            k in actual and (same_quantity(v, actual[k]) if k in QUANTITY_FIELDS
+                             else is_subset(v, actual[k], (*path, k)))
+            for k, v in desired.items()
         )
     if isinstance(desired, list):
         if not isinstance(actual, list) or len(desired) != len(actual):

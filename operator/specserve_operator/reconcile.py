@@ -30,6 +30,7 @@ from specserve_operator.kube_client import (
     precondition,
 )
 from specserve_operator.manifests import (
+    PDB_API,
     SERVICEMONITOR_API,
     Owner,
     configmap,
@@ -37,8 +38,11 @@ from specserve_operator.manifests import (
     deployment,
     deployment_name,
     deployment_replicas,
+    disruption_budget,
+    disruption_budget_name,
     is_subset,
     merge_policy,
+    owned_by,
     parse_policy,
     patch_for,
     secret,
@@ -155,6 +159,22 @@ def engine_replicas(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec
     return replicas if fresh is None else deployment_replicas(spec, fresh.get("status"))
 
 
+def _ensure_disruption_budget(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
+                              body: Any, logger: Any) -> None:
+    """Create or repair the PodDisruptionBudget; with spec.disruptionBudget.enabled false,
+    delete the one this resource owns (the operator's only delete: a budget left behind would
+    keep limiting drains). One of the same name that it does not own is left alone."""
+    name = disruption_budget_name(owner)
+    current = api.get(PDB_API, "PodDisruptionBudget", owner.namespace, name)
+    if spec.disruption_budget.enabled:
+        ensure(api, disruption_budget(owner, spec), current, body, logger)
+    elif current is not None and owned_by(current, owner):
+        api.delete(PDB_API, "PodDisruptionBudget", owner.namespace, name)
+        kopf.event(body, type="Normal", reason="Deleted",
+                   message=f"deleted PodDisruptionBudget {name} (disruptionBudget.enabled: false)")
+        logger.info(f"deleted PodDisruptionBudget {name}")
+
+
 def reconcile_children(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
     manage_monitors: bool = True, monitor_labels: Mapping[str, str] | None = None,
@@ -171,6 +191,7 @@ def reconcile_children(
     dep = ensure(api, deployment(owner, spec, replicas), current, body, logger)
     current = api.get("v1", "Service", owner.namespace, service_name(owner))
     ensure(api, service(owner, spec), current, body, logger)
+    _ensure_disruption_budget(api, owner, spec, body, logger)
     if manage_monitors and spec.metrics.service_monitor:
         _ensure_servicemonitor(api, owner, spec, body, logger, monitor_labels)
     return dep, version

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+from kubernetes.client import V1Affinity, V1Volume
+from kubernetes.utils.quantity import parse_quantity
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -38,11 +40,26 @@ from pydantic.alias_generators import to_camel
 from specserve_contract import (
     API_VERSION,
     AUTOSCALING_MODES,
+    CONTROL_TOKEN_DIR,
+    ENV_CONTROL_TOKEN,
+    ENV_CONTROL_TOKEN_FILE,
+    ENV_POLICY_FILE,
+    ENV_PROFILE_FILE,
     K_LIMIT,
     KIND,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    LABEL_VERSION,
+    MODELS_MOUNT,
     NO_DRAFT,
     OPERATOR_MODES,
+    POLICY_DIR,
+    PROFILE_DIR,
     PROFILE_KEY,
+    SHM_DIR,
     TINY,
 )
 
@@ -52,6 +69,22 @@ DEFAULT_IMAGE = "specserve/engine:0.1.0"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DURATION = r"^[0-9]+(ms|s|m|h)$"
+# Kubernetes names (apimachinery validation): a DNS-1123 label, a label value, a qualified name
+# (label and annotation keys: an optional DNS-subdomain prefix and `/`, then a name part).
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+# An extended resource: domain-prefixed (nvidia.com/gpu, nvidia.com/mig-1g.10gb, amd.com/gpu).
+EXTENDED_RESOURCE = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+# Environment variable names as Kubernetes validates them (before 1.30's relaxed rule).
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Flags of `vllm serve` that SpecServe sets itself; passing them again would contradict the spec.
 RESERVED_VLLM_FLAGS = (
     "--model",
@@ -275,6 +308,25 @@ EXISTS_WITH_VALUE = "a toleration with operator Exists must not set value"
 SECONDS_WITHOUT_NOEXECUTE = "tolerationSeconds only applies to effect NoExecute"
 
 
+# Voluntary disruptions (node drains, cluster-autoscaler scale-down, upgrades) evict engine pods
+# through the Eviction API, which honours a PodDisruptionBudget. maxUnavailable 1 lets a drain
+# take one engine pod at a time, waiting for its replacement to be Ready (minutes: it loads the
+# model) before the next; with replicas 1 a drain still proceeds (an outage while the pod
+# moves) instead of blocking the node forever, as minAvailable 1 would. maxUnavailable 0 blocks
+# every voluntary eviction: for pods that must never move, at the price of manual drains.
+class DisruptionBudgetSpec(SpecServeModel):
+    """The engine pods' PodDisruptionBudget (policy/v1): how many a node drain may evict."""
+
+    enabled: bool = Field(
+        default=True, description="Create the PodDisruptionBudget (false: none; an existing one "
+        "the operator made is deleted).",
+    )
+    max_unavailable: int = Field(
+        default=1, ge=0, le=1000,
+        description="Engine pods voluntary disruptions may take down at once (0 blocks drains).",
+    )
+
+
 class Toleration(SpecServeModel):
     """A pod toleration (the subset of core/v1 Toleration SpecServe passes through)."""
 
@@ -303,7 +355,10 @@ class Toleration(SpecServeModel):
 class ResourcesSpec(SpecServeModel):
     """Compute for each engine pod."""
 
-    gpu: int = Field(default=0, ge=0, le=16, description="NVIDIA GPUs per pod (0 = CPU).")
+    gpu: int = Field(
+        default=0, ge=0, le=16,
+        description="GPUs (or MIG slices) per pod, as the limit `gpuResourceName` (0 = CPU).",
+    )
     cpu: str | None = Field(
         default=None, pattern=QUANTITY, description="CPU request and limit, e.g. `4` or `500m`."
     )
@@ -314,6 +369,273 @@ class ResourcesSpec(SpecServeModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Pod tolerations."
     )
+    gpu_resource_name: str = Field(
+        default=DEFAULT_GPU_RESOURCE, max_length=253, pattern=EXTENDED_RESOURCE,
+        description="The extended resource `gpu` counts: nvidia.com/gpu, a MIG profile "
+        "(nvidia.com/mig-1g.10gb), amd.com/gpu, ...",
+    )
+    ephemeral_storage: str | None = Field(
+        default=None, pattern=QUANTITY,
+        description="ephemeral-storage request and limit, e.g. `50Gi` (weights downloaded into "
+        "the container's filesystem count against it).",
+    )
+    shm_size: str | None = Field(
+        default=None, pattern=QUANTITY,
+        description="sizeLimit of the memory-backed /dev/shm (default: none, bounded by the "
+        "memory limit); tensor parallel needs several GiB.",
+    )
+
+    @model_validator(mode="after")
+    def _shm_fits(self) -> ResourcesSpec:
+        if self.shm_size and self.memory and parse_quantity(self.shm_size) > parse_quantity(
+                self.memory):
+            raise ValueError(
+                f"shmSize ({self.shm_size}) exceeds memory ({self.memory}): /dev/shm is memory "
+                "and counts against the pod's memory limit"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------- pod template
+# What the engine pod needs on real clusters beyond the model: credentials (HF_TOKEN for gated
+# models), a model-cache volume, scheduling. Names follow Kubernetes' own PodSpec and Container
+# (as KServe's predictor, which embeds a PodSpec, and KubeAI's Model `env`/`envFrom`/
+# `priorityClassName` do). Small types are modelled here, so the CRD schema describes them;
+# `affinity` and `volumes` are the official client's pydantic models (`kubernetes.client`), so
+# the operator checks every field and type of them, while the CRD keeps them opaque
+# (x-kubernetes-preserve-unknown-fields: their full schemas would be most of the CRD).
+
+# Names in the engine pod the operator owns (manifests.deployment): volume -> mount path.
+OPERATOR_VOLUMES: dict[str, str] = {
+    "policy": POLICY_DIR,
+    "control-token": CONTROL_TOKEN_DIR,
+    "dshm": SHM_DIR,
+    "models": MODELS_MOUNT,
+    "profile": PROFILE_DIR,
+}
+# Environment variables the operator sets on the engine container.
+# (SPECSERVE_CONTROL_TOKEN is not set, but refused too: the token file would win over it.)
+OPERATOR_ENV = (ENV_CONTROL_TOKEN_FILE, ENV_CONTROL_TOKEN, ENV_POLICY_FILE, ENV_PROFILE_FILE)
+# Pod labels the operator sets: the first two select the pods (the Deployment, the Service,
+# the gateway and the SLO loop find them by these), the others are the recommended labels.
+OPERATOR_LABELS = (LABEL_NAME, LABEL_INSTANCE, LABEL_COMPONENT, LABEL_PART_OF, LABEL_MANAGED_BY,
+                   LABEL_VERSION)
+
+
+class KeyRef(SpecServeModel):
+    """A key of a Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool | None = Field(default=None, description="Start the pod without it.")
+
+
+class FieldRef(SpecServeModel):
+    """A field of the pod (`metadata.name`, `status.podIP`, ...)."""
+
+    field_path: str = Field(min_length=1, max_length=256)
+    api_version: str | None = Field(default=None, max_length=64, description="Default v1.")
+
+
+class ResourceFieldRef(SpecServeModel):
+    """A resource of a container (`limits.memory`, `requests.cpu`, ...)."""
+
+    resource: str = Field(min_length=1, max_length=256)
+    container_name: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
+    divisor: str | None = Field(default=None, pattern=QUANTITY)
+
+
+class EnvVarSource(SpecServeModel):
+    """Where an environment variable's value comes from: exactly one of these."""
+
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+    field_ref: FieldRef | None = None
+    resource_field_ref: ResourceFieldRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvVarSource:
+        if sum(v is not None for _, v in self) != 1:
+            raise ValueError("valueFrom needs exactly one of secretKeyRef, configMapKeyRef, "
+                             "fieldRef, resourceFieldRef")
+        return self
+
+
+class EnvVar(SpecServeModel):
+    """An environment variable of the engine container (core/v1 EnvVar)."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME)
+    value: str | None = Field(default=None, max_length=32768)
+    value_from: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _value_or_ref(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set value or valueFrom, not both")
+        return self
+
+
+class SourceRef(SpecServeModel):
+    """A whole Secret or ConfigMap."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    optional: bool | None = None
+
+
+class EnvFromSource(SpecServeModel):
+    """Every key of a Secret or ConfigMap as environment variables (core/v1 EnvFromSource)."""
+
+    prefix: str | None = Field(default=None, max_length=256, pattern=ENV_NAME)
+    secret_ref: SourceRef | None = None
+    config_map_ref: SourceRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("envFrom needs exactly one of secretRef, configMapRef")
+        return self
+
+
+class LocalObjectReference(SpecServeModel):
+    """A Secret in the resource's namespace, by name."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class VolumeMount(SpecServeModel):
+    """Where the engine container mounts one of `pod.volumes` (core/v1 VolumeMount)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    mount_path: str = Field(min_length=2, max_length=4096, pattern=r"^/[^:]*$")
+    sub_path: str | None = Field(default=None, max_length=4096, pattern=r"^([^/].*)?$")
+    read_only: bool | None = None
+
+
+def _qualified_key_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if len(name) > 63 or len(prefix) > 253 or not QUALIFIED_NAME.match(key):
+        return (f"{key!r} is not a valid key: an optional DNS-subdomain prefix and '/', then "
+                "up to 63 characters [A-Za-z0-9-_.] starting and ending alphanumeric")
+    return None
+
+
+def _mount_problem(path: str) -> str | None:
+    """A path the operator mounts at (or one under it) would shadow the operator's volume."""
+    norm = path.rstrip("/")
+    for owned in OPERATOR_VOLUMES.values():
+        if norm == owned or norm.startswith(owned + "/"):
+            return f"mountPath {path} is the operator's ({owned})"
+    return None
+
+
+class PodSpec(SpecServeModel):
+    """The engine pod beyond model and compute: env, credentials, volumes, scheduling."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod labels (the operator's own are refused).")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Pod annotations.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128,
+        description="Engine container env, e.g. HF_TOKEN from a Secret (valueFrom.secretKeyRef).",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, max_length=16, description="Whole Secrets/ConfigMaps as env.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets to pull the engine image with.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="Pod PriorityClass.")
+    runtime_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="Pod RuntimeClass (e.g. `nvidia` where the GPU runtime is not the default).",
+    )
+    affinity: V1Affinity | None = Field(
+        default=None, description="Pod affinity (core/v1 Affinity; checked by the operator).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    volumes: list[V1Volume] = Field(
+        default_factory=list, max_length=32,
+        description="Extra pod volumes (core/v1 Volume, e.g. a model-cache PVC; checked by the "
+        "operator), mounted with volumeMounts.",
+        json_schema_extra={"items": {"type": "object",
+                                     "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=32,
+        description="Mounts of `volumes` in the engine container.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            problem = _qualified_key_problem(key)
+            if problem:
+                raise ValueError(problem)
+            if key in OPERATOR_LABELS:
+                raise ValueError(f"{key} is set by the operator (it selects or describes the "
+                                 "engine pods): leave it out")
+            if len(value) > 63 or not re.match(LABEL_VALUE, value):
+                raise ValueError(f"label {key}: {value!r} is not a valid label value (up to 63 "
+                                 "characters [A-Za-z0-9-_.], alphanumeric at both ends)")
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, annotations: dict[str, str]) -> dict[str, str]:
+        for key in annotations:
+            problem = _qualified_key_problem(key)
+            if problem:
+                raise ValueError(problem)
+        return annotations
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for var in env:
+            if var.name in OPERATOR_ENV:
+                raise ValueError(f"{var.name} is set by the operator")
+            if var.name in seen:
+                raise ValueError(f"env {var.name} is set twice")
+            seen.add(var.name)
+        return env
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, volumes: list[V1Volume]) -> list[V1Volume]:
+        seen: set[str] = set()
+        for volume in volumes:
+            if not re.match(DNS_LABEL, volume.name) or len(volume.name) > 63:
+                raise ValueError(f"volume name {volume.name!r} is not a DNS-1123 label")
+            if volume.name in OPERATOR_VOLUMES:
+                raise ValueError(f"volume name {volume.name} is the operator's")
+            if volume.name in seen:
+                raise ValueError(f"volume {volume.name} is listed twice")
+            seen.add(volume.name)
+            sources = [k for k in volume.model_fields_set if k != "name"
+                       and getattr(volume, k) is not None]
+            if len(sources) != 1:
+                raise ValueError(f"volume {volume.name} needs exactly one source (e.g. "
+                                 f"persistentVolumeClaim, emptyDir, secret), has {len(sources)}")
+            size = volume.empty_dir.size_limit if volume.empty_dir else None
+            if size is not None and not re.match(QUANTITY, size):
+                raise ValueError(f"volume {volume.name}: emptyDir.sizeLimit {size!r} is not a "
+                                 "quantity (e.g. 16Gi)")
+        return volumes
+
+    @model_validator(mode="after")
+    def _mounts(self) -> PodSpec:
+        names = {v.name for v in self.volumes}
+        paths: set[str] = set()
+        for mount in self.volume_mounts:
+            if mount.name not in names:
+                raise ValueError(f"volumeMounts: {mount.name} is not one of pod.volumes")
+            problem = _mount_problem(mount.mount_path)
+            if problem:
+                raise ValueError(f"volumeMounts: {problem}")
+            if mount.mount_path.rstrip("/") in paths:
+                raise ValueError(f"volumeMounts: {mount.mount_path} is mounted twice")
+            paths.add(mount.mount_path.rstrip("/"))
+        return self
 
 
 class ConfigMapKeyRef(SpecServeModel):
@@ -447,7 +769,9 @@ class SpecServeDeploymentSpec(SpecServeModel):
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    pod: PodSpec = Field(default_factory=PodSpec)
     image: str = Field(
         default=DEFAULT_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$",
         description="Engine container image.",

@@ -260,10 +260,11 @@ RESOURCES = {
     "Secret": ("", "secrets"),
     "ConfigMap": ("", "configmaps"),
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+    "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
 }
 # kopf: list/watch/patch the resource, patch its status, post events; the handlers read the
-# resource too. Children: get, create, patch (reconcile.py); never delete: the garbage collector
-# removes them through their owner references.
+# resource too. Children: get, create, patch (reconcile.py); never delete (the garbage collector
+# removes them through their owner references) but for a PodDisruptionBudget turned off.
 CHILD_VERBS = {"get", "create", "patch"}
 
 
@@ -287,7 +288,7 @@ def operator_objects() -> list[dict[str, Any]]:
     spec = s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}})
     return [m.deployment(owner, spec), m.service(owner, spec), m.secret(owner, spec, "t"),
             m.configmap(owner, spec, m.policy_from_spec(spec, 1)),
-            m.servicemonitor(owner, spec)]
+            m.servicemonitor(owner, spec), m.disruption_budget(owner, spec)]
 
 
 def finalizer_grants() -> dict[tuple[str, str], set[str]]:
@@ -336,8 +337,10 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
     for child in operator_children():
         if child[0] == "monitoring.coreos.com" and not service_monitors:
             continue
-        # The control token is created once and never patched.
-        want[child] = set(CHILD_VERBS) - ({"patch"} if child == ("", "secrets") else set())
+        # The control token is created once and never patched; the one child ever deleted is
+        # the PodDisruptionBudget of a resource whose spec turned it off.
+        want[child] = (set(CHILD_VERBS) - ({"patch"} if child == ("", "secrets") else set())
+                       | ({"delete"} if child == ("policy", "poddisruptionbudgets") else set()))
     assert want == code_grants(service_monitors), "the manifests and API_CALLS disagree"
     return want
 

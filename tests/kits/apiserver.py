@@ -11,8 +11,13 @@ Sources (Kubernetes 1.32):
                falling back to decimal below 1024 or for a fractional number of units.
   defaults     pkg/apis/apps/v1/defaults.go (SetDefaults_Deployment) and
                pkg/apis/core/v1/defaults.go (SetDefaults_PodSpec, _Container, _Probe,
-               _HTTPGetAction, _ConfigMapVolumeSource, _Service, _ServicePort, _Secret), plus
-               the Service IP allocator (clusterIP, ipFamilies, ipFamilyPolicy).
+               _HTTPGetAction, _Volume, _ConfigMapVolumeSource, _SecretVolumeSource,
+               _DownwardAPIVolumeSource, _ProjectedVolumeSource,
+               _ServiceAccountTokenProjection, _HostPathVolumeSource,
+               _PersistentVolumeClaimSpec, _ObjectFieldSelector, _ResourceList, _Service,
+               _ServicePort, _Secret), plus the Service IP allocator (clusterIP, ipFamilies,
+               ipFamilyPolicy). A resourceFieldRef's divisor is a Quantity value (not a
+               pointer): it reads back as "0" when unset, canonical otherwise.
   omitempty    Go's JSON encoding drops empty strings, false booleans, zero numbers and empty
                maps and lists of fields tagged `omitempty` that are not pointers: an operator
                that sends one reads back an object without it.
@@ -71,6 +76,62 @@ def _probe(probe: dict[str, Any]) -> None:
         probe["httpGet"].setdefault("scheme", "HTTP")
 
 
+# Fields of pod-template objects that are Go maps: an empty one is omitted like an empty list.
+_MAPS = {"matchLabels", "volumeAttributes", "options", "labels", "annotations"}
+
+
+def _omitempty(value: Any) -> Any:
+    """Go's encoding of a pass-through object: empty strings, false, empty lists and maps and
+    nulls of omitempty fields are not written back (empty structs behind pointers, `{}`, are:
+    `emptyDir: {}`, `labelSelector: {}`)."""
+    if isinstance(value, list):
+        return [_omitempty(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {k: _omitempty(v) for k, v in value.items()
+            if v is not None and v is not False and v != "" and v != []
+            and not (k in _MAPS and v == {})}
+
+
+def _field_refs(holder: dict[str, Any]) -> None:
+    """An env var's valueFrom or a downwardAPI item: fieldRef and resourceFieldRef defaults."""
+    if "fieldRef" in holder:
+        holder["fieldRef"].setdefault("apiVersion", "v1")
+    if "resourceFieldRef" in holder:
+        ref = holder["resourceFieldRef"]
+        ref["divisor"] = canonical_quantity(str(ref.get("divisor", "0")))
+
+
+def _downward_api(source: dict[str, Any]) -> None:
+    for item in source.get("items", []):
+        _field_refs(item)
+
+
+def _volume(v: dict[str, Any]) -> dict[str, Any]:
+    v = _omitempty(v)
+    if set(v) == {"name"}:
+        v["emptyDir"] = {}
+    if "emptyDir" in v and "sizeLimit" in v["emptyDir"]:
+        v["emptyDir"]["sizeLimit"] = canonical_quantity(str(v["emptyDir"]["sizeLimit"]))
+    for key in ("configMap", "secret", "downwardAPI", "projected"):
+        if key in v:
+            v[key].setdefault("defaultMode", 420)
+    if "downwardAPI" in v:
+        _downward_api(v["downwardAPI"])
+    for source in v.get("projected", {}).get("sources", []):
+        if "downwardAPI" in source:
+            _downward_api(source["downwardAPI"])
+        if "serviceAccountToken" in source:
+            source["serviceAccountToken"].setdefault("expirationSeconds", 3600)
+    if "hostPath" in v:
+        v["hostPath"].setdefault("type", "")
+    claim = v.get("ephemeral", {}).get("volumeClaimTemplate", {}).get("spec")
+    if claim is not None:
+        claim.setdefault("volumeMode", "Filesystem")
+        _canonical_resources(claim)
+    return v
+
+
 def _container(c: dict[str, Any]) -> None:
     image = c.get("image", "")
     tag = image.rsplit("/", 1)[-1].rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
@@ -83,6 +144,14 @@ def _container(c: dict[str, Any]) -> None:
         if name in c:
             _probe(c[name])
     _canonical_resources(c)
+    if "env" in c:
+        c["env"] = _omitempty(c["env"])
+        for var in c["env"]:
+            if "valueFrom" in var:
+                _field_refs(var["valueFrom"])
+    for key in ("envFrom", "volumeMounts"):
+        if key in c:
+            c[key] = _omitempty(c[key])
 
 
 def _omitempty_toleration(t: dict[str, Any]) -> dict[str, Any]:
@@ -97,11 +166,10 @@ def _pod_spec(pod: dict[str, Any]) -> None:
     pod.setdefault("schedulerName", "default-scheduler")
     for c in pod.get("containers", []):
         _container(c)
-    for v in pod.get("volumes", []):
-        if "configMap" in v:
-            v["configMap"].setdefault("defaultMode", 420)
-        if "secret" in v:
-            v["secret"].setdefault("defaultMode", 420)
+    if "volumes" in pod:
+        pod["volumes"] = [_volume(v) for v in pod["volumes"]]
+    if "affinity" in pod:
+        pod["affinity"] = _omitempty(pod["affinity"])
     if "tolerations" in pod:
         pod["tolerations"] = [_omitempty_toleration(t) for t in pod["tolerations"]]
     if not pod.get("nodeSelector", True):
@@ -162,7 +230,8 @@ def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
     fields we set): defaults filled in, quantities canonical, server metadata and status."""
     out = copy.deepcopy(obj)
     kind = out["kind"]
-    _server_metadata(out, generation=kind in ("Deployment", "ServiceMonitor"))
+    _server_metadata(out, generation=kind in ("Deployment", "ServiceMonitor",
+                                               "PodDisruptionBudget"))
     if kind == "Deployment":
         spec = out["spec"]
         spec.setdefault("replicas", 1)
@@ -196,6 +265,9 @@ def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
         out["status"] = {"loadBalancer": {}}
     elif kind == "Secret":
         out.setdefault("type", "Opaque")
+    elif kind == "PodDisruptionBudget":  # pkg/apis/policy/v1: no defaults; a status
+        out["status"] = {"observedGeneration": 1, "currentHealthy": 1, "desiredHealthy": 0,
+                         "disruptionsAllowed": 1, "expectedPods": 1}
     return out
 
 
@@ -207,7 +279,9 @@ class MemoryApiServer:
     which is where a test puts the concurrent writer that makes a read stale.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defaulting: bool = False) -> None:
+        # defaulting: store what a create or patch sends as a real server would (`as_stored`).
+        self.defaulting = defaulting
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.version = 100
         self.writes: list[tuple[str, str, str, dict[str, Any]]] = []  # (verb, kind, name, body)
@@ -236,7 +310,7 @@ class MemoryApiServer:
         self.writes.append(("create", obj["kind"], obj["metadata"]["name"], obj))
         if (obj["kind"], obj["metadata"]["name"]) in self.objects:
             raise KubeError(409, "POST", obj["kind"], "AlreadyExists")
-        return self.put(obj)
+        return self.put(as_stored(obj) if self.defaulting else obj)
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str,
               body: dict[str, Any], subresource: str = "") -> Any:
@@ -258,7 +332,12 @@ class MemoryApiServer:
             body = {k: v for k, v in body.items() if k != "status"}
         out = merge_patch(stored, body)
         out["metadata"].pop("resourceVersion", None)
-        return self.put(out)
+        return self.put(patched(stored, body) if self.defaulting and not subresource else out)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self._hook("delete", kind, name, {})
+        self.writes.append(("delete", kind, name, {}))
+        return self.objects.pop((kind, name), None) is not None
 
     def request(self, method: str, path: str, *_: Any) -> Any:
         return {"items": []}  # pod listings: no pods

@@ -27,6 +27,7 @@ SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 CONFIGMAPS = "v1/configmaps"
 SERVICEMONITORS = "monitoring.coreos.com/v1/servicemonitors"
+PDBS = "policy/v1/poddisruptionbudgets"
 
 
 class Emulator:

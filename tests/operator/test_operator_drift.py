@@ -12,7 +12,13 @@ from kubernetes.utils.quantity import parse_quantity
 
 from specserve_operator import manifests, reconcile
 from specserve_operator.spec import SpecServeDeploymentSpec, parse_spec
-from tests.kits.apiserver import Invalid, as_stored, canonical_quantity, patched
+from tests.kits.apiserver import (
+    Invalid,
+    MemoryApiServer,
+    as_stored,
+    canonical_quantity,
+    patched,
+)
 from tests.kits.malformed_specs import VALID
 
 OWNER = manifests.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
@@ -101,6 +107,63 @@ def test_quantities_are_compared_only_in_resource_maps() -> None:
                                    {"resources": {"limits": {"cpu": "not-a-quantity"}}})
 
 
+# Every pod-template field, in the forms a user writes and the API server rewrites: defaulted
+# fields left out (fieldRef apiVersion, divisor, defaultMode, hostPath type, volumeMode,
+# expirationSeconds), empty values it omits (readOnly: false, values: [], matchLabels: {}),
+# quantities it canonicalises (sizeLimit, divisor, storage).
+POD_TEMPLATE: dict[str, Any] = {
+    "labels": {"team": "search", "example.com/tier": "gold"},
+    "annotations": {"prometheus.io/scrape": "false", "example.com/note": ""},
+    "env": [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory",
+                                                           "divisor": "1024Ki"}}},
+        {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+        {"name": "EMPTY", "value": ""},
+        {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k",
+                                                          "optional": False}}},
+    ],
+    "envFrom": [{"secretRef": {"name": "s3-credentials"}},
+                {"prefix": "APP_", "configMapRef": {"name": "app", "optional": True}}],
+    "imagePullSecrets": [{"name": "regcred"}],
+    "priorityClassName": "inference-high",
+    "runtimeClassName": "nvidia",
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gpu", "operator": "Exists", "values": []}]}]}},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {}, "matchExpressions": [
+                    {"key": "app", "operator": "In", "values": ["x"]}]}}}]},
+    },
+    "volumes": [
+        {"name": "cache", "persistentVolumeClaim": {"claimName": "model-cache",
+                                                    "readOnly": False}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": "1.5Gi"}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "certs", "secret": {"secretName": "ca", "optional": False}},
+        {"name": "conf", "configMap": {"name": "conf", "items": [{"key": "a", "path": "a"}]}},
+        {"name": "info", "downwardAPI": {"items": [
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+            {"path": "mem", "resourceFieldRef": {"containerName": "engine",
+                                                 "resource": "limits.memory"}}]}},
+        {"name": "bundle", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "audience": "s3"}},
+            {"configMap": {"name": "conf"}}]}},
+        {"name": "host", "hostPath": {"path": "/var/cache/models"}},
+        {"name": "eph", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "0.5Ti"}}}}}},
+    ],
+    "volumeMounts": [
+        {"name": "cache", "mountPath": "/root/.cache/huggingface"},
+        {"name": "scratch", "mountPath": "/scratch", "readOnly": False},
+        {"name": "certs", "mountPath": "/etc/ssl/extra", "readOnly": True},
+        {"name": "conf", "mountPath": "/etc/app", "subPath": ""},
+    ],
+}
+
 SPECS: dict[str, dict[str, Any]] = {
     "cpu-tiny": {"model": {"target": "tiny", "draft": "tiny"}},
     "defaults": {},
@@ -111,6 +174,10 @@ SPECS: dict[str, dict[str, Any]] = {
                                           {"key": "spot", "operator": "Equal", "value": "",
                                            "effect": "NoExecute", "tolerationSeconds": 30}]},
             "replicas": {"min": 1, "max": 4, "initial": 2}},
+    "pod-template": {"resources": {"gpu": 2, "gpuResourceName": "nvidia.com/mig-3g.40gb",
+                                   "memory": "64Gi", "ephemeralStorage": "0.5Ti",
+                                   "shmSize": "0.5Gi"},
+                     "pod": POD_TEMPLATE},
     "pvc-profile": {"model": {"target": "llama", "draft": "llama-draft",
                               "pvc": {"claimName": "weights", "subPath": "hf"}},
                     "profile": {"configMap": {"name": "h100-profile"}},
@@ -127,7 +194,8 @@ def test_objects_as_the_api_server_returns_them_are_in_sync(name: str) -> None:
     body: dict[str, Any] = {}
     policy = manifests.policy_from_spec(spec, 1)
     children = (manifests.deployment(OWNER, spec), manifests.service(OWNER, spec),
-                manifests.configmap(OWNER, spec, policy), manifests.servicemonitor(OWNER, spec))
+                manifests.configmap(OWNER, spec, policy), manifests.servicemonitor(OWNER, spec),
+                manifests.disruption_budget(OWNER, spec))
     for desired in children:
         stored = as_stored(desired)
         assert stored != desired  # the server did add something
@@ -234,3 +302,141 @@ def test_the_kit_refuses_what_the_server_refuses() -> None:
     stored = as_stored(manifests.deployment(OWNER, _spec()))
     with pytest.raises(Invalid):
         patched(stored, {"spec": {"strategy": {"type": "Recreate"}}})
+
+
+# ---------------------------------------------------------------------------- pod template
+
+
+def test_the_kit_stores_pod_template_objects_as_the_api_server_does() -> None:
+    """What the sync tests must tolerate, spelled out (sources in tests/kits/apiserver.py)."""
+    spec = _spec(resources={"shmSize": "0.5Gi"}, pod=POD_TEMPLATE)
+    pod = as_stored(manifests.deployment(OWNER, spec))["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "512Mi"}
+    assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "1536Mi"}
+    assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    assert volumes["certs"]["secret"]["defaultMode"] == 420
+    assert volumes["info"]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"] == "v1"
+    assert volumes["info"]["downwardAPI"]["items"][1]["resourceFieldRef"]["divisor"] == "0"
+    assert volumes["bundle"]["projected"]["defaultMode"] == 420
+    assert volumes["bundle"]["projected"]["sources"][0]["serviceAccountToken"][
+        "expirationSeconds"] == 3600
+    assert volumes["host"]["hostPath"] == {"path": "/var/cache/models", "type": ""}
+    claim = volumes["eph"]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["volumeMode"] == "Filesystem" and claim["resources"]["requests"] == {
+        "storage": "512Gi"}
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name",
+                                                        "apiVersion": "v1"}
+    assert env["MEM"]["valueFrom"]["resourceFieldRef"]["divisor"] == "1Mi"
+    assert env["CPUS"]["valueFrom"]["resourceFieldRef"]["divisor"] == "0"
+    assert env["EMPTY"] == {"name": "EMPTY"}
+
+
+def test_pod_template_objects_are_sent_without_what_the_server_omits() -> None:
+    """The operator sends pass-through objects as they read back (else: drift every pass)."""
+    spec = _spec(pod=POD_TEMPLATE)
+    pod = manifests.deployment(OWNER, spec)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {}}  # an empty struct is kept
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert "matchLabels" not in term["podAffinityTerm"]["labelSelector"]
+    node_term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]
+    assert node_term == {"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}
+    (c,) = pod["containers"]
+    assert {m["name"]: m for m in c["volumeMounts"]}["scratch"] == {
+        "name": "scratch", "mountPath": "/scratch"}
+
+
+@pytest.mark.parametrize("name", ["pod-template", "defaults", "gpu"])
+def test_a_second_reconcile_pass_patches_nothing(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the whole child reconcile, against a store that keeps what a real API server
+    keeps (defaults filled, quantities canonical, empty values dropped): the first pass creates
+    every child, the second writes nothing."""
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
+    api = MemoryApiServer(defaulting=True)
+    spec = _spec(**SPECS[name])
+    reconcile.reconcile_children(api, OWNER, spec, {}, Logger())  # type: ignore[arg-type]
+    created = [(verb, kind) for verb, kind, *_ in api.writes]
+    assert created and all(verb == "create" for verb, _ in created)
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, spec, {}, Logger())  # type: ignore[arg-type]
+    assert api.writes == []
+
+
+def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(item for item in items if item["name"] == name)
+
+
+def test_a_pod_template_edit_is_drift() -> None:
+    """A removed volume, an edited env var, an other shm size, a lost priority class or
+    affinity: each reads as drift (and is patched back)."""
+    desired = manifests.deployment(OWNER, _spec(resources={"shmSize": "8Gi"}, pod=POD_TEMPLATE))
+    wanted = manifests.patch_for(desired)
+    edits = [
+        lambda pod: pod["volumes"].pop(),
+        lambda pod: _named(pod["containers"][0]["env"], "HF_TOKEN")["valueFrom"][
+            "secretKeyRef"].update(key="other"),
+        lambda pod: _named(pod["volumes"], "dshm")["emptyDir"].update(sizeLimit="4Gi"),
+        lambda pod: pod.pop("priorityClassName"),
+        lambda pod: pod["affinity"].pop("nodeAffinity"),
+    ]
+    for edit in edits:
+        current = as_stored(desired)
+        edit(current["spec"]["template"]["spec"])
+        assert not manifests.is_subset(wanted, current)
+
+
+# ------------------------------------------------------------------- PodDisruptionBudget
+
+
+def _pdbs(api: MemoryApiServer) -> list[dict[str, Any]]:
+    return [o for (kind, _), o in api.objects.items() if kind == "PodDisruptionBudget"]
+
+
+def test_the_disruption_budget_is_created_repaired_changed_and_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, reason, **__: events.append(reason))
+    api = MemoryApiServer(defaulting=True)
+    reconcile.reconcile_children(api, OWNER, _spec(), {}, Logger())  # type: ignore[arg-type]
+    (pdb,) = _pdbs(api)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    # Someone edits it: the next pass puts it back.
+    api.objects[("PodDisruptionBudget", "chat")]["spec"]["maxUnavailable"] = 0
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, _spec(), {}, Logger())  # type: ignore[arg-type]
+    assert [(v, k) for v, k, *_ in api.writes] == [("patch", "PodDisruptionBudget")]
+    assert _pdbs(api)[0]["spec"]["maxUnavailable"] == 1
+    # The spec changes it.
+    two = _spec(disruptionBudget={"maxUnavailable": 2})
+    reconcile.reconcile_children(api, OWNER, two, {}, Logger())  # type: ignore[arg-type]
+    assert _pdbs(api)[0]["spec"]["maxUnavailable"] == 2
+    # Turned off: deleted, once.
+    off = _spec(disruptionBudget={"enabled": False})
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]
+    assert [(v, k) for v, k, *_ in api.writes] == [("delete", "PodDisruptionBudget")]
+    assert _pdbs(api) == [] and events[-1] == "Deleted"
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]
+    assert api.writes == []
+
+
+def test_a_disruption_budget_the_resource_does_not_own_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
+    api = MemoryApiServer(defaulting=True)
+    theirs = manifests.disruption_budget(manifests.Owner("chat", "prod", "someone-else"), _spec())
+    api.put(theirs)
+    off = _spec(disruptionBudget={"enabled": False})
+    reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]
+    assert len(_pdbs(api)) == 1 and "delete" not in {v for v, *_ in api.writes}

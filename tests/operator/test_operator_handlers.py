@@ -15,6 +15,7 @@ from tests.kits.operator_kit import (
     CONFIGMAPS,
     DEPLOYMENTS,
     NS,
+    PDBS,
     SECRETS,
     SERVICEMONITORS,
     SERVICES,
@@ -50,6 +51,7 @@ CHILDREN = [
     (SERVICES, NAME),
     (SECRETS, f"{NAME}-control"),
     (CONFIGMAPS, f"{NAME}-policy"),
+    (PDBS, NAME),
 ]
 
 

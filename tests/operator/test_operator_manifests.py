@@ -12,6 +12,7 @@ import pytest
 
 from specserve_engine.policy.params import Policy
 from specserve_operator import manifests, status
+from specserve_operator import spec as spec_module
 from specserve_operator.spec import (
     CONDITION_TYPES,
     SpecError,
@@ -44,6 +45,7 @@ def _all_objects(spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
         manifests.secret(OWNER, spec, "t0ken"),
         manifests.configmap(OWNER, spec, manifests.policy_from_spec(spec, 1)),
         manifests.servicemonitor(OWNER, spec),
+        manifests.disruption_budget(OWNER, spec),
     ]
 
 
@@ -62,18 +64,23 @@ def test_engine_container_runs_specserve_serve() -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "control": 8001}
 
 
-def test_engine_env_token_from_secret_and_policy_file_mounted() -> None:
+def test_engine_token_and_policy_are_mounted_files() -> None:
+    """The token is a file from the Secret's volume (mounted as a folder, so the kubelet updates
+    it when the Secret is recreated), not an env var a running pod could never see change."""
     dep = manifests.deployment(OWNER, _spec())
     c = _container(dep)
     env = {e["name"]: e for e in c["env"]}
-    ref = env["SPECSERVE_CONTROL_TOKEN"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "chat-control", "key": "token"}
-    assert "value" not in env["SPECSERVE_CONTROL_TOKEN"]
+    assert "SPECSERVE_CONTROL_TOKEN" not in env
+    assert env["SPECSERVE_CONTROL_TOKEN_FILE"]["value"] == "/etc/specserve/control/token"
     assert env["SPECSERVE_POLICY_FILE"]["value"] == "/etc/specserve/policy/policy.json"
-    mounts = {v["name"]: v["mountPath"] for v in c["volumeMounts"]}
-    assert mounts["policy"] == "/etc/specserve/policy"
+    mounts = {v["name"]: v for v in c["volumeMounts"]}
+    assert mounts["policy"]["mountPath"] == "/etc/specserve/policy"
+    assert mounts["control-token"] == {"name": "control-token", "readOnly": True,
+                                       "mountPath": "/etc/specserve/control"}  # no subPath
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["policy"]["configMap"]["name"] == "chat-policy"
+    assert volumes["control-token"]["secret"] == {
+        "secretName": "chat-control", "items": [{"key": "token", "path": "token"}]}
 
 
 def test_probes_hit_the_engine_health_endpoint() -> None:
@@ -100,6 +107,92 @@ def test_gpu_limits_node_selector_and_tolerations() -> None:
 def test_cpu_only_pod_has_no_gpu_limit() -> None:
     c = _container(manifests.deployment(OWNER, _spec()))
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+
+
+def test_gpu_resource_name_mig_ephemeral_storage_and_shm() -> None:
+    spec = _spec(resources={"gpu": 1, "gpuResourceName": "nvidia.com/mig-1g.10gb",
+                            "memory": "64Gi", "ephemeralStorage": "100Gi", "shmSize": "16Gi"})
+    dep = manifests.deployment(OWNER, spec)
+    c = _container(dep)
+    assert c["resources"]["limits"] == {"memory": "64Gi", "ephemeral-storage": "100Gi",
+                                        "nvidia.com/mig-1g.10gb": "1"}
+    assert c["resources"]["requests"] == {"memory": "64Gi", "ephemeral-storage": "100Gi"}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    # Without shmSize /dev/shm is bounded by the memory limit only.
+    volumes = {v["name"]: v for v in manifests.deployment(OWNER, _spec())["spec"]["template"][
+        "spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+
+
+POD = {
+    "labels": {"team": "search"},
+    "annotations": {"sidecar.istio.io/inject": "false"},
+    "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+            {"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}],
+    "envFrom": [{"configMapRef": {"name": "engine-env"}}],
+    "imagePullSecrets": [{"name": "regcred"}],
+    "priorityClassName": "inference",
+    "runtimeClassName": "nvidia",
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100"]}]}]}}},
+    "volumes": [{"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}],
+    "volumeMounts": [{"name": "hf-cache", "mountPath": "/root/.cache/huggingface"}],
+}
+
+
+def test_the_pod_template_passes_through() -> None:
+    dep = manifests.deployment(OWNER, _spec(pod=POD))
+    template = dep["spec"]["template"]
+    pod, c = template["spec"], _container(dep)
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert template["metadata"]["labels"]["team"] == "search"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env["VLLM_LOGGING_LEVEL"]["value"] == "DEBUG"
+    assert "SPECSERVE_POLICY_FILE" in env  # the operator's env comes first, then the user's
+    assert c["envFrom"] == [{"configMapRef": {"name": "engine-env"}}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "inference" and pod["runtimeClassName"] == "nvidia"
+    assert pod["affinity"] == POD["affinity"]
+    assert pod["volumes"][-1] == POD["volumes"][0]
+    assert c["volumeMounts"][-1] == POD["volumeMounts"][0]
+    kubernetes_validate.validate(dep, "1.32", strict=True)
+
+
+def test_an_empty_pod_template_adds_nothing() -> None:
+    pod = manifests.deployment(OWNER, _spec())["spec"]["template"]
+    assert set(pod["metadata"]) == {"labels"}
+    assert not {"imagePullSecrets", "priorityClassName", "runtimeClassName",
+                "affinity"} & set(pod["spec"])
+    assert "envFrom" not in pod["spec"]["containers"][0]
+
+
+def test_the_operators_pod_labels_select_the_pods() -> None:
+    """A user label never replaces the selector (the spec refuses one of the operator's keys;
+    the operator's are written last besides)."""
+    dep = manifests.deployment(OWNER, _spec(pod={"labels": {"team": "a"}}))
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for key in spec_module.OPERATOR_LABELS:
+        with pytest.raises(SpecError, match=f"{key} is set by the operator"):
+            _spec(pod={"labels": {key: "x"}})
+
+
+def test_operator_volumes_and_env_are_the_ones_the_spec_reserves() -> None:
+    """spec.OPERATOR_VOLUMES / OPERATOR_ENV (what a user may not reuse) match what
+    manifests.deployment creates with every option on."""
+    spec = _spec(model={"target": "m", "draft": "d", "pvc": {"claimName": "w"}},
+                 profile={"configMap": {"name": "p"}}, pod=POD)
+    dep = manifests.deployment(OWNER, spec)
+    c = _container(dep)
+    user = {v["name"] for v in POD["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"] if m["name"] not in user}
+    assert mounts == spec_module.OPERATOR_VOLUMES
+    assert {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]} - user == set(mounts)
+    user_env = {e["name"] for e in POD["env"]}
+    assert {e["name"] for e in c["env"]} - user_env <= set(spec_module.OPERATOR_ENV)
 
 
 def test_pvc_models_are_mounted_read_only() -> None:
@@ -195,9 +288,26 @@ def test_objects_pass_the_kubernetes_schemas(gpu: int) -> None:
     spec = _spec(resources={"gpu": gpu, "cpu": "4", "memory": "16Gi",
                             "tolerations": [{"key": "k", "operator": "Equal", "value": "v"}]},
                  model={"target": "m", "draft": "d", "pvc": {"claimName": "w"}},
-                 profile={"configMap": {"name": "p"}})
-    for obj in _all_objects(spec)[:4]:  # ServiceMonitor is a CRD, not in Kubernetes' schemas
-        kubernetes_validate.validate(obj, "1.32", strict=True)
+                 profile={"configMap": {"name": "p"}}, pod=POD)
+    for obj in _all_objects(spec):
+        if obj["kind"] != "ServiceMonitor":  # a CRD, not in Kubernetes' schemas
+            kubernetes_validate.validate(obj, "1.32", strict=True)
+
+
+def test_the_disruption_budget_covers_the_engine_pods() -> None:
+    pdb = manifests.disruption_budget(OWNER, _spec())
+    assert pdb["apiVersion"] == "policy/v1" and pdb["metadata"]["name"] == "chat"
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": manifests.selector_labels(OWNER)},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    dep = manifests.deployment(OWNER, _spec())
+    assert dep["spec"]["selector"] == pdb["spec"]["selector"]
+    zero = manifests.disruption_budget(OWNER, _spec(disruptionBudget={"maxUnavailable": 0}))
+    assert zero["spec"]["maxUnavailable"] == 0
+    assert manifests.owned_by(pdb, OWNER)
+    assert not manifests.owned_by(pdb, manifests.Owner("chat", "prod", "other-uid"))
 
 
 def test_image_tag() -> None:

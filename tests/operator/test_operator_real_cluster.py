@@ -12,6 +12,7 @@ from specserve_operator.kube_client import API_CALLS, KubeClient
 from tests.kits.operator_kit import (
     CONFIGMAPS,
     DEPLOYMENTS,
+    PDBS,
     SECRETS,
     SERVICEMONITORS,
     SERVICES,
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.asyncio
 SPEC: dict[str, Any] = {"model": {"target": "org/target-1b", "draft": "org/draft-100m"}}
 NAME, UID = "chat", "uid-chat"
 CHILDREN = [(DEPLOYMENTS, NAME), (SERVICES, NAME), (SECRETS, f"{NAME}-control"),
-            (CONFIGMAPS, f"{NAME}-policy")]
+            (CONFIGMAPS, f"{NAME}-policy"), (PDBS, NAME)]
 
 
 def _status(kmock: Any) -> dict[str, Any]:
@@ -108,7 +109,8 @@ async def test_a_resource_under_deletion_with_the_old_finalizer_is_released(
 
 
 async def test_the_operator_makes_only_calls_its_rbac_grants(cluster: Any) -> None:
-    """A lifecycle (create, ServiceMonitor, a spec edit, a repaired child, status) through the
+    """A lifecycle (create, ServiceMonitor, a spec edit, a repaired child, status, a
+    PodDisruptionBudget turned off) through the
     real client: every call is in API_CALLS (the client refuses others, and tests/chart checks
     that the chart grants exactly API_CALLS and kopf's calls), and the reconcile used every
     call of the table except the SLO loop's own (tests/operator/test_operator_slo_loop.py)."""
@@ -124,19 +126,26 @@ async def test_the_operator_makes_only_calls_its_rbac_grants(cluster: Any) -> No
         assert response.status < 300
         await eventually(lambda: '"k_max": 7' in live(cluster, CONFIGMAPS, f"{NAME}-policy")[
             "data"]["policy.json"])
-        for resource, name in ((SERVICES, NAME), (SERVICEMONITORS, NAME)):  # drift: edited
-            path = {SERVICES: f"/api/v1/namespaces/ns1/services/{name}",
+        for resource in (SERVICES, SERVICEMONITORS, PDBS):  # drift: edited
+            path = {SERVICES: f"/api/v1/namespaces/ns1/services/{NAME}",
                     SERVICEMONITORS: f"/apis/{SERVICEMONITORS.rsplit('/', 1)[0]}/namespaces/"
-                                     f"ns1/servicemonitors/{name}"}[resource]
+                                     f"ns1/servicemonitors/{NAME}",
+                    PDBS: f"/apis/policy/v1/namespaces/ns1/poddisruptionbudgets/{NAME}"}[resource]
             edit = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "someone"}}}
             response = await cluster.patch(
                 path, json=edit, headers={"Content-Type": "application/merge-patch+json"})
             assert response.status < 300
         await eventually(lambda: live(cluster, SERVICES, NAME)["metadata"]["labels"][
             "app.kubernetes.io/managed-by"] == "specserve-operator")
-        await eventually(lambda: live(cluster, SERVICEMONITORS, NAME)["metadata"]["labels"][
-            "app.kubernetes.io/managed-by"] == "specserve-operator")
+        for resource in (SERVICEMONITORS, PDBS):
+            await eventually(lambda r=resource: live(cluster, r, NAME)["metadata"]["labels"][
+                "app.kubernetes.io/managed-by"] == "specserve-operator")
         await eventually(lambda: _status(cluster).get("k") == "adaptive<=7")
+        response = await cluster.patch(  # the one delete: a disruption budget turned off
+            f"{SSD_PATH}/{NAME}", json={"spec": {"disruptionBudget": {"enabled": False}}},
+            headers={"Content-Type": "application/merge-patch+json"})
+        assert response.status < 300
+        await eventually(lambda: live(cluster, PDBS, NAME) is None)
     issued = set(KubeClient.issued)
     assert issued <= API_CALLS
     not_here = {("list", "", "pods"), ("patch", GROUP, PLURAL),  # SLO loop: pods, kubectl-scale

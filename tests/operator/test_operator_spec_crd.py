@@ -14,7 +14,7 @@ from specserve_contract import API_VERSION, KIND
 from specserve_operator import crdgen
 from specserve_operator.spec import DEFAULT_IMAGE, SpecError, parse_spec
 from tests.kits.crd_validation import CRD_PATH, crd_schema, schema_errors
-from tests.kits.malformed_specs import CASES, VALID
+from tests.kits.malformed_specs import CASES, POD_TEMPLATE_CASES, VALID
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "specserve.yaml"
@@ -136,11 +136,14 @@ def test_mode_off_without_draft_is_valid() -> None:
 
 def test_there_are_at_least_30_malformed_cases() -> None:
     assert len(CASES) >= 30
-    assert len({case_id for case_id, *_ in CASES}) == len(CASES)
+    assert len({case_id for case_id, *_ in ALL_CASES}) == len(ALL_CASES)
 
 
-@pytest.mark.parametrize(("spec", "message"), [(c[1], c[2]) for c in CASES],
-                         ids=[c[0] for c in CASES])
+ALL_CASES = CASES + POD_TEMPLATE_CASES
+
+
+@pytest.mark.parametrize(("spec", "message"), [(c[1], c[2]) for c in ALL_CASES],
+                         ids=[c[0] for c in ALL_CASES])
 def test_malformed_spec_is_rejected_with_a_clear_message(spec: Any, message: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(spec)
@@ -148,8 +151,8 @@ def test_malformed_spec_is_rejected_with_a_clear_message(spec: Any, message: str
     assert str(info.value).startswith("invalid spec: spec")
 
 
-@pytest.mark.parametrize(("spec", "by_schema"), [(c[1], c[3]) for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("spec", "by_schema"), [(c[1], c[3]) for c in ALL_CASES],
+                         ids=[c[0] for c in ALL_CASES])
 def test_malformed_spec_against_the_crd_schema(spec: Any, by_schema: bool) -> None:
     """Schema-expressible rules are refused by the OpenAPI schema already; the cross-field ones
     by the CRD's CEL rules (test_operator_cel.py) and the operator; unknown fields (pruned by

@@ -85,13 +85,18 @@ operator's manifests produce.
   resources: ["specservedeployments/finalizers"]
   verbs: ["update"]
 # The children of each SpecServeDeployment (no delete: the garbage collector removes them
-# through their owner references).
+# through their owner references; the one exception is below).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "create", "patch"]
+# The engine pods' PodDisruptionBudget; delete only when a resource's spec turns it off
+# (disruptionBudget.enabled: false), and only the one that resource owns.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
 # The control-token Secret of each resource: created once, read to push, never patched.
 # (RBAC cannot narrow this by name: `create` has no name to match, and the names are per
 # resource. Use watchNamespaces to confine it to the watched namespaces.)

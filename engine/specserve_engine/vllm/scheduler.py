@@ -38,7 +38,6 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from specserve_contract import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
-    ENV_CONTROL_TOKEN,
     ENV_MODE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
@@ -58,7 +57,7 @@ from specserve_engine.policy import (
     lengths_above_threshold,
 )
 from specserve_engine.policy.drafting import stop_rule
-from specserve_engine.vllm.control import ControlServer, PolicyStore
+from specserve_engine.vllm.control import ControlServer, PolicyStore, control_token
 from specserve_engine.vllm.exported_metrics import SpecServeMetrics, batch_range
 from specserve_engine.vllm.worker import (
     CONFIDENCES_ATTR,
@@ -153,7 +152,7 @@ class AdaptiveScheduler(Scheduler):
         env = dict(os.environ)
         policy = with_profile(initial_policy(self.engine_k_max, env), env)
         self.model = EfficiencyModel(policy)
-        self.store = PolicyStore(policy, self.engine_k_max, env.get(ENV_CONTROL_TOKEN))
+        self.store = PolicyStore(policy, self.engine_k_max, control_token(env))
         self.store.fitted = self.model.fitted_params()
         self.store.engine_info = engine_description(self.vllm_config.model_config.dtype)
         self.metrics = SpecServeMetrics()
