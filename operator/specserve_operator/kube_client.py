@@ -60,6 +60,15 @@ KOPF_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
 })
+# kopf peering (several replicas, one acts: `peering`): it watches the peering object of its scope
+# and patches its keep-alive into it; cluster-wide (ClusterKopfPeering) when it watches all
+# namespaces, else the KopfPeering in each watched namespace.
+KOPF_PEERING_CALLS: dict[str, frozenset[tuple[str, str, str]]] = {
+    "cluster": frozenset((verb, "kopf.dev", "clusterkopfpeerings")
+                         for verb in ("list", "watch", "patch")),
+    "namespaced": frozenset((verb, "kopf.dev", "kopfpeerings")
+                            for verb in ("list", "watch", "patch")),
+}
 # Not a call: OwnerReferencesPermissionEnforcement admits a child with blockOwnerDeletion only
 # from whoever may update the owner's finalizers.
 ADMISSION_GRANTS: frozenset[tuple[str, str, str]] = frozenset({

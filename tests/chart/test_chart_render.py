@@ -24,6 +24,7 @@ from specserve_operator.kube_client import (  # noqa: E402
     ADMISSION_GRANTS,
     API_CALLS,
     KOPF_CALLS,
+    KOPF_PEERING_CALLS,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +82,11 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
 
 
+def is_builtin(doc: dict[str, Any]) -> bool:
+    """A kind the Kubernetes schemas know (not the Prometheus Operator's, not kopf's)."""
+    return not doc["apiVersion"].startswith(("monitoring.coreos.com/", "kopf.dev/"))
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
@@ -113,8 +119,8 @@ def test_every_rendered_object_is_valid_kubernetes(name: str) -> None:
     assert docs
     checked = 0
     for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # not a built-in kind: checked in test_monitors_match_the_ports
+        if not is_builtin(doc):
+            continue  # checked in test_monitors_match_the_ports, test_operator_peering_*
         kv.validate(doc, KUBE_VERSION, strict=True)
         checked += 1
     assert checked >= 1
@@ -144,7 +150,8 @@ def test_chart_crd_is_the_generated_crd() -> None:
 
 
 def test_chart_crd_is_valid_and_names_the_resource() -> None:
-    (crd_file,) = helm.Chart.load(CHART).crds
+    (crd_file,) = [c for c in helm.Chart.load(CHART).crds
+                   if Path(c["filename"]).name.startswith(GROUP)]
     crd = yaml.safe_load(crd_file["data"])
     kv.validate(crd, KUBE_VERSION, strict=True)
     assert crd["spec"]["group"] == GROUP
@@ -164,9 +171,10 @@ def test_default_install_objects() -> None:
         ("ServiceAccount", "specserve-gateway"), ("ClusterRole", "specserve-gateway"),
         ("ClusterRoleBinding", "specserve-gateway"), ("Deployment", "specserve-gateway"),
         ("Service", "specserve-gateway"), ("ConfigMap", "specserve-dashboard"),
+        ("ClusterKopfPeering", "specserve-operator"),
     ])
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
             assert doc["metadata"]["namespace"] == NAMESPACE
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "specserve"
 
@@ -174,10 +182,11 @@ def test_default_install_objects() -> None:
 def test_operator_runs_the_kopf_handlers_cluster_wide() -> None:
     dep = one(render(), "Deployment", "specserve-operator")
     c = container(dep)
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
     assert c["image"] == "specserve/operator:0.1.0"
     assert c["command"] == ["kopf"]
-    assert c["args"][:2] == ["run", "--standalone"]
+    assert c["args"][0] == "run" and "--standalone" not in c["args"]
+    assert {"name": "SPECSERVE_PEERING", "value": "specserve-operator"} in c["env"]
     assert c["args"][-2:] == ["-m", "specserve_operator.handlers"]
     assert "--all-namespaces" in c["args"]
     assert {"name": "SPECSERVE_STATUS_INTERVAL_S", "value": "15"} in c["env"]
@@ -346,6 +355,16 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
 
 
 CRD_WATCH = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+
+
+def peering_grants(scope: str) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for verb, group, resource in KOPF_PEERING_CALLS[scope]:
+        out.setdefault((group, resource), set()).add(verb)
+    return out
+
+
+CLUSTER_WIDE = {**CRD_WATCH, **peering_grants("cluster")}  # in the ClusterRole in every mode
 GATEWAY_GRANTS = {(GROUP, PLURAL): {"list", "watch"},
                   ("discovery.k8s.io", "endpointslices"): {"list", "watch"}}
 
@@ -353,7 +372,7 @@ GATEWAY_GRANTS = {(GROUP, PLURAL): {"list", "watch"},
 def test_operator_rbac_is_exactly_what_the_operator_uses() -> None:
     docs = render()
     role = one(docs, "ClusterRole", "specserve-operator")
-    assert grants(role["rules"]) == {**expected_operator_grants(), **CRD_WATCH}
+    assert grants(role["rules"]) == {**expected_operator_grants(), **CLUSTER_WIDE}
     binding = one(docs, "ClusterRoleBinding", "specserve-operator")
     assert binding["roleRef"]["name"] == "specserve-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "specserve-operator",
@@ -394,11 +413,14 @@ def test_rbac_is_exactly_the_calls_the_code_makes(name: str) -> None:
         if role["kind"] == "ClusterRole" and values.get("watchNamespaces"):
             assert granted == CRD_WATCH
             continue
-        rest = {k: v for k, v in granted.items() if k not in CRD_WATCH}
-        missing = {k: v - rest.get(k, set()) for k, v in code_grants(monitors).items()
-                   if v - rest.get(k, set())}
-        unused = {k: v - code_grants(monitors).get(k, set()) for k, v in rest.items()
-                  if v - code_grants(monitors).get(k, set())}
+        if role["kind"] == "ClusterRole":
+            assert {k: granted.get(k) for k in CLUSTER_WIDE} == CLUSTER_WIDE
+            code = code_grants(monitors)
+        else:  # a watched namespace: its KopfPeering
+            code = {**code_grants(monitors), **peering_grants("namespaced")}
+        rest = {k: v for k, v in granted.items() if k not in CLUSTER_WIDE}
+        missing = {k: v - rest.get(k, set()) for k, v in code.items() if v - rest.get(k, set())}
+        unused = {k: v - code.get(k, set()) for k, v in rest.items() if v - code.get(k, set())}
         assert (missing, unused) == ({}, {}), role["metadata"]
 
 
@@ -437,8 +459,9 @@ def test_namespaced_mode_grants_only_in_the_watched_namespaces() -> None:
     for ns in ("team-a", "team-b"):
         roles = [d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == ns]
         by_name = {d["metadata"]["name"]: grants(d["rules"]) for d in roles}
-        assert by_name == {"specserve-operator": expected_operator_grants(),
-                           "specserve-gateway": GATEWAY_GRANTS}
+        assert by_name == {
+            "specserve-operator": {**expected_operator_grants(), **peering_grants("namespaced")},
+            "specserve-gateway": GATEWAY_GRANTS}
         bindings = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == ns]
         assert {b["subjects"][0]["namespace"] for b in bindings} == {NAMESPACE}
     args = container(one(docs, "Deployment", "specserve-operator"))["args"]
@@ -450,7 +473,8 @@ def test_namespaced_mode_grants_only_in_the_watched_namespaces() -> None:
 def test_service_monitor_rights_can_be_left_out() -> None:
     docs = render(NON_DEFAULT["namespaced-monitoring"])
     role = one(docs, "Role", "specserve-operator")
-    assert grants(role["rules"]) == expected_operator_grants(service_monitors=False)
+    assert grants(role["rules"]) == {**expected_operator_grants(service_monitors=False),
+                                     **peering_grants("namespaced")}
     # ... and the operator is told so: it must not even read ServiceMonitors (403 otherwise).
     env = container(one(docs, "Deployment", "specserve-operator"))["env"]
     assert {"name": "SPECSERVE_MANAGE_SERVICEMONITORS", "value": "false"} in env
@@ -587,9 +611,7 @@ def test_prometheus_access_reaches_the_operator() -> None:
         "allowedUrls": ["http://thanos.monitoring:10902", "https://prom.team-a:9090"],
         "bearerTokenSecret": {"name": "prom-token"}, "caSecret": {"name": "prom-ca"}}}}
     docs = render(values)
-    for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue
+    for doc in filter(is_builtin, docs):
         kv.validate(doc, KUBE_VERSION, strict=True)
     config = operator_config(values).loop
     assert config.prometheus_url == "https://kube-prometheus-stack-prometheus.monitoring.svc:9090"
@@ -609,3 +631,48 @@ def test_prometheus_access_reaches_the_operator() -> None:
         None, (), None, None)
     with pytest.raises(helm.HelmValuesError):
         render({"operator": {"prometheus": {"allowedUrls": ["prometheus:9090"]}}})
+
+
+# --------------------------------------------------------------------------------- peering
+
+
+PEERING_CRDS = CHART / "crds" / "kopf.dev_peerings.yaml"
+
+
+def test_peering_crds_are_the_resources_kopf_uses() -> None:
+    """The hand-written peering CRDs: valid, and named as kopf looks them up (KOPF_PEERING_CALLS
+    names the plurals of both scopes)."""
+    crds = list(yaml.safe_load_all(PEERING_CRDS.read_text()))
+    for crd in crds:
+        kv.validate(crd, KUBE_VERSION, strict=True)
+    served = {(c["spec"]["group"], c["spec"]["names"]["plural"], c["spec"]["scope"])
+              for c in crds}
+    assert served == {("kopf.dev", "clusterkopfpeerings", "Cluster"),
+                      ("kopf.dev", "kopfpeerings", "Namespaced")}
+    assert {(g, r) for calls in KOPF_PEERING_CALLS.values() for _, g, r in calls} == {
+        (g, r) for g, r, _ in served}
+
+
+def test_operator_peering_objects_follow_the_watched_scope() -> None:
+    cluster = render()
+    (obj,) = by_kind(cluster, "ClusterKopfPeering")
+    assert obj["metadata"]["name"] == "specserve-operator" and "namespace" not in obj["metadata"]
+    assert not by_kind(cluster, "KopfPeering")
+    namespaced = render(ALL_VALUES["namespaced"])
+    assert sorted(o["metadata"]["namespace"] for o in by_kind(namespaced, "KopfPeering")) == [
+        "team-a", "team-b"]
+    assert not by_kind(namespaced, "ClusterKopfPeering")
+
+
+def test_without_peering_the_operator_is_one_standalone_replica() -> None:
+    docs = render({"operator": {"peering": {"enabled": False}, "replicas": 1}})
+    dep = one(docs, "Deployment", "specserve-operator")
+    c = container(dep)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert "--standalone" in c["args"]
+    assert not [e for e in c["env"] if e["name"].startswith("SPECSERVE_PEERING")]
+    assert not by_kind(docs, "ClusterKopfPeering")
+    role = one(docs, "ClusterRole", "specserve-operator")
+    assert not [r for r in role["rules"] if "kopf.dev" in r["apiGroups"]]
+    with pytest.raises(Exception, match="needs operator.peering.enabled"):
+        render({"operator": {"peering": {"enabled": False}, "replicas": 2}})

@@ -116,6 +116,13 @@ operator's manifests produce.
   resources: ["servicemonitors"]
   verbs: ["get", "create", "patch"]
 {{- end }}
+{{- if and .Values.operator.peering.enabled .Values.watchNamespaces }}
+# Peering (which replica acts): kopf watches the KopfPeering of each watched namespace and
+# patches its own keep-alive into it.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
 {{- end -}}
 
 {{/* kopf notices CRDs being added or removed (read-only, cluster-scoped by nature). */}}
@@ -123,6 +130,17 @@ operator's manifests produce.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if and .Values.operator.peering.enabled (not .Values.watchNamespaces) }}
+# Peering (which replica acts) of an operator watching all namespaces: the ClusterKopfPeering.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
+{{- end -}}
+
+{{/* The peering object's name: operator.peering.name, else the operator's own name. */}}
+{{- define "specserve.peeringName" -}}
+{{- default (include "specserve.componentName" (dict "root" . "component" "operator")) .Values.operator.peering.name -}}
 {{- end -}}
 
 {{/* The gateway only reads: which models exist and which engine pods are ready. */}}
