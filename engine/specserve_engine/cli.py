@@ -44,6 +44,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "--kv-cache-gib", type=float, default=None,
         help="CPU KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE; default 1)",
     )
+    p.add_argument("--drain-seconds", type=int, default=0,
+                   help="on SIGTERM, let in-flight requests finish for up to this many seconds "
+                        "(new ones are refused) before exiting; 0: abort them (default)")
     p.add_argument("--mode", default="adaptive",
                    help="initial policy: adaptive | static | off | threshold (a baseline: "
                         "drafting stops at draft probability < 0.6)")
@@ -91,6 +94,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         auto_profile=args.profile != "none",
         k_table=parse_k_table(args.k_table) if args.k_table else None,
         extra_vllm_args=extra,
+        drain_seconds=args.drain_seconds,
     )
 
 

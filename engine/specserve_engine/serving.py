@@ -77,12 +77,17 @@ class ServeConfig:
     k_table: KTable | None = None  # vLLM's Dynamic-SD table, a baseline (with specserve=False)
     # False: the built-in timing prior even when the model folder has a cached profile.
     auto_profile: bool = True
+    # SIGTERM: finish in-flight requests for up to this many seconds (vLLM's drain; new ones are
+    # refused) before exiting; 0 aborts them at once (vLLM's default).
+    drain_seconds: int = 0
     extra_vllm_args: list[str] = field(default_factory=list)
 
     def resolved(self) -> ServeConfig:
         """Fill defaults (the tiny models) and check every input; raises UserError."""
         if not 1 <= self.k_max <= K_LIMIT:
             raise UserError(f"--k-max must be between 1 and {K_LIMIT}, got {self.k_max}")
+        if self.drain_seconds < 0:
+            raise UserError(f"--drain-seconds must be >= 0, got {self.drain_seconds}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.static_k is not None and not 0 <= self.static_k <= self.k_max:
@@ -277,6 +282,8 @@ def vllm_serve_argv(cfg: ServeConfig) -> list[str]:
         argv += ["--max-model-len", str(cfg.max_model_len)]
     if cfg.dtype and cfg.dtype != "auto":
         argv += ["--dtype", cfg.dtype]
+    if cfg.drain_seconds:
+        argv += ["--shutdown-timeout", str(cfg.drain_seconds)]
     if cfg.speculative:
         assert cfg.draft is not None
         table = ((1, 1024, cfg.k_max),) if cfg.specserve else cfg.k_table

@@ -259,6 +259,7 @@ def engine_args(spec: SpecServeDeploymentSpec, served_name: str) -> list[str]:
         "--host", "0.0.0.0",
         "--port", str(HTTP_PORT),
         "--control-port", str(CONTROL_PORT),
+        "--drain-seconds", str(spec.rollout.drain_seconds),
     ]
     if spec.vllm_args:
         args += ["--", *spec.vllm_args]
@@ -354,6 +355,18 @@ def progress_deadline_s() -> int:
     budget is progress, not a failure (Kubernetes' default 600 s would report a normal
     large-model load as ProgressDeadlineExceeded, and so the resource as Degraded)."""
     return PULL_ALLOWANCE_S + startup_budget_s()
+
+
+# Seconds the preStop hook waits before the engine gets SIGTERM (routers stop sending first).
+PRE_STOP_DELAY_S = 5
+# What the engine may need beyond the drain after SIGTERM: freeing the model and the KV cache.
+TEARDOWN_S = 15
+
+
+def termination_grace_s(spec: SpecServeDeploymentSpec) -> int:
+    """The pod's terminationGracePeriodSeconds: the kubelet counts it from the start of the
+    preStop hook, and SIGKILLs whatever still runs after it."""
+    return PRE_STOP_DELAY_S + spec.rollout.drain_seconds + TEARDOWN_S
 
 
 def deployment_strategy(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
@@ -467,11 +480,15 @@ def deployment(
         "livenessProbe": _probe(LIVENESS_PROBE),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False},
+        # Stop only once the endpoint is gone from every router: the EndpointSlice marks a
+        # terminating pod not ready at once, but the gateways (and kube-proxy) see that a watch
+        # event later, and requests they send meanwhile must still be served.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_DELAY_S)]}}},
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": termination_grace_s(spec),
     }
     if pod.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [_dump(s) for s in pod.image_pull_secrets]

@@ -296,6 +296,11 @@ class RolloutSpec(SpecServeModel):
         default=1, ge=0, le=1000,
         description="Pods a rolling update may stop before their replacements are ready (1).",
     )
+    drain_seconds: int = Field(
+        default=120, ge=0, le=3600,
+        description="A stopping engine pod finishes its in-flight requests for up to this many "
+        "seconds (new ones are refused) before it exits (0: it aborts them).",
+    )
 
     @model_validator(mode="after")
     def _moves(self) -> RolloutSpec:

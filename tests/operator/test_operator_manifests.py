@@ -58,10 +58,25 @@ def test_engine_container_runs_specserve_serve() -> None:
     assert c["args"] == [
         "--model", "org/target-1b", "--draft", "org/draft-100m", "--k-max", "5",
         "--served-model-name", "chat", "--host", "0.0.0.0", "--port", "8000",
-        "--control-port", "8001",
+        "--control-port", "8001", "--drain-seconds", "120",
     ]
     assert c["image"] == "specserve/engine:0.1.0"
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "control": 8001}
+
+
+@pytest.mark.parametrize("drain", [0, 120, 900])
+def test_a_stopping_pod_drains_within_its_grace_period(drain: int) -> None:
+    """preStop waits for the routers to drop the endpoint, then SIGTERM starts vLLM's drain
+    (`--drain-seconds` -> `--shutdown-timeout`); the kubelet's SIGKILL comes only after both
+    and a teardown margin."""
+    spec = _spec(rollout={"drainSeconds": drain})
+    dep = manifests.deployment(OWNER, spec)
+    c = _container(dep)
+    assert c["args"][c["args"].index("--drain-seconds") + 1] == str(drain)
+    sleep = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and int(sleep[1]) == manifests.PRE_STOP_DELAY_S > 0
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > manifests.PRE_STOP_DELAY_S + drain
 
 
 def test_engine_token_and_policy_are_mounted_files() -> None:
