@@ -209,6 +209,18 @@ def test_the_resume_limit_ends_the_stream_with_todays_error() -> None:
     assert (resumed, failed) == (2, 1)
 
 
+def test_no_resume_starts_after_the_request_deadline() -> None:
+    with pair([3]) as (a, b), running_gateway(
+        RouteTable.from_mapping({"tiny": [a.url, b.url]}), GatewayConfig(request_deadline_s=0.0)
+    ) as gw:
+        events = sse(gw, "/v1/completions", completion_body())
+        failed = metric(gw, "specserve_gateway_resume_failures_total", model="tiny",
+                        reason="deadline")
+    assert events[-1]["error"]["code"] == "backend_failed"
+    assert "deadline" in events[-1]["error"]["message"]
+    assert failed == 1 and b.requests == []
+
+
 def test_resuming_off_keeps_todays_behaviour() -> None:
     with pair([3]) as (a, b), running_gateway(
         RouteTable.from_mapping({"tiny": [a.url, b.url]}), GatewayConfig(max_resumes=0)
