@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait for a backend's next bytes")
     p.add_argument("--retry-after", type=int, default=2, metavar="S",
                    help="Retry-After header of 503 answers")
+    p.add_argument("--max-resumes", type=int, default=2, metavar="N",
+                   help="continue a stream whose backend died on another backend at most N "
+                   "times per request (0: end it with an error event)")
+    p.add_argument("--request-deadline", type=float, default=600.0, metavar="S",
+                   help="no resume starts later than S seconds after the request arrived")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -75,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"specserve-gateway: error: {exc}", file=sys.stderr)
         return 2
     config = GatewayConfig(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-                           retry_after_s=args.retry_after)
+                           retry_after_s=args.retry_after, max_resumes=args.max_resumes,
+                           request_deadline_s=args.request_deadline)
     uvicorn.run(create_app(source, config), host=args.host, port=args.port,
                 log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
     return 0

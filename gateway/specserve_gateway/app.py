@@ -15,7 +15,10 @@ Failure rules (no request ever waits on a dead backend for long):
   next backend (a completion has no side effects, so retrying it elsewhere is safe);
 - a backend that accepted the request but sends nothing for `read_timeout` -> 504;
 - streaming (`"stream": true`): the upstream bytes are relayed chunk by chunk as they arrive
-  (no buffering); if the backend dies mid-stream, an SSE `error` event ends the stream.
+  (no buffering); if the backend dies mid-stream, the stream is resumed on another ready
+  backend from the tokens already sent (`resume.py`; at most `max_resumes` times, before the
+  request's deadline), and otherwise an SSE `error` event ends the stream;
+- a non-streamed answer cut off mid-body is asked again of the next backend (same bounds).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from specserve_gateway.resume import ResumeMetrics, ResumePlan, StreamSplicer, plan_resume
 from specserve_gateway.routing import (
     Balancer,
     Lease,
@@ -64,6 +69,8 @@ class GatewayConfig:
     retry_after_s: int = 2
     down_for_s: float = 5.0
     max_attempts: int = 3
+    max_resumes: int = 2  # per request: continuations of a broken stream / body re-asks
+    request_deadline_s: float = 600.0  # no resume starts later than this after arrival
 
 
 class Gateway:
@@ -72,6 +79,7 @@ class Gateway:
         self.config = config or GatewayConfig()
         self.balancer = Balancer(down_for=self.config.down_for_s)
         self.requests: dict[tuple[str, str, int], int] = {}  # (model, path, status) -> count
+        self.resume_metrics = ResumeMetrics()
         self._client: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------------- lifecycle
@@ -145,10 +153,12 @@ class Gateway:
                   "# TYPE specserve_gateway_outstanding_requests gauge"]
         for url, n in sorted(self.balancer.outstanding.items()):
             lines.append(f"specserve_gateway_outstanding_requests{{backend={_q(url)}}} {n}")
+        lines += self.resume_metrics.lines(_q)
         return PlainTextResponse("\n".join(lines) + "\n",
                                  media_type="text/plain; version=0.0.4")
 
     async def proxy(self, request: Request) -> Response:
+        started = time.monotonic()
         path = request.url.path
         raw = await request.body()
         try:
@@ -165,8 +175,15 @@ class Gateway:
         if not route.backends:
             return self._unavailable(model, path, "no ready replicas")
         if route.upstream_model:
-            raw = json.dumps({**payload, "model": route.upstream_model}).encode()
+            payload = {**payload, "model": route.upstream_model}
+            raw = json.dumps(payload).encode()
         stream = payload.get("stream") is True
+        plan: ResumePlan | str = "resuming is off (--max-resumes 0)"
+        if stream and self.config.max_resumes > 0:
+            plan = plan_resume(path, payload)
+            if isinstance(plan, ResumePlan):
+                raw = json.dumps(plan.first_request()).encode()
+        rereads = 0  # non-streamed answers cut off mid-body and asked again
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
         headers["accept-encoding"] = "identity"  # relay bytes as they are
 
@@ -195,8 +212,12 @@ class Gateway:
                            if k.lower() not in _DROP_RESPONSE}
             if stream:
                 self._count(model, path, resp.status_code)
+                relay = (self._resumable_relay(resp, lease, model, path, headers, plan, started)
+                         if isinstance(plan, ResumePlan) and resp.status_code == 200
+                         else self._relay(resp, lease, model, path,
+                                          plan if isinstance(plan, str) else "not a 200"))
                 return StreamingResponse(
-                    self._relay(resp, lease, model), status_code=resp.status_code,
+                    relay, status_code=resp.status_code,
                     headers=out_headers, background=BackgroundTask(_close, resp, lease),
                 )
             try:
@@ -207,6 +228,12 @@ class Gateway:
             except httpx.TransportError as exc:  # died while answering: try the next one
                 self.balancer.mark_down(url)
                 failures.append(f"{url}: {type(exc).__name__} while reading")
+                why = self._why_not_again(rereads, started)
+                if why is not None:
+                    self.resume_metrics.count_failure(model, path, why)
+                    break
+                rereads += 1
+                self.resume_metrics.count_resume(model, path)
                 continue
             finally:
                 await _close(resp, lease)
@@ -215,22 +242,134 @@ class Gateway:
         log.warning("model %s: no backend answered: %s", model, "; ".join(failures))
         return self._unavailable(model, path, f"{len(failures)} backend(s) failed")
 
-    async def _relay(self, resp: httpx.Response, lease: Lease,
-                     model: str) -> AsyncIterator[bytes]:
-        """Upstream bytes, as they come. Ends with an SSE error event if the backend dies."""
+    async def _relay(self, resp: httpx.Response, lease: Lease, model: str, path: str,
+                     unresumable: str) -> AsyncIterator[bytes]:
+        """Upstream bytes, as they come, for a stream that cannot be resumed (`unresumable`
+        says why). Ends with an SSE error event if the backend dies."""
         try:
             async for chunk in resp.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
             self.balancer.mark_down(lease.url)
-            log.warning("model %s: %s failed mid-stream: %r", model, lease.url, exc)
-            error = openai_error(
-                f"The backend serving `{model}` failed mid-stream ({type(exc).__name__}).",
-                "server_error", code="backend_failed",
-            )
-            yield b"\n\ndata: " + json.dumps(error).encode() + b"\n\n"
+            log.warning("model %s: %s failed mid-stream (not resumable: %s): %r",
+                        model, lease.url, unresumable, exc)
+            self.resume_metrics.count_failure(model, path, "unsupported")
+            yield self._failed_event(model, type(exc).__name__, unresumable)
         finally:
             lease.release()
+
+    def _failed_event(self, model: str, failure: str, why: str) -> bytes:
+        error = openai_error(
+            f"The backend serving `{model}` failed mid-stream ({failure}); "
+            f"not resumed: {why}.", "server_error", code="backend_failed",
+        )
+        return b"\n\ndata: " + json.dumps(error).encode() + b"\n\n"
+
+    def _why_not_again(self, resumes: int, started: float) -> str | None:
+        """The bounds on resuming one request: None, or the failure reason."""
+        if resumes >= self.config.max_resumes:
+            return "limit"
+        if time.monotonic() - started > self.config.request_deadline_s:
+            return "deadline"
+        return None
+
+    async def _resumable_relay(
+        self, resp: httpx.Response, lease: Lease, model: str, path: str,
+        headers: dict[str, str], plan: ResumePlan, started: float,
+    ) -> AsyncIterator[bytes]:
+        """One client stream over upstream streams: the first, then continuations on other
+        backends when one breaks (see `resume.StreamSplicer`), each event relayed as soon as it
+        is whole."""
+        splicer = StreamSplicer(plan)
+        broke_at: float | None = None  # when the stream being resumed broke
+        try:
+            while True:
+                failure = "the stream ended early"
+                try:
+                    async for chunk in resp.aiter_raw():
+                        out = splicer.feed(chunk)
+                        if out and broke_at is not None:
+                            self.resume_metrics.observe(model, time.monotonic() - broke_at)
+                            broke_at = None
+                        for piece in out:
+                            yield piece
+                        if splicer.broken:
+                            break
+                except httpx.HTTPError as exc:
+                    failure = type(exc).__name__
+                splicer.upstream_ended()
+                if splicer.done:
+                    return
+                failure = splicer.broken or failure
+                self.balancer.mark_down(lease.url)
+                log.warning("model %s: %s failed mid-stream after %d tokens: %s",
+                            model, lease.url, len(splicer.sent_ids), failure)
+                await _close(resp, lease)
+                if splicer.finished:  # the whole answer is out; only its trailer is missing
+                    for piece in splicer.closing():
+                        yield piece
+                    return
+                broke_at = broke_at or time.monotonic()
+                opened = await self._resume(splicer, model, headers, started)
+                if isinstance(opened, tuple) and isinstance(opened[0], str):
+                    reason, detail = opened
+                    self.resume_metrics.count_failure(model, path, reason)
+                    yield self._failed_event(model, failure, detail)
+                    return
+                resp, lease = opened
+                self.resume_metrics.count_resume(model, path)
+                log.info("model %s: resuming on %s after %d tokens (resume %d)",
+                         model, lease.url, len(splicer.sent_ids), splicer.resumes)
+        finally:
+            await _close(resp, lease)
+
+    async def _resume(
+        self, splicer: StreamSplicer, model: str, headers: dict[str, str], started: float
+    ) -> tuple[httpx.Response, Lease] | tuple[str, str]:
+        """The next upstream of a broken stream, or (failure reason, detail for the client)."""
+        detail = splicer.why_not_resumable()
+        if detail is not None:
+            return "unsupported", detail
+        reason = self._why_not_again(splicer.resumes, started)
+        if reason is not None:
+            return reason, {"limit": f"{splicer.resumes} resume(s) already, the limit",
+                            "deadline": "past the request's deadline"}[reason]
+        path, body = splicer.continuation()
+        opened = await self._open_continuation(model, path, body, headers)
+        return ("no_backend", opened) if isinstance(opened, str) else opened
+
+    async def _open_continuation(
+        self, model: str, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[httpx.Response, Lease] | str:
+        """A streaming 200 from a ready backend of `model` (the table as it is now), or why
+        none answered."""
+        route = self.source.table().get(model)
+        backends = route.backends if route is not None else ()
+        content = json.dumps(body).encode()
+        failures: list[str] = []
+        for url in self.balancer.order(backends)[: self.config.max_attempts]:
+            lease = self.balancer.acquire(url)
+            upstream = self.client.build_request("POST", url + path, content=content,
+                                                 headers=headers)
+            try:
+                resp = await self.client.send(upstream, stream=True)
+            except httpx.HTTPError as exc:
+                lease.release()
+                self.balancer.mark_down(url)
+                failures.append(f"{url}: {type(exc).__name__}")
+                continue
+            if resp.status_code != 200:
+                text = ""
+                with contextlib.suppress(httpx.HTTPError):
+                    text = (await resp.aread()).decode(errors="replace")[:300]
+                await _close(resp, lease)
+                failures.append(f"{url}: HTTP {resp.status_code} {text}")
+                if resp.status_code < 500:
+                    break  # the continuation itself was refused: another pod would too
+                continue
+            self.balancer.mark_up(url)
+            return resp, lease
+        return "no ready backend took the continuation (" + "; ".join(failures or ["none"]) + ")"
 
 
 async def _close(resp: httpx.Response, lease: Lease) -> None:
