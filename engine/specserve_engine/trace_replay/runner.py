@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 
 from specserve_engine.launcher import ServerProcess, free_port
+from specserve_engine.trace_replay.bootstrap import DEFAULT_REPLICATES
 from specserve_engine.trace_replay.client import RequestRecord, replay
-from specserve_engine.trace_replay.summary import LevelSummary, mean_k, summarize
+from specserve_engine.trace_replay.summary import Cell, Counters, RoundRecords, cell, mean_k
 from specserve_engine.trace_replay.trace import (
     PlannedRequest,
     TraceRow,
@@ -75,23 +76,21 @@ class LevelResult:
     rate: float
     round: int
     records: list[RequestRecord]
-    # vLLM's counters over the level: draft tokens, generated tokens, accepted tokens.
-    counters: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # vLLM's counters over the level, in the order of COUNTERS.
+    counters: Counters = (0.0, 0.0, 0.0, 0.0)
     # (seconds since the level started, running requests, K verified since the last sample).
     timeline: list[tuple[float, float, float | None]] = field(default_factory=list)
 
 
-def summaries(results: Sequence[LevelResult], tpot_slo_s: float) -> list[LevelSummary]:
-    """One summary per (configuration, load level), pooling the rounds."""
+def cells(results: Sequence[LevelResult], tpot_slo_s: float, *,
+          replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> list[Cell]:
+    """One cell per (configuration, load level): the rounds pooled, with bootstrap intervals."""
     groups: dict[tuple[str, float], list[LevelResult]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r.round):
         groups.setdefault((r.config, r.rate), []).append(r)
-    out = []
-    for (config, rate), group in groups.items():
-        totals = [sum(c) for c in zip(*(g.counters for g in group), strict=True)]
-        out.append(summarize(config, rate, [g.records for g in group], tpot_slo_s=tpot_slo_s,
-                             mean_k=mean_k(*totals)))
-    return out
+    return [cell(config, rate, [RoundRecords(g.records, g.counters) for g in group],
+                 tpot_slo_s=tpot_slo_s, replicates=replicates, seed=seed)
+            for (config, rate), group in groups.items()]
 
 
 class Progress:
@@ -228,11 +227,12 @@ def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, 
         engine.stop()
 
 
-def write_results(path: Path, meta: dict, table: Sequence[LevelSummary],
-                  results: Sequence[LevelResult]) -> None:
+def write_results(path: Path, meta: dict, table: Sequence[Cell],
+                  results: Sequence[LevelResult], ratios: Sequence[dict] = ()) -> None:
     data = {
         "meta": meta,
-        "summaries": [asdict(s) for s in table],
+        "summaries": [asdict(c.summary) for c in table],
+        "ratios": list(ratios),
         "levels": [{"config": r.config, "rate": r.rate, "round": r.round,
                     "counters": dict(zip(COUNTERS, r.counters, strict=True)),
                     "records": [{**asdict(rec), "tpot_s": rec.tpot_s} for rec in r.records],
