@@ -203,23 +203,39 @@ def warm_up(engine: ServerProcess, prompts: Sequence[list[int]]) -> None:
             "ignore_eos": True}).raise_for_status()
 
 
-def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, *,
-               deadline_s: float, extra_serve_args: Sequence[str],
-               log_dir: Path) -> list[LevelResult]:
+def start_engine(config: BenchConfig, target: Path, *, extra_serve_args: Sequence[str],
+                 log_path: Path) -> ServerProcess:
+    """`specserve serve` for one configuration, started and answering (stopped on failure)."""
     control_port = free_port() if config.specserve else None
     args = ["--model", str(target), "--served-model-name", MODEL_NAME, *config.serve_args]
     if control_port:
         args += ["--control-port", str(control_port)]
-    name = config.name.replace("=", "").replace(".", "")
-    engine = ServerProcess([*args, *extra_serve_args], name=name,
-                           log_path=log_dir / f"engine-{name}-r{rnd}.log")
+    engine = ServerProcess([*args, *extra_serve_args], name=engine_name(config),
+                           log_path=log_path)
     print(f"[bench] starting engine {config.name} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     engine.start()
     try:
         engine.wait_ready()
-        print(f"[bench] {config.name} ready in {time.monotonic() - started:.0f}s",
-              file=sys.stderr, flush=True)
+    except BaseException:
+        engine.stop()
+        raise
+    print(f"[bench] {config.name} ready in {time.monotonic() - started:.0f}s",
+          file=sys.stderr, flush=True)
+    return engine
+
+
+def engine_name(config: BenchConfig) -> str:
+    """The configuration's name as a file-name part ("K=3" -> "K3")."""
+    return config.name.replace("=", "").replace(".", "")
+
+
+def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, *,
+               deadline_s: float, extra_serve_args: Sequence[str],
+               log_dir: Path) -> list[LevelResult]:
+    engine = start_engine(config, target, extra_serve_args=extra_serve_args,
+                          log_path=log_dir / f"engine-{engine_name(config)}-r{rnd}.log")
+    try:
         warm_up(engine, workload.prompts)
         return [run_level(engine, config, workload, rate, rnd,
                           deadline_s=deadline_s) for rate in workload.rates]
