@@ -8,9 +8,10 @@ import pytest
 
 from specserve_engine.cli import build_parser
 from specserve_engine.serving import parse_k_table
+from specserve_engine.trace_replay.bootstrap import MIN_ROUNDS
 from specserve_engine.trace_replay.client import RequestRecord
-from specserve_engine.trace_replay.command import _given_flags, _parser
-from specserve_engine.trace_replay.runner import LevelResult, standard_configs, summaries
+from specserve_engine.trace_replay.command import _given_flags, _parser, engine_mode, rounds
+from specserve_engine.trace_replay.runner import LevelResult, cells, standard_configs
 
 
 def test_every_baseline_of_the_design_is_there_and_parses_as_serve_flags() -> None:
@@ -31,9 +32,24 @@ def test_rounds_of_a_level_are_pooled_into_one_summary() -> None:
         rec = RequestRecord(0, 5, 10, sent_s=0.0, ttft_s=0.1, e2e_s=e2e, output_tokens=10)
         return LevelResult("adaptive", 2.0, rnd, [rec], (30.0, 5.0, 10.0, 4.0))
 
-    [s] = summaries([result(0, 1.0), result(1, 2.0)], tpot_slo_s=0.5)
-    assert (s.requests, s.duration_s) == (2, pytest.approx(3.0))
+    [c] = cells([result(1, 2.0), result(0, 1.0)], tpot_slo_s=0.5, replicates=50)
+    s = c.summary
+    assert (s.requests, s.duration_s, s.rounds) == (2, pytest.approx(3.0), 2)
     assert s.mean_k == pytest.approx(60 / 12)
+    assert len(c.replicates["goodput_tok_s"]) == 50
+    assert s.intervals["goodput_tok_s"].lo <= s.goodput_tok_s <= s.intervals["goodput_tok_s"].hi
+
+
+def test_rounds_default_to_enough_for_intervals_and_the_mode_is_named() -> None:
+    args = _parser().parse_args([])
+    assert rounds(args) >= MIN_ROUNDS and args.bootstrap >= 1000
+    assert rounds(_parser().parse_args(["--quick"])) == 1  # a smoke run, not a measurement
+    assert rounds(_parser().parse_args(["--quick", "--rounds", "4"])) == 4
+    assert engine_mode(args) == "compiled"
+    assert engine_mode(_parser().parse_args(["--eager"])) == "eager"
+    assert engine_mode(_parser().parse_args(["--quick"])) == "eager"
+    assert engine_mode(_parser().parse_args(["--serve-arg=--", "--serve-arg=--enforce-eager"])) \
+        == "eager"
 
 
 def test_the_printed_command_reproduces_the_run() -> None:

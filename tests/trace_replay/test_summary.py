@@ -6,6 +6,7 @@ import pytest
 
 from specserve_engine.trace_replay.client import RequestRecord
 from specserve_engine.trace_replay.summary import (
+    Cell,
     LevelSummary,
     markdown_table,
     mean_k,
@@ -35,7 +36,8 @@ def test_summary_by_hand() -> None:
     assert s.tpot_p50_s == pytest.approx(0.075)
     assert s.ttft_p50_s == pytest.approx(0.1)
     assert s.slo_attainment == pytest.approx(2 / 4)  # requests 1 and 2; the error is a miss
-    assert "| x | 1 | 3/4 | 8.1 | 100/" in markdown_table([s], 0.06)
+    row = "| x | 1 | 1 | 3/4 | 8.1 | 100 | 198 | 75 | 100 | 50 | 2.00 |"  # no intervals here
+    assert row in markdown_table([s], 0.06)
 
 
 def test_rounds_pool_records_and_add_durations() -> None:
@@ -55,9 +57,9 @@ def test_mean_k_counts_verified_drafts_per_decoding_request_step() -> None:
     assert mean_k(150, 30, 100, 80) == pytest.approx(5.0)
 
 
-def level(config: str, rate: float, goodput: float, duration: float = 10.0) -> LevelSummary:
-    return LevelSummary(config, rate, 10, 10, 0, duration, round(goodput * duration), goodput,
-                        None, None, None, None, 1.0, None)
+def level(config: str, rate: float, goodput: float, duration: float = 10.0) -> Cell:
+    return Cell(LevelSummary(config, rate, 10, 10, 0, duration, round(goodput * duration),
+                             goodput, None, None, None, None, 1.0, None))
 
 
 def test_oracle_envelope_and_whole_trace_ratios() -> None:
@@ -65,7 +67,9 @@ def test_oracle_envelope_and_whole_trace_ratios() -> None:
              level("off", 8, 400), level("K=3", 8, 300), level("adaptive", 8, 404),
              level("dyn", 1, 120), level("dyn", 8, 200)]
     envelope = oracle_envelope(table, "adaptive", ["off", "K=3"])
-    assert envelope[1] == (pytest.approx(0.98), "K=3")
-    assert envelope[8] == (pytest.approx(1.01), "off")
+    assert (envelope[1][0].value, envelope[1][1]) == (pytest.approx(0.98), "K=3")
+    assert (envelope[8][0].value, envelope[8][1]) == (pytest.approx(1.01), "off")
+    assert envelope[1][0].interval is None  # no replicates: no interval, never significant
+    assert not envelope[1][0].significant
     # Whole trace: (1470 + 4040) tokens / 20 s against (1200 + 2000) / 20 s.
-    assert whole_trace_ratio(table, "adaptive", "dyn") == pytest.approx(5510 / 3200)
+    assert whole_trace_ratio(table, "adaptive", "dyn").value == pytest.approx(5510 / 3200)

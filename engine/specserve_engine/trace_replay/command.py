@@ -1,7 +1,7 @@
 """`specserve bench`: the trace-replay benchmark from the command line.
 
-    specserve bench --quick                  # smoke: 3 configurations, small levels (< 10 min)
-    specserve bench -o bench-out             # every baseline, 5 load levels
+    specserve bench --quick                  # smoke: 3 configurations, small levels, 1 round
+    specserve bench -o bench-out             # every baseline, 5 load levels, 3 rounds
     specserve bench --url http://HOST:PORT --served-model NAME   # replay against any endpoint
 """
 
@@ -16,21 +16,18 @@ from pathlib import Path
 from specserve_engine.machine import this_machine
 from specserve_engine.serving import engine_dtype
 from specserve_engine.trace_replay import plots
+from specserve_engine.trace_replay.bootstrap import DEFAULT_REPLICATES, MIN_ROUNDS
 from specserve_engine.trace_replay.client import replay
 from specserve_engine.trace_replay.runner import (
     LevelResult,
     Progress,
     Workload,
+    cells,
     run_config,
     standard_configs,
-    summaries,
     write_results,
 )
-from specserve_engine.trace_replay.summary import (
-    markdown_table,
-    oracle_envelope,
-    whole_trace_ratio,
-)
+from specserve_engine.trace_replay.summary import ratio_rows, report_markdown
 from specserve_engine.trace_replay.trace import TraceError, load_trace
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_conv_2023.csv"
@@ -57,8 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TPOT SLO for attainment and for the adaptive policy (default 60)")
     p.add_argument("--level-timeout", type=float, default=300.0,
                    help="seconds a level may run before unfinished requests count as errors")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat every configuration; even rounds run them in reverse order")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="repeat every configuration (a fresh engine each time); odd rounds run "
+                        f"them in reverse order; intervals need >= {MIN_ROUNDS} (default "
+                        f"{MIN_ROUNDS}; 1 with --quick, a smoke run without round noise)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES,
+                   help="bootstrap replicates behind every interval (default "
+                        f"{DEFAULT_REPLICATES}; seeded by --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--url", default=None,
                    help="replay against this running OpenAI endpoint instead of starting engines")
@@ -110,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         rows = load_trace(Path(args.trace))
     except TraceError as exc:
         return _fail(str(exc))
-    if any(r <= 0 for r in args.rates) or args.rounds < 1:
-        return _fail("--rates must be > 0 and --rounds >= 1")
+    args.rounds = rounds(args)
+    if any(r <= 0 for r in args.rates) or args.rounds < 1 or args.bootstrap < 1:
+        return _fail("--rates must be > 0, --rounds and --bootstrap >= 1")
     count = args.requests or (12 if args.quick else 48)
     if not 1 <= count <= len(rows) - args.trace_start:
         return _fail(f"--requests must be between 1 and {len(rows) - args.trace_start}")
@@ -133,10 +136,13 @@ def run(args: argparse.Namespace) -> int:
             "max_output_tokens": args.max_output_tokens,
             "machine": this_machine().describe(),
             "dtype": engine_dtype(models.target, args.serve_arg),
+            "mode": engine_mode(args),
+            "rounds": args.rounds, "bootstrap_replicates": args.bootstrap,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.url:
         # Someone else's engine: its machine and dtype are not this process's to know.
-        meta.update(machine=f"the endpoint {args.url}", dtype="as that endpoint serves")
+        meta.update(machine=f"the endpoint {args.url}", dtype="as that endpoint serves",
+                    mode="as that endpoint serves")
         return _replay_endpoint(args, workload, slo, meta, out)
 
     policy_file = out / "adaptive-policy.json"
@@ -159,9 +165,22 @@ def run(args: argparse.Namespace) -> int:
             results += run_config(config, models.target, workload, rnd,
                                   deadline_s=args.level_timeout, extra_serve_args=extra,
                                   log_dir=out)
-            _report(out, meta, results, slo)  # partial results survive an interrupted run
-    _report(out, meta, results, slo, final=True)
+            _report(out, meta, results, slo, args)  # partial results survive an interruption
+    _report(out, meta, results, slo, args, final=True)
     return 0
+
+
+def rounds(args: argparse.Namespace) -> int:
+    """--rounds, else MIN_ROUNDS (1 for a --quick smoke run)."""
+    if args.rounds is not None:
+        return int(args.rounds)
+    return 1 if args.quick else MIN_ROUNDS
+
+
+def engine_mode(args: argparse.Namespace) -> str:
+    """'eager' when the engines run with vLLM's --enforce-eager, else 'compiled'."""
+    eager = args.quick or args.eager or "--enforce-eager" in args.serve_arg
+    return "eager" if eager else "compiled"
 
 
 def _replay_endpoint(args: argparse.Namespace, workload: Workload, slo: float, meta: dict,
@@ -173,33 +192,25 @@ def _replay_endpoint(args: argparse.Namespace, workload: Workload, slo: float, m
         records = asyncio.run(replay(args.url, args.served_model, plan, workload.prompts,
                                      deadline_s=args.level_timeout, on_done=progress.update))
         results.append(LevelResult("endpoint", rate, 0, records))
-    _report(out, meta, results, slo, final=True)
+    _report(out, meta, results, slo, args, final=True)
     return 0
 
 
 def _report(out: Path, meta: dict, results: list[LevelResult], slo: float,
-            final: bool = False) -> None:
-    table = summaries(results, slo)
-    write_results(out / "results.json", meta, table, results)
-    text = (f"# Trace-replay benchmark\n\n`{meta['command']}`\n\n"
-            f"Machine: {meta['machine']}; dtype {meta.get('dtype', 'unknown')}\n\n"
-            + markdown_table(table, slo))
-    configs = {s.config for s in table}
-    if "adaptive" in configs:
-        statics = [c for c in STATIC if c in configs]
-        envelope = oracle_envelope(table, "adaptive", statics)
-        if envelope:
-            text += "\n## Adaptive / best static configuration, per load level\n\n"
-            text += "".join(f"- {rate:g} req/s: {ratio:.3f}x (best static: {name})\n"
-                            for rate, (ratio, name) in envelope.items())
-        text += "\n## Adaptive / each baseline, whole trace (all levels' tokens / time)\n\n"
-        text += "".join(f"- vs {c}: {whole_trace_ratio(table, 'adaptive', c):.3f}x\n"
-                        for c in sorted(configs - {"adaptive"}))
+            args: argparse.Namespace, final: bool = False) -> None:
+    table = cells(results, slo, replicates=args.bootstrap, seed=args.seed)
+    configs = {c.summary.config for c in table}
+    baselines = sorted(configs - {"adaptive"})
+    ratios = ratio_rows(table, "adaptive", baselines) if "adaptive" in configs else []
+    write_results(out / "results.json", meta, table, results, ratios)
+    text = report_markdown(meta, table, slo, statics=STATIC, replicates=args.bootstrap,
+                           seed=args.seed)
     (out / "summary.md").write_text(text)
     if final:
-        plots.metric_vs_load(table, "goodput_tok_s", "goodput (output tokens/s)",
+        levels = [c.summary for c in table]
+        plots.metric_vs_load(levels, "goodput_tok_s", "goodput (output tokens/s)",
                              out / "goodput_vs_load.png")
-        plots.metric_vs_load(table, "tpot_p99_s", "TPOT p99 (ms)", out / "tpot_p99_vs_load.png",
+        plots.metric_vs_load(levels, "tpot_p99_s", "TPOT p99 (ms)", out / "tpot_p99_vs_load.png",
                              scale=1000, slo=slo)
         for config in ("adaptive", "threshold-0.6", "dynamic-sd"):
             timelines = {r.rate: r.timeline for r in results

@@ -28,11 +28,17 @@ def metric_vs_load(table: Sequence[LevelSummary], attr: str, ylabel: str, path: 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for config in _configs(table):
         rows = sorted((s for s in table if s.config == config), key=lambda s: s.rate)
-        points = [(s.rate, v * scale) for s in rows if (v := getattr(s, attr)) is not None]
-        if points:
-            style = "-o" if config == "adaptive" else "--."
-            ax.plot(*zip(*points, strict=True), style, label=config,
-                    linewidth=2.5 if config == "adaptive" else 1.2)
+        rows = [s for s in rows if getattr(s, attr) is not None]
+        if rows:
+            values = [getattr(s, attr) * scale for s in rows]
+            # The 95% bootstrap interval as an error bar (none where the cell has no interval).
+            below = [v - iv.lo * scale if (iv := s.intervals.get(attr)) else 0.0
+                     for s, v in zip(rows, values, strict=True)]
+            above = [iv.hi * scale - v if (iv := s.intervals.get(attr)) else 0.0
+                     for s, v in zip(rows, values, strict=True)]
+            ax.errorbar([s.rate for s in rows], values, yerr=[below, above],
+                        fmt="-o" if config == "adaptive" else "--.", capsize=2, label=config,
+                        linewidth=2.5 if config == "adaptive" else 1.2)
     if slo is not None:
         ax.axhline(slo * scale, color="grey", linestyle=":", label="TPOT SLO")
     ax.set_xscale("log")

@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 
 from specserve_engine.launcher import ServerProcess, free_port
+from specserve_engine.trace_replay.bootstrap import DEFAULT_REPLICATES
 from specserve_engine.trace_replay.client import RequestRecord, replay
-from specserve_engine.trace_replay.summary import LevelSummary, mean_k, summarize
+from specserve_engine.trace_replay.summary import Cell, Counters, RoundRecords, cell, mean_k
 from specserve_engine.trace_replay.trace import (
     PlannedRequest,
     TraceRow,
@@ -75,23 +76,21 @@ class LevelResult:
     rate: float
     round: int
     records: list[RequestRecord]
-    # vLLM's counters over the level: draft tokens, generated tokens, accepted tokens.
-    counters: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # vLLM's counters over the level, in the order of COUNTERS.
+    counters: Counters = (0.0, 0.0, 0.0, 0.0)
     # (seconds since the level started, running requests, K verified since the last sample).
     timeline: list[tuple[float, float, float | None]] = field(default_factory=list)
 
 
-def summaries(results: Sequence[LevelResult], tpot_slo_s: float) -> list[LevelSummary]:
-    """One summary per (configuration, load level), pooling the rounds."""
+def cells(results: Sequence[LevelResult], tpot_slo_s: float, *,
+          replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> list[Cell]:
+    """One cell per (configuration, load level): the rounds pooled, with bootstrap intervals."""
     groups: dict[tuple[str, float], list[LevelResult]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r.round):
         groups.setdefault((r.config, r.rate), []).append(r)
-    out = []
-    for (config, rate), group in groups.items():
-        totals = [sum(c) for c in zip(*(g.counters for g in group), strict=True)]
-        out.append(summarize(config, rate, [g.records for g in group], tpot_slo_s=tpot_slo_s,
-                             mean_k=mean_k(*totals)))
-    return out
+    return [cell(config, rate, [RoundRecords(g.records, g.counters) for g in group],
+                 tpot_slo_s=tpot_slo_s, replicates=replicates, seed=seed)
+            for (config, rate), group in groups.items()]
 
 
 class Progress:
@@ -204,23 +203,39 @@ def warm_up(engine: ServerProcess, prompts: Sequence[list[int]]) -> None:
             "ignore_eos": True}).raise_for_status()
 
 
-def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, *,
-               deadline_s: float, extra_serve_args: Sequence[str],
-               log_dir: Path) -> list[LevelResult]:
+def start_engine(config: BenchConfig, target: Path, *, extra_serve_args: Sequence[str],
+                 log_path: Path) -> ServerProcess:
+    """`specserve serve` for one configuration, started and answering (stopped on failure)."""
     control_port = free_port() if config.specserve else None
     args = ["--model", str(target), "--served-model-name", MODEL_NAME, *config.serve_args]
     if control_port:
         args += ["--control-port", str(control_port)]
-    name = config.name.replace("=", "").replace(".", "")
-    engine = ServerProcess([*args, *extra_serve_args], name=name,
-                           log_path=log_dir / f"engine-{name}-r{rnd}.log")
+    engine = ServerProcess([*args, *extra_serve_args], name=engine_name(config),
+                           log_path=log_path)
     print(f"[bench] starting engine {config.name} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     engine.start()
     try:
         engine.wait_ready()
-        print(f"[bench] {config.name} ready in {time.monotonic() - started:.0f}s",
-              file=sys.stderr, flush=True)
+    except BaseException:
+        engine.stop()
+        raise
+    print(f"[bench] {config.name} ready in {time.monotonic() - started:.0f}s",
+          file=sys.stderr, flush=True)
+    return engine
+
+
+def engine_name(config: BenchConfig) -> str:
+    """The configuration's name as a file-name part ("K=3" -> "K3")."""
+    return config.name.replace("=", "").replace(".", "")
+
+
+def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, *,
+               deadline_s: float, extra_serve_args: Sequence[str],
+               log_dir: Path) -> list[LevelResult]:
+    engine = start_engine(config, target, extra_serve_args=extra_serve_args,
+                          log_path=log_dir / f"engine-{engine_name(config)}-r{rnd}.log")
+    try:
         warm_up(engine, workload.prompts)
         return [run_level(engine, config, workload, rate, rnd,
                           deadline_s=deadline_s) for rate in workload.rates]
@@ -228,11 +243,12 @@ def run_config(config: BenchConfig, target: Path, workload: Workload, rnd: int, 
         engine.stop()
 
 
-def write_results(path: Path, meta: dict, table: Sequence[LevelSummary],
-                  results: Sequence[LevelResult]) -> None:
+def write_results(path: Path, meta: dict, table: Sequence[Cell],
+                  results: Sequence[LevelResult], ratios: Sequence[dict] = ()) -> None:
     data = {
         "meta": meta,
-        "summaries": [asdict(s) for s in table],
+        "summaries": [asdict(c.summary) for c in table],
+        "ratios": list(ratios),
         "levels": [{"config": r.config, "rate": r.rate, "round": r.round,
                     "counters": dict(zip(COUNTERS, r.counters, strict=True)),
                     "records": [{**asdict(rec), "tpot_s": rec.tpot_s} for rec in r.records],

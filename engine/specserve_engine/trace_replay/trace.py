@@ -117,6 +117,33 @@ def plan_requests(
     ]
 
 
+def poisson_plan(
+    rows: Sequence[TraceRow],
+    *,
+    rate: float,
+    count: int,
+    max_prompt_tokens: int,
+    max_output_tokens: int,
+    start: int = 0,
+    seed: int = 0,
+) -> list[PlannedRequest]:
+    """The lengths of `plan_requests`' window, sent with Poisson arrivals at `rate` req/s.
+
+    The gaps are unit-mean exponential draws from `seed`, divided by `rate`: every rate replays
+    the same arrival pattern, compressed or stretched, so probes at different rates (the SLO
+    goodput search) differ in load only, not in luck. The first request is sent at 0.
+    """
+    lengths = plan_requests(rows, rate=rate, count=count, start=start,
+                            max_prompt_tokens=max_prompt_tokens,
+                            max_output_tokens=max_output_tokens)
+    rng = random.Random(f"poisson:{seed}")
+    at, out = 0.0, []
+    for p in lengths:
+        out.append(PlannedRequest(p.index, at / rate, p.prompt_tokens, p.output_tokens))
+        at += rng.expovariate(1.0)
+    return out
+
+
 def token_prompts(token_ids: Sequence[int], lengths: Sequence[int], seed: int) -> list[list[int]]:
     """One prompt of each length, cut at seeded random offsets from a token stream."""
     longest = max(lengths, default=0)
