@@ -1,18 +1,38 @@
-"""Scale from zero and to zero (replicas.min 0), pure: the zero rule as a table, the gateway's
-PromQL, the idle memory over passes, and the NoData handling of a deployment at zero."""
+"""Scale from zero and to zero (replicas.min 0). Pure: the zero rule as a table, the gateway's
+PromQL, the idle memory over passes, and the NoData handling of a deployment at zero. Against
+kmock: the real loop, with its Prometheus snapshot replaced (as in
+test_operator_autoscaling_modes.py) by what the gateway and the engines would report, scales a
+Deployment 0 -> 1 on held requests and back to 0 once idle."""
 
 from __future__ import annotations
 
+import os
+import time as real_time
 from typing import Any
+
+# Read when the operator starts; kopf keeps the first timer intervals of the process (as in
+# test_operator_autoscaling_modes.py): SLO passes every 2 s.
+os.environ.setdefault("SPECSERVE_SLO_INTERVAL_S", "2")
 
 import pytest
 
 from specserve_engine.policy.params import Policy
-from specserve_operator import autoscale, prometheus, slo_loop
+from specserve_operator import autoscale, handlers, prometheus, slo_loop, tuning
 from specserve_operator.config import LoopConfig
+from specserve_operator.manifests import Owner
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import parse_spec
 from specserve_operator.status import no_data_condition, snapshot_status
+from tests.kits.operator_kit import (
+    DEPLOYMENTS,
+    SSD,
+    create,
+    events,
+    eventually,
+    live,
+    running_operator,
+    ssd,
+)
 
 AFTER = 600.0
 IDLE: dict[str, Any] = {"state": "ok", "pods_scraped": 1, "request_rate": 0.0, "running": 0.0,
@@ -151,3 +171,85 @@ def test_decide_scale_above_zero_keeps_one_until_idle_long_enough() -> None:
     never = slo_loop.decide_scale(spec_zero(None), s, Policy(), status_at(1, 0.0), LoopConfig(),
                                   1e6)
     assert never.desired == 1
+
+
+# ------------------------------------------------------------------------- kmock, real loop
+
+
+class Clock:
+    """slo_loop's `time` module, running `offset` seconds ahead (the idle window passes at once)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return real_time.time() + self.offset
+
+
+async def test_held_requests_scale_a_deployment_at_zero_to_one_and_idle_back_to_zero(
+        cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "cold"
+    phase = {"now": "quiet"}
+    seen_models: list[str | None] = []
+    by_phase: dict[str, dict[str, Any]] = {
+        "quiet": {**AT_ZERO, "gateway_held": 0.0, "gateway_holds": 0.0},
+        "held": {**AT_ZERO, "gateway_held": 3.0, "gateway_holds": 0.0},
+        "serving": {**IDLE, "request_rate": 0.5, "tpot_p90_s": 0.02, "engine_requests_idle": 3.0,
+                    "gateway_requests_idle": 3.0},
+        "idle": IDLE,
+    }
+
+    async def snapshot(owner: Owner, spec: Any, *_: Any, **__: Any) -> SloSnapshot:
+        seen_models.append(spec.model.served_name)
+        return SloSnapshot(namespace=owner.namespace, name=owner.name, time=0.0, window="2m",
+                           **by_phase[phase["now"]])
+
+    clock = Clock()
+    monkeypatch.setattr(slo_loop, "take_snapshot", snapshot)
+    monkeypatch.setattr(slo_loop, "time", clock)
+    monkeypatch.setattr(handlers.RUNTIME, "loop_override", LoopConfig(
+        retries=1, push_timeout_s=1.0, tuning=tuning.TuningConfig(cooldown_s=0.0)))
+
+    def replicas() -> int:
+        return int(live(cluster, DEPLOYMENTS, name)["spec"]["replicas"])  # type: ignore[index]
+
+    def autoscale_status() -> dict[str, Any]:
+        return ((live(cluster, SSD, name) or {}).get("status") or {}).get("autoscale") or {}
+
+    def condition(kind: str) -> dict[str, Any]:
+        conds = ((live(cluster, SSD, name) or {}).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == kind), {})
+
+    spec = {"model": {"target": "org/t", "draft": "org/d", "servedName": "chat"},
+            "replicas": {"min": 0, "max": 2, "initial": 0},
+            "autoscaling": {"scaleToZeroAfterSeconds": 60}}
+    async with running_operator():
+        await create(cluster, ssd(name, spec))
+        # At zero with no demand: stays at zero, and that is not "no data".
+        await eventually(lambda: "at zero: no request held" in autoscale_status()["reason"], 30)
+        assert replicas() == 0
+        assert (condition("NoData")["status"], condition("NoData")["reason"]) == (
+            "False", "ScaledToZero")
+        assert not [e for e in events(cluster, name) if e.get("reason") == "NoData"]
+
+        phase["now"] = "held"  # a client waits at the gateway
+        await eventually(lambda: replicas() == 1, 10, explain=lambda: str(autoscale_status()))
+        assert "3 requests held at the gateway for model 'chat': 0 -> 1" in (
+            autoscale_status()["reason"])
+        assert any(e.get("reason") == "Scaled" for e in events(cluster, name))
+
+        phase["now"] = "serving"  # the pod came up and serves
+        await eventually(lambda: "in use" in autoscale_status()["reason"], 10)
+        assert replicas() == 1
+
+        phase["now"] = "idle"
+        await eventually(lambda: autoscale_status().get("idleSince") is not None, 10)
+        assert replicas() == 1  # idle, but not for 60 s yet
+        clock.offset = 120.0  # the idle window has passed
+        await eventually(lambda: replicas() == 0, 10, explain=lambda: str(autoscale_status()))
+        assert "idle for" in autoscale_status()["reason"]
+        assert live(cluster, SSD, name)["spec"]["replicas"]["initial"] == 0  # type: ignore[index]
+
+        phase["now"] = "held"  # and back
+        await eventually(lambda: replicas() == 1, 10)
+    assert set(seen_models) == {"chat"}
