@@ -150,7 +150,7 @@ class Holding:
             self._end(model, outcome)
 
     def metric_lines(self, models: list[str]) -> list[str]:
-        """The Prometheus text of the two metrics (a held gauge for every model in `models`)."""
+        """The Prometheus text of the two metrics, with series for every model in `models`."""
         lines = ["# HELP specserve_gateway_held_requests Requests waiting for a ready backend.",
                  "# TYPE specserve_gateway_held_requests gauge"]
         for model in sorted(set(models) | set(self.held)):
@@ -159,9 +159,13 @@ class Holding:
         lines += ["# HELP specserve_gateway_holds_total Requests that found no ready backend, "
                   "by how their hold ended.",
                   "# TYPE specserve_gateway_holds_total counter"]
-        for (model, outcome), n in sorted(self.outcomes.items()):
-            lines.append(f"specserve_gateway_holds_total{{model={_q(model)},"
-                         f"outcome={_q(outcome)}}} {n}")
+        # Every outcome of every model from 0 on, so that `increase()` counts the first hold.
+        seen = {model for model, _ in self.outcomes}
+        for model in sorted(set(models) | seen):
+            for outcome in OUTCOMES:
+                n = self.outcomes.get((model, outcome), 0)
+                lines.append(f"specserve_gateway_holds_total{{model={_q(model)},"
+                             f"outcome={_q(outcome)}}} {n}")
         return lines
 
 

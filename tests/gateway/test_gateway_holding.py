@@ -104,6 +104,7 @@ def test_a_held_request_is_served_once_a_backend_appears(notify: bool) -> None:
     source = MutableSource(COLD, notify=notify)
     with running_gateway(source, config(max_wait_s=30)) as gw:
         assert metric(gw, "specserve_gateway_held_requests", model="cold") == 0
+        assert metric(gw, "specserve_gateway_holds_total", model="cold", outcome="routed") == 0
         call = Background(lambda: client(gw).completions.create(
             model="cold", prompt="hi", max_tokens=2))
         eventually(lambda: metric(gw, "specserve_gateway_held_requests", model="cold") == 1)
