@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from specserve_gateway.app import GatewayConfig, create_app
+from specserve_gateway.holding import HoldConfig
 from specserve_gateway.routing import RouteError, table_from_flags
 from specserve_gateway.sources import CombinedSource, FileSource, RouteSource, StaticSource
 
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "times per request (0: end it with an error event)")
     p.add_argument("--request-deadline", type=float, default=600.0, metavar="S",
                    help="no resume starts later than S seconds after the request arrived")
+    p.add_argument("--hold-queue", type=int, default=64, metavar="N",
+                   help="requests held per model while it has no ready backend (scaled to "
+                   "zero, pods loading); more get 503 at once; 0: never hold")
+    p.add_argument("--hold-timeout", type=float, default=120.0, metavar="S",
+                   help="longest hold for a ready backend before 503")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -81,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     config = GatewayConfig(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
                            retry_after_s=args.retry_after, max_resumes=args.max_resumes,
-                           request_deadline_s=args.request_deadline)
+                           request_deadline_s=args.request_deadline,
+                           hold=HoldConfig(max_queued=args.hold_queue,
+                                           max_wait_s=args.hold_timeout))
     uvicorn.run(create_app(source, config), host=args.host, port=args.port,
                 log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
     return 0

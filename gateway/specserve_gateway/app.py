@@ -9,8 +9,10 @@
 
 Failure rules (no request ever waits on a dead backend for long):
 - unknown model -> 404 `model_not_found`; bad JSON or no `model` -> 400;
-- a model with no ready backend, or whose backends all refuse or drop the connection before
-  answering -> 503 with `Retry-After`; connecting gives up after `connect_timeout` (2 s);
+- a model with no ready backend is held until one is ready (`holding.py`: bounded per model in
+  number and time; then 503 with `Retry-After`);
+- a model whose backends all refuse or drop the connection before answering -> 503 with
+  `Retry-After`; connecting gives up after `connect_timeout` (2 s);
 - a failed connection marks the backend down for a few seconds and the request moves on to the
   next backend (a completion has no side effects, so retrying it elsewhere is safe);
 - a backend that accepted the request but sends nothing for `read_timeout` -> 504;
@@ -23,12 +25,13 @@ Failure rules (no request ever waits on a dead backend for long):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -39,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from specserve_gateway.holding import HoldConfig, Holding
 from specserve_gateway.resume import ResumeMetrics, ResumePlan, StreamSplicer, plan_resume
 from specserve_gateway.routing import (
     Balancer,
@@ -49,7 +53,7 @@ from specserve_gateway.routing import (
     model_not_found,
     openai_error,
 )
-from specserve_gateway.sources import RouteSource
+from specserve_gateway.sources import Notifying, RouteSource
 
 log = logging.getLogger("specserve_gateway")
 
@@ -71,6 +75,7 @@ class GatewayConfig:
     max_attempts: int = 3
     max_resumes: int = 2  # per request: continuations of a broken stream / body re-asks
     request_deadline_s: float = 600.0  # no resume starts later than this after arrival
+    hold: HoldConfig = field(default_factory=HoldConfig)  # models with no ready backend
 
 
 class Gateway:
@@ -80,6 +85,7 @@ class Gateway:
         self.balancer = Balancer(down_for=self.config.down_for_s)
         self.requests: dict[tuple[str, str, int], int] = {}  # (model, path, status) -> count
         self.resume_metrics = ResumeMetrics()
+        self.holding = Holding(self.config.hold)
         self._client: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------------- lifecycle
@@ -94,6 +100,9 @@ class Gateway:
             follow_redirects=False,
             trust_env=False,  # backends are pod IPs: never through an HTTP(S)_PROXY
         )
+        self.holding.bind(asyncio.get_running_loop())
+        if isinstance(self.source, Notifying):
+            self.source.subscribe(self.holding.notify)
         await self.source.start()
 
     async def shutdown(self) -> None:
@@ -154,6 +163,7 @@ class Gateway:
         for url, n in sorted(self.balancer.outstanding.items()):
             lines.append(f"specserve_gateway_outstanding_requests{{backend={_q(url)}}} {n}")
         lines += self.resume_metrics.lines(_q)
+        lines += self.holding.metric_lines(self.source.table().models())
         return PlainTextResponse("\n".join(lines) + "\n",
                                  media_type="text/plain; version=0.0.4")
 
@@ -172,8 +182,15 @@ class Gateway:
         route = self.source.table().get(model)
         if route is None:
             return self._error(model, path, 404, model_not_found(model))
-        if not route.backends:
-            return self._unavailable(model, path, "no ready replicas")
+        if not route.backends:  # scaled to zero, or every pod still loading: wait for one
+            held = await self.holding.hold(model, lambda: self.source.table().get(model),
+                                           request.is_disconnected)
+            if held.outcome == "removed":
+                return self._error(model, path, 404, model_not_found(model))
+            if held.route is None:
+                return self._error(model, path, 503, held.error(model, self.config.hold),
+                                   {"Retry-After": str(self.config.retry_after_s)})
+            route = held.route
         if route.upstream_model:
             payload = {**payload, "model": route.upstream_model}
             raw = json.dumps(payload).encode()

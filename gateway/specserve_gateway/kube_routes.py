@@ -30,6 +30,7 @@ import httpx
 
 from specserve_contract import ENGINE_SELECTOR, GROUP, HTTP_PORT_NAME, PLURAL, VERSION, service_name
 from specserve_gateway.routing import RouteTable
+from specserve_gateway.sources import Listeners
 
 log = logging.getLogger("specserve_gateway.kube_routes")
 
@@ -206,10 +207,11 @@ class Watch:
                     backoff = min(backoff * 2, 30.0)
 
 
-class KubeSource:
+class KubeSource(Listeners):
     """The RouteSource of a gateway running in the cluster."""
 
     def __init__(self, api: KubeApi, namespaces: Sequence[str] = ()) -> None:
+        super().__init__()
         self.api = api
         self._table = RouteTable()
         self._ssd_watches: list[Watch] = []
@@ -227,9 +229,12 @@ class KubeSource:
         ssds = [o for w in self._ssd_watches for o in w.objects.values()]
         slices = [o for w in self._slice_watches for o in w.objects.values()]
         table = table_from_cluster(ssds, slices)
-        if table != self._table:
+        changed = table != self._table
+        if changed:
             log.info("routes: %s", json.dumps(table.to_json()))
         self._table = table
+        if changed:
+            self.notify()
 
     def table(self) -> RouteTable:
         return self._table

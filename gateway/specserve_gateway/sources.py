@@ -5,7 +5,9 @@
 - `CombinedSource`: several sources merged;
 - `specserve_gateway.kube_routes.KubeSource`: SpecServeDeployments and their ready pods, watched.
 
-The proxy calls `table()` on every request, so a source only swaps in a new table object.
+The proxy calls `table()` on every request, so a source only swaps in a new table object; it
+then calls the listeners given to `subscribe` (the gateway wakes the requests it holds for a
+model without ready backends, `holding.py`).
 `ready()` says whether the table is the source's first real one yet (the gateway's readiness):
 a gateway that routed before its first route list would answer 404 for every model.
 """
@@ -16,9 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import yaml
 
@@ -37,8 +39,33 @@ class RouteSource(Protocol):
     async def stop(self) -> None: ...
 
 
-class StaticSource:
+@runtime_checkable
+class Notifying(Protocol):
+    """A route source that calls its listeners after it swapped in a new table."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None: ...
+
+
+class Listeners:
+    """Who to call after a source swapped in a new table (`subscribe`)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not stop the source's updates
+                log.exception("route-change listener failed")
+
+
+class StaticSource(Listeners):
     def __init__(self, table: RouteTable) -> None:
+        super().__init__()
         self._table = table
 
     def table(self) -> RouteTable:
@@ -66,10 +93,11 @@ def load_routes_file(path: Path) -> RouteTable:
         raise RouteError(f"{path}: {exc}") from None
 
 
-class FileSource:
+class FileSource(Listeners):
     """A routes file, checked every `poll_s` seconds; a broken edit keeps the last good table."""
 
     def __init__(self, path: Path, poll_s: float = 5.0) -> None:
+        super().__init__()
         self.path = path
         self.poll_s = poll_s
         self._table = load_routes_file(path)  # fail fast at startup
@@ -99,6 +127,7 @@ class FileSource:
             log.warning("keeping the previous routes: %s", exc)
             return False
         log.info("routes reloaded from %s: %s", self.path, ", ".join(self._table.models()))
+        self.notify()
         return True
 
     async def _poll(self) -> None:
@@ -119,6 +148,11 @@ class FileSource:
 class CombinedSource:
     def __init__(self, sources: Sequence[RouteSource]) -> None:
         self.sources = list(sources)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        for source in self.sources:
+            if isinstance(source, Notifying):
+                source.subscribe(listener)
 
     def table(self) -> RouteTable:
         table = RouteTable()

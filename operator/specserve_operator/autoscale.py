@@ -14,6 +14,21 @@ longer of the two windows; scaling up goes to the *lowest* recommendation of the
 only to the *highest* recommendation of the long down window (slow). A step up is at most
 `max_up_factor` times the current count. A snapshot without data recommends nothing and the
 count stays: missing metrics never scale down.
+
+Zero (`decide_zero`, before the rule above; replicas.min 0 only). At zero there are no engine
+metrics at all, so the only signal is the gateway's: requests it holds for the model because
+no pod is ready.
+
+    at 0      held (or refused, queue full) requests at a gateway in the window -> 1;
+              otherwise stay at 0
+    above 0   spec.autoscaling.scaleToZeroAfterSeconds set, and idle for that long -> 0; else
+              the capacity rule decides, never below 1
+
+Idle means, on every pass for the whole idle time (`idle_since` is the loop's memory of it),
+and over the idle window in Prometheus (which also covers passes the operator missed):
+engines scraped with nothing running or waiting and no request finished, and a gateway that
+knows the model (its held gauge is there) that held nothing and answered nothing. Without the
+gateway's series the deployment never goes to zero: nothing could bring it back.
 """
 
 from __future__ import annotations
@@ -69,10 +84,87 @@ class ScaleDecision(BaseModel):
     raw: int | None
     reason: str
     history: list[Recommendation]
+    idle_since: float | None = None  # see ZeroDecision
 
     @property
     def changed(self) -> bool:
         return self.desired != self.current
+
+
+class ZeroDecision(BaseModel):
+    """The zero rule's answer: a count (0 or the wake-up count), or None when the capacity
+    rule decides (with a floor of 1); `idle_since` is the memory the next pass gets back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    desired: int | None
+    reason: str
+    idle_since: float | None = None
+
+
+def gateway_demand(snapshot: SloSnapshot) -> float | None:
+    """Requests the gateways held for the model in the window (the peak held at once, or the
+    holds that ended, whichever is more); None when no scraped gateway knows the model."""
+    if snapshot.gateway_held is None and snapshot.gateway_holds is None:
+        return None
+    return max(snapshot.gateway_held or 0.0, snapshot.gateway_holds or 0.0)
+
+
+def _busy(snapshot: SloSnapshot) -> list[str]:
+    """What says the model is in use (empty: idle), given engine and gateway data."""
+    s = snapshot
+    signals = [("requests/s finished", s.request_rate), ("running", s.running),
+               ("waiting", s.waiting), ("finished over the idle window", s.engine_requests_idle),
+               ("at the gateway over the idle window", s.gateway_requests_idle),
+               ("held at the gateway", gateway_demand(s))]
+    return [f"{v:.3g} {what}" for what, v in signals if v is not None and v > 0]
+
+
+def decide_zero(
+    snapshot: SloSnapshot,
+    current: int,
+    min_replicas: int,
+    max_replicas: int,
+    after_s: float | None,
+    idle_since: float | None,
+    now: float,
+    model: str,
+) -> ZeroDecision:
+    """Scale from zero on held requests; scale to zero after `after_s` idle (module doc)."""
+    if current == 0:
+        demand = gateway_demand(snapshot)
+        wake = min(max(1, min_replicas), max_replicas)
+        if demand is None:
+            return ZeroDecision(desired=0, reason=(
+                f"at zero: no gateway series for model {model!r} in Prometheus, so no demand "
+                "can be seen (the gateway's /metrics must be scraped): stay at 0"))
+        if demand > 0:
+            return ZeroDecision(desired=wake, reason=(
+                f"at zero: {demand:.3g} requests held at the gateway for model {model!r}: "
+                f"0 -> {wake}"))
+        return ZeroDecision(desired=0, reason=f"at zero: no request held for model {model!r}")
+    if after_s is None or min_replicas > 0:
+        return ZeroDecision(desired=None, reason="")
+    if not snapshot.has_data:
+        return ZeroDecision(desired=None, reason="scale to zero: not without engine data")
+    if snapshot.gateway_held is None:
+        return ZeroDecision(desired=None, reason=(
+            f"scale to zero: never without the gateway's series for model {model!r} (nothing "
+            "could scale it back)"))
+    if snapshot.engine_requests_idle is None:
+        return ZeroDecision(desired=None,
+                            reason="scale to zero: no engine request count over the idle window")
+    busy = _busy(snapshot)
+    if busy:
+        return ZeroDecision(desired=None, reason="scale to zero: in use (" + ", ".join(busy) + ")")
+    since = now if idle_since is None else min(idle_since, now)
+    idle_for = now - since
+    if idle_for >= after_s:
+        return ZeroDecision(desired=0, idle_since=since, reason=(
+            f"idle for {idle_for:.0f}s >= {after_s:.0f}s (no request for model {model!r} at the "
+            f"engines or the gateway): {current} -> 0"))
+    return ZeroDecision(desired=None, idle_since=since,
+                        reason=f"scale to zero: idle for {idle_for:.0f}s of {after_s:.0f}s")
 
 
 def capacity_per_replica(

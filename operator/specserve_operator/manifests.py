@@ -385,6 +385,12 @@ def _probe(timing: dict[str, int]) -> dict[str, Any]:
     return {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}, **timing}
 
 
+def served_model(name: str, spec: SpecServeDeploymentSpec) -> str:
+    """The model name the engines serve and the gateway routes (and labels its series) by:
+    spec.model.servedName, else the resource's name (gateway/kube_routes.served_model)."""
+    return spec.model.served_name or name
+
+
 def deployment_replicas(spec: SpecServeDeploymentSpec, status: Mapping[str, Any] | None) -> int:
     """The engine Deployment's replica count, given the resource's .status.
 
@@ -425,7 +431,7 @@ def deployment(
 ) -> dict[str, Any]:
     """The engine Deployment; `replicas` defaults to spec.replicas.initial (reconcile passes
     `deployment_replicas`)."""
-    served_name = spec.model.served_name or owner.name
+    served_name = served_model(owner.name, spec)
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
         # The whole folder, never a subPath (the kubelet does not update subPath mounts).

@@ -11,6 +11,16 @@ PodMonitor (the chart's); a `service` label exists only for ServiceMonitor targe
 not used. Both ports (vllm:* and specserve_*) carry the labels. A plain Prometheus gets them
 with the usual `labelmap` of `__meta_kubernetes_pod_label_(.+)`, or as static target labels.
 
+The gateway's demand for the deployment's model (scale from zero, scale to zero: see
+autoscale.decide_zero) is selected by `model` alone, the name the gateway serves it under
+(spec.model.servedName, else the resource's name, as gateway/kube_routes.served_model reads
+it): those series describe requests, not pods, so they exist while the deployment has none.
+The gateway exports `specserve_gateway_held_requests{model}` for every model it knows (0 when
+nothing is held), so an empty result means "no scraped gateway knows this model", not "no
+demand"; `specserve_gateway_holds_total{model,outcome}` likewise starts at 0, so `increase`
+counts its first hold. They never decide `state`: a deployment scaled to zero has no engine
+targets (NoTargets) and its gateway demand is still read.
+
 "No data" is a state of its own: when the pods are not scraped, or the request rate or the
 latency histograms are missing, the snapshot says so (`state` "noData" with the reasons) and
 `slo_met` is None. The tuning loop then keeps the current policy and the autoscaler keeps the
@@ -24,6 +34,8 @@ replica count: missing metrics never count as "SLO met" and never shrink a deplo
     NoTargets                Prometheus has no `up` series for the selector (not scraped at all)
     TargetsDown              `up` series exist, none is 1 (the scrapes fail)
     EmptySeries              scraped, but the request-rate or TPOT series are missing
+    ScaledToZero             no engine pod because the deployment is at zero replicas: nothing
+                             to measure, and not a fault (NoData is False, no event, no alert)
 """
 
 from __future__ import annotations
@@ -41,12 +53,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from specserve_contract import series_labels
 
 TTFT = "vllm:time_to_first_token_seconds"
+GATEWAY_HELD = "specserve_gateway_held_requests"
+GATEWAY_HOLDS = "specserve_gateway_holds_total"
+GATEWAY_REQUESTS = "specserve_gateway_requests_total"
+ENGINE_REQUESTS = "vllm:e2e_request_latency_seconds_count"
 TPOT = "vllm:request_time_per_output_token_seconds"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 SnapshotState = Literal["ok", "noData", "error"]
 NoDataReason = Literal["NoPrometheusUrl", "PrometheusUrlNotAllowed", "CredentialsUnavailable",
-                       "QueryError", "NoTargets", "TargetsDown", "EmptySeries"]
+                       "QueryError", "NoTargets", "TargetsDown", "EmptySeries", "ScaledToZero"]
 NO_DATA_REASONS: tuple[str, ...] = NoDataReason.__args__  # type: ignore[attr-defined]
 
 
@@ -86,6 +102,17 @@ class SloSnapshot(BaseModel):
         default=None, description="fraction of requests whose TPOT met the target")
     ttft_attainment: float | None = Field(
         default=None, description="fraction of requests whose TTFT met the p90 target")
+    gateway_held: float | None = Field(
+        default=None, description="most requests the gateways held at once for the model in the "
+        "window (summed over gateway pods); None: no scraped gateway knows the model")
+    gateway_holds: float | None = Field(
+        default=None, description="requests that found no ready backend at a gateway in the "
+        "window (held, or refused with the queue full)")
+    gateway_requests_idle: float | None = Field(
+        default=None, description="requests the gateways answered for the model over the "
+        "idle window (spec.autoscaling.scaleToZeroAfterSeconds)")
+    engine_requests_idle: float | None = Field(
+        default=None, description="requests the engines finished over the idle window")
 
     @property
     def has_data(self) -> bool:
@@ -108,20 +135,33 @@ class SloSnapshot(BaseModel):
 # ------------------------------------------------------------------------------- PromQL (pure)
 
 
+def _quote(v: str) -> str:
+    """A PromQL string literal."""
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def selector(namespace: str, name: str) -> str:
     """Label matchers for one deployment's series (escaped for PromQL string literals)."""
-    def q(v: str) -> str:
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     pairs = {"namespace": namespace, **series_labels(name)}
-    return ",".join(f"{k}={q(v)}" for k, v in pairs.items())
+    return ",".join(f"{k}={_quote(v)}" for k, v in pairs.items())
+
+
+def model_selector(model: str) -> str:
+    """Label matchers for the gateway's series of one served model name."""
+    return f"model={_quote(model)}"
 
 
 def _ratio(num: str, den: str, sel: str, window: str) -> str:
     return f"sum(rate({num}{{{sel}}}[{window}])) / sum(rate({den}{{{sel}}}[{window}]))"
 
 
-def build_queries(sel: str, window: str) -> dict[str, str]:
-    """Every instant query of a snapshot, by snapshot field (buckets for attainment too)."""
+def build_queries(sel: str, window: str, model: str | None = None,
+                  idle_window: str | None = None) -> dict[str, str]:
+    """Every instant query of a snapshot, by snapshot field (buckets for attainment too).
+
+    With `model` (the served name): the gateway's demand for it over `window`; with
+    `idle_window` as well: the requests over that window at the gateway and at the engines
+    (has the deployment been idle long enough to scale to zero?)."""
     out: dict[str, str] = {}
     for metric, prefix in ((TTFT, "ttft"), (TPOT, "tpot")):
         for name, q in QUANTILES.items():
@@ -131,7 +171,7 @@ def build_queries(sel: str, window: str) -> dict[str, str]:
         out[f"{prefix}_buckets"] = f"sum by (le) (rate({metric}_bucket{{{sel}}}[{window}]))"
     out["targets"] = f"count(up{{{sel}}})"
     out["pods_scraped"] = f"count(up{{{sel}}} == 1)"
-    out["request_rate"] = f"sum(rate(vllm:e2e_request_latency_seconds_count{{{sel}}}[{window}]))"
+    out["request_rate"] = f"sum(rate({ENGINE_REQUESTS}{{{sel}}}[{window}]))"
     out["running"] = f"sum(vllm:num_requests_running{{{sel}}})"
     out["waiting"] = f"sum(vllm:num_requests_waiting{{{sel}}})"
     out["output_tokens_per_request"] = _ratio(
@@ -150,6 +190,15 @@ def build_queries(sel: str, window: str) -> dict[str, str]:
     out["step_observed_mean_s"] = _ratio(
         "specserve_step_time_observed_seconds_sum", "specserve_step_time_observed_seconds_count",
         sel, window)
+    if model is not None:
+        msel = model_selector(model)
+        out["gateway_held"] = f"sum(max_over_time({GATEWAY_HELD}{{{msel}}}[{window}]))"
+        out["gateway_holds"] = f"sum(increase({GATEWAY_HOLDS}{{{msel}}}[{window}]))"
+        if idle_window is not None:
+            out["gateway_requests_idle"] = (
+                f"sum(increase({GATEWAY_REQUESTS}{{{msel}}}[{idle_window}]))")
+            out["engine_requests_idle"] = (
+                f"sum(increase({ENGINE_REQUESTS}{{{sel}}}[{idle_window}]))")
     return out
 
 
@@ -355,10 +404,12 @@ class PrometheusClient:
 
     async def snapshot(
         self, namespace: str, name: str, window: str, now: float,
-        tpot_target_s: float, ttft_target_s: float,
+        tpot_target_s: float, ttft_target_s: float, model: str | None = None,
+        idle_window: str | None = None,
     ) -> SloSnapshot:
-        """Run every query concurrently and assemble the snapshot (never raises for HTTP)."""
-        queries = build_queries(selector(namespace, name), window)
+        """Run every query concurrently and assemble the snapshot (never raises for HTTP);
+        `model` and `idle_window` as in `build_queries`."""
+        queries = build_queries(selector(namespace, name), window, model, idle_window)
         errors: list[str] = []
         async with self.http_client() as client:
             async def one(q: str) -> dict[str, Any] | None:

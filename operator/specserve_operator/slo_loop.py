@@ -40,6 +40,7 @@ from specserve_operator.autoscale import (
     Recommendation,
     ScaleDecision,
     capacity_per_replica,
+    decide_zero,
 )
 from specserve_operator.autoscale import decide as decide_replicas
 from specserve_operator.config import LoopConfig
@@ -59,6 +60,7 @@ from specserve_operator.manifests import (
     policy_json,
     secret_name,
     selector_labels,
+    served_model,
     slo_summary,
 )
 from specserve_operator.prometheus import (
@@ -243,8 +245,11 @@ async def take_snapshot(owner: Owner, spec: SpecServeDeploymentSpec, cfg: LoopCo
         return SloSnapshot(namespace=owner.namespace, name=owner.name, time=now,
                            window=cfg.window, state="noData", no_data_reason=exc.reason,
                            reasons=[str(exc)])
+    idle = spec.autoscaling.scale_to_zero_after_seconds
     return await client.snapshot(owner.namespace, owner.name, cfg.window, now,
-                                 spec.slo.tpot_p90_ms / 1e3, spec.slo.ttft_p90_ms / 1e3)
+                                 spec.slo.tpot_p90_ms / 1e3, spec.slo.ttft_p90_ms / 1e3,
+                                 model=served_model(owner.name, spec),
+                                 idle_window=None if idle is None else f"{idle}s")
 
 
 def tuning_state(old: dict[str, Any]) -> TuningState:
@@ -304,20 +309,38 @@ def decide_scale(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Polic
     """4. The replica decision (pure): from the count the pods have now (`deployment_replicas`
     of the last status: in builtin mode the last decision, else spec.replicas.initial) and the
     snapshot. builtin: `apply_scale` applies it; external: a recommendation for the HPA/KEDA
-    (exported, never applied); off: no decision, the count stays spec.replicas.initial."""
+    (exported, never applied); off: no decision, the count stays spec.replicas.initial.
+    With replicas.min 0 the zero rule (`autoscale.decide_zero`) goes first: at zero only held
+    requests at the gateway scale up; above zero the capacity rule keeps at least 1."""
     mode = spec.autoscaling.mode
     current = deployment_replicas(spec, old)
     if mode == "off":
         return ScaleDecision(current=current, desired=current, raw=None, history=[],
                              reason=f"autoscaling off: fixed at spec.replicas.initial ({current})")
+    auto = old.get("autoscale") or {}
     history = [Recommendation(time=r["time"], replicas=r["replicas"])
-               for r in (old.get("autoscale") or {}).get("recommendations") or []]
+               for r in auto.get("recommendations") or []]
+    zero = decide_zero(snap, current, spec.replicas.min, spec.replicas.max,
+                       spec.autoscaling.scale_to_zero_after_seconds, auto.get("idleSince"), now,
+                       served_model(snap.name, spec))
+    if zero.desired is not None:
+        # A move to or from zero starts the stabilisation afresh (a remembered 0 would hold
+        # the first scale-up after a wake for a whole up window).
+        decision = ScaleDecision(current=current, desired=zero.desired, raw=None, history=[],
+                                 reason=zero.reason, idle_since=zero.idle_since)
+        if mode == "external":
+            decision = decision.model_copy(update={
+                "reason": f"external (the HPA/KEDA applies it): {decision.reason}"})
+        return decision
     out_tokens = snap.output_tokens_per_request or cfg.autoscale.default_output_tokens
     prompt = snap.prompt_tokens_per_request or cfg.autoscale.default_prompt_tokens
     capacity = capacity_per_replica(policy, snap.acceptance_rate, out_tokens,
                                     prompt + out_tokens / 2, cfg.autoscale.max_batch)
-    decision = decide_replicas(snap, current, spec.replicas.min, spec.replicas.max, capacity,
-                               spec.slo.attainment, history, now, cfg.autoscale)
+    decision = decide_replicas(snap, current, max(spec.replicas.min, 1), spec.replicas.max,
+                               capacity, spec.slo.attainment, history, now, cfg.autoscale)
+    if zero.reason:
+        decision = decision.model_copy(update={"reason": f"{decision.reason}; {zero.reason}",
+                                               "idle_since": zero.idle_since})
     if mode == "external":
         decision = decision.model_copy(update={
             "reason": f"external (the HPA/KEDA applies it): {decision.reason}"})
@@ -381,9 +404,22 @@ def loop_status(owner: Owner, spec: SpecServeDeploymentSpec, snap: SloSnapshot,
                 "pushed_at": stamp},
         autoscale={"mode": spec.autoscaling.mode, "desired": scaled.desired, "raw": scaled.raw,
                    "reason": scaled.reason[:4000], "time": stamp,
-                   "recommendations": [r.model_dump() for r in scaled.history]},
+                   "recommendations": [r.model_dump() for r in scaled.history],
+                   "idle_since": scaled.idle_since},
         conditions=merge_conditions(old.get("conditions"), conds, stamp),
     )
+
+
+def at_zero(snap: SloSnapshot, replicas: int) -> SloSnapshot:
+    """The snapshot of a deployment at zero replicas: no engine targets is what zero pods look
+    like, so NoTargets/TargetsDown become ScaledToZero (no NoData event or alert). The gateway's
+    demand fields are kept: they are what scales it up again."""
+    if replicas != 0 or snap.no_data_reason not in ("NoTargets", "TargetsDown"):
+        return snap
+    return snap.model_copy(update={
+        "no_data_reason": "ScaledToZero",
+        "reasons": ["scaled to zero: no engine pod to measure (held requests at the gateway "
+                    "scale it up)"]})
 
 
 def no_data_event(snap: SloSnapshot, old: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -391,6 +427,8 @@ def no_data_event(snap: SloSnapshot, old: dict[str, Any]) -> tuple[str, str, str
     loop loses its data or the cause changes, a Normal `DataRestored` when it has data again;
     None while nothing changed (as the NoData condition in the last status says)."""
     prev = next((c for c in old.get("conditions") or [] if c.get("type") == "NoData"), {})
+    if snap.no_data_reason == "ScaledToZero":
+        return None
     if snap.state != "ok":
         cause = snap.no_data_reason or "QueryError"
         if prev.get("status") == "True" and prev.get("reason") == cause:
@@ -407,9 +445,9 @@ def report_data(body: Any, owner: Owner, snap: SloSnapshot, old: dict[str, Any],
     event = no_data_event(snap, old)
     if event is not None:
         kopf.event(body, type=event[0], reason=event[1], message=event[2])
+    gap = snap.state != "ok" and snap.no_data_reason != "ScaledToZero"
     metrics.NO_DATA.observe(owner.namespace, owner.name,
-                            None if snap.state == "ok" else snap.no_data_reason or "QueryError",
-                            now)
+                            snap.no_data_reason or "QueryError" if gap else None, now)
 
 
 async def slo_iteration(
@@ -422,7 +460,8 @@ async def slo_iteration(
     policy = await read_policy(api, owner)
     if policy is None:
         return {}  # the reconcile handler creates the ConfigMap first
-    snap = await take_snapshot(owner, spec, cfg, now, api)
+    snap = at_zero(await take_snapshot(owner, spec, cfg, now, api),
+                   deployment_replicas(spec, old))
     report_data(body, owner, snap, old, now)
     decision = await decide_policy(api, owner, snap, policy, old, cfg, now)
     if decision.changed:

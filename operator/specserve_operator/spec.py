@@ -263,6 +263,15 @@ class AutoscalingSpec(SpecServeModel):
         "replicas.initial, which an HPA or KEDA sets through the scale subresource; off: "
         "replicas.initial, fixed.",
     )
+    scale_to_zero_after_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="With replicas.min 0: scale to zero once neither the engines nor the "
+        "gateway have seen a request for the model for this long (the gateway's metrics must "
+        "be in the operator's Prometheus: held requests there scale it back to 1). Unset: "
+        "never scale to zero (a deployment at zero still scales to 1 on held requests).",
+    )
 
 
 ROLLOUT_STUCK = ("maxSurge and maxUnavailable must not both be 0: the rollout could never "
@@ -754,6 +763,10 @@ SPEC_RULES = cel_rules(
         f"({_s('speculation.kMax')})'"),
     cel(f"self.model.draft != self.model.target || self.model.draft == '{TINY}'",
         "model.draft must differ from model.target"),
+    cel("!has(self.autoscaling.scaleToZeroAfterSeconds) || self.replicas.min == 0",
+        "autoscaling.scaleToZeroAfterSeconds needs replicas.min 0",
+        "'autoscaling.scaleToZeroAfterSeconds needs replicas.min 0, not ' + "
+        "string(self.replicas.min)"),
     cel(f"!has(self.vllmArgs) || self.vllmArgs.all(a, !{_RESERVED}.exists(f, {_IS_RESERVED}))",
         "vllmArgs must not contain a flag SpecServe sets itself",
         f"'vllmArgs must not contain ' + {_RESERVED}.filter(f, self.vllmArgs.exists(a, "
@@ -811,6 +824,9 @@ class SpecServeDeploymentSpec(SpecServeModel):
             )
         if self.model.draft == self.model.target and self.model.draft != TINY:
             raise ValueError("model.draft must differ from model.target")
+        if self.autoscaling.scale_to_zero_after_seconds is not None and self.replicas.min != 0:
+            raise ValueError("autoscaling.scaleToZeroAfterSeconds needs replicas.min 0, not "
+                             f"{self.replicas.min}")
         for flag in RESERVED_VLLM_FLAGS:
             if any(arg == flag or arg.startswith(flag + "=") for arg in self.vllm_args):
                 raise ValueError(
@@ -870,8 +886,8 @@ class SloSnapshotStatus(SpecServeModel):
     no_data_reason: str | None = Field(
         default=None, max_length=64,
         description="The cause when not ok: NoPrometheusUrl, PrometheusUrlNotAllowed, "
-        "CredentialsUnavailable, QueryError, NoTargets, TargetsDown or EmptySeries "
-        "(the NoData condition's reason).")
+        "CredentialsUnavailable, QueryError, NoTargets, TargetsDown, EmptySeries (the NoData "
+        "condition's reason) or ScaledToZero (no pods on purpose: NoData False).")
     targets: int | None = Field(default=None, description="Targets Prometheus has (up series).")
     ttft_p50_ms: float | None = None
     tpot_p50_ms: float | None = None
@@ -914,6 +930,9 @@ class AutoscaleStatus(SpecServeModel):
     reason: str | None = Field(default=None, max_length=4096)
     time: str | None = None
     recommendations: list[ScaleRecommendation] = Field(default_factory=list, max_length=1000)
+    idle_since: float | None = Field(
+        default=None, description="Unix time since which every pass saw no request for the "
+        "model (spec.autoscaling.scaleToZeroAfterSeconds); unset while busy or unknown.")
 
 
 class SpecServeDeploymentStatus(SpecServeModel):

@@ -199,6 +199,8 @@ def no_data_condition(snapshot: dict[str, Any] | None) -> dict[str, Any]:
         return condition("NoData", False, "DataPresent",
                          f"{snapshot.get('podsScraped') or 0} targets scraped")
     reason = snapshot.get("noDataReason") or ("QueryError" if state == "error" else "EmptySeries")
+    if reason == "ScaledToZero":  # no pods on purpose: no engine metrics is not a fault
+        return condition("NoData", False, reason, snapshot.get("reason") or "scaled to zero")
     return condition("NoData", True, reason, snapshot.get("reason") or "metrics missing")
 
 

@@ -206,6 +206,7 @@ def test_gateway_args_are_accepted_by_the_gateway_cli() -> None:
         assert args.namespace == namespaces
         assert args.port == c["ports"][0]["containerPort"] == 8080
         assert (args.connect_timeout, args.read_timeout, args.retry_after) == (2.0, 600.0, 2)
+        assert (args.hold_queue, args.hold_timeout) == (64, 120.0)
         # Ready after the first route list (the app's /ready), live while the process is up.
         assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
         assert c["livenessProbe"]["httpGet"]["path"] == "/health"

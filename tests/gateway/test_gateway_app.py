@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from specserve_gateway.app import GatewayConfig
+from specserve_gateway.holding import HoldConfig
 from specserve_gateway.routing import RouteTable
 from tests.kits.gateway_kit import (
     dies_mid_stream_fake_backend,
@@ -72,7 +73,9 @@ def test_dead_backend_is_503_with_retry_after_quickly() -> None:
 
 
 def test_model_without_ready_replicas_is_503_not_404() -> None:
-    with running_gateway(RouteTable.from_mapping({"cold": []})) as gw:
+    # Holding off (test_gateway_holding.py holds): 503 at once.
+    config = GatewayConfig(hold=HoldConfig(max_queued=0))
+    with running_gateway(RouteTable.from_mapping({"cold": []}), config) as gw:
         resp = httpx.post(f"{gw}/v1/completions", json={"model": "cold", "prompt": "x"})
     assert resp.status_code == 503
     assert "no ready replicas" in resp.json()["error"]["message"]

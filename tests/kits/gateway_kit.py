@@ -1,12 +1,15 @@
 """Helpers for the gateway tests: run the gateway in a thread, and dead backends.
 
 A dead backend is what a killed pod looks like from the network: a port where nothing accepts
-(connection refused) or a peer that accepts and never answers. Both are real sockets here.
+(connection refused) or a peer that accepts and never answers. Both are real sockets here. A
+pod that comes up later (scale from zero) is a tiny real HTTP server swapped into a
+`MutableSource`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import socket
 import struct
@@ -23,7 +26,7 @@ import uvicorn
 from specserve_engine.launcher import free_port
 from specserve_gateway.app import GatewayConfig, create_app
 from specserve_gateway.routing import RouteTable
-from specserve_gateway.sources import RouteSource, StaticSource
+from specserve_gateway.sources import Listeners, RouteSource, StaticSource
 
 
 @contextmanager
@@ -374,4 +377,66 @@ def fake_openai_backend(die_after: Sequence[int | None] = (), *, failure: str = 
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         sock.close()
+class MutableSource(Listeners):
+    """A route source whose table the test swaps (from its own thread), notifying listeners as
+    the cluster source does when a pod becomes ready. `notify=False`: a source that cannot say
+    when it changed (the gateway's re-check must find the change on its own)."""
+
+    def __init__(self, table: RouteTable, notify: bool = True) -> None:
+        super().__init__()
+        self._table = table
+        self._notify = notify
+
+    def set(self, table: RouteTable) -> None:
+        self._table = table
+        if self._notify:
+            self.notify()
+
+    def table(self) -> RouteTable:
+        return self._table
+
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+@contextmanager
+def completion_fake_backend(text: str = "ok") -> Iterator[str]:
+    """NOT an engine: a tiny real HTTP server (a thread) that answers every POST with one
+    OpenAI-shaped completion whose text is `text` and whose model is the request's. Stands in
+    for a pod that came up (scale from zero), which the shared session engines cannot do."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+            body = json.dumps({
+                "id": "cmpl-fake", "object": "text_completion", "created": 0,
+                "model": request.get("model"),
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop",
+                             "logprobs": None}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="fake-backend", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
         thread.join(5)

@@ -129,6 +129,13 @@ CASES: list[tuple[str, Any, str, bool]] = [
      True),
     ("autoscaling-mode-unknown", _with("autoscaling", {"mode": "hpa"}),
      "spec.autoscaling.mode: Input should be 'builtin', 'external' or 'off'", True),
+    ("scale-to-zero-with-min-1", _with("autoscaling", {"scaleToZeroAfterSeconds": 600}),
+     "autoscaling.scaleToZeroAfterSeconds needs replicas.min 0, not 1", False),
+    ("scale-to-zero-too-soon",
+     _with("autoscaling", {"scaleToZeroAfterSeconds": 10},
+           _with("replicas", {"min": 0, "max": 2, "initial": 0})),
+     "spec.autoscaling.scaleToZeroAfterSeconds: Input should be greater than or equal to 60",
+     True),
 ]
 
 # The pod template (spec.pod, and resources' gpuResourceName/ephemeralStorage/shmSize). Kept
