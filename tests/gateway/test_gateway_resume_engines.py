@@ -120,5 +120,11 @@ def test_killing_an_engine_mid_stream_loses_no_stream(two_engines: list[ServerPr
     resumed = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("specserve_gateway_resumes_total{"))
     assert resumed >= 1, metrics
+    seconds = {line.split("{")[0].rsplit("_", 1)[1]: float(line.rsplit(" ", 1)[1])
+               for line in metrics.splitlines()
+               if line.startswith(("specserve_gateway_resume_seconds_sum{",
+                                   "specserve_gateway_resume_seconds_count{"))}
+    print(f"\nRESUMED {resumed:.0f} of {in_flight} streams in flight on the killed engine; "
+          f"mean resume latency {seconds['sum'] / max(seconds['count'], 1) * 1e3:.0f} ms")
     assert "specserve_gateway_resume_failures_total{" not in metrics
     assert time.monotonic() - killed_at < 120
