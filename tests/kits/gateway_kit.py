@@ -26,7 +26,7 @@ import uvicorn
 from specserve_engine.launcher import free_port
 from specserve_gateway.app import GatewayConfig, create_app
 from specserve_gateway.routing import RouteTable
-from specserve_gateway.sources import Listeners, RouteSource, StaticSource
+from specserve_gateway.sources import RouteSource, StaticSource
 
 
 @contextmanager
@@ -377,32 +377,19 @@ def fake_openai_backend(die_after: Sequence[int | None] = (), *, failure: str = 
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         sock.close()
-class MutableSource(Listeners):
+class MutableSource(StaticSource):
     """A route source whose table the test swaps (from its own thread), notifying listeners as
     the cluster source does when a pod becomes ready. `notify=False`: a source that cannot say
     when it changed (the gateway's re-check must find the change on its own)."""
 
     def __init__(self, table: RouteTable, notify: bool = True) -> None:
-        super().__init__()
-        self._table = table
+        super().__init__(table)
         self._notify = notify
 
     def set(self, table: RouteTable) -> None:
         self._table = table
         if self._notify:
             self.notify()
-
-    def table(self) -> RouteTable:
-        return self._table
-
-    def ready(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
 
 @contextmanager
