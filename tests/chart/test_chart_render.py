@@ -20,6 +20,7 @@ from specserve_contract import GROUP, KIND, PLURAL, SERIES_POD_LABELS  # noqa: E
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
+from specserve_operator.children import WATCHED  # noqa: E402
 from specserve_operator.kube_client import (  # noqa: E402
     ADMISSION_GRANTS,
     API_CALLS,
@@ -265,7 +266,9 @@ RESOURCES = {
 # kopf: list/watch/patch the resource, patch its status, post events; the handlers read the
 # resource too. Children: get, create, patch (reconcile.py); never delete (the garbage collector
 # removes them through their owner references) but for a PodDisruptionBudget turned off.
+# The watched ones (children.WATCHED: kopf's indexes) also list and watch.
 CHILD_VERBS = {"get", "create", "patch"}
+WATCHED_CHILDREN = {(w.group, w.plural) for w in WATCHED}
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -340,7 +343,8 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
         # The control token is created once and never patched; the one child ever deleted is
         # the PodDisruptionBudget of a resource whose spec turned it off.
         want[child] = (set(CHILD_VERBS) - ({"patch"} if child == ("", "secrets") else set())
-                       | ({"delete"} if child == ("policy", "poddisruptionbudgets") else set()))
+                       | ({"delete"} if child == ("policy", "poddisruptionbudgets") else set())
+                       | ({"list", "watch"} if child in WATCHED_CHILDREN else set()))
     assert want == code_grants(service_monitors), "the manifests and API_CALLS disagree"
     return want
 
