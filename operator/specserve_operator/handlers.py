@@ -112,7 +112,9 @@ _DEPLOYMENTS, _SERVICES, _CONFIGMAPS, _PDBS = children.WATCHED
             id=_CONFIGMAPS.index, labels=_OWN)
 @kopf.index(group=_PDBS.group, version=_PDBS.version, plural=_PDBS.plural, id=_PDBS.index,
             labels=_OWN)
-def index_child(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def index_child(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """async: run in the event loop, not queued in the thread pool behind the (synchronous,
+    API-bound) reconcile handlers; it only copies a dict."""
     return children.index_child(**kwargs)
 
 
