@@ -98,12 +98,7 @@ tests/chart checks them against the kinds the operator's manifests produce.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The control-token Secret of each resource: created once, read to push, never patched.
-# (RBAC cannot narrow this by name: `create` has no name to match, and the names are per
-# resource. Use watchNamespaces to confine it to the watched namespaces.)
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "create"]
+# (The control-token Secrets: specserve.operatorSecretRules, granted next to these.)
 # The SLO loop pushes the policy to every ready engine pod (it lists them to find their IPs).
 - apiGroups: [""]
   resources: ["pods"]
@@ -117,6 +112,18 @@ tests/chart checks them against the kinds the operator's manifests produce.
   resources: ["servicemonitors"]
   verbs: ["get", "create", "patch"]
 {{- end }}
+{{- end -}}
+
+{{/*
+The control-token Secret of each resource: created once, read to push, never patched. RBAC
+cannot narrow this by name (`create` has no name to match, and the names are per resource) nor
+by label: use watchNamespaces to confine it to the watched namespaces, or, watching all of them,
+operator.secretNamespaces to grant it only in those (docs/helm.md#secrets).
+*/}}
+{{- define "specserve.operatorSecretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 {{- end -}}
 
 {{/* kopf notices CRDs being added or removed (read-only, cluster-scoped by nature). */}}
