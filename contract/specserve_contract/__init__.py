@@ -213,3 +213,25 @@ AUTOSCALING_MODES = ("builtin", "external", "off")
 # Values of model.target / model.draft (and `specserve serve --draft`) with a special meaning.
 NO_DRAFT = "none"  # no speculation
 TINY = "tiny"  # the engine's built-in tiny models (operator spec only)
+
+# vLLM's data-parallel size, as `vllm serve` spells it (vllm/engine/arg_utils.py: "--data-parallel-
+# size", "-dp"; its parser reads underscores in a long flag as dashes). SpecServe refuses it in
+# `specserve serve` and in spec.vllmArgs, whatever the value (1 is the default): its scheduler
+# and control port live in the EngineCore process, and with --data-parallel-size N vLLM starts N
+# EngineCore processes (docs/vllm-seams.md, "Data parallelism").
+DATA_PARALLEL_FLAGS = ("--data-parallel-size", "--data_parallel_size", "-dp")
+DATA_PARALLEL_REFUSED = (
+    "SpecServe needs one vLLM EngineCore per engine pod: with data parallelism every rank is an "
+    "EngineCore process of its own, each would bind the same control port "
+    "(SPECSERVE_CONTROL_PORT), and a policy pushed to the one that binds would not reach the "
+    "others; scale out with replicas instead"
+)
+
+
+def data_parallel_flag(args: list[str] | tuple[str, ...]) -> str | None:
+    """The first of DATA_PARALLEL_FLAGS that `args` set (`flag value` or `flag=value`), or None."""
+    for arg in args:
+        for flag in DATA_PARALLEL_FLAGS:
+            if arg == flag or arg.startswith(flag + "="):
+                return flag
+    return None

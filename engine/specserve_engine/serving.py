@@ -11,6 +11,7 @@ from pathlib import Path
 
 from specserve_contract import (
     CONTROL_PORT_OFFSET,
+    DATA_PARALLEL_REFUSED,
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_MODE,
@@ -22,6 +23,7 @@ from specserve_contract import (
     MODES,
     NO_DRAFT,
     PROFILE_FILENAME,
+    data_parallel_flag,
 )
 
 KTable = tuple[tuple[int, int, int], ...]  # vLLM's Dynamic-SD table: (first B, last B, K) rows
@@ -88,6 +90,10 @@ class ServeConfig:
             raise UserError(f"--k-max must be between 1 and {K_LIMIT}, got {self.k_max}")
         if self.drain_seconds < 0:
             raise UserError(f"--drain-seconds must be >= 0, got {self.drain_seconds}")
+        flag = data_parallel_flag(self.extra_vllm_args) if self.specserve else None
+        if flag is not None:
+            raise UserError(f"{flag}: {DATA_PARALLEL_REFUSED} (a --no-specserve baseline may use "
+                            "it)")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.static_k is not None and not 0 <= self.static_k <= self.k_max:

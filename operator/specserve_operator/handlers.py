@@ -4,7 +4,8 @@
 
 One reconcile function (`reconcile.reconcile`) serves create, update (of .spec), resume
 (operator restart) and a periodic timer (status refresh and drift repair); the SLO loop is in
-`slo_loop`, status shaping in `status`.
+`slo_loop`, status shaping in `status`. The children are watched into kopf indexes
+(`children`), which the timers read instead of GETting each child on every pass.
 
 Deletion has no handler for the children: every child carries a controller ownerReference,
 so the garbage collector deletes them with the resource, and nothing the operator could fail at
@@ -28,8 +29,8 @@ from typing import Any
 
 import kopf
 
-from specserve_contract import FINALIZER, GROUP, PLURAL, VERSION
-from specserve_operator import metrics
+from specserve_contract import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from specserve_operator import children, metrics
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.kube_client import KubeClient
 from specserve_operator.manifests import Owner
@@ -86,7 +87,35 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(RUNTIME.config.metrics_port)
     # A resource that has not run a pass for three intervals (deleted) leaves the gauge.
     metrics.NO_DATA.ttl_s = 3 * RUNTIME.config.slo_interval_s
+    children.CHECKED.ttl_s = children.RECHECK_PASSES * RUNTIME.config.status_interval_s
+    # The children's watches list only the operator's own objects (server-side selector).
+    for kind in children.WATCHED:
+        settings.watching.label_selectors[_selects(kind)] = children.SELECTOR
     register_timers(RUNTIME.config)
+
+
+def _selects(kind: children.Watched) -> Any:
+    return lambda resource: (resource.group, resource.plural) == (kind.group, kind.plural)
+
+
+# The children, watched into one index per kind (`children`). Declared here, not at start-up:
+# kopf creates its indexes before the start-up handlers run.
+_OWN = {LABEL_MANAGED_BY: MANAGED_BY}
+_DEPLOYMENTS, _SERVICES, _CONFIGMAPS, _PDBS = children.WATCHED
+
+
+@kopf.index(group=_DEPLOYMENTS.group, version=_DEPLOYMENTS.version, plural=_DEPLOYMENTS.plural,
+            id=_DEPLOYMENTS.index, labels=_OWN)
+@kopf.index(group=_SERVICES.group, version=_SERVICES.version, plural=_SERVICES.plural,
+            id=_SERVICES.index, labels=_OWN)
+@kopf.index(group=_CONFIGMAPS.group, version=_CONFIGMAPS.version, plural=_CONFIGMAPS.plural,
+            id=_CONFIGMAPS.index, labels=_OWN)
+@kopf.index(group=_PDBS.group, version=_PDBS.version, plural=_PDBS.plural, id=_PDBS.index,
+            labels=_OWN)
+async def index_child(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """async: run in the event loop, not queued in the thread pool behind the (synchronous,
+    API-bound) reconcile handlers; it only copies a dict."""
+    return children.index_child(**kwargs)
 
 
 def register_timers(config: OperatorConfig) -> None:
@@ -115,14 +144,15 @@ def _reconcile_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_change(**kwargs: Any) -> None:
-    _counted_reconcile(kwargs)
+    """Rare and decisive: every child is read from the API server."""
+    _counted_reconcile(kwargs, children.Children(kube()))
 
 
-def _counted_reconcile(kwargs: dict[str, Any]) -> None:
+def _counted_reconcile(kwargs: dict[str, Any], reads: children.Children) -> None:
     try:
         result = reconcile(kube(), **_reconcile_kwargs(kwargs),
                            manage_monitors=RUNTIME.config.manage_service_monitors,
-                           monitor_labels=RUNTIME.config.monitor_labels)
+                           monitor_labels=RUNTIME.config.monitor_labels, reads=reads)
     except Exception:
         metrics.RECONCILES.labels("error").inc()
         raise
@@ -130,14 +160,15 @@ def _counted_reconcile(kwargs: dict[str, Any]) -> None:
 
 
 def refresh(**kwargs: Any) -> None:
-    """Timer: follow the Deployment into .status and repair drift (a deleted or edited child)."""
+    """Timer: follow the Deployment into .status and repair drift (a deleted or edited child),
+    reading the children from the watch-fed indexes."""
     if not (kwargs["status"] or {}).get("phase"):
         return  # not reconciled by on_change yet: do not race the create handler
-    _counted_reconcile(kwargs)
+    _counted_reconcile(kwargs, children.Children.from_handler(kube(), kwargs))
 
 
 async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, patch: Any,
-                   logger: Any, **_: Any) -> None:
+                   logger: Any, **kwargs: Any) -> None:
     """Timer: the SLO control loop of one resource (kopf runs one timer task per resource, so a
     slow or failing deployment never holds up the others)."""
     old = dict(status or {})
@@ -148,10 +179,11 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
     except SpecError:
         return
     owner = Owner(name=name, namespace=namespace, uid=uid)
+    reads = children.Children.from_handler(kube(), kwargs)
     try:
         with metrics.SLO_LOOP_SECONDS.time():
             new = await slo_iteration(kube(), owner, spec, body, old, logger, RUNTIME.loop,
-                                      now_stamp())
+                                      now_stamp(), reads)
     except Exception as exc:  # report and go on: the next pass retries
         metrics.SLO_LOOP_FAILURES.inc()
         logger.exception(f"slo loop failed: {exc}")
@@ -164,7 +196,7 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
         return
     # Scale only now that .status holds the decision: reconcile keeps what it finds there.
     try:
-        await apply_scale(kube(), owner, spec, new)
+        await apply_scale(kube(), owner, spec, new, reads)
     except Exception as exc:  # the status timer's drift repair applies it on its next pass
         logger.warning(f"scaling the Deployment failed (reconcile retries): {exc}")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from typing import Any, ClassVar
 
 import urllib3
@@ -53,10 +55,15 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     ("list", "", "pods"),  # the SLO loop finds the ready engine pods
 })
 # What kopf itself calls: it watches the resources, patches their finalizer and annotations,
-# posts events, and watches CRDs.
+# posts events, and watches CRDs; and it watches the children it keeps in indexes
+# (`children.WATCHED`, selected by the operator's managed-by label) so that a status-timer
+# pass reads them from memory instead of GETting each.
 KOPF_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     ("list", GROUP, PLURAL), ("watch", GROUP, PLURAL), ("patch", GROUP, PLURAL),
     ("create", "", "events"),
+    *((verb, group, plural) for verb in ("list", "watch") for group, plural in (
+        ("apps", "deployments"), ("", "services"), ("", "configmaps"),
+        ("policy", "poddisruptionbudgets"))),
     ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
 })
@@ -135,12 +142,22 @@ def resource_path(
     return path
 
 
+# How long a discovery answer (`KubeClient.serves`) is reused: a CRD installed (or removed)
+# meanwhile is noticed within this time. Until then a removed one answers 404 on its objects,
+# which the caller skips anyway.
+DISCOVERY_TTL_S = 300.0
+
+
 class KubeClient:
     # Every call any client in this process made (tests compare it with API_CALLS).
     issued: ClassVar[set[tuple[str, str, str]]] = set()
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient,
+                 discovery_ttl_s: float = DISCOVERY_TTL_S) -> None:
         self.api = api_client
+        self.discovery_ttl_s = discovery_ttl_s
+        self._served: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._served_lock = threading.Lock()
 
     @classmethod
     def from_environment(cls) -> KubeClient:
@@ -203,11 +220,20 @@ class KubeClient:
         return self.request("DELETE", path) is not None
 
     def serves(self, api_version: str, plural: str) -> bool:
-        """Does the API server serve this resource (e.g. is a CRD installed)? Via discovery."""
+        """Does the API server serve this resource (e.g. is a CRD installed)? Via discovery,
+        asked again once the last answer is `discovery_ttl_s` old (a failed discovery request
+        is not remembered)."""
+        key, now = (api_version, plural), time.monotonic()
+        with self._served_lock:
+            known = self._served.get(key)
+        if known is not None and now - known[0] < self.discovery_ttl_s:
+            return known[1]
         root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         try:
             listing = self.request("GET", root)
         except KubeError:
             return False
         names = {r.get("name") for r in (listing or {}).get("resources", [])}
+        with self._served_lock:
+            self._served[key] = (now, plural in names)
         return plural in names

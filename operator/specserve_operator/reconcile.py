@@ -1,6 +1,7 @@
 """Child reconcile: bring a resource's children to the desired manifests and shape .status.
 
-Idempotent: it reads every child, creates what is missing, patches what differs from the desired
+Idempotent: it reads every child (`children.Children`: a GET, or in a status-timer pass the
+watch-fed index), creates what is missing, patches what differs from the desired
 manifest (JSON merge patch of the fields we own), and leaves everything else alone, so a restart
 with nothing changed writes nothing. A spec that fails validation is reported in .status (phase
 Invalid, Ready=False, Degraded=True with the message) and as a Warning event; existing children
@@ -22,6 +23,7 @@ from typing import Any
 import kopf
 
 from specserve_contract import API_VERSION, KIND
+from specserve_operator.children import Children
 from specserve_operator.kube_client import (
     CONFLICT,
     CONFLICT_ATTEMPTS,
@@ -87,24 +89,31 @@ def ensure(
 
 
 def _ensure_secret(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
-                   logger: Any) -> None:
+                   logger: Any, reads: Children | None = None) -> None:
     """The control token is made once; an existing Secret is never rewritten (nor logged)."""
-    if api.get("v1", "Secret", owner.namespace, secret_name(owner)) is not None:
+    reads = reads if reads is not None else Children(api)
+    name = secret_name(owner)
+    if reads.recently_checked("Secret", owner.namespace, name):
         return
-    ensure(api, secret(owner, spec, secrets.token_urlsafe(32)), None, body, logger)
+    if reads.read("v1", "Secret", owner.namespace, name) is None:
+        ensure(api, secret(owner, spec, secrets.token_urlsafe(32)), None, body, logger)
+    reads.mark_checked("Secret", owner.namespace, name)
 
 
 def _ensure_policy(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
-                   logger: Any) -> int:
+                   logger: Any, reads: Children | None = None) -> int:
     """Store the policy (bumping its version only when the spec changes it); return the version.
 
     The policy document has two writers: this one owns the spec's fields (`merge_policy`), the
     SLO loop the tuned ones (`slo_loop.update_policy`). Each reads, merges and writes under a
     resourceVersion precondition, and a 409 Conflict starts again from a fresh read, so neither
-    drops what the other wrote in between.
+    drops what the other wrote in between. (The first read may come from the index: a stale
+    one is refused like any other, and the retry reads the API server.)
     """
+    reads = reads if reads is not None else Children(api)
     for attempt in range(CONFLICT_ATTEMPTS):
-        current = api.get("v1", "ConfigMap", owner.namespace, configmap_name(owner))
+        read = reads.get if attempt == 0 else reads.read
+        current = read("v1", "ConfigMap", owner.namespace, configmap_name(owner))
         policy, _changed = merge_policy(parse_policy(current), spec)
         desired = configmap(owner, spec, policy)
         try:
@@ -129,13 +138,18 @@ OPTIONAL_CHILD_SKIPPED = (403, 404)
 
 def _ensure_servicemonitor(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
                            body: Any, logger: Any,
-                           monitor_labels: Mapping[str, str] | None = None) -> None:
+                           monitor_labels: Mapping[str, str] | None = None,
+                           reads: Children | None = None) -> None:
+    reads = reads if reads is not None else Children(api)
+    name = servicemonitor_name(owner)
+    if reads.recently_checked("ServiceMonitor", owner.namespace, name):
+        return
     if not api.serves(SERVICEMONITOR_API, "servicemonitors"):
         return
-    name = servicemonitor_name(owner)
     try:
-        current = api.get(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
+        current = reads.read(SERVICEMONITOR_API, "ServiceMonitor", owner.namespace, name)
         ensure(api, servicemonitor(owner, spec, monitor_labels), current, body, logger)
+        reads.mark_checked("ServiceMonitor", owner.namespace, name)
     except KubeError as exc:
         if exc.status not in OPTIONAL_CHILD_SKIPPED:
             raise
@@ -160,16 +174,18 @@ def engine_replicas(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec
 
 
 def _ensure_disruption_budget(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
-                              body: Any, logger: Any) -> None:
+                              body: Any, logger: Any, reads: Children | None = None) -> None:
     """Create or repair the PodDisruptionBudget; with spec.disruptionBudget.enabled false,
     delete the one this resource owns (the operator's only delete: a budget left behind would
     keep limiting drains). One of the same name that it does not own is left alone."""
+    reads = reads if reads is not None else Children(api)
     name = disruption_budget_name(owner)
-    current = api.get(PDB_API, "PodDisruptionBudget", owner.namespace, name)
+    current = reads.get(PDB_API, "PodDisruptionBudget", owner.namespace, name)
     if spec.disruption_budget.enabled:
         ensure(api, disruption_budget(owner, spec), current, body, logger)
     elif current is not None and owned_by(current, owner):
-        api.delete(PDB_API, "PodDisruptionBudget", owner.namespace, name)
+        if not api.delete(PDB_API, "PodDisruptionBudget", owner.namespace, name):
+            return  # already gone (the index had not seen the deletion yet)
         kopf.event(body, type="Normal", reason="Deleted",
                    message=f"deleted PodDisruptionBudget {name} (disruptionBudget.enabled: false)")
         logger.info(f"deleted PodDisruptionBudget {name}")
@@ -178,22 +194,24 @@ def _ensure_disruption_budget(api: KubeClient, owner: Owner, spec: SpecServeDepl
 def reconcile_children(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
     manage_monitors: bool = True, monitor_labels: Mapping[str, str] | None = None,
-    status: Mapping[str, Any] | None = None,
+    status: Mapping[str, Any] | None = None, reads: Children | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Bring every child to the desired state; return (the Deployment, the policy version).
 
     `status`: the resource's .status as last seen (the Deployment's replicas follow the SLO
-    loop's decision in it, in autoscaling mode builtin)."""
-    _ensure_secret(api, owner, spec, body, logger)
-    version = _ensure_policy(api, owner, spec, body, logger)
-    current = api.get("apps/v1", "Deployment", owner.namespace, deployment_name(owner))
+    loop's decision in it, in autoscaling mode builtin). `reads`: where children are read
+    from (default: a GET each)."""
+    reads = reads if reads is not None else Children(api)
+    _ensure_secret(api, owner, spec, body, logger, reads)
+    version = _ensure_policy(api, owner, spec, body, logger, reads)
+    current = reads.get("apps/v1", "Deployment", owner.namespace, deployment_name(owner))
     replicas = engine_replicas(api, owner, spec, status, current)
     dep = ensure(api, deployment(owner, spec, replicas), current, body, logger)
-    current = api.get("v1", "Service", owner.namespace, service_name(owner))
+    current = reads.get("v1", "Service", owner.namespace, service_name(owner))
     ensure(api, service(owner, spec), current, body, logger)
-    _ensure_disruption_budget(api, owner, spec, body, logger)
+    _ensure_disruption_budget(api, owner, spec, body, logger, reads)
     if manage_monitors and spec.metrics.service_monitor:
-        _ensure_servicemonitor(api, owner, spec, body, logger, monitor_labels)
+        _ensure_servicemonitor(api, owner, spec, body, logger, monitor_labels, reads)
     return dep, version
 
 
@@ -239,10 +257,10 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 def reconcile(
     api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
     patch: Any, logger: Any, manage_monitors: bool = True,
-    monitor_labels: Mapping[str, str] | None = None,
+    monitor_labels: Mapping[str, str] | None = None, reads: Children | None = None,
 ) -> str:
     """One reconcile pass of one resource: validate the spec, reconcile children, write status.
-    Returns "ok", or "invalid" for a refused spec."""
+    Returns "ok", or "invalid" for a refused spec. `reads`: see `reconcile_children`."""
     owner = Owner(name=name, namespace=namespace, uid=uid)
     old = dict(status or {})
     generation = meta.get("generation")
@@ -258,7 +276,7 @@ def reconcile(
                      lambda fresh: invalid_status(message, fresh, stamp, generation), body)
         return "invalid"
     dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors,
-                                      monitor_labels, old)
+                                      monitor_labels, old, reads)
     stamp = now_stamp()
     write_status(api, owner, RECONCILE,
                  lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation),

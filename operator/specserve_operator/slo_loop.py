@@ -43,6 +43,7 @@ from specserve_operator.autoscale import (
     decide_zero,
 )
 from specserve_operator.autoscale import decide as decide_replicas
+from specserve_operator.children import Children
 from specserve_operator.config import LoopConfig
 from specserve_operator.kube_client import (
     CONFLICT,
@@ -99,9 +100,12 @@ async def _call(fn: Any, *args: Any) -> Any:
 # ------------------------------------------------------------------------------ API helpers
 
 
-async def read_policy(api: KubeClient, owner: Owner) -> Policy | None:
-    """The policy in the ConfigMap, or None before the reconcile handler has created it."""
-    cm = await _call(api.get, "v1", "ConfigMap", owner.namespace, configmap_name(owner))
+async def read_policy(api: KubeClient, owner: Owner,
+                      reads: Children | None = None) -> Policy | None:
+    """The policy in the ConfigMap, or None before the reconcile handler has created it.
+    `reads`: the children indexes of the timer (every write still reads it again first)."""
+    get = (reads or Children(api)).get
+    cm = await _call(get, "v1", "ConfigMap", owner.namespace, configmap_name(owner))
     stored = parse_policy(cm)
     return None if stored is None else Policy.model_validate(stored)
 
@@ -275,10 +279,13 @@ async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy
 
 async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
                     ) -> tuple[PushResult, int]:
-    """Push to every ready pod: (result, ready pod count)."""
+    """Push to every ready pod: (result, ready pod count). The token Secret is read only when
+    there is a pod to push to."""
+    targets = await ready_targets(api, owner, cfg)
+    if not targets:
+        return PushResult(version=policy.version, acks=[]), 0
     secret = await _call(api.get, "v1", "Secret", owner.namespace, secret_name(owner))
     token_b64 = ((secret or {}).get("data") or {}).get(TOKEN_KEY)
-    targets = await ready_targets(api, owner, cfg)
     if not token_b64:
         acks = [PodAck(pod=t.name, acknowledged=False, error="no control token Secret")
                 for t in targets]
@@ -348,7 +355,7 @@ def decide_scale(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Polic
 
 
 async def apply_scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
-                      status: dict[str, Any]) -> int | None:
+                      status: dict[str, Any], reads: Children | None = None) -> int | None:
     """5. builtin mode: the Deployment's replicas to the decision in `status`. Call it once
     that status is written (reconcile's drift repair reads the decision there, so it then keeps
     this count). Returns the count set; None when nothing was patched (another mode, no
@@ -357,7 +364,8 @@ async def apply_scale(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSp
         return None
     replicas = deployment_replicas(spec, status)
     name = deployment_name(owner)
-    dep = await _call(api.get, "apps/v1", "Deployment", owner.namespace, name)
+    dep = await _call((reads or Children(api)).get, "apps/v1", "Deployment", owner.namespace,
+                      name)
     if dep is None or (dep.get("spec") or {}).get("replicas") == replicas:
         return None
     await _call(api.patch, "apps/v1", "Deployment", owner.namespace, name,
@@ -453,11 +461,13 @@ def report_data(body: Any, owner: Owner, snap: SloSnapshot, old: dict[str, Any],
 async def slo_iteration(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
     old: dict[str, Any], logger: Any, cfg: LoopConfig, stamp: str,
+    reads: Children | None = None,
 ) -> dict[str, Any]:
     """One pass: snapshot -> tuning decision -> ConfigMap + push -> replica decision; the
-    .status keys (the caller writes them, then calls `apply_scale`)."""
+    .status keys (the caller writes them, then calls `apply_scale`). `reads`: where the
+    policy ConfigMap is read from (`children`)."""
     now = time.time()
-    policy = await read_policy(api, owner)
+    policy = await read_policy(api, owner, reads)
     if policy is None:
         return {}  # the reconcile handler creates the ConfigMap first
     snap = at_zero(await take_snapshot(owner, spec, cfg, now, api),

@@ -41,6 +41,8 @@ from specserve_contract import (
     API_VERSION,
     AUTOSCALING_MODES,
     CONTROL_TOKEN_DIR,
+    DATA_PARALLEL_FLAGS,
+    DATA_PARALLEL_REFUSED,
     ENV_CONTROL_TOKEN,
     ENV_CONTROL_TOKEN_FILE,
     ENV_POLICY_FILE,
@@ -61,6 +63,7 @@ from specserve_contract import (
     PROFILE_KEY,
     SHM_DIR,
     TINY,
+    data_parallel_flag,
 )
 
 DEFAULT_IMAGE = "specserve/engine:0.1.0"
@@ -116,6 +119,11 @@ def cel(rule: str, message: str, message_expression: str | None = None) -> dict[
 def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     """`json_schema_extra` that puts `rules` on the model's schema (crdgen keeps them)."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+def _cel_string(text: str) -> str:
+    """A CEL string literal of `text`."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _s(field: str) -> str:
@@ -748,6 +756,7 @@ class MetricsSpec(SpecServeModel):
 # list default_factory is not in the JSON schema, so the rule needs has().)
 _RESERVED = "[" + ", ".join(f"'{f}'" for f in RESERVED_VLLM_FLAGS) + "]"
 _IS_RESERVED = "(a == f || a.startsWith(f + '='))"
+_DATA_PARALLEL = "[" + ", ".join(f"'{f}'" for f in DATA_PARALLEL_FLAGS) + "]"
 SPEC_RULES = cel_rules(
     cel(f"self.speculation.mode != 'off' || self.model.draft == '{NO_DRAFT}'",
         "a draft model needs speculation.mode adaptive or static",
@@ -771,6 +780,11 @@ SPEC_RULES = cel_rules(
         "vllmArgs must not contain a flag SpecServe sets itself",
         f"'vllmArgs must not contain ' + {_RESERVED}.filter(f, self.vllmArgs.exists(a, "
         f"{_IS_RESERVED}))[0] + ': SpecServe sets it from the spec'"),
+    cel(f"!has(self.vllmArgs) || self.vllmArgs.all(a, !{_DATA_PARALLEL}.exists(f, "
+        f"{_IS_RESERVED}))",
+        "vllmArgs must not set vLLM's data-parallel size",
+        f"'vllmArgs must not contain ' + {_DATA_PARALLEL}.filter(f, self.vllmArgs.exists(a, "
+        f"{_IS_RESERVED}))[0] + ': ' + {_cel_string(DATA_PARALLEL_REFUSED)}"),
 )
 # Longest vllmArgs entry: bounds the cost the API server estimates for the rule above.
 VLLM_ARG_MAX_LENGTH = 4096
@@ -832,6 +846,9 @@ class SpecServeDeploymentSpec(SpecServeModel):
                 raise ValueError(
                     f"vllmArgs must not contain {flag}: SpecServe sets it from the spec"
                 )
+        flag = data_parallel_flag(self.vllm_args)
+        if flag is not None:
+            raise ValueError(f"vllmArgs must not contain {flag}: {DATA_PARALLEL_REFUSED}")
         return self
 
 

@@ -20,6 +20,7 @@ from specserve_contract import GROUP, KIND, PLURAL, SERIES_POD_LABELS  # noqa: E
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
+from specserve_operator.children import WATCHED  # noqa: E402
 from specserve_operator.kube_client import (  # noqa: E402
     ADMISSION_GRANTS,
     API_CALLS,
@@ -34,6 +35,7 @@ RELEASE, NAMESPACE = "specserve", "specserve-system"
 
 NON_DEFAULT: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "secret-namespaces": {"operator": {"secretNamespaces": ["team-a", "team-b"]}},
     "monitoring": {
         "monitoring": {"labels": {"release": "kube-prometheus-stack"},
                        "serviceMonitor": {"enabled": True, "interval": "10s"},
@@ -275,7 +277,9 @@ RESOURCES = {
 # kopf: list/watch/patch the resource, patch its status, post events; the handlers read the
 # resource too. Children: get, create, patch (reconcile.py); never delete (the garbage collector
 # removes them through their owner references) but for a PodDisruptionBudget turned off.
+# The watched ones (children.WATCHED: kopf's indexes) also list and watch.
 CHILD_VERBS = {"get", "create", "patch"}
+WATCHED_CHILDREN = {(w.group, w.plural) for w in WATCHED}
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -350,7 +354,8 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
         # The control token is created once and never patched; the one child ever deleted is
         # the PodDisruptionBudget of a resource whose spec turned it off.
         want[child] = (set(CHILD_VERBS) - ({"patch"} if child == ("", "secrets") else set())
-                       | ({"delete"} if child == ("policy", "poddisruptionbudgets") else set()))
+                       | ({"delete"} if child == ("policy", "poddisruptionbudgets") else set())
+                       | ({"list", "watch"} if child in WATCHED_CHILDREN else set()))
     assert want == code_grants(service_monitors), "the manifests and API_CALLS disagree"
     return want
 
@@ -400,17 +405,32 @@ def test_blocking_owner_references_are_allowed_by_the_rbac(name: str) -> None:
         assert [r["kind"] for r in granting] == ["ClusterRole"]
 
 
-@pytest.mark.parametrize("name", ["default", "namespaced", "namespaced-monitoring"])
+def _with_secret_roles(role: dict[str, Any], docs: list[dict[str, Any]],
+                       values: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """A role's grants, plus the Secret rights operator.secretNamespaces moved out of it."""
+    granted = grants(role["rules"])
+    if role["kind"] == "ClusterRole" and not values.get("watchNamespaces") and values.get(
+            "operator", {}).get("secretNamespaces"):
+        assert ("", "secrets") not in granted
+        granted[("", "secrets")] = set.intersection(*(
+            grants(r["rules"]).get(("", "secrets"), set()) for r in by_kind(docs, "Role")
+            if r["metadata"]["name"].endswith("-operator-secrets")))
+    return granted
+
+
+@pytest.mark.parametrize("name", ["default", "namespaced", "namespaced-monitoring",
+                                  "secret-namespaces"])
 def test_rbac_is_exactly_the_calls_the_code_makes(name: str) -> None:
     """Both ways: every call in API_CALLS/KOPF_CALLS (the operator's client refuses any other)
-    is granted, and nothing is granted that no call uses."""
+    is granted, and nothing is granted that no call uses (with operator.secretNamespaces, the
+    Secret rights are in Roles of their own, and in each of them exactly)."""
     values = ALL_VALUES[name]
     monitors = values.get("operator", {}).get("manageServiceMonitors", True)
     docs = render(values)
     roles = [d for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
              if d["metadata"]["name"].endswith("-operator")]
     for role in roles:
-        granted = grants(role["rules"])
+        granted = _with_secret_roles(role, docs, values)
         if role["kind"] == "ClusterRole" and values.get("watchNamespaces"):
             assert granted == CRD_WATCH
             continue
@@ -423,6 +443,29 @@ def test_rbac_is_exactly_the_calls_the_code_makes(name: str) -> None:
         missing = {k: v - rest.get(k, set()) for k, v in code.items() if v - rest.get(k, set())}
         unused = {k: v - code.get(k, set()) for k, v in rest.items() if v - code.get(k, set())}
         assert (missing, unused) == ({}, {}), role["metadata"]
+
+
+def test_secret_namespaces_move_the_secret_rights_into_roles() -> None:
+    """All namespaces watched, Secrets only in the listed ones: the ClusterRole grants no
+    Secret; each listed namespace has a Role with exactly get and create on Secrets, bound to
+    the operator's service account. With watchNamespaces the value changes nothing."""
+    docs = render(NON_DEFAULT["secret-namespaces"])
+    cluster = one(docs, "ClusterRole", "specserve-operator")
+    assert ("", "secrets") not in grants(cluster["rules"])
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-secrets")]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert grants(role["rules"]) == {("", "secrets"): {"get", "create"}}
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith(
+        "-secrets")]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": "specserve-operator-secrets"}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "specserve-operator",
+                                        "namespace": NAMESPACE}]
+    both = render({"watchNamespaces": ["team-a"], "operator": {"secretNamespaces": ["team-b"]}})
+    assert render({"watchNamespaces": ["team-a"]}) == both
 
 
 def test_secrets_are_never_listed_watched_or_patched() -> None:

@@ -119,3 +119,27 @@ def test_negative_calibration_prompts_is_one_clear_line(tiny_models) -> None:
     assert result.returncode == 2
     assert "--calibration-prompts must be >= 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--data-parallel-size", "2"], ["-dp", "4"],
+                                  ["--data-parallel-size=2"], ["--data_parallel_size", "2"]])
+def test_data_parallel_is_refused_with_the_reason(args: list[str]) -> None:
+    """Each data-parallel rank is an EngineCore process of its own: each would bind the one
+    control port, and a pushed policy would reach one rank only (docs/vllm-seams.md)."""
+    with pytest.raises(UserError, match="one vLLM EngineCore per engine pod") as refused:
+        ServeConfig(extra_vllm_args=["--max-model-len", "512", *args]).resolved()
+    assert str(refused.value).startswith(args[0].split("=")[0] + ":")
+    assert "SPECSERVE_CONTROL_PORT" in str(refused.value)
+
+
+def test_data_parallel_is_refused_before_vllm_starts() -> None:
+    res = _serve("--", "-dp", "2")
+    assert res.returncode == 2
+    assert "-dp: SpecServe needs one vLLM EngineCore per engine pod" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_plain_vllm_baseline_may_use_data_parallelism(tiny_models) -> None:
+    cfg = ServeConfig(model=tiny_models.target, draft=str(tiny_models.draft), specserve=False,
+                      extra_vllm_args=["-dp", "2"]).resolved()
+    assert vllm_serve_argv(cfg)[-2:] == ["-dp", "2"]

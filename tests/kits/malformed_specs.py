@@ -108,6 +108,11 @@ CASES: list[tuple[str, Any, str, bool]] = [
      "vllmArgs must not contain --port: SpecServe sets it from the spec", False),
     ("vllm-args-model-eq", _with("vllmArgs", ["--model=x"]), "vllmArgs must not contain --model",
      False),
+    # One EngineCore per pod: vLLM's data parallelism starts one per rank (DATA_PARALLEL_REFUSED).
+    ("vllm-args-data-parallel", _with("vllmArgs", ["--max-model-len", "4096", "-dp", "2"]),
+     "vllmArgs must not contain -dp: SpecServe needs one vLLM EngineCore per engine pod", False),
+    ("vllm-args-data-parallel-eq", _with("vllmArgs", ["--data-parallel-size=4"]),
+     "vllmArgs must not contain --data-parallel-size: SpecServe needs one vLLM EngineCore", False),
     ("vllm-args-string", _with("vllmArgs", "--enforce-eager"),
      "spec.vllmArgs: Input should be a valid list", True),
     # `builtin` was a field once, which no engine ever read: now refused like any unknown one.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +35,27 @@ class Emulator:
     """Where the test-only login handler finds the current emulator."""
 
     url: str | None = None
+
+
+_STORE = kmock_lib.KubernetesEmulator._handle
+
+
+async def _handle_with_uids(self: kmock_lib.KubernetesEmulator, request: Any) -> Any:
+    """Store a created object with a metadata.uid, as an API server does (kmock stores what it
+    is sent). kopf keys its indexes by (namespace, name, uid): without uids, the operator's
+    Deployment, Service and PodDisruptionBudget of one resource (one name) would be one object
+    to it, and each kind's event would drop the others from their indexes."""
+    if (request.resource is not None and request.action == kmock_lib.action.CREATE
+            and isinstance(request.data, dict)):
+        meta = request.data.setdefault("metadata", {})
+        if isinstance(meta, dict):
+            meta.setdefault("uid", str(uuid.uuid4()))
+    return await _STORE(self, request)
+
+
+def assign_uids() -> None:
+    """Make every emulator of this process give created objects a uid (`_handle_with_uids`)."""
+    kmock_lib.KubernetesEmulator._handle = _handle_with_uids  # type: ignore[method-assign]
 
 
 def add_servicemonitor_crd(kmock: kmock_lib.KubernetesEmulator) -> None:

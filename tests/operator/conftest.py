@@ -15,7 +15,9 @@ import kmock as kmock_lib
 import kopf
 import pytest
 
-from tests.kits.operator_kit import Emulator, serve_the_crd
+from tests.kits.operator_kit import Emulator, assign_uids, serve_the_crd
+
+assign_uids()  # an API server gives every object a uid; kopf's indexes rely on it
 
 
 # kopf's built-in login piggybacks on the kubernetes client, whose default kubeconfig path is

@@ -85,7 +85,8 @@ VALID_EDGES: list[tuple[str, dict[str, Any]]] = [
         {"key": "k", "effect": "NoExecute", "tolerationSeconds": 30}]}}),
     # Flags that only start like reserved ones.
     ("vllm-args-look-alikes", {**VALID, "vllmArgs": ["--model-impl=vllm", "--portal", "9000",
-                                                     "--max-model-len=4096"]}),
+                                                     "--max-model-len=4096",
+                                                     "--data-parallel-size-local=1", "-dpx"]}),
     ("autoscaling-external", {**VALID, "autoscaling": {"mode": "external"}}),
 ]
 

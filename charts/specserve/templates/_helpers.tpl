@@ -65,9 +65,9 @@ app.kubernetes.io/name: specserve-engine
 
 {{/*
 Least-privilege rules of the operator: exactly the verbs of operator/specserve_operator
-(kopf: list/watch/patch on the resource, patch on its status, create events; handlers: get,
-create, patch, delete on the children it owns). tests/chart checks them against the kinds the
-operator's manifests produce.
+(kopf: list/watch/patch on the resource, patch on its status, create events, list/watch on the
+children it keeps in indexes; handlers: get, create, patch, delete on the children it owns).
+tests/chart checks them against the kinds the operator's manifests produce.
 */}}
 {{- define "specserve.operatorRules" -}}
 # Watch SpecServeDeployments; kopf patches them (its finalizer, which guards the timers, and
@@ -85,24 +85,20 @@ operator's manifests produce.
   resources: ["specservedeployments/finalizers"]
   verbs: ["update"]
 # The children of each SpecServeDeployment (no delete: the garbage collector removes them
-# through their owner references; the one exception is below).
+# through their owner references; the one exception is below). list/watch: kopf keeps them in
+# memory (only those with the operator's managed-by label) for the status timer's drift check.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # The engine pods' PodDisruptionBudget; delete only when a resource's spec turns it off
 # (disruptionBudget.enabled: false), and only the one that resource owns.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
-# The control-token Secret of each resource: created once, read to push, never patched.
-# (RBAC cannot narrow this by name: `create` has no name to match, and the names are per
-# resource. Use watchNamespaces to confine it to the watched namespaces.)
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# (The control-token Secrets: specserve.operatorSecretRules, granted next to these.)
 # The SLO loop pushes the policy to every ready engine pod (it lists them to find their IPs).
 - apiGroups: [""]
   resources: ["pods"]
@@ -123,6 +119,18 @@ operator's manifests produce.
   resources: ["kopfpeerings"]
   verbs: ["list", "watch", "patch"]
 {{- end }}
+{{- end -}}
+
+{{/*
+The control-token Secret of each resource: created once, read to push, never patched. RBAC
+cannot narrow this by name (`create` has no name to match, and the names are per resource) nor
+by label: use watchNamespaces to confine it to the watched namespaces, or, watching all of them,
+operator.secretNamespaces to grant it only in those (docs/helm.md#secrets).
+*/}}
+{{- define "specserve.operatorSecretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 {{- end -}}
 
 {{/* kopf notices CRDs being added or removed (read-only, cluster-scoped by nature). */}}
