@@ -156,6 +156,9 @@ async def test_service_monitor_and_pod_monitor_series_give_the_same_snapshot(
     setup: Setup,
 ) -> None:
     sm, pm = await asyncio.gather(snapshot(setup.prom, SM_NS), snapshot(setup.prom, PM_NS))
+    for kind, snap in (("ServiceMonitor", sm), ("PodMonitor", pm)):
+        shown = snap.model_dump(exclude_none=True, exclude={"namespace", "name", "time"})
+        print(f"\n{kind} snapshot: {shown}")
     assert (sm.state, sm.reasons) == ("ok", [])
     assert (pm.state, pm.reasons) == ("ok", [])
     for name in EXACT:
