@@ -186,11 +186,17 @@ class EfficiencyModel:
         """Highest goodput among SLO-feasible predictions; when none is feasible, the lowest
         predicted TPOT (the SLO is missed whatever K is: miss it by least). Ties go to the
         first (smaller) K."""
+        # One pass, no allocation: this runs every step and at every draft position.
         limit = self.policy.tpot_limit_seconds
-        feasible = [p for p in predictions if limit is None or p.tpot_seconds <= limit]
-        if feasible:
-            return max(feasible, key=lambda p: p.goodput)
-        return min(predictions, key=lambda p: p.tpot_seconds)
+        best: StepPrediction | None = None
+        lowest = predictions[0]
+        for p in predictions:
+            if limit is None or p.tpot_seconds <= limit:
+                if best is None or p.goodput > best.goodput:
+                    best = p
+            elif p.tpot_seconds < lowest.tpot_seconds:
+                lowest = p
+        return best if best is not None else lowest
 
     def choose_k(
         self, rows: Sequence[Sequence[float]], context_len: float, extra_tokens: int = 0
