@@ -264,11 +264,14 @@ def tuning_state(old: dict[str, Any]) -> TuningState:
 
 
 async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy: Policy,
-                        old: dict[str, Any], cfg: LoopConfig, now: float) -> TuningDecision:
+                        old: dict[str, Any], cfg: LoopConfig, now: float,
+                        targets: list[PodTarget] | None = None) -> TuningDecision:
     """2. The tuning decision; a changed policy is written to the ConfigMap (first, so new pods
-    start with it)."""
+    start with it). `targets`: the ready pods, if the caller has listed them already."""
+    if targets is None:
+        targets = await ready_targets(api, owner, cfg)
     # The model the pods run (profile + online fits) is what a timing refit scales.
-    measured = await fetch_model(await ready_targets(api, owner, cfg), cfg.push_timeout_s)
+    measured = await fetch_model(targets, cfg.push_timeout_s)
     decision = decide_tuning(snap, policy, tuning_state(old), now, cfg.tuning, measured=measured)
     if decision.changed:
         stored = await update_policy(api, owner, tuned_onto(decision.policy))
@@ -277,11 +280,12 @@ async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy
     return decision
 
 
-async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
-                    ) -> tuple[PushResult, int]:
+async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig,
+                    targets: list[PodTarget] | None = None) -> tuple[PushResult, int]:
     """Push to every ready pod: (result, ready pod count). The token Secret is read only when
     there is a pod to push to."""
-    targets = await ready_targets(api, owner, cfg)
+    if targets is None:
+        targets = await ready_targets(api, owner, cfg)
     if not targets:
         return PushResult(version=policy.version, acks=[]), 0
     secret = await _call(api.get, "v1", "Secret", owner.namespace, secret_name(owner))
@@ -296,18 +300,20 @@ async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConf
     return result, len(targets)
 
 
-async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig
-               ) -> tuple[Policy, PushResult, int]:
+async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig,
+               targets: list[PodTarget] | None = None) -> tuple[Policy, PushResult, int]:
     """3. Push to every ready pod (idempotent for pods that already run this version):
-    (the policy pushed, the result, the ready pod count)."""
-    result, ready = await push_once(api, owner, policy, cfg)
+    (the policy pushed, the result, the ready pod count). The pods are listed once."""
+    if targets is None:
+        targets = await ready_targets(api, owner, cfg)
+    result, ready = await push_once(api, owner, policy, cfg, targets)
     higher = result.highest_pod_version
     if higher is not None and higher >= policy.version:
         # A pod runs a newer version than the ConfigMap (e.g. the ConfigMap was recreated):
         # re-version above it so every pod converges on the operator's policy.
         policy = await update_policy(api, owner, versioned_above(higher)) or policy.model_copy(
             update={"version": higher + 1})
-        result, ready = await push_once(api, owner, policy, cfg)
+        result, ready = await push_once(api, owner, policy, cfg, targets)
     return policy, result, ready
 
 
@@ -473,10 +479,11 @@ async def slo_iteration(
     snap = at_zero(await take_snapshot(owner, spec, cfg, now, api),
                    deployment_replicas(spec, old))
     report_data(body, owner, snap, old, now)
-    decision = await decide_policy(api, owner, snap, policy, old, cfg, now)
+    targets = await ready_targets(api, owner, cfg)  # once per pass: the fit and the push
+    decision = await decide_policy(api, owner, snap, policy, old, cfg, now, targets)
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])
-    policy, result, ready = await push(api, owner, decision.policy, cfg)
+    policy, result, ready = await push(api, owner, decision.policy, cfg, targets)
     metrics.POLICY_PUSHES.labels("acknowledged").inc(len(result.acknowledged))
     metrics.POLICY_PUSHES.labels("failed").inc(len(result.failed))
     scaled = decide_scale(spec, snap, policy, old, cfg, now)
