@@ -210,21 +210,21 @@ def _step_rows(rows: Iterable[Mapping]) -> Iterable[tuple[str, int, int, float, 
 # ------------------------------------------------------------------------------- acceptance
 
 
-@dataclass(frozen=True, slots=True)
-class Verification:
-    """One recorded verification: draft probabilities of the verified tokens, and the outcome."""
+# One verification: (draft probabilities of the drafted tokens, leading tokens accepted). A plain
+# tuple: millions are drawn and cut in a long run.
+Verification = tuple[tuple[float, ...], int]
 
-    probs: tuple[float, ...]
-    accepted: int  # leading tokens accepted, <= len(probs)
 
-    def cut(self, k: int) -> Verification:
-        return Verification(self.probs[:k], min(self.accepted, k))
+def cut(v: Verification, k: int) -> Verification:
+    """The first `k` drafts of `v` (accepted counts only up to k)."""
+    probs, accepted = v
+    return (probs[:k], accepted if accepted < k else k) if len(probs) > k else v
 
-    def then(self, other: Verification) -> Verification:
-        """This draft continued by `other` (its tokens count only if all of this one passed)."""
-        passed = self.accepted == len(self.probs)
-        return Verification(self.probs + other.probs,
-                            self.accepted + (other.accepted if passed else 0))
+
+def then(v: Verification, w: Verification) -> Verification:
+    """Draft `v` continued by `w` (w's tokens count only if all of v's passed)."""
+    passed = v[1] == len(v[0])
+    return (v[0] + w[0], v[1] + (w[1] if passed else 0))
 
 
 class VerificationStream:
@@ -246,9 +246,9 @@ class VerificationStream:
     def draw(self, k: int) -> Verification:
         """The next verification, `k` tokens long (extended by later records when short)."""
         v = self._one()
-        while len(v.probs) < k:
-            v = v.then(self._one())
-        return v.cut(k) if len(v.probs) > k else v
+        while len(v[0]) < k:
+            v = then(v, self._one())
+        return cut(v, k)
 
 
 class VerificationSampler:
@@ -263,7 +263,7 @@ class VerificationSampler:
             n = min(len(probs), int(drafted))
             if n < 1:
                 continue
-            v = Verification(tuple(float(p) for p in probs[:n]), min(max(int(accepted), 0), n))
+            v = (tuple(float(p) for p in probs[:n]), min(max(int(accepted), 0), n))
             pool.append(v)
             if rid is not None:
                 streams.setdefault(str(rid), []).append(v)
@@ -278,8 +278,8 @@ class VerificationSampler:
     @property
     def mean_acceptance(self) -> float:
         """Accepted / verified positions (as `AcceptanceModel` counts them) over all records."""
-        acc = sum(v.accepted for v in self.pool)
-        verified = sum(min(len(v.probs), v.accepted + 1) for v in self.pool)
+        acc = sum(a for _, a in self.pool)
+        verified = sum(min(len(p), a + 1) for p, a in self.pool)
         return acc / verified
 
     def stream(self, rng: random.Random) -> VerificationStream:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from specserve_engine.policy import Profile, ProfilePoint
+
 _PARAMS_8B, _PARAMS_1B = 8.03e9, 1.24e9
 _KV_8B, _KV_1B = 32 * 8 * 128, 16 * 8 * 64
 
@@ -71,3 +73,25 @@ class HardwareModel:
         if role == "host":
             return self.host_s
         return 0.0
+
+
+def grid_profile(model: HardwareModel, batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256),
+                 tokens_per_request: tuple[int, ...] = (1, 2, 4, 6),
+                 context_lens: tuple[float, ...] = (256.0, 1024.0, 4096.0)) -> Profile:
+    """What `specserve profile` would measure on this hardware (one point per grid cell, the
+    host's time included in the target's, as the engine measures a step): the simulated
+    policy's starting model, fitted by the policy itself."""
+    points = []
+    for b in batch_sizes:
+        for ctx in context_lens:
+            for u in tokens_per_request:
+                n = b * u
+                seconds = (model.step_seconds("target", b, n, ctx)
+                           + model.step_seconds("host", b, n, ctx))
+                points.append(ProfilePoint(role="target", num_requests=b, num_tokens=n,
+                                           context_len=ctx, seconds=seconds))
+            points.append(ProfilePoint(role="draft", num_requests=b, num_tokens=b,
+                                       context_len=ctx,
+                                       seconds=model.step_seconds("draft", b, b, ctx)))
+    return Profile(target_model="simulated target", draft_model="simulated draft",
+                   device=model.name, points=points)

@@ -52,7 +52,7 @@ from specserve_engine.policy.stepping import (
     verify_lengths,
 )
 from specserve_engine.vllm.control import PolicyStore
-from specserve_sim.groundtruth import GroundTruth, Verification, VerificationStream
+from specserve_sim.groundtruth import GroundTruth, Verification, VerificationStream, cut
 from specserve_sim.interface import ReplicaView, RequestRecord, SimRequest, StepRecord
 
 log = logging.getLogger("specserve.sim")
@@ -117,11 +117,13 @@ class _Req:
         self.lease = lease  # the gateway's hold on this replica, released when done
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """A step computed at its start and applied at its end."""
 
-    scheduled: list[tuple[_Req, int]]
+    reqs: list[_Req]
+    counts: list[int]  # tokens scheduled per request
+    emitted: list[int]  # output tokens each emits
     tokens: int
     context_len: float
     prediction: StepPrediction | None
@@ -198,66 +200,88 @@ class Replica:
 
     # -- one step --
 
-    def _schedule(self) -> list[tuple[_Req, int]]:
+    def _schedule(self) -> tuple[list[_Req], list[int]]:
+        """vLLM's `schedule()`: the requests of this step and how many tokens each."""
         budget = self.config.max_num_batched_tokens
         threshold = self.config.long_prefill_token_threshold
-        scheduled: list[tuple[_Req, int]] = []
+        reqs: list[_Req] = []
+        counts: list[int] = []
         for r in self.running:
             if budget <= 0:
                 break
+            spec = r.spec
             if r.computed < r.prompt:
                 n = r.prompt - r.computed
                 if 0 < threshold < n:
                     n = threshold
+            elif spec is None:
+                n = 1
             else:
-                n = 1 + (len(r.spec.probs) if r.spec is not None else 0)
-            n = min(n, budget)
-            if r.computed >= r.prompt and r.spec is not None and n < 1 + len(r.spec.probs):
-                r.spec = r.spec.cut(n - 1) if n > 1 else None  # vLLM drops drafts past budget
+                n = 1 + len(spec[0])
+                if n > budget:  # vLLM drops the drafts that do not fit the budget
+                    r.spec = cut(spec, budget - 1) if budget > 1 else None
+            if n > budget:
+                n = budget
             budget -= n
-            scheduled.append((r, n))
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            r = self.waiting.popleft()
+            reqs.append(r)
+            counts.append(n)
+        waiting, running = self.waiting, self.running
+        max_seqs = self.config.max_num_seqs
+        while waiting and budget > 0 and len(running) < max_seqs:
+            r = waiting.popleft()
             n = min(r.prompt, budget, threshold) if threshold > 0 else min(r.prompt, budget)
-            self.running.append(r)
+            running.append(r)
             budget -= n
-            scheduled.append((r, n))
-        return scheduled
+            reqs.append(r)
+            counts.append(n)
+        return reqs, counts
 
     def start_step(self, now: float) -> float:
         """Schedule and cost the next step; returns its duration (the cluster calls
         `finish_step` after it)."""
-        if self.store is not None and self.model is not None \
-                and self.store.policy is not self.model.policy:
-            self.model.set_policy(self.store.policy)  # as `AdaptiveScheduler._sync_policy`
-        scheduled = self._schedule()
-        b = len(scheduled)
+        model = self.model
+        if model is not None and self.store is not None \
+                and self.store.policy is not model.policy:
+            model.set_policy(self.store.policy)  # as `AdaptiveScheduler._sync_policy`
+        reqs, counts = self._schedule()
+        b = len(reqs)
         running = self.running
         context_len = sum(r.computed for r in running) / len(running) if running else 0.0
         prediction: StepPrediction | None = None
         config = self.config
         if not config.engine_k_max:
             k = 0
-        elif self.model is not None:
-            prediction = self.model.choose_k_for([r.request.request_id for r in running],
-                                                 context_len)
+        elif model is not None:
+            prediction = model.choose_k_for([r.request.request_id for r in running],
+                                            context_len)
             k = max(0, min(prediction.k, config.engine_k_max))
         else:
             k = config.k_for_batch(b)
-        tokens = sum(n for _, n in scheduled)
+        # What each request emits: 1 + its accepted drafts (decode), its first token (the last
+        # prefill chunk), nothing (an earlier chunk); never past its output length.
+        emitted = []
+        for r, n in zip(reqs, counts, strict=True):
+            if r.computed < r.prompt:
+                emitted.append(1 if r.computed + n >= r.prompt else 0)
+            else:
+                e = 1 + r.spec[1] if r.spec is not None else 1
+                left = r.output - r.generated
+                emitted.append(e if e < left else left)
+        tokens = sum(counts)
         steps = self.truth.steps
         seconds = (steps.step_seconds("target", b, tokens, context_len)
                    + steps.step_seconds("host", b, tokens, context_len))
-        self._pending = _Pending(scheduled, tokens, context_len, prediction, k, seconds, 0.0)
+        step = _Pending(reqs, counts, emitted, tokens, context_len, prediction, k, seconds, 0.0)
+        self._pending = step
         self.busy = True
         if k:
-            self._draft(self._pending, b)
-        return self._pending.seconds
+            self._draft(step, b)
+        return step.seconds
 
     def _draft(self, step: _Pending, b: int) -> None:
         """Draw this step's drafts (for requests that will still decode) and cost the drafter."""
-        drafters = [r for r, n in step.scheduled if r.computed + n >= r.prompt
-                    and r.generated + self._emitted(r, n) < r.output]
+        drafters = [r for r, n, e in zip(step.reqs, step.counts, step.emitted, strict=True)
+                    if e and r.generated + e < r.output]
         if not drafters:
             return
         k = step.k
@@ -267,24 +291,17 @@ class Replica:
                 if self.model is not None and step.prediction is not None else None)
         if rule is not None:
             progress = DraftProgress(rule)
-            for j in range(k):
-                if progress.stop_after([d.probs[j] for d in drafts]) and j + 1 < k:
+            for j in range(k - 1):
+                if progress.stop_after([d[0][j] for d in drafts]):
                     positions = j + 1
                     break
         per_position = self.truth.steps.step_seconds("draft", b, b, step.context_len)
         step.draft_s = positions * per_position
         step.seconds += step.draft_s
-        cut = [d.cut(positions) if positions < k else d for d in drafts]
-        self._new_drafts = list(zip(drafters, cut, strict=True))
+        if positions < k:
+            drafts = [cut(d, positions) for d in drafts]
+        self._new_drafts = list(zip(drafters, drafts, strict=True))
         step.k = positions
-
-    @staticmethod
-    def _emitted(r: _Req, n: int) -> int:
-        """Output tokens request `r` emits in a step that schedules `n` of its tokens."""
-        if r.computed < r.prompt:
-            return 1 if r.computed + n >= r.prompt else 0
-        accepted = r.spec.accepted if r.spec is not None else 0
-        return min(1 + accepted, r.output - r.generated)
 
     def finish_step(self, now: float) -> list[_Req]:
         """Apply the step that ends at `now`; returns the requests that finished."""
@@ -294,45 +311,45 @@ class Replica:
         self.busy = False
         new_drafts, self._new_drafts = self._new_drafts, []
         model = self.model
-        acceptance = model.acceptance if model is not None else None
+        observe = model.acceptance.observe if model is not None else None
         drafted = accepted = verifies = 0
         done: list[_Req] = []
-        for r, n in step.scheduled:
-            emitted = self._emitted(r, n)
-            spec = r.spec if r.computed >= r.prompt else None
-            if spec is not None and spec.probs:
-                d = len(spec.probs)
-                drafted += d
-                accepted += spec.accepted
-                verifies += 1
-                if acceptance is not None:
-                    acceptance.observe(d, spec.accepted, request_id=r.request.request_id,
-                                       probs=spec.probs)
-            r.spec = None
+        for r, n, e in zip(step.reqs, step.counts, step.emitted, strict=True):
             if r.computed < r.prompt:
                 r.computed += n
-            if emitted:
+            else:
+                spec = r.spec
+                if spec is not None:
+                    probs, a = spec
+                    drafted += len(probs)
+                    accepted += a
+                    verifies += 1
+                    if observe is not None:
+                        observe(len(probs), a, r.request.request_id, probs)
+                    r.spec = None
+            if e:
                 if r.first_token is None:
                     r.first_token = now
-                r.generated += emitted
+                r.generated += e
                 # The last sampled token has no KV yet (it is the next step's input).
                 r.computed = r.prompt + r.generated - 1
-            if r.generated >= r.output:
-                done.append(r)
+                if r.generated >= r.output:
+                    done.append(r)
         if done:
             finished = set(map(id, done))
             self.running = [r for r in self.running if id(r) not in finished]
             for r in done:
-                if acceptance is not None:
-                    acceptance.forget(r.request.request_id)
+                if model is not None:
+                    model.acceptance.forget(r.request.request_id)
                 q = r.request
                 self.finished.append(RequestRecord(q.request_id, q.arrival, r.first_token, now,
                                                    q.prompt_tokens, r.generated, self.name))
         if model is not None and step.prediction is not None:
             self._record(step)
-        self._set_drafts(step, new_drafts)
+        if new_drafts:
+            self._set_drafts(step, new_drafts)
         self.step_records.append(StepRecord(
-            now, self.name, len(step.scheduled), step.k, drafted, accepted, step.seconds,
+            now, self.name, len(step.reqs), step.k, drafted, accepted, step.seconds,
             step.prediction.step_seconds if step.prediction is not None else 0.0, verifies))
         return done
 
@@ -340,10 +357,10 @@ class Replica:
         """`AdaptiveScheduler._record_step`: observations and the refit schedule."""
         model = self.model
         assert model is not None and step.prediction is not None
-        if not step.scheduled or (step.prediction.k > 0 and step.draft_s == 0.0):
+        if not step.reqs or (step.prediction.k > 0 and step.draft_s == 0.0):
             return  # the drafter did not run: the engine has no draft time to record
         self._observations.extend(step_observations(
-            len(step.scheduled), step.tokens, step.context_len, step.seconds, step.draft_s,
+            len(step.reqs), step.tokens, step.context_len, step.seconds, step.draft_s,
             step.prediction.k))
         self._steps += 1
         if refit_due(self._steps):
@@ -354,19 +371,17 @@ class Replica:
 
     def _set_drafts(self, step: _Pending, new_drafts: list[tuple[_Req, Verification]]) -> None:
         """`AdaptiveScheduler.update_draft_token_ids`: cut each request's drafts."""
-        live = [(r, d) for r, d in new_drafts if r.generated < r.output]
-        if not live:
-            return
         model = self.model
         if model is None:
-            for r, d in live:
+            for r, d in new_drafts:
                 r.spec = d
             return
-        raws = [d.probs for _, d in live]
-        rows = [model.acceptance.cumulative(raw) for raw in raws]
+        raws = [d[0] for _, d in new_drafts]
+        cumulative = model.acceptance.cumulative
+        rows = [cumulative(raw) for raw in raws]
         lengths = verify_lengths(model, raws, rows, step.context_len)
-        for (r, d), keep in zip(live, lengths, strict=True):
-            r.spec = d.cut(keep) if keep < len(d.probs) else d
+        for (r, d), keep in zip(new_drafts, lengths, strict=True):
+            r.spec = cut(d, keep) if keep else None
 
     # -- lifecycle --
 
