@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 
 from specserve_engine.policy import Policy
 from specserve_gateway.routing import Balancer, Lease
@@ -79,6 +80,8 @@ class Cluster:
         self._born: dict[str, float] = {}
         self._replica_seconds = 0.0
         self._next_name = 0
+        self._run_start = 0.0
+        self._tick_pending = False
         self._held: deque[SimRequest] = deque()
         self._leases: dict[str, Lease] = {}
         self._records: dict[str, RequestRecord] = {}
@@ -123,7 +126,8 @@ class Cluster:
     def _gone(self, replica: Replica) -> None:
         replica.gone = True
         self.replicas.remove(replica)
-        self._replica_seconds += self.kernel.now - self._born.pop(replica.name)
+        born = self._born.pop(replica.name)
+        self._replica_seconds += self.kernel.now - max(born, self._run_start)
 
     def _routable(self) -> list[str]:
         return [r.name for r in self.replicas if r.ready and not r.draining]
@@ -249,6 +253,7 @@ class Cluster:
             goodput_tok_s=sum(r.output_tokens for r in w.finished) / span)
 
     def _tick(self) -> None:
+        self._tick_pending = False
         window = self._window()
         self.series.append(self._series_point(window))
         if self.controller is not None:
@@ -261,6 +266,7 @@ class Cluster:
             if decision.replicas is not None:
                 self.scale_to(decision.replicas, decision.reason)
         if not self._finished():
+            self._tick_pending = True
             self.kernel.after(self.window_s, self._tick)
 
     def _finished(self) -> bool:
@@ -269,17 +275,60 @@ class Cluster:
     # -- run --
 
     def run(self) -> SimResult:
-        for request in self.requests:
+        """Serve the cluster's requests until every one has finished (or the deadline)."""
+        return self._run(self.requests)
+
+    def run_more(self, requests: Sequence[SimRequest]) -> SimResult:
+        """Then serve `requests` (arrivals relative to now) on the same replicas, as the bench
+        replays its levels one after another on one engine: what the replicas' policies learned
+        carries over. The result covers these requests only, times relative to their start."""
+        start = self.kernel.now
+        shifted = sorted((SimRequest(r.request_id, start + r.arrival, r.prompt_tokens,
+                                     r.output_tokens) for r in requests), key=lambda r: r.arrival)
+        result = self._run(shifted)
+        return shift_result(result, -start)
+
+    def _run(self, requests: list[SimRequest]) -> SimResult:
+        start = self.kernel.now
+        self._run_start = start
+        self._records, self._arrived, self._done = {}, 0, 0
+        self.requests = requests
+        self.steps, self.series, self.scaling, self.decisions = [], [], [], []
+        self._replica_seconds = 0.0
+        self._window_finished, self._window_steps, self._window_arrivals = [], [], 0
+        self._window_start = start
+        for request in requests:
             self.kernel.at(request.arrival, lambda r=request: self._arrive(r))
-        self.kernel.after(self.window_s, self._tick)
-        end = self.kernel.run(until=self.deadline_s, stop=self._finished)
+        if not self._tick_pending:
+            self._tick_pending = True
+            self.kernel.after(self.window_s, self._tick)
+        end = self.kernel.run(until=self.deadline_s + start if self.deadline_s else None,
+                              stop=self._finished)
         if self._window_steps or self._window_finished or self._window_arrivals:
             self.series.append(self._series_point(self._window()))
-        held = self._replica_seconds + sum(end - self._born[r.name] for r in self.replicas)
+        held = self._replica_seconds + sum(end - max(self._born[r.name], start)
+                                           for r in self.replicas)
         return SimResult(
             requests=[self._records.get(r.request_id) or RequestRecord(
                 r.request_id, r.arrival, None, None, r.prompt_tokens, r.output_tokens, "")
-                for r in self.requests],
+                for r in requests],
             steps=self.steps, series=self.series, scaling=self.scaling,
             replica_seconds=held if math.isfinite(held) else 0.0, end_time=end,
             decisions=self.decisions)
+
+
+def shift_result(result: SimResult, delta: float) -> SimResult:
+    """`result` with every time moved by `delta` seconds."""
+    def rec(r: RequestRecord) -> RequestRecord:
+        return RequestRecord(r.request_id, r.arrival + delta,
+                             None if r.first_token is None else r.first_token + delta,
+                             None if r.finish is None else r.finish + delta,
+                             r.prompt_tokens, r.output_tokens, r.replica)
+
+    return SimResult(
+        requests=[rec(r) for r in result.requests],
+        steps=[replace(s, time=s.time + delta) for s in result.steps],
+        series=[replace(p, time=p.time + delta) for p in result.series],
+        scaling=[replace(e, time=e.time + delta) for e in result.scaling],
+        replica_seconds=result.replica_seconds, end_time=result.end_time + delta,
+        decisions=[(t + delta, d) for t, d in result.decisions])
