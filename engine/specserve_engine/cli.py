@@ -1,4 +1,5 @@
-"""`specserve` command line: serve, models, demo (profile and bench live in their own modules)."""
+"""`specserve` command line: serve, models, demo (profile, bench and simulate live in their own
+modules)."""
 
 from __future__ import annotations
 
@@ -216,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=bench_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_command.add_arguments(bench)
     bench.set_defaults(func=bench_command.run)
+
+    # The simulator is its own package (simulator/), imported only when building this parser.
+    from specserve_sim import command as simulate_command
+
+    simulate = sub.add_parser(
+        "simulate", help="replay a trace on simulated SpecServe replicas (discrete-event)",
+        description=simulate_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    simulate_command.add_arguments(simulate)
+    simulate.set_defaults(func=simulate_command.run)
     return parser
 
 
