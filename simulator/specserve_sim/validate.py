@@ -38,7 +38,7 @@ WARM_UP_REQUESTS = 4  # trace_replay.runner.warm_up: 4 requests of 16 tokens, on
 WARM_UP_TOKENS = 16
 
 
-def _flag(command: str, name: str, default: str) -> str:
+def flag_value(command: str, name: str, default: str) -> str:
     """The value of `--name` in a recorded command line (the bench's meta.command)."""
     words = shlex.split(command)
     for i, word in enumerate(words):
@@ -80,11 +80,11 @@ class BenchRun:
             folder=folder, meta=meta, summaries=summaries, configs=configs,
             rates=tuple(float(r) for r in meta["rates"]), rounds=int(meta.get("rounds", 1)),
             count=int(meta["requests_per_level"]),
-            start=int(_flag(command, "--trace-start", "0")),
+            start=int(flag_value(command, "--trace-start", "0")),
             max_prompt_tokens=int(meta["max_prompt_tokens"]),
             max_output_tokens=int(meta["max_output_tokens"]),
             tpot_slo_s=float(meta["tpot_slo_s"]),
-            level_timeout_s=float(_flag(command, "--level-timeout", "300")),
+            level_timeout_s=float(flag_value(command, "--level-timeout", "300")),
             seed=int(meta.get("seed", 0)),
             replicates=int(meta.get("bootstrap_replicates", 1000)))
 
