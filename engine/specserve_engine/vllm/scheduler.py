@@ -254,8 +254,11 @@ class AdaptiveScheduler(Scheduler):
                 probs = self._verified_confidences.pop(rid, None)
                 acceptance.observe(drafted, accepted, request_id=rid, probs=probs)
                 if self._verify_file is not None and probs is not None:
+                    # The request id lets the simulator replay one request's verifications in
+                    # order (acceptance is strongly per request); readers ignore unknown keys.
                     self._verify_file.write(json.dumps(
-                        {"probs": probs, "drafted": drafted, "accepted": accepted}) + "\n")
+                        {"probs": probs, "drafted": drafted, "accepted": accepted,
+                         "request_id": rid}) + "\n")
                 total_drafted += drafted
                 total_accepted += accepted
             if self._verify_file is not None:
