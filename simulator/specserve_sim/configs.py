@@ -28,7 +28,7 @@ def bench_config(name: str, tpot_slo_s: float, profile: Profile | None = None,
     if name == "off":
         return ReplicaConfig(name, Policy(mode="off", k_max=0, static_k=0), engine_k_max=0,
                              specserve=False)
-    if name.startswith("K="):
+    if name.startswith("K=") and name[2:].isdigit():
         k = int(name[2:])
         return ReplicaConfig(name, Policy(mode="static", k_max=k, static_k=k), engine_k_max=k,
                              specserve=False)
