@@ -187,6 +187,8 @@ class Cluster:
         name = self.balancer.order(self._routable())[0]
         lease = self.balancer.acquire(name)
         replica = self._by_name(name)
+        self._records[request.request_id] = replace(self._records[request.request_id],
+                                                    replica=name)
         replica.add(request, lease)
         if not replica.busy:
             self._step(replica)

@@ -52,7 +52,7 @@ class RequestRecord:
     finish: float | None  # when the last one was
     prompt_tokens: int
     output_tokens: int
-    replica: str  # "" while never routed
+    replica: str  # where the gateway sent it; "" while held
 
     @property
     def ttft(self) -> float | None:
