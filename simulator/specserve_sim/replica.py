@@ -31,7 +31,6 @@ blocks run out), prefix caching, the API server's tokenisation and streaming (on
 
 from __future__ import annotations
 
-import logging
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,8 +53,6 @@ from specserve_engine.policy.stepping import (
 from specserve_engine.vllm.control import PolicyStore
 from specserve_sim.groundtruth import GroundTruth, Verification, VerificationStream, cut
 from specserve_sim.interface import ReplicaView, RequestRecord, SimRequest, StepRecord
-
-log = logging.getLogger("specserve.sim")
 
 KTable = tuple[tuple[int, int, int], ...]
 # vLLM 0.32's OpenAI-server defaults on CPU (engine/arg_utils.py); an H100 server gets 1024 and
