@@ -246,8 +246,12 @@ class VerificationStream:
     def draw(self, k: int) -> Verification:
         """The next verification, `k` tokens long (extended by later records when short)."""
         v = self._one()
-        while len(v[0]) < k:
+        n = len(v[0])
+        if n == k:  # the usual case (records of K_max drafts, K = K_max): nothing to copy
+            return v
+        while n < k:
             v = then(v, self._one())
+            n = len(v[0])
         return cut(v, k)
 
 
