@@ -61,6 +61,10 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
     assert policy.model.calibration == acceptance.calibration
     assert policy.model.prior_acceptance == acceptance.prior_acceptance
     assert policy.model.target == StepTimeModel.from_profile(profile).target
+    # Engine cycles were measured too: the host time around the forwards, fitted and loaded.
+    assert profile.for_role("host"), "the profile has host (cycle minus forwards) points"
+    assert policy.model.host == StepTimeModel.from_profile(profile).host
+    assert StepTimeModel.from_profile(profile).host_seconds(3, 48) > 0
     # Verify steps of K=2 carry 3 tokens per request.
     assert any(p.num_tokens == 3 * p.num_requests for p in profile.for_role("target"))
     timing = StepTimeModel.from_profile(profile)

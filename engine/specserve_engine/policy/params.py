@@ -49,6 +49,9 @@ class TimingCoefficients(_Strict):
     knee_tokens: int = Field(default=0, ge=0, description="tokens a step processes for free")
 
 
+NO_HOST_TIME = TimingCoefficients(overhead_s=0.0, per_token_s=0.0)
+
+
 class LogisticCalibration(_Strict):
     """Acceptance probability of a draft token from the draft model's own probability q.
 
@@ -68,6 +71,11 @@ class ModelParams(_Strict):
         default_factory=lambda: TimingCoefficients(overhead_s=0.010, per_token_s=5e-5))
     draft: TimingCoefficients = Field(
         default_factory=lambda: TimingCoefficients(overhead_s=0.002, per_token_s=5e-6))
+    host: TimingCoefficients = Field(
+        default=NO_HOST_TIME,
+        description="seconds of an engine cycle outside the two forwards (scheduling, output "
+                    "processing, inter-process hops), per step; features: requests, context "
+                    "(its token count is the request count); zero = not measured")
     calibration: list[LogisticCalibration] = Field(
         default_factory=list, max_length=K_LIMIT,
         description="per draft position (first entry = position 1); positions past the end use "

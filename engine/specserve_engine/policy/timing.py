@@ -15,6 +15,14 @@ and mean context length L. A speculative decode step with K draft tokens costs
 The first draft step also re-reads the tokens accepted at the previous step; that is a few tokens
 per request, folded into the fitted draft overhead rather than modelled.
 
+What a client sees is the engine's *cycle*, from one step's start to the next one's: the two
+forwards plus everything around them (scheduling, turning outputs into responses, moving them
+between processes, and on a small CPU the other processes' share of the cores). That third part,
+`host`, is measured per cycle as cycle minus forwards and fitted like the others, on B and L only
+(it does not grow with draft tokens: they are never sent to a client):
+
+    T_cycle(K) = T_draft(K) + T_verify(K) + t_host(B, L)
+
 Coefficients come from a `Profile` (fit at start) and are refitted online from live measurements.
 Both fits are weighted least squares on *relative* error (a 2 ms step mispredicted by 1 ms is as
 bad as a 200 ms step mispredicted by 100 ms), non-negative (so a bigger step never predicts as
@@ -30,7 +38,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from specserve_engine.policy.params import ModelParams, TimingCoefficients
+from specserve_engine.policy.params import NO_HOST_TIME, ModelParams, TimingCoefficients
 from specserve_engine.policy.profile import Profile, Role
 
 
@@ -211,19 +219,25 @@ def _anchor_grid(c: TimingCoefficients) -> list[tuple[int, int, float, float]]:
     return grid
 
 
+ROLES: tuple[Role, ...] = ("target", "draft", "host")
+
+
 class StepTimeModel:
-    """Predicts target verify and draft step times; refits online from live measurements.
+    """Predicts target verify, draft and host (around the forwards) seconds; refits online.
 
     `refit()` fits each role to its profile points (or, without a profile, to a grid predicted by
     the current coefficients), each weighing `anchor_weight`, plus the last `window` live
     observations, each weighing 1: live data dominate where the engine actually runs, the anchor
-    keeps the extrapolation sane where it does not.
+    keeps the extrapolation sane where it does not. Host time has no grid prior (its default
+    is zero, nothing to extrapolate from): without profiled host points it is refitted only once
+    `MIN_LIVE_WITHOUT_PRIOR` cycles are measured.
     """
 
     def __init__(
         self,
         target: TimingCoefficients,
         draft: TimingCoefficients,
+        host: TimingCoefficients = NO_HOST_TIME,
         *,
         profile: Profile | None = None,
         window: int = 512,
@@ -231,36 +245,43 @@ class StepTimeModel:
     ) -> None:
         self.target = target
         self.draft = draft
+        self.host = host
         self.anchor_weight = anchor_weight
         self._anchors: dict[Role, list[tuple[int, int, float, float]]] = {}
         self._measured_anchors: dict[Role, bool] = {}
-        for role, c in (("target", target), ("draft", draft)):
+        for role in ROLES:
             pts = profile.for_role(role) if profile else []
             self._measured_anchors[role] = bool(pts)
+            grid = _anchor_grid(self.coefficients(role)) if role != "host" else []
             self._anchors[role] = (
-                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts]
-                or _anchor_grid(c))
+                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts] or grid)
         self._live: dict[Role, deque[StepObservation]] = {
-            "target": deque(maxlen=window), "draft": deque(maxlen=window)}
+            role: deque(maxlen=window) for role in ROLES}
 
     @classmethod
     def from_params(cls, model: ModelParams) -> StepTimeModel:
-        return cls(model.target, model.draft)
+        return cls(model.target, model.draft, model.host)
 
     @classmethod
     def from_profile(cls, profile: Profile, **kwargs: float | int) -> StepTimeModel:
-        """Fit both roles to the profile (each role needs at least one point)."""
+        """Fit every role to the profile (target and draft need at least one point each; a
+        profile without host points, as older ones, predicts no host time)."""
         fitted = {}
-        for role in ("target", "draft"):
+        for role in ROLES:
             pts = profile.for_role(role)
             if not pts:
+                if role == "host":
+                    fitted[role] = NO_HOST_TIME
+                    continue
                 raise ValueError(f"profile has no '{role}' points")
             fitted[role] = fit_coefficients(
-                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts])
-        return cls(fitted["target"], fitted["draft"], profile=profile, **kwargs)  # type: ignore[arg-type]
+                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts],
+                knee=0 if role == "host" else None)
+        return cls(fitted["target"], fitted["draft"], fitted["host"], profile=profile,
+                   **kwargs)  # type: ignore[arg-type]
 
     def coefficients(self, role: Role) -> TimingCoefficients:
-        return self.target if role == "target" else self.draft
+        return {"target": self.target, "draft": self.draft, "host": self.host}[role]
 
     # -- predictions (hot path: plain arithmetic) --
 
@@ -278,6 +299,12 @@ class StepTimeModel:
         if steps <= 0:
             return 0.0
         return steps * predict_seconds(self.draft, num_requests, num_requests, context_len)
+
+    def host_seconds(self, num_requests: int, context_len: float) -> float:
+        """Seconds of one engine cycle outside the forwards, for a batch of `num_requests`."""
+        if num_requests <= 0:
+            return 0.0
+        return predict_seconds(self.host, num_requests, num_requests, context_len)
 
     # -- online refit --
 
@@ -299,11 +326,10 @@ class StepTimeModel:
                 # once enough real steps exist it must not pull the fit (its short predicted
                 # times weigh heavily in a relative-error fit).
                 anchors = []
+            if not anchors and len(live) < MIN_LIVE_WITHOUT_PRIOR:
+                continue  # host time without a profile: too few cycles to fit on their own
             points = anchors + [(o.num_requests, o.num_tokens, o.context_len, o.seconds)
                                 for o in live]
             weights = [self.anchor_weight] * len(anchors) + [1.0] * len(live)
             fitted = fit_coefficients(points, weights, knee=self.coefficients(role).knee_tokens)
-            if role == "target":
-                self.target = fitted
-            else:
-                self.draft = fitted
+            setattr(self, role, fitted)
