@@ -139,6 +139,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     run_profile(model, draft, out, prompt_text=text, batch_sizes=args.batch_sizes,
                 k_values=args.k_values, context_lens=args.context_lens,
                 new_tokens=args.new_tokens, calibration_prompts=args.calibration_prompts,
+                raw_records=Path(args.records) if args.records else None,
                 extra_args=["--", *(a for a in args.vllm_args if a != "--")]
                 if args.vllm_args else ())
     return 0
@@ -191,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--calibration-prompts", type=int, default=24,
                          help="prompts drafted with the largest K to fit the acceptance "
                               "calibration (0: skip; engines then learn it online)")
+    profile.add_argument("--records", metavar="DIR",
+                         help="also keep the raw records there: every step (steps.jsonl) and "
+                              "every verification (verifications.jsonl), the simulator's "
+                              "ground truth")
     profile.add_argument(
         "vllm_args", nargs=argparse.REMAINDER,
         help="extra vLLM arguments after a `--`, as the engine will be served with (e.g. "
