@@ -270,7 +270,7 @@ def _fit_linear(
 
 CORRECTION_TOLERANCE = 0.10  # a bucket whose median miss is within 10% keeps factor 1
 CORRECTION_MIN_POINTS = 3  # fewer points in a bucket: no evidence, factor 1
-CORRECTION_AGREEMENT = 2 / 3  # share of a bucket's points that must miss in the same direction
+CORRECTION_AGREEMENT = 0.75  # share of a bucket's points that must miss in the same direction
 CORRECTION_PRIOR_POINTS = 1.0  # shrinkage: factor 1 weighs as much as this many points
 
 
@@ -290,10 +290,14 @@ def fit_token_correction(
     points, a median miss beyond `CORRECTION_TOLERANCE`, and `CORRECTION_AGREEMENT` of its points
     on the same side (a few slow steps on a shared machine move one point, not a bucket). A
     systematic factor is shrunk toward 1 in log space by `CORRECTION_PRIOR_POINTS` (n / (n + 1)
-    of the log for n points). The breakpoint sits at the bucket's median measured token count.
-    Breakpoints at 1 that only repeat a neighbouring 1 are dropped; the median, not a mean,
-    so one outlier cannot move a factor. Coarser buckets are used if there would be more than
-    `MAX_CORRECTION_POINTS`.
+    of the log for n points). The median, not a mean, so one outlier cannot move a factor.
+
+    A bucket holds its factor flat from its smallest to its largest measured token count (two
+    breakpoints, one if they are equal), and the correction is linear only across the gaps
+    between buckets, where nothing was measured: kernel blockings change in steps, and
+    interpolating from bucket centres would smear each step over two buckets. Breakpoints at 1
+    that only repeat a neighbouring 1 are dropped. Coarser buckets are used if there would be
+    more than `MAX_CORRECTION_POINTS` breakpoints.
     """
     if not points:
         return []
@@ -318,14 +322,15 @@ def _bucket_factors(
     for key in sorted(buckets):
         members = buckets[key]
         ratios = [r for _, r in members]
-        middle = int(statistics.median_low(sorted(n for n, _ in members)))
+        lo, hi = min(n for n, _ in members), max(n for n, _ in members)
         median = statistics.median(ratios)
         above = sum(r > 1 for r in ratios) if median > 1 else sum(r < 1 for r in ratios)
         systematic = (len(ratios) >= CORRECTION_MIN_POINTS
                       and abs(math.log(median)) > math.log1p(CORRECTION_TOLERANCE)
                       and above >= CORRECTION_AGREEMENT * len(ratios))
         shrink = len(ratios) / (len(ratios) + CORRECTION_PRIOR_POINTS)
-        raw.append((middle, math.exp(math.log(median) * shrink) if systematic else 1.0))
+        factor = math.exp(math.log(median) * shrink) if systematic else 1.0
+        raw += [(lo, factor), (hi, factor)] if hi > lo else [(lo, factor)]
     if all(f == 1.0 for _, f in raw):
         return []
     # A 1 matters only next to a factor that is not 1: it is where the correction returns to 1.
