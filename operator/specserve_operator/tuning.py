@@ -90,6 +90,8 @@ def duration_seconds(text: str) -> float:
 
 
 def scale_timing(c: TimingCoefficients, factor: float) -> TimingCoefficients:
+    """Every predicted step time x `factor`: the linear coefficients scale, the knee and the
+    multiplicative `token_correction` (the kernels' shape over token counts) stay as fitted."""
     return c.model_copy(update={f: getattr(c, f) * factor for f in _SCALED})
 
 

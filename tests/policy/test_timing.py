@@ -157,6 +157,7 @@ coefficient = st.floats(min_value=0, max_value=1e-2, allow_nan=False)
 def test_bigger_steps_never_predict_faster(
     c: TimingCoefficients, b: int, n: int, extra: int, ctx: float, more_ctx: float
 ) -> None:
+    # The linear part only: a `token_correction` may make a bigger step faster (by design).
     base = predict_seconds(c, b, n, ctx)
     assert base >= 0
     assert predict_seconds(c, b, n + extra, ctx) >= base

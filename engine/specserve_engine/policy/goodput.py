@@ -92,6 +92,29 @@ def _count_paying_drops(
     return lo
 
 
+def _count_paying_drops_corrected(
+    values: Sequence[float], expected: float, tokens: int, fixed_seconds: float,
+    target: TimingCoefficients, num_requests: int, context_len: float,
+) -> int:
+    """`_count_paying_drops` for a target with a `token_correction`: exact, by scanning.
+
+    With the correction a step's time is not monotonic in its tokens (dropping one can make the
+    step slower), so the drop predicate is not monotonic either and a binary search could stop
+    at a local optimum. Evaluate G after every number of drops instead: O(len(values)) cheap
+    predictions, paid only by models that carry a correction. Ties go to fewer drops.
+    """
+    best_m, best_g = 0, -1.0
+    lost = 0.0
+    for m in range(len(values) + 1):
+        if m:
+            lost += values[m - 1]
+        t = fixed_seconds + predict_seconds(target, num_requests, tokens - m, context_len)
+        g = (expected - lost) / t if t > 0 else 0.0
+        if g > best_g * (1 + 1e-12):
+            best_m, best_g = m, g
+    return best_m
+
+
 def _pad(rows: Sequence[Sequence[float]], k: int) -> list[Sequence[float]]:
     """Each row cut or zero-padded to length k (a request with fewer drafts gains nothing more)."""
     return [row[:k] if len(row) >= k else [*row, *([0.0] * (k - len(row)))] for row in rows]
@@ -285,8 +308,10 @@ class EfficiencyModel:
         while c < d * G (found by binary search, see `_count_paying_drops`). Rows must be
         non-increasing (cumulative products are); a row that is not is made so by a running
         minimum. The drafter's cost (`draft_steps`, default the
-        longest row) is counted in the step, as the next draft runs in the same step; dropping
-        only removes verify tokens, so predicted step time never increases.
+        longest row) is counted in the step, as the next draft runs in the same step. Under a
+        linear target model dropping never makes the step slower; under one with a
+        `token_correction` it can, and every number of drops is scored instead
+        (`_count_paying_drops_corrected`).
         """
         lengths = [len(row) for row in rows]
         if self.policy.mode != "adaptive" or not rows:
@@ -302,10 +327,15 @@ class EfficiencyModel:
         target = self.timing.target
         tokens = b + sum(kept) + extra_tokens
         expected = b + sum(values)
-        step = (self.draft_seconds(b, context_len, steps)
-                + predict_seconds(target, b, tokens, context_len)
-                + self.timing.host_seconds(b, context_len))
-        dropped = _count_paying_drops(values, expected, tokens, step, target)
+        # Draft and host time do not change with drops: the fixed part of the step.
+        fixed = (self.draft_seconds(b, context_len, steps)
+                 + self.timing.host_seconds(b, context_len))
+        if target.token_correction:
+            dropped = _count_paying_drops_corrected(values, expected, tokens, fixed, target, b,
+                                                    context_len)
+        else:
+            step = fixed + predict_seconds(target, b, tokens, context_len)
+            dropped = _count_paying_drops(values, expected, tokens, step, target)
         if not dropped:
             return kept
         # Drop every token with c <= the last dropped value, then give back the extra ties.

@@ -2,7 +2,8 @@
 
 One forward step of a model costs (see `TimingCoefficients`)
 
-    t(B, N, L) = overhead + per_token * max(0, N - knee) + per_kv_token * B*L + per_request * B
+    t(B, N, L) = (overhead + per_token * max(0, N - knee) + per_kv_token * B*L + per_request * B)
+                 * correction(N)
 
 for B requests, N batched tokens (a verify step holds B*(K+1) of them, plus any prefill chunk)
 and mean context length L. A speculative decode step with K draft tokens costs
@@ -28,17 +29,29 @@ Both fits are weighted least squares on *relative* error (a 2 ms step mispredict
 bad as a 200 ms step mispredicted by 100 ms), non-negative (so a bigger step never predicts as
 faster), with the knee chosen among the profiled token counts, and Huber-reweighted so a few
 outliers (a GC pause, a preempted core) do not move the fit.
+
+`correction(N)` is 1 unless the profile shows the linear fit missing by more than
+`CORRECTION_TOLERANCE` consistently at some token counts (bf16 kernels on AMX pick their
+blocking by M, so cost is not monotonic in N): see `fit_token_correction`. It is fitted with the
+profile and kept, not refitted, online (see `StepTimeModel.refit`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import statistics
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from specserve_engine.policy.params import NO_HOST_TIME, ModelParams, TimingCoefficients
+from specserve_engine.policy.params import (
+    MAX_CORRECTION_POINTS,
+    NO_HOST_TIME,
+    ModelParams,
+    TimingCoefficients,
+)
 from specserve_engine.policy.profile import Profile, Role
 
 
@@ -57,12 +70,32 @@ def predict_seconds(
     c: TimingCoefficients, num_requests: int, num_tokens: int, context_len: float
 ) -> float:
     """Seconds of one forward step under coefficients `c` (the formula in `TimingCoefficients`)."""
-    return (
+    linear = (
         c.overhead_s
         + c.per_token_s * max(0, num_tokens - c.knee_tokens)
         + c.per_kv_token_s * num_requests * context_len
         + c.per_request_s * num_requests
     )
+    # Most models have no correction: one truthiness test is all they pay.
+    return linear * correction_factor(c.token_correction, num_tokens) if c.token_correction \
+        else linear
+
+
+def correction_factor(correction: Sequence[tuple[int, float]], num_tokens: int) -> float:
+    """The `token_correction` factor at `num_tokens`: linear between breakpoints, flat outside.
+
+    Hot path (every K of every step): one bisect over <= 32 tuples, no key function (a tuple
+    (n, inf) sorts after every breakpoint at n and before any at n + 1).
+    """
+    if not correction:
+        return 1.0
+    i = bisect_right(correction, (num_tokens, math.inf))
+    if i == 0:
+        return correction[0][1]
+    if i == len(correction):
+        return correction[-1][1]
+    (n0, f0), (n1, f1) = correction[i - 1], correction[i]
+    return f0 + (f1 - f0) * (num_tokens - n0) / (n1 - n0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,14 +213,58 @@ def fit_coefficients(
     points: Sequence[tuple[int, int, float, float]],
     weights: Sequence[float] | None = None,
     knee: int | None = None,
+    correction: Sequence[tuple[int, float]] | None = None,
 ) -> TimingCoefficients:
     """Fit `TimingCoefficients` to (num_requests, num_tokens, context_len, seconds) points.
 
     `knee=None` searches the knee among the measured token counts; an int keeps it fixed.
+    `correction=None` fits a `token_correction` where the linear fit misses consistently (see
+    `fit_token_correction`); a sequence keeps that one (`()`: purely linear) and fits the
+    linear part to the times it explains.
     """
     if not points:
         raise ValueError("cannot fit step times from no points")
     w = list(weights) if weights is not None else [1.0] * len(points)
+    if correction is not None:
+        kept = list(correction)
+        return _fit_linear(_uncorrected(points, kept), w, knee).model_copy(
+            update={"token_correction": kept})
+    linear = _fit_linear(points, w, knee)
+    first = fit_token_correction(points, linear)
+    if not first:
+        return linear
+    # The linear part was fitted with the bumps in it; refit it to the times the correction
+    # leaves, then the correction to that line, so each explains only its own shape.
+    relinear = _fit_linear(_uncorrected(points, first), w, knee)
+    second = fit_token_correction(points, relinear)
+    corrected = relinear.model_copy(update={"token_correction": second})
+    # The correction must earn its keep on the points themselves: fewer of them missed by more
+    # than the tolerance than the linear fit misses (bucket medians can disagree with the
+    # points when neighbouring buckets pull the interpolation, or the refitted line moved).
+    if _misses(points, corrected) < min(_misses(points, linear), _misses(points, relinear)):
+        return corrected
+    return linear if _misses(points, linear) <= _misses(points, relinear) else relinear
+
+
+def _misses(points: Sequence[tuple[int, int, float, float]], c: TimingCoefficients) -> int:
+    """How many points `c` mispredicts by more than `CORRECTION_TOLERANCE` (relative)."""
+    return sum(abs(predict_seconds(c, b, n, ctx) - t) > CORRECTION_TOLERANCE * t
+               for b, n, ctx, t in points)
+
+
+def _uncorrected(
+    points: Sequence[tuple[int, int, float, float]], correction: Sequence[tuple[int, float]]
+) -> list[tuple[int, int, float, float]]:
+    """Points with their seconds divided by the correction: what the linear part must explain."""
+    if not correction:
+        return list(points)
+    return [(b, n, ctx, t / correction_factor(correction, n)) for b, n, ctx, t in points]
+
+
+def _fit_linear(
+    points: Sequence[tuple[int, int, float, float]], w: Sequence[float], knee: int | None
+) -> TimingCoefficients:
+    """The knee search and robust fit of the linear part (no correction)."""
     knees = [knee] if knee is not None else _knee_candidates(n for _, n, _, _ in points)
     best, best_loss = None, math.inf
     for k in knees:
@@ -198,6 +275,81 @@ def fit_coefficients(
             best, best_loss = coeffs, loss
     assert best is not None
     return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The token-count correction: where a linear fit misses systematically.
+# ---------------------------------------------------------------------------------------------
+
+CORRECTION_TOLERANCE = 0.10  # a bucket whose median miss is within 10% keeps factor 1
+CORRECTION_MIN_POINTS = 3  # fewer points in a bucket: no evidence, factor 1
+CORRECTION_AGREEMENT = 0.75  # share of a bucket's points that must miss in the same direction
+CORRECTION_PRIOR_POINTS = 1.0  # shrinkage: factor 1 weighs as much as this many points
+
+
+def token_bucket(num_tokens: int, per_octave: float = 2.0) -> int:
+    """Log-spaced bucket of a token count: `per_octave` buckets per doubling (2: 8-11, 12-15,
+    16-22, 23-31, ...), since kernel blockings change at roughly geometric M boundaries."""
+    return math.floor(per_octave * math.log2(num_tokens) + 1e-9)
+
+
+def fit_token_correction(
+    points: Sequence[tuple[int, int, float, float]], linear: TimingCoefficients
+) -> list[tuple[int, float]]:
+    """The `token_correction` for `points` over the linear model `linear`; [] when none is due.
+
+    Points are grouped by `token_bucket`. Each bucket's factor is the median of measured /
+    predicted, kept at 1 unless the bucket is systematic: at least `CORRECTION_MIN_POINTS`
+    points, a median miss beyond `CORRECTION_TOLERANCE`, and `CORRECTION_AGREEMENT` of its points
+    on the same side (a few slow steps on a shared machine move one point, not a bucket). A
+    systematic factor is shrunk toward 1 in log space by `CORRECTION_PRIOR_POINTS` (n / (n + 1)
+    of the log for n points). The median, not a mean, so one outlier cannot move a factor.
+
+    A bucket holds its factor flat from its smallest to its largest measured token count (two
+    breakpoints, one if they are equal), and the correction is linear only across the gaps
+    between buckets, where nothing was measured: kernel blockings change in steps, and
+    interpolating from bucket centres would smear each step over two buckets. Breakpoints at 1
+    that only repeat a neighbouring 1 are dropped. Coarser buckets are used if there would be
+    more than `MAX_CORRECTION_POINTS` breakpoints.
+    """
+    if not points:
+        return []
+    per_octave = 2.0
+    while True:
+        out = _bucket_factors(points, linear, per_octave)
+        if len(out) <= MAX_CORRECTION_POINTS:
+            return out
+        per_octave /= 2
+
+
+def _bucket_factors(
+    points: Sequence[tuple[int, int, float, float]], linear: TimingCoefficients,
+    per_octave: float,
+) -> list[tuple[int, float]]:
+    buckets: dict[int, list[tuple[int, float]]] = {}
+    for b, n, ctx, t in points:
+        predicted = predict_seconds(linear, b, n, ctx)
+        if predicted > 0 and t > 0:
+            buckets.setdefault(token_bucket(n, per_octave), []).append((n, t / predicted))
+    raw: list[tuple[int, float]] = []
+    for key in sorted(buckets):
+        members = buckets[key]
+        ratios = [r for _, r in members]
+        lo, hi = min(n for n, _ in members), max(n for n, _ in members)
+        median = statistics.median(ratios)
+        above = sum(r > 1 for r in ratios) if median > 1 else sum(r < 1 for r in ratios)
+        systematic = (len(ratios) >= CORRECTION_MIN_POINTS
+                      and abs(math.log(median)) > math.log1p(CORRECTION_TOLERANCE)
+                      and above >= CORRECTION_AGREEMENT * len(ratios))
+        shrink = len(ratios) / (len(ratios) + CORRECTION_PRIOR_POINTS)
+        factor = math.exp(math.log(median) * shrink) if systematic else 1.0
+        raw += [(lo, factor), (hi, factor)] if hi > lo else [(lo, factor)]
+    if all(f == 1.0 for _, f in raw):
+        return []
+    # A 1 matters only next to a factor that is not 1: it is where the correction returns to 1.
+    return [(n, round(f, 6)) for i, (n, f) in enumerate(raw)
+            if f != 1.0 or (i > 0 and raw[i - 1][1] != 1.0)
+            or (i + 1 < len(raw) and raw[i + 1][1] != 1.0)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +428,8 @@ class StepTimeModel:
                 raise ValueError(f"profile has no '{role}' points")
             fitted[role] = fit_coefficients(
                 [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts],
-                knee=0 if role == "host" else None)
+                # Host time is linear in the batch: no knee and no token correction.
+                knee=0 if role == "host" else None, correction=() if role == "host" else None)
         return cls(fitted["target"], fitted["draft"], fitted["host"], profile=profile,
                    **kwargs)  # type: ignore[arg-type]
 
@@ -309,7 +462,15 @@ class StepTimeModel:
     # -- online refit --
 
     def refit(self, observations: Iterable[StepObservation] = ()) -> None:
-        """Add live observations and refit each role that has any, keeping its knee.
+        """Add live observations and refit each role that has any, keeping its knee and its
+        `token_correction`.
+
+        The correction is kept, not refitted: it is a property of the kernels on this machine
+        and dtype, which the profile measured over the whole (batch, K) grid; live steps cover
+        only the token counts the policy chooses, and it avoids the token counts the correction
+        prices high, so a refit from them could not confirm a bump, only forget it. The linear
+        part is refitted to live times divided by the correction (an operator-scaled model
+        scales the linear part and keeps its correction too, `tuning.scale_timing`).
 
         Costs milliseconds (a few hundred points): call it every few hundred steps, not per step.
         """
@@ -331,5 +492,7 @@ class StepTimeModel:
             points = anchors + [(o.num_requests, o.num_tokens, o.context_len, o.seconds)
                                 for o in live]
             weights = [self.anchor_weight] * len(anchors) + [1.0] * len(live)
-            fitted = fit_coefficients(points, weights, knee=self.coefficients(role).knee_tokens)
+            current = self.coefficients(role)
+            fitted = fit_coefficients(points, weights, knee=current.knee_tokens,
+                                      correction=current.token_correction)
             setattr(self, role, fitted)
