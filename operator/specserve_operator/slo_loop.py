@@ -320,21 +320,30 @@ async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig,
 def decide_scale(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Policy,
                  old: dict[str, Any], cfg: LoopConfig, now: float) -> ScaleDecision:
     """4. The replica decision (pure): from the count the pods have now (`deployment_replicas`
-    of the last status: in builtin mode the last decision, else spec.replicas.initial) and the
-    snapshot. builtin: `apply_scale` applies it; external: a recommendation for the HPA/KEDA
-    (exported, never applied); off: no decision, the count stays spec.replicas.initial.
-    With replicas.min 0 the zero rule (`autoscale.decide_zero`) goes first: at zero only held
-    requests at the gateway scale up; above zero the capacity rule keeps at least 1."""
-    mode = spec.autoscaling.mode
-    current = deployment_replicas(spec, old)
-    if mode == "off":
-        return ScaleDecision(current=current, desired=current, raw=None, history=[],
-                             reason=f"autoscaling off: fixed at spec.replicas.initial ({current})")
+    of the last status: in builtin mode the last decision, else spec.replicas.initial), the
+    stabilisation memory in the last status, and the snapshot (see `scale_decision`)."""
     auto = old.get("autoscale") or {}
     history = [Recommendation(time=r["time"], replicas=r["replicas"])
                for r in auto.get("recommendations") or []]
+    return scale_decision(spec, snap, policy, deployment_replicas(spec, old), history,
+                          auto.get("idleSince"), cfg, now)
+
+
+def scale_decision(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Policy,
+                   current: int, history: list[Recommendation], idle_since: float | None,
+                   cfg: LoopConfig, now: float) -> ScaleDecision:
+    """The replica decision from explicit memory (pure; the simulator runs it too).
+
+    builtin: `apply_scale` applies it; external: a recommendation for the HPA/KEDA (exported,
+    never applied); off: no decision, the count stays `current`. With replicas.min 0 the zero
+    rule (`autoscale.decide_zero`) goes first: at zero only held requests at the gateway scale
+    up; above zero the capacity rule keeps at least 1."""
+    mode = spec.autoscaling.mode
+    if mode == "off":
+        return ScaleDecision(current=current, desired=current, raw=None, history=[],
+                             reason=f"autoscaling off: fixed at spec.replicas.initial ({current})")
     zero = decide_zero(snap, current, spec.replicas.min, spec.replicas.max,
-                       spec.autoscaling.scale_to_zero_after_seconds, auto.get("idleSince"), now,
+                       spec.autoscaling.scale_to_zero_after_seconds, idle_since, now,
                        served_model(snap.name, spec))
     if zero.desired is not None:
         # A move to or from zero starts the stabilisation afresh (a remembered 0 would hold
