@@ -214,6 +214,8 @@ class SpecServeController:
     operator's loop settings (tuning, autoscale, query window); `measured`: what a ready pod
     reports as its fitted model (`GET /specserve/policy`); default: the first ready replica's
     `fitted` in the window, as `push.fetch_model` asks the first ready pod that answers.
+    `capacity_from_pods`: the autoscaler computes capacity with that model (the operator since
+    `slo_loop.capacity_model`); False is the operator before it (the ConfigMap's model).
     The policy starts as the one reconcile writes first (`manifests.policy_from_spec`) unless
     `policy` is given."""
 
@@ -222,6 +224,7 @@ class SpecServeController:
     interval_s: float = 30.0
     policy: Policy | None = None
     measured: Callable[[], ModelParams | None] | None = None
+    capacity_from_pods: bool = True
     state: TuningState = field(default_factory=TuningState)
     history: list[Recommendation] = field(default_factory=list)
     idle_since: float | None = None
@@ -255,7 +258,8 @@ class SpecServeController:
         current = self.desired if self.desired is not None else sum(
             1 for r in window.replicas if not r.draining)
         scaled = scale_decision(self.spec, snap, tuned.policy, current, self.history,
-                                self.idle_since, self.loop, now)
+                                self.idle_since, self.loop, now,
+                                measured if self.capacity_from_pods else None)
         self.state, self.history = tuned.state, scaled.history
         self.idle_since, self.desired = scaled.idle_since, scaled.desired
         changed = tuned.policy != self.policy

@@ -211,3 +211,24 @@ def test_pass_series_has_one_point_per_pass() -> None:
     assert [p["time"] for p in series] == [30.0, 60.0, 90.0]
     assert all(p["request_rate"] is not None and not math.isnan(p["request_rate"])
                for p in series)
+
+
+def test_capacity_follows_the_model_the_pods_report() -> None:
+    """With a pod reporting a model twice as slow as the ConfigMap's, the controller sizes for
+    the pods' model (more replicas); the pre-change operator sized for the ConfigMap's."""
+    spec_policy = control.SpecServeController(SPEC).policy
+    assert spec_policy is not None
+    base = spec_policy.model
+    slow = base.model_copy(update={
+        "target": base.target.model_copy(update={"overhead_s": 2 * base.target.overhead_s,
+                                                 "per_token_s": 2 * base.target.per_token_s}),
+        "source": "pod profile"})
+
+    def replicas(from_pods: bool) -> int:
+        ctl = control.SpecServeController(SPEC, loop=LoopConfig(window="30s"),
+                                          measured=lambda: slow, capacity_from_pods=from_pods)
+        d = ctl.decide(30.0, busy_window(30.0, heavy(ctl, 1.5), 0.03, pods=2))
+        assert d.replicas is not None
+        return d.replicas
+
+    assert replicas(True) > replicas(False)
