@@ -56,10 +56,18 @@ from specserve_engine.policy import (
     Profile,
     StepObservation,
     StepPrediction,
-    StepTimeModel,
-    lengths_above_threshold,
 )
 from specserve_engine.policy.drafting import stop_rule
+from specserve_engine.policy.stepping import (
+    EARLY_REFITS,
+    REFIT_EVERY_STEPS,
+    fold_profile,
+    host_observation,
+    refit_due,
+    refit_models,
+    step_observations,
+    verify_lengths,
+)
 from specserve_engine.vllm.control import ControlServer, PolicyStore, control_token
 from specserve_engine.vllm.exported_metrics import SpecServeMetrics, batch_range
 from specserve_engine.vllm.worker import (
@@ -77,10 +85,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("specserve.scheduler")
 
-REFIT_EVERY_STEPS = 200
-# Refit early and often at first (the calibration starts as the identity, and raw draft
-# confidences are biased), then every REFIT_EVERY_STEPS steps.
-EARLY_REFITS = (25, 50, 100)
+# The refit schedule lives with the policy (the simulator follows it too); re-exported here.
+__all__ = ["EARLY_REFITS", "REFIT_EVERY_STEPS", "AdaptiveScheduler"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,16 +120,7 @@ def with_profile(policy: Policy, environ: dict[str, str]) -> Policy:
     path = environ.get(ENV_PROFILE_FILE)
     if not path or not os.path.isfile(path) or policy.model.source:
         return policy  # an operator-pushed model (it has a source) wins over the local profile
-    profile = Profile.load(path)
-    timing = StepTimeModel.from_profile(profile)
-    update: dict[str, object] = {"target": timing.target, "draft": timing.draft,
-                                 "host": timing.host,
-                                 "source": f"profile {os.path.basename(path)}"}
-    if profile.acceptance is not None:
-        update["prior_acceptance"] = profile.acceptance.prior_acceptance
-        if profile.acceptance.calibration:
-            update["calibration"] = profile.acceptance.calibration
-    return policy.model_copy(update={"model": policy.model.model_copy(update=update)})
+    return fold_profile(policy, Profile.load(path), f"profile {os.path.basename(path)}")
 
 
 def engine_description(dtype: object) -> dict[str, object]:
@@ -265,9 +262,8 @@ class AdaptiveScheduler(Scheduler):
         seconds = now - cycle.started
         self.metrics.step_observed.observe(seconds)
         self.metrics.step_predicted.observe(cycle.predicted_seconds)
-        host = StepObservation(role="host", num_requests=cycle.num_requests,
-                               num_tokens=cycle.num_requests, context_len=cycle.context_len,
-                               seconds=max(seconds - cycle.forward_seconds, 1e-6))
+        host = host_observation(cycle.num_requests, cycle.context_len, seconds,
+                                cycle.forward_seconds)
         self._observations.append(host)
         self._write_records([host])
 
@@ -380,11 +376,7 @@ class AdaptiveScheduler(Scheduler):
             rows.append(acceptance.cumulative(raws[-1]))
         if not ids:
             return
-        policy = self.model.policy
-        if policy.mode == "threshold":
-            lengths = lengths_above_threshold(raws, policy.threshold_probability)
-        else:
-            lengths = self.model.trim(rows, self._context_len)
+        lengths = verify_lengths(self.model, raws, rows, self._context_len)
         predicted = 0.0
         for rid, raw, row, keep in zip(ids, raws, rows, lengths, strict=True):
             request = self.requests[rid]
@@ -415,21 +407,14 @@ class AdaptiveScheduler(Scheduler):
         b = self._step_requests
         if not b:
             return
-        new = [StepObservation(
-            role="target", num_requests=b, num_tokens=self._step_tokens,
-            context_len=self._context_len, seconds=max(observed - draft_seconds, 1e-6))]
-        if draft_seconds > 0:
-            # K=0 steps too: vLLM's proposer still runs one draft forward on them.
-            new.append(StepObservation(
-                role="draft", num_requests=b, num_tokens=b, context_len=self._context_len,
-                seconds=max(draft_seconds / max(p.k, 1), 1e-6)))
+        new = step_observations(b, self._step_tokens, self._context_len, observed,
+                                draft_seconds, p.k)
         self._observations.extend(new)
         self._write_records(new)
         self._steps += 1
-        if self._steps % REFIT_EVERY_STEPS == 0 or self._steps in EARLY_REFITS:
+        if refit_due(self._steps):
             try:
-                self.model.timing.refit(self._observations)
-                self.model.acceptance.fit_calibration()
+                refit_models(self.model, self._observations)
             except (ArithmeticError, ValueError):
                 # Serving must outlive a bad fit: keep the previous coefficients.
                 log.exception("SpecServe refit failed; keeping the previous model")

@@ -1,0 +1,380 @@
+"""One simulated vLLM engine: its scheduler's batching and SpecServe's policy, step by step.
+
+Scheduling, as vLLM 0.32's `Scheduler.schedule()` does it (read from its source,
+docs/simulator.md lists what was relied on): running requests first, in the order they were
+admitted, each asking for the rest of its prompt (a prefill chunk) or 1 + its draft tokens (a
+decode), cut to the step's token budget (`max_num_batched_tokens`); then waiting requests, first
+come first served, while the running set is below `max_num_seqs` and budget is left (chunked
+prefill: a long prompt takes what is left and continues next step). K for the step is looked up
+with the number of scheduled requests, after admission.
+
+Speculation, as `AdaptiveScheduler` drives the policy (vllm/scheduler.py), in the same order:
+1. schedule: adopt a pushed policy; `choose_k_for(running ids, mean computed tokens)` gives the
+   K drafted at the end of this step (verified in the next); `stop_rule` for the drafter;
+2. the step runs: decodes verify the drafts of the previous step (ground truth: the recorded
+   verification each draft was drawn with), prefills that complete emit their first token,
+   then the drafter drafts K positions for every request still decoding, stopping early where
+   `DraftProgress` says (mode adaptive / threshold);
+3. feedback: `observe(drafted, accepted, id, probs)` per verified request, `forget` finished
+   ones; the step's observations (`step_observations`), refits on `refit_due`;
+4. the new drafts are cut per request by `verify_lengths` (trim / threshold).
+vLLM's own speculation (`specserve=False`, the static-K and Dynamic-SD baselines) drafts K =
+`engine_k_max` or the Dynamic-SD table's K, for every request, and verifies them all.
+
+Step time = target(B, N, L) + positions x draft(B, B, L) + host(B, N, L) from the ground truth,
+never from the policy's coefficients.
+
+Not modelled: KV-cache capacity (no preemption: vLLM preempts the newest running request when
+blocks run out), prefix caching, the API server's tokenisation and streaming (only what the
+"host" role measured).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from specserve_engine.policy import (
+    EfficiencyModel,
+    Policy,
+    Profile,
+    StepObservation,
+    StepPrediction,
+)
+from specserve_engine.policy.drafting import DraftProgress, stop_rule
+from specserve_engine.policy.stepping import (
+    fold_profile,
+    refit_due,
+    refit_models,
+    step_observations,
+    verify_lengths,
+)
+from specserve_engine.vllm.control import PolicyStore
+from specserve_sim.groundtruth import GroundTruth, Verification, VerificationStream
+from specserve_sim.interface import ReplicaView, RequestRecord, SimRequest, StepRecord
+
+log = logging.getLogger("specserve.sim")
+
+KTable = tuple[tuple[int, int, int], ...]
+# vLLM 0.32's OpenAI-server defaults on CPU (engine/arg_utils.py); an H100 server gets 1024 and
+# 8192 (`ReplicaConfig.h100`).
+CPU_MAX_NUM_SEQS = 128
+CPU_MAX_NUM_BATCHED_TOKENS = 2048
+_TOKEN = "simulated"  # the control token the simulated cluster pushes policies with
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """How every replica of a simulated deployment is started (the bench's configurations)."""
+
+    name: str = "adaptive"
+    policy: Policy = field(default_factory=Policy)
+    engine_k_max: int = 5  # `specserve serve --k-max`; 0: no draft model at all
+    specserve: bool = True  # False: vLLM's own speculation (fixed K or `k_table`), no policy
+    k_table: KTable | None = None  # vLLM's Dynamic-SD table (first, last batch size, K)
+    profile: Profile | None = None  # the policy's starting step times and calibration
+    max_num_seqs: int = CPU_MAX_NUM_SEQS
+    max_num_batched_tokens: int = CPU_MAX_NUM_BATCHED_TOKENS
+    long_prefill_token_threshold: int = 0  # vLLM's default: off
+
+    def with_gpu_defaults(self) -> ReplicaConfig:
+        """vLLM's defaults on an H100-class GPU (>= 70 GiB, not A100)."""
+        from dataclasses import replace
+
+        return replace(self, max_num_seqs=1024, max_num_batched_tokens=8192)
+
+    def k_for_batch(self, batch: int) -> int:
+        """vLLM's own K for `batch` scheduled requests (no SpecServe policy)."""
+        if self.k_table is None:
+            return self.engine_k_max
+        k = 0
+        for first, last, table_k in self.k_table:
+            if batch >= first:
+                k = table_k  # past the last range the last K carries on (vLLM fills gaps so)
+            if first <= batch <= last:
+                break
+        return min(k, self.engine_k_max)
+
+
+class _Req:
+    """A request inside a replica (vLLM's `Request`, reduced to what the simulation needs)."""
+
+    __slots__ = ("computed", "first_token", "generated", "lease", "output", "prompt",
+                 "request", "spec", "stream")
+
+    def __init__(self, request: SimRequest, stream: VerificationStream,
+                 lease: object | None) -> None:
+        self.request = request
+        self.prompt = request.prompt_tokens
+        self.output = request.output_tokens
+        self.computed = 0  # tokens whose KV exists (vLLM's num_computed_tokens)
+        self.generated = 0  # output tokens emitted
+        self.first_token: float | None = None
+        self.spec: Verification | None = None  # drafts to verify next step (with their outcome)
+        self.stream = stream
+        self.lease = lease  # the gateway's hold on this replica, released when done
+
+
+@dataclass
+class _Pending:
+    """A step computed at its start and applied at its end."""
+
+    scheduled: list[tuple[_Req, int]]
+    tokens: int
+    context_len: float
+    prediction: StepPrediction | None
+    k: int
+    seconds: float
+    draft_s: float
+
+
+class Replica:
+    """One engine. The cluster calls `add`, `start_step` when idle, `finish_step` at its end."""
+
+    def __init__(self, name: str, config: ReplicaConfig, truth: GroundTruth, seed: int,
+                 policy: Policy | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.truth = truth
+        self.seed = seed
+        self.waiting: deque[_Req] = deque()
+        self.running: list[_Req] = []
+        self.busy = False
+        self.ready = False
+        self.draining = False
+        self.gone = False
+        self.model: EfficiencyModel | None = None
+        self.store: PolicyStore | None = None
+        if config.specserve and config.engine_k_max:
+            start = policy or config.policy
+            start = start.model_copy(update={"k_max": min(start.k_max, config.engine_k_max),
+                                             "static_k": min(start.static_k,
+                                                             config.engine_k_max)})
+            if config.profile is not None:
+                start = fold_profile(start, config.profile, "profile")
+            self.model = EfficiencyModel(start)
+            self.store = PolicyStore(start, config.engine_k_max, _TOKEN)
+        self._observations: deque[StepObservation] = deque(maxlen=512)
+        self._steps = 0
+        self._pending: _Pending | None = None
+        self._new_drafts: list[tuple[_Req, Verification]] = []
+        self.finished: list[RequestRecord] = []  # collected by the cluster
+        self.step_records: list[StepRecord] = []
+        self.refit_failures = 0
+
+    # -- requests --
+
+    def add(self, request: SimRequest, lease: object | None = None) -> None:
+        rng = random.Random(f"{self.seed}:{request.request_id}")
+        self.waiting.append(_Req(request, self.truth.verifications.stream(rng), lease))
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def view(self, starting: bool) -> ReplicaView:
+        fitted = self.model.fitted_params() if self.model is not None else None
+        return ReplicaView(self.name, self.ready and not self.draining, starting, self.draining,
+                           len(self.running), len(self.waiting), fitted)
+
+    # -- policy pushes --
+
+    @property
+    def policy(self) -> Policy | None:
+        return self.store.policy if self.store is not None else None
+
+    def push(self, policy: Policy) -> bool:
+        """A policy PUT, with the engine's own rules (version, k_max); True when adopted."""
+        if self.store is None:
+            return False
+        reply = self.store.put(policy.model_dump_json().encode(), f"Bearer {_TOKEN}")
+        return reply.status == 200 and bool(reply.body.get("changed"))
+
+    # -- one step --
+
+    def _schedule(self) -> list[tuple[_Req, int]]:
+        budget = self.config.max_num_batched_tokens
+        threshold = self.config.long_prefill_token_threshold
+        scheduled: list[tuple[_Req, int]] = []
+        for r in self.running:
+            if budget <= 0:
+                break
+            if r.computed < r.prompt:
+                n = r.prompt - r.computed
+                if 0 < threshold < n:
+                    n = threshold
+            else:
+                n = 1 + (len(r.spec.probs) if r.spec is not None else 0)
+            n = min(n, budget)
+            if r.computed >= r.prompt and r.spec is not None and n < 1 + len(r.spec.probs):
+                r.spec = r.spec.cut(n - 1) if n > 1 else None  # vLLM drops drafts past budget
+            budget -= n
+            scheduled.append((r, n))
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            r = self.waiting.popleft()
+            n = min(r.prompt, budget, threshold) if threshold > 0 else min(r.prompt, budget)
+            self.running.append(r)
+            budget -= n
+            scheduled.append((r, n))
+        return scheduled
+
+    def start_step(self, now: float) -> float:
+        """Schedule and cost the next step; returns its duration (the cluster calls
+        `finish_step` after it)."""
+        if self.store is not None and self.model is not None \
+                and self.store.policy is not self.model.policy:
+            self.model.set_policy(self.store.policy)  # as `AdaptiveScheduler._sync_policy`
+        scheduled = self._schedule()
+        b = len(scheduled)
+        running = self.running
+        context_len = sum(r.computed for r in running) / len(running) if running else 0.0
+        prediction: StepPrediction | None = None
+        config = self.config
+        if not config.engine_k_max:
+            k = 0
+        elif self.model is not None:
+            prediction = self.model.choose_k_for([r.request.request_id for r in running],
+                                                 context_len)
+            k = max(0, min(prediction.k, config.engine_k_max))
+        else:
+            k = config.k_for_batch(b)
+        tokens = sum(n for _, n in scheduled)
+        steps = self.truth.steps
+        seconds = (steps.step_seconds("target", b, tokens, context_len)
+                   + steps.step_seconds("host", b, tokens, context_len))
+        self._pending = _Pending(scheduled, tokens, context_len, prediction, k, seconds, 0.0)
+        self.busy = True
+        if k:
+            self._draft(self._pending, b)
+        return self._pending.seconds
+
+    def _draft(self, step: _Pending, b: int) -> None:
+        """Draw this step's drafts (for requests that will still decode) and cost the drafter."""
+        drafters = [r for r, n in step.scheduled if r.computed + n >= r.prompt
+                    and r.generated + self._emitted(r, n) < r.output]
+        if not drafters:
+            return
+        k = step.k
+        drafts = [r.stream.draw(k) for r in drafters]
+        positions = k
+        rule = (stop_rule(self.model, step.prediction, step.context_len)
+                if self.model is not None and step.prediction is not None else None)
+        if rule is not None:
+            progress = DraftProgress(rule)
+            for j in range(k):
+                if progress.stop_after([d.probs[j] for d in drafts]) and j + 1 < k:
+                    positions = j + 1
+                    break
+        per_position = self.truth.steps.step_seconds("draft", b, b, step.context_len)
+        step.draft_s = positions * per_position
+        step.seconds += step.draft_s
+        cut = [d.cut(positions) if positions < k else d for d in drafts]
+        self._new_drafts = list(zip(drafters, cut, strict=True))
+        step.k = positions
+
+    @staticmethod
+    def _emitted(r: _Req, n: int) -> int:
+        """Output tokens request `r` emits in a step that schedules `n` of its tokens."""
+        if r.computed < r.prompt:
+            return 1 if r.computed + n >= r.prompt else 0
+        accepted = r.spec.accepted if r.spec is not None else 0
+        return min(1 + accepted, r.output - r.generated)
+
+    def finish_step(self, now: float) -> list[_Req]:
+        """Apply the step that ends at `now`; returns the requests that finished."""
+        step = self._pending
+        assert step is not None
+        self._pending = None
+        self.busy = False
+        new_drafts, self._new_drafts = self._new_drafts, []
+        model = self.model
+        acceptance = model.acceptance if model is not None else None
+        drafted = accepted = verifies = 0
+        done: list[_Req] = []
+        for r, n in step.scheduled:
+            emitted = self._emitted(r, n)
+            spec = r.spec if r.computed >= r.prompt else None
+            if spec is not None and spec.probs:
+                d = len(spec.probs)
+                drafted += d
+                accepted += spec.accepted
+                verifies += 1
+                if acceptance is not None:
+                    acceptance.observe(d, spec.accepted, request_id=r.request.request_id,
+                                       probs=spec.probs)
+            r.spec = None
+            if r.computed < r.prompt:
+                r.computed += n
+            if emitted:
+                if r.first_token is None:
+                    r.first_token = now
+                r.generated += emitted
+                # The last sampled token has no KV yet (it is the next step's input).
+                r.computed = r.prompt + r.generated - 1
+            if r.generated >= r.output:
+                done.append(r)
+        if done:
+            finished = set(map(id, done))
+            self.running = [r for r in self.running if id(r) not in finished]
+            for r in done:
+                if acceptance is not None:
+                    acceptance.forget(r.request.request_id)
+                q = r.request
+                self.finished.append(RequestRecord(q.request_id, q.arrival, r.first_token, now,
+                                                   q.prompt_tokens, r.generated, self.name))
+        if model is not None and step.prediction is not None:
+            self._record(step)
+        self._set_drafts(step, new_drafts)
+        self.step_records.append(StepRecord(
+            now, self.name, len(step.scheduled), step.k, drafted, accepted, step.seconds,
+            step.prediction.step_seconds if step.prediction is not None else 0.0, verifies))
+        return done
+
+    def _record(self, step: _Pending) -> None:
+        """`AdaptiveScheduler._record_step`: observations and the refit schedule."""
+        model = self.model
+        assert model is not None and step.prediction is not None
+        if not step.scheduled or (step.prediction.k > 0 and step.draft_s == 0.0):
+            return  # the drafter did not run: the engine has no draft time to record
+        self._observations.extend(step_observations(
+            len(step.scheduled), step.tokens, step.context_len, step.seconds, step.draft_s,
+            step.prediction.k))
+        self._steps += 1
+        if refit_due(self._steps):
+            try:
+                refit_models(model, self._observations)
+            except (ArithmeticError, ValueError):
+                self.refit_failures += 1  # as the engine: keep the previous model
+
+    def _set_drafts(self, step: _Pending, new_drafts: list[tuple[_Req, Verification]]) -> None:
+        """`AdaptiveScheduler.update_draft_token_ids`: cut each request's drafts."""
+        live = [(r, d) for r, d in new_drafts if r.generated < r.output]
+        if not live:
+            return
+        model = self.model
+        if model is None:
+            for r, d in live:
+                r.spec = d
+            return
+        raws = [d.probs for _, d in live]
+        rows = [model.acceptance.cumulative(raw) for raw in raws]
+        lengths = verify_lengths(model, raws, rows, step.context_len)
+        for (r, d), keep in zip(live, lengths, strict=True):
+            r.spec = d.cut(keep) if keep < len(d.probs) else d
+
+    # -- lifecycle --
+
+    def abort_all(self) -> list[_Req]:
+        """A replica killed without drain: everything it held is lost."""
+        lost = [*self.running, *self.waiting]
+        self.running, self.waiting = [], deque()
+        self._pending = None
+        self.busy = False
+        return lost
+
