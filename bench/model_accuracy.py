@@ -90,7 +90,7 @@ def main() -> int:
     for s in steps:
         pred = timing.step_seconds(s["role"], s["num_requests"], s["num_tokens"],
                                    s["context_len"])
-        errors[s["role"]].append(abs(pred - s["seconds"]) / s["seconds"])
+        errors.setdefault(s["role"], []).append(abs(pred - s["seconds"]) / s["seconds"])
     print("\nstep-time prediction on held-out batch sizes (per step):")
     for role, errs in errors.items():
         if errs:

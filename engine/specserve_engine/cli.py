@@ -140,6 +140,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     run_profile(model, draft, out, prompt_text=text, batch_sizes=args.batch_sizes,
                 k_values=args.k_values, context_lens=args.context_lens,
                 new_tokens=args.new_tokens, calibration_prompts=args.calibration_prompts,
+                raw_records=Path(args.records) if args.records else None,
                 extra_args=["--", *(a for a in args.vllm_args if a != "--")]
                 if args.vllm_args else ())
     return 0
@@ -164,6 +165,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from specserve_engine.demo import run_demo
 
     return run_demo(port=args.port, requests=args.requests, max_tokens=args.max_tokens)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Replicas needed per load level, with and without adaptive speculation (a table)."""
+    from specserve_engine.trace_replay.trace import load_trace
+    from specserve_sim import plan, workload
+    from specserve_sim.hardware import HardwareModel
+
+    if not args.trace.exists():
+        raise UserError(f"no trace at {args.trace}")
+    requests = workload.native(load_trace(args.trace), max_model_len=args.max_model_len)
+    hw = HardwareModel()
+    rates = args.rates or plan.default_rates(requests)
+    rows = plan.plan(requests, rates, args.tpot_ms / 1e3, args.acceptance,
+                     plan.hardware_params(hw), k_max=args.k_max)
+    print(plan.markdown(rows, f"Hardware model: {hw.name}. Trace: {args.trace.name} "
+                              f"({len(requests)} requests). TPOT SLO {args.tpot_ms:g} ms, "
+                              f"acceptance {args.acceptance:g}, K max {args.k_max}.\n"))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--calibration-prompts", type=int, default=24,
                          help="prompts drafted with the largest K to fit the acceptance "
                               "calibration (0: skip; engines then learn it online)")
+    profile.add_argument("--records", metavar="DIR",
+                         help="also keep the raw records there: every step (steps.jsonl) and "
+                              "every verification (verifications.jsonl), the simulator's "
+                              "ground truth")
     profile.add_argument(
         "vllm_args", nargs=argparse.REMAINDER,
         help="extra vLLM arguments after a `--`, as the engine will be served with (e.g. "
@@ -227,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     simulate_command.add_arguments(simulate)
     simulate.set_defaults(func=simulate_command.run)
+
+    plan = sub.add_parser(
+        "plan", help="trace + SLO + hardware model -> replicas per load level, with and "
+                     "without adaptive speculation")
+    plan.add_argument("--trace", type=Path, required=True, help="Azure-format trace CSV")
+    plan.add_argument("--tpot-ms", type=float, default=15.0, help="TPOT SLO (ms)")
+    plan.add_argument("--acceptance", type=float, default=0.7,
+                      help="per-token draft acceptance (from verification records)")
+    plan.add_argument("--k-max", type=int, default=5)
+    plan.add_argument("--rates", type=float, nargs="+", help="load levels, req/s (default: "
+                      "the trace's mean rate, doubling)")
+    plan.add_argument("--max-model-len", type=int, default=8192)
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,12 @@ class StepRecorder:
         self.server.start().wait_ready()
         return self
 
+    def keep_records(self, folder: Path) -> None:
+        """Copy the raw records (steps.jsonl, verifications.jsonl) into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.record, folder / "steps.jsonl")
+        shutil.copyfile(self.verify_record, folder / "verifications.jsonl")
+
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
         self.record.unlink(missing_ok=True)
@@ -199,10 +206,12 @@ def run_profile(
     calibration_prompts: int = 24,
     calibration_tokens: int = 48,
     extra_args: Sequence[str] = (),
+    raw_records: Path | None = None,
     progress: Progress = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> Profile:
     """Time the (K, context, batch) grid, then fit the acceptance on ``calibration_prompts``
-    prompts (0: skip) drafted with the largest K; write the profile to ``output``."""
+    prompts (0: skip) drafted with the largest K; write the profile to ``output`` (and the raw
+    records into the folder ``raw_records``, if given)."""
     from specserve_engine.tiny import text_prompts
 
     cells = [(k, c, b) for k in k_values for c in context_lens for b in batch_sizes]
@@ -226,6 +235,9 @@ def run_profile(
             acceptance = recorder.calibrate(
                 k_max, text_prompts(prompt_text, calibration_prompts, seed=1),
                 calibration_tokens, progress)
+        if raw_records is not None:
+            recorder.keep_records(raw_records)
+            progress(f"raw records in {raw_records}/")
     profile = Profile(
         target_model=str(model), draft_model=str(draft),
         device="cpu" if on_cpu_build() else "gpu",

@@ -34,7 +34,7 @@ from specserve_contract import (
     POLICY_KEY,
     TOKEN_KEY,
 )
-from specserve_engine.policy.params import Policy
+from specserve_engine.policy.params import ModelParams, Policy
 from specserve_operator import metrics
 from specserve_operator.autoscale import (
     Recommendation,
@@ -263,15 +263,21 @@ def tuning_state(old: dict[str, Any]) -> TuningState:
                        last_change=told.get("lastChange"))
 
 
+_FETCH: Any = object()  # decide_policy: ask a ready pod for the model it runs
+
+
 async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy: Policy,
                         old: dict[str, Any], cfg: LoopConfig, now: float,
-                        targets: list[PodTarget] | None = None) -> TuningDecision:
+                        targets: list[PodTarget] | None = None,
+                        measured: ModelParams | None = _FETCH) -> TuningDecision:
     """2. The tuning decision; a changed policy is written to the ConfigMap (first, so new pods
-    start with it). `targets`: the ready pods, if the caller has listed them already."""
+    start with it). `targets`: the ready pods, if the caller has listed them already;
+    `measured`: the model a pod reported, if the caller has asked already."""
     if targets is None:
         targets = await ready_targets(api, owner, cfg)
     # The model the pods run (profile + online fits) is what a timing refit scales.
-    measured = await fetch_model(targets, cfg.push_timeout_s)
+    if measured is _FETCH:
+        measured = await fetch_model(targets, cfg.push_timeout_s)
     decision = decide_tuning(snap, policy, tuning_state(old), now, cfg.tuning, measured=measured)
     if decision.changed:
         stored = await update_policy(api, owner, tuned_onto(decision.policy))
@@ -318,23 +324,49 @@ async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig,
 
 
 def decide_scale(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Policy,
-                 old: dict[str, Any], cfg: LoopConfig, now: float) -> ScaleDecision:
+                 old: dict[str, Any], cfg: LoopConfig, now: float,
+                 measured: ModelParams | None = None) -> ScaleDecision:
     """4. The replica decision (pure): from the count the pods have now (`deployment_replicas`
-    of the last status: in builtin mode the last decision, else spec.replicas.initial) and the
-    snapshot. builtin: `apply_scale` applies it; external: a recommendation for the HPA/KEDA
-    (exported, never applied); off: no decision, the count stays spec.replicas.initial.
-    With replicas.min 0 the zero rule (`autoscale.decide_zero`) goes first: at zero only held
-    requests at the gateway scale up; above zero the capacity rule keeps at least 1."""
-    mode = spec.autoscaling.mode
-    current = deployment_replicas(spec, old)
-    if mode == "off":
-        return ScaleDecision(current=current, desired=current, raw=None, history=[],
-                             reason=f"autoscaling off: fixed at spec.replicas.initial ({current})")
+    of the last status: in builtin mode the last decision, else spec.replicas.initial), the
+    stabilisation memory in the last status, and the snapshot (see `scale_decision`)."""
     auto = old.get("autoscale") or {}
     history = [Recommendation(time=r["time"], replicas=r["replicas"])
                for r in auto.get("recommendations") or []]
+    return scale_decision(spec, snap, policy, deployment_replicas(spec, old), history,
+                          auto.get("idleSince"), cfg, now, measured)
+
+
+def capacity_model(policy: Policy, measured: ModelParams | None) -> Policy:
+    """The policy capacity is computed with: its knobs, and the step times the pods run.
+
+    The ConfigMap's model is the built-in defaults until a timing refit replaces it (and a
+    refit happens only when the pods' predictions are off), so capacity from it alone is the
+    defaults' capacity, not this hardware's. The pods' own model (their profile and online
+    fits, `push.fetch_model`) is what their K choices and TPOT follow."""
+    if measured is None:
+        return policy
+    return policy.model_copy(update={"model": measured})
+
+
+def scale_decision(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Policy,
+                   current: int, history: list[Recommendation], idle_since: float | None,
+                   cfg: LoopConfig, now: float,
+                   measured: ModelParams | None = None) -> ScaleDecision:
+    """The replica decision from explicit memory (pure; the simulator runs it too).
+
+    `measured`: the model a ready pod reports; capacity is computed with it when given
+    (`capacity_model`).
+
+    builtin: `apply_scale` applies it; external: a recommendation for the HPA/KEDA (exported,
+    never applied); off: no decision, the count stays `current`. With replicas.min 0 the zero
+    rule (`autoscale.decide_zero`) goes first: at zero only held requests at the gateway scale
+    up; above zero the capacity rule keeps at least 1."""
+    mode = spec.autoscaling.mode
+    if mode == "off":
+        return ScaleDecision(current=current, desired=current, raw=None, history=[],
+                             reason=f"autoscaling off: fixed at spec.replicas.initial ({current})")
     zero = decide_zero(snap, current, spec.replicas.min, spec.replicas.max,
-                       spec.autoscaling.scale_to_zero_after_seconds, auto.get("idleSince"), now,
+                       spec.autoscaling.scale_to_zero_after_seconds, idle_since, now,
                        served_model(snap.name, spec))
     if zero.desired is not None:
         # A move to or from zero starts the stabilisation afresh (a remembered 0 would hold
@@ -347,8 +379,8 @@ def decide_scale(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Polic
         return decision
     out_tokens = snap.output_tokens_per_request or cfg.autoscale.default_output_tokens
     prompt = snap.prompt_tokens_per_request or cfg.autoscale.default_prompt_tokens
-    capacity = capacity_per_replica(policy, snap.acceptance_rate, out_tokens,
-                                    prompt + out_tokens / 2, cfg.autoscale.max_batch)
+    capacity = capacity_per_replica(capacity_model(policy, measured), snap.acceptance_rate,
+                                    out_tokens, prompt + out_tokens / 2, cfg.autoscale.max_batch)
     decision = decide_replicas(snap, current, max(spec.replicas.min, 1), spec.replicas.max,
                                capacity, spec.slo.attainment, history, now, cfg.autoscale)
     if zero.reason:
@@ -480,13 +512,14 @@ async def slo_iteration(
                    deployment_replicas(spec, old))
     report_data(body, owner, snap, old, now)
     targets = await ready_targets(api, owner, cfg)  # once per pass: the fit and the push
-    decision = await decide_policy(api, owner, snap, policy, old, cfg, now, targets)
+    measured = await fetch_model(targets, cfg.push_timeout_s)  # once: the refit and capacity
+    decision = await decide_policy(api, owner, snap, policy, old, cfg, now, targets, measured)
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])
     policy, result, ready = await push(api, owner, decision.policy, cfg, targets)
     metrics.POLICY_PUSHES.labels("acknowledged").inc(len(result.acknowledged))
     metrics.POLICY_PUSHES.labels("failed").inc(len(result.failed))
-    scaled = decide_scale(spec, snap, policy, old, cfg, now)
+    scaled = decide_scale(spec, snap, policy, old, cfg, now, measured)
     metrics.DESIRED_REPLICAS.labels(owner.namespace, owner.name).set(scaled.desired)
     if scaled.changed and spec.autoscaling.mode == "builtin":
         kopf.event(body, type="Normal", reason="Scaled",

@@ -4,10 +4,11 @@ Two loops, both slow and damped on purpose (the engines already adapt K every st
 only moves the ground they stand on):
 
 1. Timing refit. The engines export the step time they predicted and the one they observed
-   (`specserve_step_time_{predicted,observed}_seconds`). When the mean observed time is off the
-   mean predicted one by more than `refit_tolerance`, every timing coefficient of target and draft
-   is scaled by the ratio, damped (`ratio ** refit_damping`) and clamped to `refit_max_ratio` per
-   change, so one noisy window cannot swing the model. What is scaled is the model the pods run
+   (`specserve_step_time_{predicted,observed}_seconds`, whole engine cycles). When the mean
+   observed time is off the mean predicted one by more than `refit_tolerance`, every timing
+   coefficient of target, draft and host is scaled by the ratio, damped
+   (`ratio ** refit_damping`) and clamped to `refit_max_ratio` per change, so one noisy window
+   cannot swing the model. What is scaled is the model the pods run
    (`measured`: their profile plus online fits, read from a pod), else the last refitted one;
    never the built-in defaults, which would throw away the pods' profile. New or restarted pods
    start with the refitted model (it is written to the ConfigMap).
@@ -89,6 +90,8 @@ def duration_seconds(text: str) -> float:
 
 
 def scale_timing(c: TimingCoefficients, factor: float) -> TimingCoefficients:
+    """Every predicted step time x `factor`: the linear coefficients scale, the knee and the
+    multiplicative `token_correction` (the kernels' shape over token counts) stay as fitted."""
     return c.model_copy(update={f: getattr(c, f) * factor for f in _SCALED})
 
 
@@ -167,6 +170,7 @@ def decide(
         model: ModelParams = base.model_copy(update={
             "target": scale_timing(base.target, factor),
             "draft": scale_timing(base.draft, factor),
+            "host": scale_timing(base.host, factor),
             "source": f"operator refit x{factor:.3f} at {now:.0f}",
         })
         new = new.model_copy(update={"model": model})

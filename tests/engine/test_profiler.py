@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
                 prompt_text=tiny_models.heldout.read_text(), batch_sizes=(1, 3),
                 k_values=(0, 2), context_lens=(48,), new_tokens=8, calibration_prompts=8,
                 calibration_tokens=24, extra_args=("--", "--enforce-eager"),
-                progress=messages.append)
+                raw_records=tmp_path / "raw", progress=messages.append)
     profile = Profile.load(out)
     assert profile.for_role("target") and profile.for_role("draft")
     # It records where it was measured, and an engine here would load it without a warning.
@@ -61,6 +62,16 @@ def test_profile_command_measures_both_models(tiny_models: tiny.TinyModels, tmp_
     assert policy.model.calibration == acceptance.calibration
     assert policy.model.prior_acceptance == acceptance.prior_acceptance
     assert policy.model.target == StepTimeModel.from_profile(profile).target
+    # Engine cycles were measured too: the host time around the forwards, fitted and loaded.
+    assert profile.for_role("host"), "the profile has host (cycle minus forwards) points"
+    assert policy.model.host == StepTimeModel.from_profile(profile).host
+    assert StepTimeModel.from_profile(profile).host_seconds(3, 48) > 0
+    # The raw records are kept for the simulator: every step of each role, every verification.
+    raw = tmp_path / "raw"
+    steps = [json.loads(line) for line in (raw / "steps.jsonl").read_text().splitlines()]
+    assert {s["role"] for s in steps} == {"target", "draft", "host"}
+    verifications = (raw / "verifications.jsonl").read_text().splitlines()
+    assert len(verifications) >= acceptance.outcomes
     # Verify steps of K=2 carry 3 tokens per request.
     assert any(p.num_tokens == 3 * p.num_requests for p in profile.for_role("target"))
     timing = StepTimeModel.from_profile(profile)

@@ -137,3 +137,20 @@ def test_capacity_when_even_batch_one_misses_the_slo() -> None:
 def test_capacity_without_a_tpot_slo_uses_max_batch() -> None:
     cap = autoscale.capacity_per_replica(_policy(None), 0.7, 100, 256, max_batch=64)
     assert cap.batch == 64
+
+
+def test_capacity_is_computed_with_the_model_the_pods_report() -> None:
+    """slo_loop.capacity_model: the pods' model replaces the ConfigMap's (the built-in
+    defaults until a refit); without one the ConfigMap's stays. A pod slower than the
+    defaults gives a lower capacity than the defaults would."""
+    from specserve_operator.slo_loop import capacity_model
+
+    policy = Policy(slo=SloTargets(tpot_seconds=0.05))
+    base = policy.model
+    slow = base.model_copy(update={"target": base.target.model_copy(update={
+        "overhead_s": 2 * base.target.overhead_s}), "source": "pod"})
+    assert capacity_model(policy, None) is policy
+    used = capacity_model(policy, slow)
+    assert used.model == slow and used.slo == policy.slo
+    cap = autoscale.capacity_per_replica
+    assert cap(used, 0.7, 100, 200).requests_per_s < cap(policy, 0.7, 100, 200).requests_per_s

@@ -126,6 +126,22 @@ def test_timing_refit_table(predicted: float | None, observed: float, steps_per_
     assert d.policy.model.source.startswith("operator refit")
 
 
+def test_refit_keeps_the_token_correction_and_scales_every_prediction() -> None:
+    from specserve_engine.policy.timing import predict_seconds
+
+    corr = [(8, 1.0), (16, 1.4), (31, 1.4), (32, 1.0)]
+    measured = MEASURED.model_copy(update={
+        "target": MEASURED.target.model_copy(update={"token_correction": corr})})
+    d = tuning.decide(snap(BAND, predicted=0.010, observed=0.0121), policy(),
+                      tuning.TuningState(), now=0.0, config=CFG, measured=measured)
+    assert d.changed
+    scaled = d.policy.model.target
+    assert scaled.token_correction == corr
+    for n in (4, 12, 20, 40):
+        assert predict_seconds(scaled, 4, n, 256.0) == pytest.approx(
+            predict_seconds(measured.target, 4, n, 256.0) * 1.21 ** 0.5)
+
+
 def test_no_refit_of_the_builtin_defaults() -> None:
     """No pod reported its model and none was refitted before: scaling the built-in defaults
     and pushing them would replace every pod's profile, so nothing is refitted."""

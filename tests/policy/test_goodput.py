@@ -269,3 +269,36 @@ def test_choose_k_is_the_best_feasible_k(
         assert p.tpot_seconds == pytest.approx(again.tpot_seconds, rel=1e-9)
         if limit is None or p.tpot_seconds <= limit:
             assert decision.goodput >= p.goodput * (1 - 1e-12)
+
+
+def test_host_time_is_part_of_every_step_and_makes_speculation_pay_sooner() -> None:
+    """A cycle costs the forwards plus host time (output processing, IPC) per step whatever
+    K is, so amortising it over more tokens per step favours longer drafts."""
+    rows = [geometric(0.6, 3)] * 8
+    plain = make_model()
+    host = TimingCoefficients(overhead_s=0.030, per_token_s=0.0)
+    hosted = EfficiencyModel(Policy(k_max=3, model=ModelParams(target=TARGET, draft=DRAFT,
+                                                               host=host)))
+    for p, q in zip(plain.predict_all(rows, 100.0), hosted.predict_all(rows, 100.0), strict=True):
+        assert q.host_seconds == pytest.approx(0.030)
+        assert q.step_seconds == pytest.approx(p.step_seconds + 0.030)
+        assert q.tpot_seconds > p.tpot_seconds
+    assert plain.choose_k(rows, 100.0).k < hosted.choose_k(rows, 100.0).k
+    lengths = [3] * 8
+    assert hosted.predict_lengths(rows, lengths, 100.0).step_seconds == pytest.approx(
+        plain.predict_lengths(rows, lengths, 100.0).step_seconds + 0.030)
+
+
+def test_k0_is_priced_at_the_draft_forward_the_engine_still_runs() -> None:
+    """vLLM's draft-model proposer drafts one position even when K=0 is verified: the model of
+    such an engine charges K=0 one draft step, so K=1 costs no more drafting than K=0."""
+    model = ModelParams(target=TARGET, draft=DRAFT)
+    free = EfficiencyModel(Policy(k_max=3, model=model))
+    paid = EfficiencyModel(Policy(k_max=3, model=model), draft_steps_when_off=1)
+    rows = [geometric(0.6, 3)] * 4
+    k0_free, k0_paid = free.predict_all(rows, 100.0)[0], paid.predict_all(rows, 100.0)[0]
+    assert k0_free.draft_seconds == 0.0
+    assert k0_paid.draft_seconds == pytest.approx(0.002)
+    assert paid.predict_all(rows, 100.0)[1].draft_seconds == pytest.approx(0.002)
+    assert paid.draft_seconds(4, 100.0, 0) == pytest.approx(0.002)
+    assert paid.predict_lengths(rows, [0] * 4, 100.0).draft_seconds == pytest.approx(0.002)

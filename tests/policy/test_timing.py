@@ -157,6 +157,7 @@ coefficient = st.floats(min_value=0, max_value=1e-2, allow_nan=False)
 def test_bigger_steps_never_predict_faster(
     c: TimingCoefficients, b: int, n: int, extra: int, ctx: float, more_ctx: float
 ) -> None:
+    # The linear part only: a `token_correction` may make a bigger step faster (by design).
     base = predict_seconds(c, b, n, ctx)
     assert base >= 0
     assert predict_seconds(c, b, n + extra, ctx) >= base
@@ -177,3 +178,30 @@ def test_refit_without_a_profile_learns_the_real_costs() -> None:
     model.refit(observations)
     assert model.target.per_token_s == pytest.approx(0.006, rel=0.05)
     assert model.verify_seconds(64, 128, 100.0) > 1.8 * model.verify_seconds(64, 64, 100.0)
+
+
+HOST = TimingCoefficients(overhead_s=0.003, per_token_s=0.0, per_request_s=4e-4)
+
+
+def test_host_time_is_zero_until_measured_then_learned_from_cycles() -> None:
+    """The cycle around the forwards: none predicted without data, fitted from live cycles
+    once there are enough, and read from a profile's host points when it has them."""
+    model = StepTimeModel(TARGET, DRAFT)
+    assert model.host_seconds(16, 256.0) == 0.0
+    assert model.host_seconds(0, 256.0) == 0.0
+    cycles = [StepObservation("host", b, b, 256.0, predict_seconds(HOST, b, b, 256.0))
+              for b in (1, 2, 4, 8, 16, 32) for _ in range(8)]
+    model.refit(cycles[:8])  # too few to fit host time from nothing
+    assert model.host_seconds(16, 256.0) == 0.0
+    model.refit(cycles[8:])
+    assert model.host_seconds(16, 256.0) == pytest.approx(
+        predict_seconds(HOST, 16, 16, 256.0), rel=1e-3)
+    profile = synthetic_profile(TARGET, DRAFT)
+    assert StepTimeModel.from_profile(profile).host_seconds(16, 256.0) == 0.0  # older profiles
+    with_host = profile.model_copy(update={"points": [
+        *profile.points,
+        *(ProfilePoint(role="host", num_requests=o.num_requests, num_tokens=o.num_tokens,
+                       context_len=o.context_len, seconds=o.seconds) for o in cycles)]})
+    fitted = StepTimeModel.from_profile(with_host)
+    assert fitted.host_seconds(16, 256.0) == pytest.approx(
+        predict_seconds(HOST, 16, 16, 256.0), rel=1e-3)

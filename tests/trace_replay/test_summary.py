@@ -73,3 +73,23 @@ def test_oracle_envelope_and_whole_trace_ratios() -> None:
     assert not envelope[1][0].significant
     # Whole trace: (1470 + 4040) tokens / 20 s against (1200 + 2000) / 20 s.
     assert whole_trace_ratio(table, "adaptive", "dyn").value == pytest.approx(5510 / 3200)
+
+
+def test_predicted_tpot_is_pooled_per_level_and_compared_with_the_clients_p50() -> None:
+    from specserve_engine.trace_replay.summary import tpot_prediction_markdown, tpot_predictions
+
+    round_one = [rec(0, 0.0, 0.1, 1.1, 11), rec(1, 1.0, 0.1, 0.5, 5)]  # TPOT 0.1, 0.1
+    round_two = [rec(0, 0.0, 0.1, 2.1, 11)]  # TPOT 0.2
+    rows = tpot_predictions([
+        ("adaptive", 1.0, round_one, [0.09, 0.11]),
+        ("adaptive", 1.0, round_two, [0.22]),
+        ("off", 1.0, round_one, []),  # a baseline engine predicts nothing: no row
+    ])
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.config, row.rate, row.requests) == ("adaptive", 1.0, 3)
+    assert row.measured_p50_s == pytest.approx(0.1)
+    assert row.predicted_p50_s == pytest.approx(0.11)
+    assert row.error == pytest.approx(0.1)
+    assert "| adaptive | 1 | 100.0 | 110.0 | +10.0% | 3 |" in tpot_prediction_markdown(rows)
+    assert tpot_prediction_markdown([]) == ""

@@ -3,6 +3,7 @@
 - `params`: `Policy` / `ModelParams`, the contract the operator pushes to engines.
 - `profile`: `Profile`, measured step times and acceptance (the JSON `specserve profile` writes).
 - `timing`: `StepTimeModel`, predicted draft and verify step times, refitted online.
+- `model_error`: the fitted timing model's error per (batch, K) cell of a profile.
 - `acceptance`: `AcceptanceModel`, c_ij from calibrated draft confidences and acceptance history.
 - `goodput`: `EfficiencyModel`, K (and per-request K_i) maximising goodput under the TPOT SLO.
 - `cost`: `decision_cost_seconds`, what the per-step decisions cost on this machine.

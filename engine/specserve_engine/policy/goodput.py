@@ -5,7 +5,7 @@ and c_ij from `AcceptanceModel` (row i = c_i1, c_i2, ... non-increasing), a step
 verifies K_i draft tokens and the drafter ran K = max_i K_i steps is predicted as
 
     tokens(K)   = sum_i (1 + sum_{j <= K_i} c_ij)                 expected tokens emitted
-    T(K)        = T_draft(K) + T_verify(K)                        see `timing`
+    T(K)        = T_draft(K) + T_verify(K) + t_host(B)            the engine's cycle, see `timing`
     G(K)        = tokens(K) / T(K)                                goodput, tokens / second
     TPOT_i(K)   = T(K) / (1 + sum_{j <= K_i} c_ij)                seconds per token of request i
 
@@ -48,10 +48,12 @@ class StepPrediction:
     draft_seconds: float
     verify_seconds: float
     tpot_seconds: float  # the `Policy.tpot_aggregate` of the per-request TPOTs
+    host_seconds: float = 0.0  # the cycle outside the forwards (see `timing`)
 
     @property
     def step_seconds(self) -> float:
-        return self.draft_seconds + self.verify_seconds
+        """The whole cycle: what a client waits between this step's tokens and the next's."""
+        return self.draft_seconds + self.verify_seconds + self.host_seconds
 
     @property
     def goodput(self) -> float:
@@ -90,6 +92,29 @@ def _count_paying_drops(
     return lo
 
 
+def _count_paying_drops_corrected(
+    values: Sequence[float], expected: float, tokens: int, fixed_seconds: float,
+    target: TimingCoefficients, num_requests: int, context_len: float,
+) -> int:
+    """`_count_paying_drops` for a target with a `token_correction`: exact, by scanning.
+
+    With the correction a step's time is not monotonic in its tokens (dropping one can make the
+    step slower), so the drop predicate is not monotonic either and a binary search could stop
+    at a local optimum. Evaluate G after every number of drops instead: O(len(values)) cheap
+    predictions, paid only by models that carry a correction. Ties go to fewer drops.
+    """
+    best_m, best_g = 0, -1.0
+    lost = 0.0
+    for m in range(len(values) + 1):
+        if m:
+            lost += values[m - 1]
+        t = fixed_seconds + predict_seconds(target, num_requests, tokens - m, context_len)
+        g = (expected - lost) / t if t > 0 else 0.0
+        if g > best_g * (1 + 1e-12):
+            best_m, best_g = m, g
+    return best_m
+
+
 def _pad(rows: Sequence[Sequence[float]], k: int) -> list[Sequence[float]]:
     """Each row cut or zero-padded to length k (a request with fewer drafts gains nothing more)."""
     return [row[:k] if len(row) >= k else [*row, *([0.0] * (k - len(row)))] for row in rows]
@@ -103,10 +128,21 @@ class EfficiencyModel:
         policy: Policy,
         timing: StepTimeModel | None = None,
         acceptance: AcceptanceModel | None = None,
+        *,
+        draft_steps_when_off: int = 0,
     ) -> None:
         self.policy = policy
         self.timing = timing or StepTimeModel.from_params(policy.model)
         self.acceptance = acceptance or AcceptanceModel(policy.model)
+        # vLLM 0.32's draft-model proposer runs its first draft forward on every step, K=0
+        # included (it keeps the draft's KV cache current): an engine with a draft model pays
+        # one draft step when it verifies nothing, and K=0 is priced at that.
+        self.draft_steps_when_off = draft_steps_when_off
+
+    def draft_seconds(self, num_requests: int, context_len: float, steps: int) -> float:
+        """`steps` draft steps, or what the engine drafts anyway when `steps` is 0."""
+        return self.timing.draft_seconds(num_requests, context_len,
+                                         steps or self.draft_steps_when_off)
 
     def set_policy(self, policy: Policy) -> None:
         """Adopt a pushed policy. Its `model` replaces the fitted models only when it changed,
@@ -120,7 +156,8 @@ class EfficiencyModel:
         """The policy's `model` with what this engine learned online (timing refits, calibration,
         running acceptance): what GET /specserve/policy reports and the operator may push back."""
         refitted = self.policy.model.model_copy(
-            update={"target": self.timing.target, "draft": self.timing.draft})
+            update={"target": self.timing.target, "draft": self.timing.draft,
+                    "host": self.timing.host})
         return self.acceptance.to_params(refitted)
 
     # -- predictions --
@@ -142,19 +179,20 @@ class EfficiencyModel:
         mean_tpot = self.policy.tpot_aggregate == "mean"
         least = [0.0, *map(min, by_k)] if not mean_tpot else []
         draft_step = predict_seconds(self.timing.draft, b, b, context_len) if b else 0.0
+        host = self.timing.host_seconds(b, context_len)
         out = []
         for k in range(k_min, k_max + 1):
-            draft = k * draft_step
+            draft = (k or self.draft_steps_when_off) * draft_step
             verify = predict_seconds(self.timing.target, b, b * (k + 1) + extra_tokens,
                                      context_len)
-            step = draft + verify
+            step = draft + verify + host
             if not b:
                 tpot = 0.0
             elif mean_tpot:
                 tpot = step / b * (sum(1 / (1 + s) for s in by_k[k - 1]) if k else b)
             else:
                 tpot = step / (1 + least[k])
-            out.append(StepPrediction(k, b, b + gained[k], draft, verify, tpot))
+            out.append(StepPrediction(k, b, b + gained[k], draft, verify, tpot, host))
         return out
 
     def predict_lengths(
@@ -169,16 +207,17 @@ class EfficiencyModel:
         b = len(rows)
         steps = max(lengths, default=0) if draft_steps is None else draft_steps
         gained = [sum(row[:k]) for row, k in zip(rows, lengths, strict=True)]
-        draft = self.timing.draft_seconds(b, context_len, steps)
+        draft = self.draft_seconds(b, context_len, steps)
         verify = self.timing.verify_seconds(b, b + sum(lengths) + extra_tokens, context_len)
-        step = draft + verify
+        host = self.timing.host_seconds(b, context_len)
+        step = draft + verify + host
         if not b:
             tpot = 0.0
         elif self.policy.tpot_aggregate == "mean":
             tpot = step / b * sum(1 / (1 + g) for g in gained)
         else:
             tpot = step / (1 + min(gained))
-        return StepPrediction(steps, b, b + sum(gained), draft, verify, tpot)
+        return StepPrediction(steps, b, b + sum(gained), draft, verify, tpot, host)
 
     # -- decisions --
 
@@ -269,8 +308,10 @@ class EfficiencyModel:
         while c < d * G (found by binary search, see `_count_paying_drops`). Rows must be
         non-increasing (cumulative products are); a row that is not is made so by a running
         minimum. The drafter's cost (`draft_steps`, default the
-        longest row) is counted in the step, as the next draft runs in the same step; dropping
-        only removes verify tokens, so predicted step time never increases.
+        longest row) is counted in the step, as the next draft runs in the same step. Under a
+        linear target model dropping never makes the step slower; under one with a
+        `token_correction` it can, and every number of drops is scored instead
+        (`_count_paying_drops_corrected`).
         """
         lengths = [len(row) for row in rows]
         if self.policy.mode != "adaptive" or not rows:
@@ -286,9 +327,15 @@ class EfficiencyModel:
         target = self.timing.target
         tokens = b + sum(kept) + extra_tokens
         expected = b + sum(values)
-        step = (self.timing.draft_seconds(b, context_len, steps)
-                + predict_seconds(target, b, tokens, context_len))
-        dropped = _count_paying_drops(values, expected, tokens, step, target)
+        # Draft and host time do not change with drops: the fixed part of the step.
+        fixed = (self.draft_seconds(b, context_len, steps)
+                 + self.timing.host_seconds(b, context_len))
+        if target.token_correction:
+            dropped = _count_paying_drops_corrected(values, expected, tokens, fixed, target, b,
+                                                    context_len)
+        else:
+            step = fixed + predict_seconds(target, b, tokens, context_len)
+            dropped = _count_paying_drops(values, expected, tokens, step, target)
         if not dropped:
             return kept
         # Drop every token with c <= the last dropped value, then give back the extra ties.

@@ -14,6 +14,7 @@ A `Policy` has two halves:
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,19 +28,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_CORRECTION_POINTS = 32  # breakpoints of `token_correction`: half-octave buckets to 64k tokens
+MAX_CORRECTION_FACTOR = 10.0
+
+
 class TimingCoefficients(_Strict):
     """Predicted seconds of one forward step of one model (target or draft).
 
-        t = overhead_s
-            + per_token_s    * max(0, num_tokens - knee_tokens)
-            + per_kv_token_s * num_requests * context_len
-            + per_request_s  * num_requests
+        linear = overhead_s
+                 + per_token_s    * max(0, num_tokens - knee_tokens)
+                 + per_kv_token_s * num_requests * context_len
+                 + per_request_s  * num_requests
+        t      = linear * correction(num_tokens)
 
     `num_tokens` counts every token in the step (decode, the K draft tokens per request being
     verified, prefill chunks). Below `knee_tokens` a step reads the weights once whatever the
     token count (bandwidth-bound), so extra tokens are free; above it each token costs compute.
     `num_requests * context_len` is the KV cache read by attention. All coefficients are >= 0, so
-    predicted time never decreases when a step grows.
+    the linear part never decreases when a step grows.
+
+    `correction` is 1 unless `token_correction` is set: then it is piecewise-linear in the token
+    count between the listed (tokens, factor) breakpoints and flat outside them. It exists for
+    kernels whose cost moves non-monotonically with the token count (oneDNN/AMX bf16 GEMMs pick
+    a different blocking by M, so a step of 24 tokens can cost more than one of 40): with it, a
+    bigger step *can* predict as faster, and nothing in the policy may assume otherwise.
     """
 
     overhead_s: float = Field(default=0.005, ge=0, description="fixed seconds per step")
@@ -47,6 +59,30 @@ class TimingCoefficients(_Strict):
     per_kv_token_s: float = Field(default=0.0, ge=0, description="seconds per KV token read")
     per_request_s: float = Field(default=0.0, ge=0, description="seconds per request in batch")
     knee_tokens: int = Field(default=0, ge=0, description="tokens a step processes for free")
+    token_correction: list[tuple[int, float]] = Field(
+        default_factory=list, max_length=MAX_CORRECTION_POINTS,
+        description="(num_tokens, factor) breakpoints of a multiplicative correction to the "
+                    "linear time, strictly increasing token counts, factors in (0, 10]; empty = "
+                    "no correction")
+
+    @model_validator(mode="after")
+    def _correction_is_a_function_of_tokens(self) -> Self:
+        tokens = [n for n, _ in self.token_correction]
+        if any(n < 1 for n in tokens):
+            raise ValueError("token_correction token counts must be >= 1")
+        if any(a >= b for a, b in pairwise(tokens)):
+            raise ValueError(
+                f"token_correction token counts must strictly increase (got {tokens})")
+        # A factor of 0 would make a step free; 10x is far beyond any measured kernel effect,
+        # so a bigger factor is a fitting or typing error, not a machine.
+        bad = [f for _, f in self.token_correction if not 0 < f <= MAX_CORRECTION_FACTOR]
+        if bad:
+            raise ValueError(f"token_correction factors must be in (0, {MAX_CORRECTION_FACTOR:g}]"
+                             f" (got {bad})")
+        return self
+
+
+NO_HOST_TIME = TimingCoefficients(overhead_s=0.0, per_token_s=0.0)
 
 
 class LogisticCalibration(_Strict):
@@ -68,6 +104,11 @@ class ModelParams(_Strict):
         default_factory=lambda: TimingCoefficients(overhead_s=0.010, per_token_s=5e-5))
     draft: TimingCoefficients = Field(
         default_factory=lambda: TimingCoefficients(overhead_s=0.002, per_token_s=5e-6))
+    host: TimingCoefficients = Field(
+        default=NO_HOST_TIME,
+        description="seconds of an engine cycle outside the two forwards (scheduling, output "
+                    "processing, inter-process hops), per step; features: requests, context "
+                    "(its token count is the request count); zero = not measured")
     calibration: list[LogisticCalibration] = Field(
         default_factory=list, max_length=K_LIMIT,
         description="per draft position (first entry = position 1); positions past the end use "

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from specserve_contract import K_LIMIT
 from specserve_engine.policy.params import LogisticCalibration
 
-Role = Literal["target", "draft"]
+Role = Literal["target", "draft", "host"]
 
 
 class ProfilePoint(BaseModel):

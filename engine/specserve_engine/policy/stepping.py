@@ -31,7 +31,7 @@ def fold_profile(policy: Policy, profile: Profile, source: str) -> Policy:
         return policy
     timing = StepTimeModel.from_profile(profile)
     update: dict[str, object] = {"target": timing.target, "draft": timing.draft,
-                                 "source": source}
+                                 "host": timing.host, "source": source}
     if profile.acceptance is not None:
         update["prior_acceptance"] = profile.acceptance.prior_acceptance
         if profile.acceptance.calibration:
@@ -53,15 +53,24 @@ def step_observations(num_requests: int, num_tokens: int, context_len: float,
                       observed_s: float, draft_s: float, k: int) -> list[StepObservation]:
     """One step measured as `observed_s` (schedule to output), of which `draft_s` drafting `k`
     positions: a target observation (the rest of the step) and, when it drafted, a draft one
-    (seconds per draft position)."""
+    (seconds per draft position). A K=0 step drafts too when the engine has a draft model:
+    vLLM's proposer runs one draft forward on every step (its time is one position's)."""
     new = [StepObservation(
         role="target", num_requests=num_requests, num_tokens=num_tokens,
         context_len=context_len, seconds=max(observed_s - draft_s, 1e-6))]
-    if k > 0:
+    if draft_s > 0:
         new.append(StepObservation(
             role="draft", num_requests=num_requests, num_tokens=num_requests,
-            context_len=context_len, seconds=max(draft_s / k, 1e-6)))
+            context_len=context_len, seconds=max(draft_s / max(k, 1), 1e-6)))
     return new
+
+
+def host_observation(num_requests: int, context_len: float, cycle_s: float,
+                     forward_s: float) -> StepObservation:
+    """One engine cycle (a step's start to the next's) of which `forward_s` in the forwards:
+    the rest is host time (scheduling, output processing, inter-process hops)."""
+    return StepObservation(role="host", num_requests=num_requests, num_tokens=num_requests,
+                           context_len=context_len, seconds=max(cycle_s - forward_s, 1e-6))
 
 
 def refit_due(steps: int) -> bool:

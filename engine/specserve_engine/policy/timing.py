@@ -2,7 +2,8 @@
 
 One forward step of a model costs (see `TimingCoefficients`)
 
-    t(B, N, L) = overhead + per_token * max(0, N - knee) + per_kv_token * B*L + per_request * B
+    t(B, N, L) = (overhead + per_token * max(0, N - knee) + per_kv_token * B*L + per_request * B)
+                 * correction(N)
 
 for B requests, N batched tokens (a verify step holds B*(K+1) of them, plus any prefill chunk)
 and mean context length L. A speculative decode step with K draft tokens costs
@@ -15,22 +16,42 @@ and mean context length L. A speculative decode step with K draft tokens costs
 The first draft step also re-reads the tokens accepted at the previous step; that is a few tokens
 per request, folded into the fitted draft overhead rather than modelled.
 
+What a client sees is the engine's *cycle*, from one step's start to the next one's: the two
+forwards plus everything around them (scheduling, turning outputs into responses, moving them
+between processes, and on a small CPU the other processes' share of the cores). That third part,
+`host`, is measured per cycle as cycle minus forwards and fitted like the others, on B and L only
+(it does not grow with draft tokens: they are never sent to a client):
+
+    T_cycle(K) = T_draft(K) + T_verify(K) + t_host(B, L)
+
 Coefficients come from a `Profile` (fit at start) and are refitted online from live measurements.
 Both fits are weighted least squares on *relative* error (a 2 ms step mispredicted by 1 ms is as
 bad as a 200 ms step mispredicted by 100 ms), non-negative (so a bigger step never predicts as
 faster), with the knee chosen among the profiled token counts, and Huber-reweighted so a few
 outliers (a GC pause, a preempted core) do not move the fit.
+
+`correction(N)` is 1 unless the profile shows the linear fit missing by more than
+`CORRECTION_TOLERANCE` consistently at some token counts (bf16 kernels on AMX pick their
+blocking by M, so cost is not monotonic in N): see `fit_token_correction`. It is fitted with the
+profile and kept, not refitted, online (see `StepTimeModel.refit`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import statistics
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from specserve_engine.policy.params import ModelParams, TimingCoefficients
+from specserve_engine.policy.params import (
+    MAX_CORRECTION_POINTS,
+    NO_HOST_TIME,
+    ModelParams,
+    TimingCoefficients,
+)
 from specserve_engine.policy.profile import Profile, Role
 
 
@@ -49,12 +70,32 @@ def predict_seconds(
     c: TimingCoefficients, num_requests: int, num_tokens: int, context_len: float
 ) -> float:
     """Seconds of one forward step under coefficients `c` (the formula in `TimingCoefficients`)."""
-    return (
+    linear = (
         c.overhead_s
         + c.per_token_s * max(0, num_tokens - c.knee_tokens)
         + c.per_kv_token_s * num_requests * context_len
         + c.per_request_s * num_requests
     )
+    # Most models have no correction: one truthiness test is all they pay.
+    return linear * correction_factor(c.token_correction, num_tokens) if c.token_correction \
+        else linear
+
+
+def correction_factor(correction: Sequence[tuple[int, float]], num_tokens: int) -> float:
+    """The `token_correction` factor at `num_tokens`: linear between breakpoints, flat outside.
+
+    Hot path (every K of every step): one bisect over <= 32 tuples, no key function (a tuple
+    (n, inf) sorts after every breakpoint at n and before any at n + 1).
+    """
+    if not correction:
+        return 1.0
+    i = bisect_right(correction, (num_tokens, math.inf))
+    if i == 0:
+        return correction[0][1]
+    if i == len(correction):
+        return correction[-1][1]
+    (n0, f0), (n1, f1) = correction[i - 1], correction[i]
+    return f0 + (f1 - f0) * (num_tokens - n0) / (n1 - n0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,14 +213,58 @@ def fit_coefficients(
     points: Sequence[tuple[int, int, float, float]],
     weights: Sequence[float] | None = None,
     knee: int | None = None,
+    correction: Sequence[tuple[int, float]] | None = None,
 ) -> TimingCoefficients:
     """Fit `TimingCoefficients` to (num_requests, num_tokens, context_len, seconds) points.
 
     `knee=None` searches the knee among the measured token counts; an int keeps it fixed.
+    `correction=None` fits a `token_correction` where the linear fit misses consistently (see
+    `fit_token_correction`); a sequence keeps that one (`()`: purely linear) and fits the
+    linear part to the times it explains.
     """
     if not points:
         raise ValueError("cannot fit step times from no points")
     w = list(weights) if weights is not None else [1.0] * len(points)
+    if correction is not None:
+        kept = list(correction)
+        return _fit_linear(_uncorrected(points, kept), w, knee).model_copy(
+            update={"token_correction": kept})
+    linear = _fit_linear(points, w, knee)
+    first = fit_token_correction(points, linear)
+    if not first:
+        return linear
+    # The linear part was fitted with the bumps in it; refit it to the times the correction
+    # leaves, then the correction to that line, so each explains only its own shape.
+    relinear = _fit_linear(_uncorrected(points, first), w, knee)
+    second = fit_token_correction(points, relinear)
+    corrected = relinear.model_copy(update={"token_correction": second})
+    # The correction must earn its keep on the points themselves: fewer of them missed by more
+    # than the tolerance than the linear fit misses (bucket medians can disagree with the
+    # points when neighbouring buckets pull the interpolation, or the refitted line moved).
+    if _misses(points, corrected) < min(_misses(points, linear), _misses(points, relinear)):
+        return corrected
+    return linear if _misses(points, linear) <= _misses(points, relinear) else relinear
+
+
+def _misses(points: Sequence[tuple[int, int, float, float]], c: TimingCoefficients) -> int:
+    """How many points `c` mispredicts by more than `CORRECTION_TOLERANCE` (relative)."""
+    return sum(abs(predict_seconds(c, b, n, ctx) - t) > CORRECTION_TOLERANCE * t
+               for b, n, ctx, t in points)
+
+
+def _uncorrected(
+    points: Sequence[tuple[int, int, float, float]], correction: Sequence[tuple[int, float]]
+) -> list[tuple[int, int, float, float]]:
+    """Points with their seconds divided by the correction: what the linear part must explain."""
+    if not correction:
+        return list(points)
+    return [(b, n, ctx, t / correction_factor(correction, n)) for b, n, ctx, t in points]
+
+
+def _fit_linear(
+    points: Sequence[tuple[int, int, float, float]], w: Sequence[float], knee: int | None
+) -> TimingCoefficients:
+    """The knee search and robust fit of the linear part (no correction)."""
     knees = [knee] if knee is not None else _knee_candidates(n for _, n, _, _ in points)
     best, best_loss = None, math.inf
     for k in knees:
@@ -190,6 +275,81 @@ def fit_coefficients(
             best, best_loss = coeffs, loss
     assert best is not None
     return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The token-count correction: where a linear fit misses systematically.
+# ---------------------------------------------------------------------------------------------
+
+CORRECTION_TOLERANCE = 0.10  # a bucket whose median miss is within 10% keeps factor 1
+CORRECTION_MIN_POINTS = 3  # fewer points in a bucket: no evidence, factor 1
+CORRECTION_AGREEMENT = 0.75  # share of a bucket's points that must miss in the same direction
+CORRECTION_PRIOR_POINTS = 1.0  # shrinkage: factor 1 weighs as much as this many points
+
+
+def token_bucket(num_tokens: int, per_octave: float = 2.0) -> int:
+    """Log-spaced bucket of a token count: `per_octave` buckets per doubling (2: 8-11, 12-15,
+    16-22, 23-31, ...), since kernel blockings change at roughly geometric M boundaries."""
+    return math.floor(per_octave * math.log2(num_tokens) + 1e-9)
+
+
+def fit_token_correction(
+    points: Sequence[tuple[int, int, float, float]], linear: TimingCoefficients
+) -> list[tuple[int, float]]:
+    """The `token_correction` for `points` over the linear model `linear`; [] when none is due.
+
+    Points are grouped by `token_bucket`. Each bucket's factor is the median of measured /
+    predicted, kept at 1 unless the bucket is systematic: at least `CORRECTION_MIN_POINTS`
+    points, a median miss beyond `CORRECTION_TOLERANCE`, and `CORRECTION_AGREEMENT` of its points
+    on the same side (a few slow steps on a shared machine move one point, not a bucket). A
+    systematic factor is shrunk toward 1 in log space by `CORRECTION_PRIOR_POINTS` (n / (n + 1)
+    of the log for n points). The median, not a mean, so one outlier cannot move a factor.
+
+    A bucket holds its factor flat from its smallest to its largest measured token count (two
+    breakpoints, one if they are equal), and the correction is linear only across the gaps
+    between buckets, where nothing was measured: kernel blockings change in steps, and
+    interpolating from bucket centres would smear each step over two buckets. Breakpoints at 1
+    that only repeat a neighbouring 1 are dropped. Coarser buckets are used if there would be
+    more than `MAX_CORRECTION_POINTS` breakpoints.
+    """
+    if not points:
+        return []
+    per_octave = 2.0
+    while True:
+        out = _bucket_factors(points, linear, per_octave)
+        if len(out) <= MAX_CORRECTION_POINTS:
+            return out
+        per_octave /= 2
+
+
+def _bucket_factors(
+    points: Sequence[tuple[int, int, float, float]], linear: TimingCoefficients,
+    per_octave: float,
+) -> list[tuple[int, float]]:
+    buckets: dict[int, list[tuple[int, float]]] = {}
+    for b, n, ctx, t in points:
+        predicted = predict_seconds(linear, b, n, ctx)
+        if predicted > 0 and t > 0:
+            buckets.setdefault(token_bucket(n, per_octave), []).append((n, t / predicted))
+    raw: list[tuple[int, float]] = []
+    for key in sorted(buckets):
+        members = buckets[key]
+        ratios = [r for _, r in members]
+        lo, hi = min(n for n, _ in members), max(n for n, _ in members)
+        median = statistics.median(ratios)
+        above = sum(r > 1 for r in ratios) if median > 1 else sum(r < 1 for r in ratios)
+        systematic = (len(ratios) >= CORRECTION_MIN_POINTS
+                      and abs(math.log(median)) > math.log1p(CORRECTION_TOLERANCE)
+                      and above >= CORRECTION_AGREEMENT * len(ratios))
+        shrink = len(ratios) / (len(ratios) + CORRECTION_PRIOR_POINTS)
+        factor = math.exp(math.log(median) * shrink) if systematic else 1.0
+        raw += [(lo, factor), (hi, factor)] if hi > lo else [(lo, factor)]
+    if all(f == 1.0 for _, f in raw):
+        return []
+    # A 1 matters only next to a factor that is not 1: it is where the correction returns to 1.
+    return [(n, round(f, 6)) for i, (n, f) in enumerate(raw)
+            if f != 1.0 or (i > 0 and raw[i - 1][1] != 1.0)
+            or (i + 1 < len(raw) and raw[i + 1][1] != 1.0)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,19 +371,25 @@ def _anchor_grid(c: TimingCoefficients) -> list[tuple[int, int, float, float]]:
     return grid
 
 
+ROLES: tuple[Role, ...] = ("target", "draft", "host")
+
+
 class StepTimeModel:
-    """Predicts target verify and draft step times; refits online from live measurements.
+    """Predicts target verify, draft and host (around the forwards) seconds; refits online.
 
     `refit()` fits each role to its profile points (or, without a profile, to a grid predicted by
     the current coefficients), each weighing `anchor_weight`, plus the last `window` live
     observations, each weighing 1: live data dominate where the engine actually runs, the anchor
-    keeps the extrapolation sane where it does not.
+    keeps the extrapolation sane where it does not. Host time has no grid prior (its default
+    is zero, nothing to extrapolate from): without profiled host points it is refitted only once
+    `MIN_LIVE_WITHOUT_PRIOR` cycles are measured.
     """
 
     def __init__(
         self,
         target: TimingCoefficients,
         draft: TimingCoefficients,
+        host: TimingCoefficients = NO_HOST_TIME,
         *,
         profile: Profile | None = None,
         window: int = 512,
@@ -231,36 +397,44 @@ class StepTimeModel:
     ) -> None:
         self.target = target
         self.draft = draft
+        self.host = host
         self.anchor_weight = anchor_weight
         self._anchors: dict[Role, list[tuple[int, int, float, float]]] = {}
         self._measured_anchors: dict[Role, bool] = {}
-        for role, c in (("target", target), ("draft", draft)):
+        for role in ROLES:
             pts = profile.for_role(role) if profile else []
             self._measured_anchors[role] = bool(pts)
+            grid = _anchor_grid(self.coefficients(role)) if role != "host" else []
             self._anchors[role] = (
-                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts]
-                or _anchor_grid(c))
+                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts] or grid)
         self._live: dict[Role, deque[StepObservation]] = {
-            "target": deque(maxlen=window), "draft": deque(maxlen=window)}
+            role: deque(maxlen=window) for role in ROLES}
 
     @classmethod
     def from_params(cls, model: ModelParams) -> StepTimeModel:
-        return cls(model.target, model.draft)
+        return cls(model.target, model.draft, model.host)
 
     @classmethod
     def from_profile(cls, profile: Profile, **kwargs: float | int) -> StepTimeModel:
-        """Fit both roles to the profile (each role needs at least one point)."""
+        """Fit every role to the profile (target and draft need at least one point each; a
+        profile without host points, as older ones, predicts no host time)."""
         fitted = {}
-        for role in ("target", "draft"):
+        for role in ROLES:
             pts = profile.for_role(role)
             if not pts:
+                if role == "host":
+                    fitted[role] = NO_HOST_TIME
+                    continue
                 raise ValueError(f"profile has no '{role}' points")
             fitted[role] = fit_coefficients(
-                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts])
-        return cls(fitted["target"], fitted["draft"], profile=profile, **kwargs)  # type: ignore[arg-type]
+                [(p.num_requests, p.num_tokens, p.context_len, p.seconds) for p in pts],
+                # Host time is linear in the batch: no knee and no token correction.
+                knee=0 if role == "host" else None, correction=() if role == "host" else None)
+        return cls(fitted["target"], fitted["draft"], fitted["host"], profile=profile,
+                   **kwargs)  # type: ignore[arg-type]
 
     def coefficients(self, role: Role) -> TimingCoefficients:
-        return self.target if role == "target" else self.draft
+        return {"target": self.target, "draft": self.draft, "host": self.host}[role]
 
     # -- predictions (hot path: plain arithmetic) --
 
@@ -279,10 +453,24 @@ class StepTimeModel:
             return 0.0
         return steps * predict_seconds(self.draft, num_requests, num_requests, context_len)
 
+    def host_seconds(self, num_requests: int, context_len: float) -> float:
+        """Seconds of one engine cycle outside the forwards, for a batch of `num_requests`."""
+        if num_requests <= 0:
+            return 0.0
+        return predict_seconds(self.host, num_requests, num_requests, context_len)
+
     # -- online refit --
 
     def refit(self, observations: Iterable[StepObservation] = ()) -> None:
-        """Add live observations and refit each role that has any, keeping its knee.
+        """Add live observations and refit each role that has any, keeping its knee and its
+        `token_correction`.
+
+        The correction is kept, not refitted: it is a property of the kernels on this machine
+        and dtype, which the profile measured over the whole (batch, K) grid; live steps cover
+        only the token counts the policy chooses, and it avoids the token counts the correction
+        prices high, so a refit from them could not confirm a bump, only forget it. The linear
+        part is refitted to live times divided by the correction (an operator-scaled model
+        scales the linear part and keeps its correction too, `tuning.scale_timing`).
 
         Costs milliseconds (a few hundred points): call it every few hundred steps, not per step.
         """
@@ -299,11 +487,12 @@ class StepTimeModel:
                 # once enough real steps exist it must not pull the fit (its short predicted
                 # times weigh heavily in a relative-error fit).
                 anchors = []
+            if not anchors and len(live) < MIN_LIVE_WITHOUT_PRIOR:
+                continue  # host time without a profile: too few cycles to fit on their own
             points = anchors + [(o.num_requests, o.num_tokens, o.context_len, o.seconds)
                                 for o in live]
             weights = [self.anchor_weight] * len(anchors) + [1.0] * len(live)
-            fitted = fit_coefficients(points, weights, knee=self.coefficients(role).knee_tokens)
-            if role == "target":
-                self.target = fitted
-            else:
-                self.draft = fitted
+            current = self.coefficients(role)
+            fitted = fit_coefficients(points, weights, knee=current.knee_tokens,
+                                      correction=current.token_correction)
+            setattr(self, role, fitted)

@@ -27,7 +27,12 @@ from specserve_engine.trace_replay.runner import (
     standard_configs,
     write_results,
 )
-from specserve_engine.trace_replay.summary import ratio_rows, report_markdown
+from specserve_engine.trace_replay.summary import (
+    ratio_rows,
+    report_markdown,
+    tpot_prediction_markdown,
+    tpot_predictions,
+)
 from specserve_engine.trace_replay.trace import TraceError, load_trace
 
 DEFAULT_TRACE = "../shared/traces/azure_llm_conv_2023.csv"
@@ -205,6 +210,8 @@ def _report(out: Path, meta: dict, results: list[LevelResult], slo: float,
     write_results(out / "results.json", meta, table, results, ratios)
     text = report_markdown(meta, table, slo, statics=STATIC, replicates=args.bootstrap,
                            seed=args.seed)
+    text += tpot_prediction_markdown(tpot_predictions(
+        (r.config, r.rate, r.records, r.predicted_tpot_s) for r in results))
     (out / "summary.md").write_text(text)
     if final:
         levels = [c.summary for c in table]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from specserve_contract import ENV_RECORD_REQUESTS
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.trace_replay.bootstrap import DEFAULT_REPLICATES
 from specserve_engine.trace_replay.client import RequestRecord, replay
@@ -80,6 +81,8 @@ class LevelResult:
     counters: Counters = (0.0, 0.0, 0.0, 0.0)
     # (seconds since the level started, running requests, K verified since the last sample).
     timeline: list[tuple[float, float, float | None]] = field(default_factory=list)
+    # SpecServe engines only: each finished request's TPOT as the engine's model predicted it.
+    predicted_tpot_s: list[float] = field(default_factory=list)
 
 
 def cells(results: Sequence[LevelResult], tpot_slo_s: float, *,
@@ -178,11 +181,21 @@ class Workload:
         return cls(tuple(rates), plans, prompts)
 
 
+def _predicted_tpots(engine: ServerProcess) -> list[float]:
+    """Every predicted TPOT the engine has recorded so far (`ENV_RECORD_REQUESTS`)."""
+    path = engine.env.get(ENV_RECORD_REQUESTS)
+    if not path or not Path(path).is_file():
+        return []
+    return [json.loads(line)["predicted_tpot_seconds"]
+            for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, rate: float,
               rnd: int, *, deadline_s: float) -> LevelResult:
     plan = workload.plans[rate]
     progress = Progress(f"{config.name:>13} @ {rate:g} req/s", len(plan))
     before = _read_counters(engine.url)
+    predicted_before = len(_predicted_tpots(engine))
     sampler = _Sampler(engine.url)
     sampler.start()
     try:
@@ -192,7 +205,9 @@ def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, ra
         timeline = sampler.stop()
     after = _read_counters(engine.url)
     delta = tuple(a - b for a, b in zip(after, before, strict=True))
-    return LevelResult(config.name, rate, rnd, records, delta, timeline)  # type: ignore[arg-type]
+    predicted = _predicted_tpots(engine)[predicted_before:]
+    return LevelResult(config.name, rate, rnd, records, delta, timeline,  # type: ignore[arg-type]
+                       predicted)
 
 
 def warm_up(engine: ServerProcess, prompts: Sequence[list[int]]) -> None:
@@ -210,8 +225,10 @@ def start_engine(config: BenchConfig, target: Path, *, extra_serve_args: Sequenc
     args = ["--model", str(target), "--served-model-name", MODEL_NAME, *config.serve_args]
     if control_port:
         args += ["--control-port", str(control_port)]
+    env = {ENV_RECORD_REQUESTS: str(log_path.with_suffix(".requests.jsonl"))} \
+        if config.specserve else {}
     engine = ServerProcess([*args, *extra_serve_args], name=engine_name(config),
-                           log_path=log_path)
+                           log_path=log_path, env=env)
     print(f"[bench] starting engine {config.name} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     engine.start()
@@ -252,6 +269,7 @@ def write_results(path: Path, meta: dict, table: Sequence[Cell],
         "levels": [{"config": r.config, "rate": r.rate, "round": r.round,
                     "counters": dict(zip(COUNTERS, r.counters, strict=True)),
                     "records": [{**asdict(rec), "tpot_s": rec.tpot_s} for rec in r.records],
+                    "predicted_tpot_s": r.predicted_tpot_s,
                     "timeline": r.timeline} for r in results],
     }
     path.write_text(json.dumps(data, indent=1))

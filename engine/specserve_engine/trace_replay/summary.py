@@ -354,3 +354,50 @@ def report_markdown(meta: Mapping[str, object], cells: Sequence[Cell], tpot_slo_
              "* where the interval excludes 1 (significant). TPOT: below 1 is better. Whole "
              "trace: all levels' tokens / all levels' time.\n")
     return text + ratio_tables(cells, policy, sorted(configs - {policy}))
+
+
+@dataclass(frozen=True)
+class TpotPrediction:
+    """One (configuration, level): the TPOT its engine predicted against what clients measured."""
+
+    config: str
+    rate: float
+    measured_p50_s: float | None  # clients' per-request TPOT, median
+    predicted_p50_s: float | None  # the engine's per-request predicted TPOT, median
+    requests: int
+
+    @property
+    def error(self) -> float | None:
+        """predicted / measured - 1 (None without both)."""
+        if not self.measured_p50_s or self.predicted_p50_s is None:
+            return None
+        return self.predicted_p50_s / self.measured_p50_s - 1
+
+
+def tpot_predictions(levels: Iterable[tuple[str, float, Sequence[RequestRecord], Sequence[float]]]
+                     ) -> list[TpotPrediction]:
+    """Pool each (config, rate)'s rounds: (config, rate, client records, predicted TPOTs)."""
+    pooled: dict[tuple[str, float], tuple[list[float], list[float]]] = {}
+    for config, rate, records, predicted in levels:
+        if not predicted:
+            continue  # not a SpecServe engine: nothing was predicted
+        measured, pred = pooled.setdefault((config, rate), ([], []))
+        measured += [r.tpot_s for r in records if r.ok and r.tpot_s is not None]
+        pred += predicted
+    return [TpotPrediction(config, rate, _pct(measured, 50), _pct(pred, 50), len(measured))
+            for (config, rate), (measured, pred) in sorted(pooled.items())]
+
+
+def tpot_prediction_markdown(rows: Sequence[TpotPrediction]) -> str:
+    if not rows:
+        return ""
+    text = ("\n## Predicted TPOT against what clients measured (per-request p50)\n\n"
+            "The engine's prediction per finished request: the predicted seconds of every "
+            "engine cycle after its first token / its tokens after the first.\n\n"
+            "| config | req/s | clients' TPOT p50 ms | predicted TPOT p50 ms | error | requests |\n"
+            "|---|---|---|---|---|---|\n")
+    for r in rows:
+        err = f"{100 * r.error:+.1f}%" if r.error is not None else "-"
+        text += (f"| {r.config} | {r.rate:g} | {_num(r.measured_p50_s, 1e3, 1)} | "
+                 f"{_num(r.predicted_p50_s, 1e3, 1)} | {err} | {r.requests} |\n")
+    return text

@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 K_BUCKETS = tuple(float(k) + 0.5 for k in range(17))  # K is an integer 0..16
 STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                 1.0, 2.0, 5.0)
+# vLLM 0.32's own vllm:request_time_per_output_token_seconds buckets, so the two compare.
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0)
 
 
 def batch_range(batch_size: int) -> str:
@@ -33,11 +36,16 @@ class SpecServeMetrics:
         self.policy_mode = Gauge("specserve_policy_mode_info", "Policy mode in force (1 = this)",
                                  ["mode"], registry=r)
         self.step_predicted = Histogram("specserve_step_time_predicted_seconds",
-                                        "Predicted step time (draft + verify)",
+                                        "Predicted engine cycle (draft + verify + host)",
                                         buckets=STEP_BUCKETS, registry=r)
         self.step_observed = Histogram("specserve_step_time_observed_seconds",
-                                       "Observed step time (draft + verify)",
+                                       "Observed engine cycle: one step's start to the next's",
                                        buckets=STEP_BUCKETS, registry=r)
+        self.request_tpot_predicted = Histogram(
+            "specserve_request_tpot_predicted_seconds",
+            "Per finished request: predicted cycle seconds after its first token / tokens after "
+            "it (compare vllm:request_time_per_output_token_seconds)",
+            buckets=TPOT_BUCKETS, registry=r)
         self.accepted_predicted = Counter("specserve_accepted_tokens_predicted",
                                           "Draft tokens predicted to be accepted", registry=r)
         self.accepted_observed = Counter("specserve_accepted_tokens_observed",

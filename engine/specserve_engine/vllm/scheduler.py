@@ -11,7 +11,9 @@ seams vLLM already has (see docs/vllm-seams.md):
 - Confidence prior verifier: drafts arrive with the draft model's confidences
   (``update_draft_token_ids``); each request's list is cut to the length ``trim()`` chooses.
 - Feedback: per-request accepted counts (``update_from_output``) calibrate the acceptance model;
-  measured step times refit the step-time model.
+  measured step times refit the step-time model: the two forwards, and the *cycle* around them
+  (one ``schedule()`` start to the next while work remains), whose rest is the host time a
+  client also waits for.
 
 Greedy output stays identical to no speculation: K and trimming only change how many draft
 tokens are verified, and vLLM's rejection sampler decides every emitted token. Sampled requests
@@ -41,6 +43,7 @@ from specserve_contract import (
     ENV_MODE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
+    ENV_RECORD_REQUESTS,
     ENV_RECORD_STEPS,
     ENV_RECORD_VERIFICATIONS,
     ENV_STATIC_K,
@@ -59,6 +62,7 @@ from specserve_engine.policy.stepping import (
     EARLY_REFITS,
     REFIT_EVERY_STEPS,
     fold_profile,
+    host_observation,
     refit_due,
     refit_models,
     step_observations,
@@ -77,11 +81,24 @@ if TYPE_CHECKING:
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.engine import EngineCoreOutputs
     from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
+    from vllm.v1.request import Request
 
 log = logging.getLogger("specserve.scheduler")
 
 # The refit schedule lives with the policy (the simulator follows it too); re-exported here.
 __all__ = ["EARLY_REFITS", "REFIT_EVERY_STEPS", "AdaptiveScheduler"]
+
+
+@dataclasses.dataclass(slots=True)
+class _Cycle:
+    """One scheduled step, from its ``schedule()`` start until the next one closes it."""
+
+    started: float
+    num_requests: int
+    num_tokens: int
+    context_len: float
+    predicted_seconds: float  # the whole cycle, predicted for the step as scheduled
+    forward_seconds: float | None = None  # schedule() end -> outputs (draft and target)
 
 
 def initial_policy(engine_k_max: int, environ: dict[str, str]) -> Policy:
@@ -148,7 +165,7 @@ class AdaptiveScheduler(Scheduler):
         self.engine_k_max = int(self.num_spec_tokens or 0)
         env = dict(os.environ)
         policy = with_profile(initial_policy(self.engine_k_max, env), env)
-        self.model = EfficiencyModel(policy)
+        self.model = EfficiencyModel(policy, draft_steps_when_off=1 if self.engine_k_max else 0)
         self.store = PolicyStore(policy, self.engine_k_max, control_token(env))
         self.store.fitted = self.model.fitted_params()
         self.store.engine_info = engine_description(self.vllm_config.model_config.dtype)
@@ -160,6 +177,10 @@ class AdaptiveScheduler(Scheduler):
         self._step_tokens = 0
         self._step_requests = 0
         self._step_observed: float | None = None
+        self._cycle: _Cycle | None = None
+        self._work_left = False  # unfinished requests after the last step: no idle gap follows
+        # Requests past their first token -> predicted seconds of the cycles since then.
+        self._decoding: dict[str, float] = {}
         self._verified_confidences: dict[str, list[float]] = {}
         self._observations: deque[StepObservation] = deque(maxlen=512)
         self._steps = 0
@@ -168,6 +189,8 @@ class AdaptiveScheduler(Scheduler):
         self._record_file = open(record, "a") if record else None  # noqa: SIM115
         record = env.get(ENV_RECORD_VERIFICATIONS)
         self._verify_file = open(record, "a") if record else None  # noqa: SIM115
+        record = env.get(ENV_RECORD_REQUESTS)
+        self._request_file = open(record, "a") if record else None  # noqa: SIM115
         self.control: ControlServer | None = None
         port = env.get(ENV_CONTROL_PORT)
         if port and self.engine_k_max:
@@ -198,6 +221,8 @@ class AdaptiveScheduler(Scheduler):
     # -- the per-step decision --
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        started = time.perf_counter()
+        self._close_cycle(started)
         self._sync_policy()
         self._prediction = None
         output = super().schedule(*args, **kwargs)
@@ -207,7 +232,63 @@ class AdaptiveScheduler(Scheduler):
         self._step_started = time.perf_counter()
         self._step_tokens = output.total_num_scheduled_tokens
         self._step_requests = len(output.num_scheduled_tokens)
+        self._open_cycle(started, output)
         return output
+
+    # -- the cycle a client waits for --
+
+    def _open_cycle(self, started: float, output: SchedulerOutput) -> None:
+        b, tokens = self._step_requests, self._step_tokens
+        if not b or not tokens:
+            self._cycle = None
+            return
+        timing = self.model.timing
+        k = self._prediction.k if self._prediction is not None else 0
+        ctx = self._context_len
+        predicted = (self.model.draft_seconds(b, ctx, k) if self.engine_k_max else 0.0) \
+            + timing.verify_seconds(b, tokens, ctx) + timing.host_seconds(b, ctx)
+        self._cycle = _Cycle(started, b, tokens, ctx, predicted)
+        decoding = self._decoding
+        for rid in output.num_scheduled_tokens:
+            if rid in decoding:
+                decoding[rid] += predicted
+
+    def _close_cycle(self, now: float) -> None:
+        """At the next ``schedule()``: the cycle's length, and its host part as an observation.
+        After an idle engine the gap holds waiting time, not work: no cycle then."""
+        cycle, self._cycle = self._cycle, None
+        if cycle is None or cycle.forward_seconds is None or not self._work_left:
+            return
+        seconds = now - cycle.started
+        self.metrics.step_observed.observe(seconds)
+        self.metrics.step_predicted.observe(cycle.predicted_seconds)
+        host = host_observation(cycle.num_requests, cycle.context_len, seconds,
+                                cycle.forward_seconds)
+        self._observations.append(host)
+        self._write_records([host])
+
+    def _note_decoding(self, scheduled: list[Request]) -> None:
+        """Requests that got their first token start counting predicted cycles; finished ones
+        report predicted TPOT = predicted seconds after the first token / tokens after it,
+        the engine-side twin of what vLLM and clients measure. `scheduled` are the step's
+        requests, taken before vLLM frees the finished ones."""
+        decoding = self._decoding
+        for request in scheduled:
+            rid = request.request_id
+            if request.is_finished():
+                predicted = decoding.pop(rid, None)
+                n = request.num_output_tokens
+                if predicted is not None and n > 1:
+                    self._report_request_tpot(predicted / (n - 1), n)
+            elif rid not in decoding and request.num_output_tokens >= 1:
+                decoding[rid] = 0.0
+
+    def _report_request_tpot(self, tpot: float, output_tokens: int) -> None:
+        self.metrics.request_tpot_predicted.observe(tpot)
+        if self._request_file is not None:
+            self._request_file.write(json.dumps(
+                {"predicted_tpot_seconds": tpot, "output_tokens": output_tokens}) + "\n")
+            self._request_file.flush()
 
     def decide_k(self, batch_size: int) -> int:
         """Called by vLLM inside ``schedule()`` with the number of scheduled requests."""
@@ -224,7 +305,6 @@ class AdaptiveScheduler(Scheduler):
         m.k_last.set(k)
         m.steps_by_batch.labels(batch_range(batch_size), str(k)).inc()
         m.batch_size.set(batch_size)
-        m.step_predicted.observe(prediction.step_seconds)
         m.goodput.set(prediction.goodput)
         if k == 0:
             m.steps_off.inc()
@@ -237,7 +317,8 @@ class AdaptiveScheduler(Scheduler):
                            ) -> dict[int, EngineCoreOutputs]:
         if self._step_started is not None:
             self._step_observed = time.perf_counter() - self._step_started
-            self.metrics.step_observed.observe(self._step_observed)
+            if self._cycle is not None:
+                self._cycle.forward_seconds = self._step_observed
         spec = scheduler_output.scheduled_spec_decode_tokens
         if spec:
             index = model_runner_output.req_id_to_index
@@ -265,10 +346,16 @@ class AdaptiveScheduler(Scheduler):
                 self._verify_file.flush()
             self.metrics.drafted.inc(total_drafted)
             self.metrics.accepted_observed.inc(total_accepted)
+        requests = self.requests
+        scheduled = [requests[rid] for rid in scheduler_output.num_scheduled_tokens
+                     if rid in requests]
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         for rid in scheduler_output.finished_req_ids:
             self.model.acceptance.forget(rid)
             self._verified_confidences.pop(rid, None)
+            self._decoding.pop(rid, None)
+        self._note_decoding(scheduled)
+        self._work_left = self.has_unfinished_requests()
         return outputs
 
     def update_draft_token_ids(self, draft_token_ids: DraftTokenIds) -> None:
@@ -326,10 +413,7 @@ class AdaptiveScheduler(Scheduler):
         new = step_observations(b, self._step_tokens, self._context_len, observed,
                                 draft_seconds, p.k)
         self._observations.extend(new)
-        if self._record_file is not None:
-            for o in new:
-                self._record_file.write(json.dumps(dataclasses.asdict(o)) + "\n")
-            self._record_file.flush()
+        self._write_records(new)
         self._steps += 1
         if refit_due(self._steps):
             try:
@@ -340,6 +424,12 @@ class AdaptiveScheduler(Scheduler):
                 return
             self.store.fitted = self.model.fitted_params()
             self.metrics.refits.inc()
+
+    def _write_records(self, observations: list[StepObservation]) -> None:
+        if self._record_file is not None:
+            for o in observations:
+                self._record_file.write(json.dumps(dataclasses.asdict(o)) + "\n")
+            self._record_file.flush()
 
     def shutdown(self) -> None:
         if self.control is not None:
