@@ -78,20 +78,19 @@ class HardwareModel:
 def grid_profile(model: HardwareModel, batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256),
                  tokens_per_request: tuple[int, ...] = (1, 2, 4, 6),
                  context_lens: tuple[float, ...] = (256.0, 1024.0, 4096.0)) -> Profile:
-    """What `specserve profile` would measure on this hardware (one point per grid cell, the
-    host's time included in the target's, as the engine measures a step): the simulated
-    policy's starting model, fitted by the policy itself."""
+    """What `specserve profile` would measure on this hardware, one point per grid cell (target
+    forwards, draft forwards, host time per cycle): the simulated policy's starting model,
+    fitted by the policy itself."""
     points = []
     for b in batch_sizes:
         for ctx in context_lens:
             for u in tokens_per_request:
-                n = b * u
-                seconds = (model.step_seconds("target", b, n, ctx)
-                           + model.step_seconds("host", b, n, ctx))
-                points.append(ProfilePoint(role="target", num_requests=b, num_tokens=n,
-                                           context_len=ctx, seconds=seconds))
-            points.append(ProfilePoint(role="draft", num_requests=b, num_tokens=b,
-                                       context_len=ctx,
-                                       seconds=model.step_seconds("draft", b, b, ctx)))
+                points.append(ProfilePoint(
+                    role="target", num_requests=b, num_tokens=b * u, context_len=ctx,
+                    seconds=model.step_seconds("target", b, b * u, ctx)))
+            for role in ("draft", "host"):
+                points.append(ProfilePoint(role=role, num_requests=b, num_tokens=b,
+                                           context_len=ctx,
+                                           seconds=model.step_seconds(role, b, b, ctx)))
     return Profile(target_model="simulated target", draft_model="simulated draft",
                    device=model.name, points=points)

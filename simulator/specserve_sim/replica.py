@@ -16,13 +16,16 @@ Speculation, as `AdaptiveScheduler` drives the policy (vllm/scheduler.py), in th
    then the drafter drafts K positions for every request still decoding, stopping early where
    `DraftProgress` says (mode adaptive / threshold);
 3. feedback: `observe(drafted, accepted, id, probs)` per verified request, `forget` finished
-   ones; the step's observations (`step_observations`), refits on `refit_due`;
+   ones; the step's observations (`step_observations`), refits on `refit_due`; at the next
+   step's start, the cycle's host time (`host_observation`) when work remained;
 4. the new drafts are cut per request by `verify_lengths` (trim / threshold).
+An engine with a draft model runs one draft forward even at K = 0 (vLLM 0.32's proposer keeps
+the draft's KV cache current), and its policy prices K = 0 so (`draft_steps_when_off`).
 vLLM's own speculation (`specserve=False`, the static-K and Dynamic-SD baselines) drafts K =
 `engine_k_max` or the Dynamic-SD table's K, for every request, and verifies them all.
 
-Step time = target(B, N, L) + positions x draft(B, B, L) + host(B, N, L) from the ground truth,
-never from the policy's coefficients.
+Step time = target(B, N, L) + max(positions, 1) x draft(B, B, L) (with a draft model)
++ host(B, B, L) from the ground truth, never from the policy's coefficients.
 
 Not modelled: KV-cache capacity (no preemption: vLLM preempts the newest running request when
 blocks run out), prefix caching, the API server's tokenisation and streaming (only what the
@@ -45,6 +48,7 @@ from specserve_engine.policy import (
 from specserve_engine.policy.drafting import DraftProgress, stop_rule
 from specserve_engine.policy.stepping import (
     fold_profile,
+    host_observation,
     refit_due,
     refit_models,
     step_observations,
@@ -125,8 +129,9 @@ class _Pending:
     context_len: float
     prediction: StepPrediction | None
     k: int
-    seconds: float
+    seconds: float  # the whole cycle: forwards and host time
     draft_s: float
+    host_s: float
 
 
 class Replica:
@@ -153,11 +158,12 @@ class Replica:
                                                              config.engine_k_max)})
             if config.profile is not None:
                 start = fold_profile(start, config.profile, "profile")
-            self.model = EfficiencyModel(start)
+            self.model = EfficiencyModel(start, draft_steps_when_off=1)
             self.store = PolicyStore(start, config.engine_k_max, _TOKEN)
         self._observations: deque[StepObservation] = deque(maxlen=512)
         self._steps = 0
         self._pending: _Pending | None = None
+        self._last: _Pending | None = None  # the previous step, for its cycle's host time
         self._new_drafts: list[tuple[_Req, Verification]] = []
         self.finished: list[RequestRecord] = []  # collected by the cluster
         self.step_records: list[StepRecord] = []
@@ -240,6 +246,7 @@ class Replica:
         if model is not None and self.store is not None \
                 and self.store.policy is not model.policy:
             model.set_policy(self.store.policy)  # as `AdaptiveScheduler._sync_policy`
+        self._close_cycle()
         reqs, counts = self._schedule()
         b = len(reqs)
         running = self.running
@@ -266,38 +273,39 @@ class Replica:
                 emitted.append(e if e < left else left)
         tokens = sum(counts)
         steps = self.truth.steps
-        seconds = (steps.step_seconds("target", b, tokens, context_len)
-                   + steps.step_seconds("host", b, tokens, context_len))
-        step = _Pending(reqs, counts, emitted, tokens, context_len, prediction, k, seconds, 0.0)
+        forward = steps.step_seconds("target", b, tokens, context_len)
+        host = steps.step_seconds("host", b, b, context_len)
+        step = _Pending(reqs, counts, emitted, tokens, context_len, prediction, k,
+                        forward + host, 0.0, host)
         self._pending = step
         self.busy = True
-        if k:
+        if config.engine_k_max:
             self._draft(step, b)
         return step.seconds
 
     def _draft(self, step: _Pending, b: int) -> None:
-        """Draw this step's drafts (for requests that will still decode) and cost the drafter."""
-        drafters = [r for r, n, e in zip(step.reqs, step.counts, step.emitted, strict=True)
-                    if e and r.generated + e < r.output]
-        if not drafters:
-            return
+        """Draw this step's drafts (for requests that will still decode) and cost the drafter:
+        K positions (fewer on an early stop), and one forward at K = 0."""
         k = step.k
-        drafts = [r.stream.draw(k) for r in drafters]
         positions = k
-        rule = (stop_rule(self.model, step.prediction, step.context_len)
-                if self.model is not None and step.prediction is not None else None)
-        if rule is not None:
-            progress = DraftProgress(rule)
-            for j in range(k - 1):
-                if progress.stop_after([d[0][j] for d in drafts]):
-                    positions = j + 1
-                    break
+        drafters = [r for r, n, e in zip(step.reqs, step.counts, step.emitted, strict=True)
+                    if e and r.generated + e < r.output] if k else []
+        if drafters:
+            drafts = [r.stream.draw(k) for r in drafters]
+            rule = (stop_rule(self.model, step.prediction, step.context_len)
+                    if self.model is not None and step.prediction is not None else None)
+            if rule is not None:
+                progress = DraftProgress(rule)
+                for j in range(k - 1):
+                    if progress.stop_after([d[0][j] for d in drafts]):
+                        positions = j + 1
+                        break
+            if positions < k:
+                drafts = [cut(d, positions) for d in drafts]
+            self._new_drafts = list(zip(drafters, drafts, strict=True))
         per_position = self.truth.steps.step_seconds("draft", b, b, step.context_len)
-        step.draft_s = positions * per_position
+        step.draft_s = max(positions, 1) * per_position
         step.seconds += step.draft_s
-        if positions < k:
-            drafts = [cut(d, positions) for d in drafts]
-        self._new_drafts = list(zip(drafters, drafts, strict=True))
         step.k = positions
 
     def finish_step(self, now: float) -> list[_Req]:
@@ -343,6 +351,9 @@ class Replica:
                                                    q.prompt_tokens, r.generated, self.name))
         if model is not None and step.prediction is not None:
             self._record(step)
+        # The engine closes a cycle at the next schedule() only when work was left (after an
+        # idle engine the gap is waiting, not host work).
+        self._last = step if self.running or self.waiting else None
         if new_drafts:
             self._set_drafts(step, new_drafts)
         self.step_records.append(StepRecord(
@@ -351,20 +362,30 @@ class Replica:
         return done
 
     def _record(self, step: _Pending) -> None:
-        """`AdaptiveScheduler._record_step`: observations and the refit schedule."""
+        """`AdaptiveScheduler._record_step`: observations and the refit schedule. The engine
+        measures the forwards (schedule end to outputs): the step without its host time."""
         model = self.model
         assert model is not None and step.prediction is not None
-        if not step.reqs or (step.prediction.k > 0 and step.draft_s == 0.0):
-            return  # the drafter did not run: the engine has no draft time to record
+        if not step.reqs:
+            return
         self._observations.extend(step_observations(
-            len(step.reqs), step.tokens, step.context_len, step.seconds, step.draft_s,
-            step.prediction.k))
+            len(step.reqs), step.tokens, step.context_len, step.seconds - step.host_s,
+            step.draft_s, step.prediction.k))
         self._steps += 1
         if refit_due(self._steps):
             try:
                 refit_models(model, self._observations)
             except (ArithmeticError, ValueError):
                 self.refit_failures += 1  # as the engine: keep the previous model
+
+    def _close_cycle(self) -> None:
+        """`AdaptiveScheduler._close_cycle`: the previous cycle's host time as an observation."""
+        last, self._last = self._last, None
+        if last is None or self.model is None or not last.reqs:
+            return
+        forward = last.seconds - last.host_s
+        self._observations.append(host_observation(len(last.reqs), last.context_len,
+                                                   last.seconds, forward))
 
     def _set_drafts(self, step: _Pending, new_drafts: list[tuple[_Req, Verification]]) -> None:
         """`AdaptiveScheduler.update_draft_token_ids`: cut each request's drafts."""

@@ -29,8 +29,7 @@ def test_the_grid_profile_is_what_a_profiler_would_measure() -> None:
     hw = HardwareModel()
     profile = grid_profile(hw, batch_sizes=(1, 8), tokens_per_request=(1, 4),
                            context_lens=(128.0,))
-    for p in profile.for_role("target"):
+    for p in profile.points:
         assert p.seconds == pytest.approx(
-            hw.step_seconds("target", p.num_requests, p.num_tokens, p.context_len)
-            + hw.step_seconds("host", p.num_requests, p.num_tokens, p.context_len))
-    assert len(profile.for_role("draft")) == 2
+            hw.step_seconds(p.role, p.num_requests, p.num_tokens, p.context_len))
+    assert len(profile.for_role("draft")) == len(profile.for_role("host")) == 2

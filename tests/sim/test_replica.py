@@ -111,3 +111,28 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another() -> None:
     finish = [[r.finish for r in run.requests] for run in runs]
     assert finish[0] == finish[1]
     assert finish[0] != finish[2]
+
+
+def test_a_draft_model_engine_pays_one_draft_forward_at_k0_and_off_pays_none() -> None:
+    table = ((1, 1, 2), (2, 1024, 0))  # Dynamic-SD: K=2 alone, K=0 in any batch of two or more
+    with_draft = ReplicaConfig("dynamic-sd", engine_k_max=2, specserve=False, k_table=table)
+    _, result, steps = _run(with_draft, requests(6, gap=0.0, output=20))
+    k0 = [s for s in result.steps if s.k == 0 and s.batch >= 2]
+    assert k0 and not any(s.drafted for s in k0[1:])
+    drafts = sum(1 for q in steps.queries if q[0] == "draft")
+    assert drafts == len(result.steps)  # one draft forward per step, K=0 included
+    _, off_result, off_steps = _run(ReplicaConfig("off", engine_k_max=0, specserve=False),
+                                    requests(6, gap=0.0, output=20))
+    assert off_result.steps and not any(q[0] == "draft" for q in off_steps.queries)
+
+
+def test_the_policy_sees_forwards_and_host_time_as_the_engine_measures_them() -> None:
+    config = ReplicaConfig("adaptive", Policy(slo=SloTargets(tpot_seconds=0.05)))
+    cluster, _, _ = _run(config, requests(4, gap=0.0, output=30))
+    observations = list(cluster.replicas[0]._observations)
+    host = [o for o in observations if o.role == "host"]
+    target = [o for o in observations if o.role == "target"]
+    # LinearSteps: host is 1 ms per cycle; the target observation is the forward less drafting.
+    assert host and all(o.seconds == pytest.approx(0.001) for o in host)
+    assert target and all(o.seconds == pytest.approx(0.010 + 1e-4 * o.num_tokens)
+                          for o in target)
