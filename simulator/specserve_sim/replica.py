@@ -370,7 +370,7 @@ class Replica:
             return
         self._observations.extend(step_observations(
             len(step.reqs), step.tokens, step.context_len, step.seconds - step.host_s,
-            step.draft_s, step.prediction.k))
+            step.draft_s, step.k))
         self._steps += 1
         if refit_due(self._steps):
             try:

@@ -363,7 +363,9 @@ class AdaptiveScheduler(Scheduler):
         confidences = getattr(draft_token_ids, CONFIDENCES_ATTR, None)
         draft_seconds = getattr(draft_token_ids, DRAFT_SECONDS_ATTR, None)
         self.metrics.drafts_stopped_early.set(getattr(draft_token_ids, STOPPED_EARLY_ATTR, 0))
-        self._record_step(draft_seconds)
+        # Positions actually drafted: fewer than the K decided when the drafter stopped early.
+        positions = max(map(len, draft_token_ids.draft_token_ids), default=0)
+        self._record_step(draft_seconds, positions)
         if not self.verify_sampled:
             self._drop_sampled_drafts(draft_token_ids.req_ids)
         if confidences is None:
@@ -401,7 +403,7 @@ class AdaptiveScheduler(Scheduler):
                 self.metrics.trimmed.inc(len(request.spec_token_ids))
                 request.spec_token_ids = []
 
-    def _record_step(self, draft_seconds: float | None) -> None:
+    def _record_step(self, draft_seconds: float | None, positions: int) -> None:
         """Keep (features, measured time) pairs and refit the models every few hundred steps."""
         observed, p = self._step_observed, self._prediction
         self._step_observed = None
@@ -411,7 +413,7 @@ class AdaptiveScheduler(Scheduler):
         if not b:
             return
         new = step_observations(b, self._step_tokens, self._context_len, observed,
-                                draft_seconds, p.k)
+                                draft_seconds, positions)
         self._observations.extend(new)
         self._write_records(new)
         self._steps += 1
