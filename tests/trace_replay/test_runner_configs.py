@@ -55,3 +55,18 @@ def test_rounds_default_to_enough_for_intervals_and_the_mode_is_named() -> None:
 def test_the_printed_command_reproduces_the_run() -> None:
     args = _parser().parse_args(["--quick", "--rates", "1", "2", "-o", "x"])
     assert _given_flags(args) == ["--output", "x", "--quick", "--rates", "1.0", "2.0"]
+
+
+def test_results_json_reads_back_as_written(tmp_path: Path) -> None:
+    from specserve_engine.trace_replay.client import RequestRecord
+    from specserve_engine.trace_replay.runner import LevelResult, cells, read_results, write_results
+
+    records = [RequestRecord(0, 10, 5, sent_s=0.0, ttft_s=0.1, e2e_s=0.5, output_tokens=5),
+               RequestRecord(1, 12, 4, sent_s=0.5, error="HTTP 500: boom")]
+    results = [LevelResult("adaptive", 2.0, 0, records, (8.0, 4.0, 9.0, 3.0),
+                           [(0.5, 1.0, 2.0)], [0.09])]
+    path = tmp_path / "results.json"
+    write_results(path, {"tpot_slo_s": 0.06}, cells(results, 0.06), results)
+    meta, back = read_results(path)
+    assert meta == {"tpot_slo_s": 0.06}
+    assert back == results

@@ -93,3 +93,15 @@ def test_predicted_tpot_is_pooled_per_level_and_compared_with_the_clients_p50() 
     assert row.error == pytest.approx(0.1)
     assert "| adaptive | 1 | 100.0 | 110.0 | +10.0% | 3 |" in tpot_prediction_markdown(rows)
     assert tpot_prediction_markdown([]) == ""
+
+
+def test_ratio_tables_are_well_formed_markdown() -> None:
+    from specserve_engine.trace_replay.summary import ratio_tables
+
+    table = [level("off", 1, 100), level("adaptive", 1, 120),
+             level("off", 8, 400), level("adaptive", 8, 404)]
+    text = ratio_tables(table, "adaptive", ["off"])
+    lines = text.splitlines()
+    header = lines.index("| baseline | 1 req/s | 8 req/s | whole trace |")
+    assert lines[header + 1] == "|---|---|---|---|"
+    assert lines[header + 2].startswith("| off | 1.200")

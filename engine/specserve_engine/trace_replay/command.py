@@ -23,6 +23,7 @@ from specserve_engine.trace_replay.runner import (
     Progress,
     Workload,
     cells,
+    read_results,
     run_config,
     standard_configs,
     write_results,
@@ -70,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=None,
                    help="replay against this running OpenAI endpoint instead of starting engines")
     p.add_argument("--served-model", default="bench", help="model name at --url")
+    p.add_argument("--from-results", metavar="RESULTS_JSON", default=None,
+                   help="run nothing: rewrite summary.md and the plots in --output from an "
+                        "earlier run's results.json")
     p.add_argument("--eager", action="store_true",
                    help="engines run with vLLM's --enforce-eager (no torch.compile; implied by "
                         "--quick)")
@@ -113,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from specserve_engine import tiny
     from specserve_engine.policy import Policy, SloTargets
 
+    if args.from_results:
+        return _summarize_earlier(args)
     try:
         rows = load_trace(Path(args.trace))
     except TraceError as exc:
@@ -227,6 +233,18 @@ def _report(out: Path, meta: dict, results: list[LevelResult], slo: float,
                                   out / f"k_over_time_{config}.png")
         print(text)
         print(f"[bench] results in {out}/ (results.json, summary.md, *.png)", file=sys.stderr)
+
+
+def _summarize_earlier(args: argparse.Namespace) -> int:
+    path = Path(args.from_results)
+    try:
+        meta, results = read_results(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _fail(f"--from-results {path}: not a bench results.json ({exc})")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _report(out, meta, results, float(meta["tpot_slo_s"]), args, final=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

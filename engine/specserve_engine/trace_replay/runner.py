@@ -273,3 +273,19 @@ def write_results(path: Path, meta: dict, table: Sequence[Cell],
                     "timeline": r.timeline} for r in results],
     }
     path.write_text(json.dumps(data, indent=1))
+
+
+def read_results(path: Path) -> tuple[dict, list[LevelResult]]:
+    """`write_results`'s file back: its meta and every level of every round."""
+    data = json.loads(path.read_text())
+    fields = {f for f in RequestRecord.__dataclass_fields__}
+    results = [
+        LevelResult(
+            level["config"], float(level["rate"]), int(level["round"]),
+            [RequestRecord(**{k: v for k, v in rec.items() if k in fields})
+             for rec in level["records"]],
+            tuple(level["counters"][name] for name in COUNTERS),  # type: ignore[arg-type]
+            [tuple(t) for t in level.get("timeline", [])],  # type: ignore[misc]
+            list(level.get("predicted_tpot_s", [])))
+        for level in data["levels"]]
+    return data["meta"], results

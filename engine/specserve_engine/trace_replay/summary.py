@@ -302,7 +302,7 @@ def ratio_tables(cells: Sequence[Cell], config: str, baselines: Sequence[str]) -
         whole = metric == "goodput_tok_s"
         cols = [f"{r:g} req/s" for r in rates] + (["whole trace"] if whole else [])
         out.append(f"\n### {config} / baseline: {label}\n\n| baseline | " + " | ".join(cols)
-                   + " |\n|---" * (len(cols) + 1) + "|\n")
+                   + " |\n" + "|---" * (len(cols) + 1) + "|\n")
         for b in baselines:
             row = [format_ratio(level_ratio(cells, config, b, r, metric)) for r in rates]
             if whole:
