@@ -102,14 +102,19 @@ def run_autoscale(args: argparse.Namespace) -> str:
     ctx = sum(r.prompt_tokens for r in base) / len(base)
     out_tok = sum(r.output_tokens for r in base) / len(base)
     ts = studies.TimeScale(args.compress)
-    # Capacity per replica the load is sized with: the static-K profile at the SLO.
-    cap = studies.capacity_req_s(hw, 3, acc, args.tpot_ms / 1e3, ctx + out_tok / 2, out_tok)
-    reqs = studies.shape_load(base, args.low * cap, args.high * cap,
-                              smooth_s=ts.s(150.0), seed=args.seed)
     spec = studies.deployment_spec(args.tpot_ms, args.ttft_ms, args.attainment, 1,
                                    args.max_replicas, args.low)
     slo = SloTargets(tpot_seconds=args.tpot_ms / 1e3, ttft_seconds=args.ttft_ms / 1e3)
-    cfg = studies.bench_configs(slo, studies.gpu_profile(hw))[-1]  # adaptive
+    configs = {c.name: c for c in studies.bench_configs(slo, studies.gpu_profile(hw))}
+    cfg = configs["adaptive"]
+    # Capacity per replica the load is sized with: one simulated replica's SLO goodput at
+    # static K=3 (prefills included), so that "4-32 replicas' worth" holds for a static fleet.
+    cap = studies.simulated_capacity_req_s(
+        base, configs["K=3"], truth, tpot_s=args.tpot_ms / 1e3, ttft_s=args.ttft_ms / 1e3,
+        attainment=args.attainment, seed=args.seed)
+    print(f"capacity per replica (simulated, static K=3): {cap:.2f} req/s", flush=True)
+    reqs = studies.shape_load(base, args.low * cap, args.high * cap,
+                              smooth_s=ts.s(150.0), seed=args.seed)
     study = studies.AutoscaleStudy(reqs, cfg, truth, spec, ts, args.cold_start_s, hw, acc,
                                    ctx + out_tok / 2, out_tok)
     rows, results = [], {}
@@ -128,7 +133,8 @@ def run_autoscale(args: argparse.Namespace) -> str:
     head = (f"GPU model: {hw.name}. Acceptance: {truth.verifications.source} (mean {acc:.2f}). "
             f"Trace: {args.trace.name}, whole trace, arrivals and every control timescale / "
             f"{args.compress:g}; load shaped to {args.low}-{args.high} replicas' worth at "
-            f"{cap:.1f} req/s per replica (static K=3 profile at the SLO); {len(reqs)} requests; "
+            f"{cap:.2f} req/s per replica (one simulated replica's SLO goodput at static K=3); "
+            f"{len(reqs)} requests; "
             f"cold start {args.cold_start_s:g} s (/ {args.compress:g}); TPOT SLO "
             f"{args.tpot_ms} ms p90, TTFT {args.ttft_ms} ms, attainment target "
             f"{args.attainment:.0%}.\n\n")

@@ -347,6 +347,39 @@ class AutoscaleStudy:
                        seed=seed, keep_steps=True).run()
 
 
+def at_rate(requests: Sequence[SimRequest], rate: float, count: int) -> list[SimRequest]:
+    """The first `count` requests with their arrival pattern scaled to `rate` req/s."""
+    head = list(requests[:count])
+    span = head[-1].arrival - head[0].arrival if len(head) > 1 else 0.0
+    scale = (len(head) - 1) / (rate * span) if span > 0 else 0.0
+    t0 = head[0].arrival
+    return [replace(r, arrival=(r.arrival - t0) * scale) for r in head]
+
+
+def simulated_capacity_req_s(
+    requests: Sequence[SimRequest], config: ReplicaConfig, truth: GroundTruth, *,
+    tpot_s: float, ttft_s: float, attainment: float, count: int = 400, lo: float = 0.25,
+    hi: float = 256.0, probes: int = 9, seed: int = 0,
+) -> float:
+    """Requests/s one replica serves with `attainment` of requests within both SLOs: SLO
+    goodput (DistServe's definition) of one simulated replica, by bisection on a log scale
+    over the trace's first `count` requests at scaled rates. Sizes the studies' load by what a
+    replica really does, prefills included; a decode-only profile (`capacity_req_s`)
+    overestimates it when prompts are long."""
+
+    def meets(rate: float) -> bool:
+        result = Cluster(at_rate(requests, rate, count), config, truth, initial_replicas=1,
+                         controller=None, seed=seed).run()
+        return summarise("probe", result, tpot_s, ttft_s).attainment >= attainment
+
+    if not meets(lo):
+        return lo
+    for _ in range(probes):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
+    return lo
+
+
 def with_slo(config: ReplicaConfig, slo: SloTargets) -> ReplicaConfig:
     return replace(config, policy=config.policy.model_copy(update={"slo": slo}))
 

@@ -58,3 +58,29 @@ def test_saving_is_against_the_cheapest_baseline_that_meets_the_target() -> None
     assert best == "hpa" and saved == pytest.approx(0.25)
     rows[-1] = summary("specserve joint", 0.8, 100.0)
     assert studies.saving(rows, "specserve joint", 0.9) == ("hpa", None)
+
+
+def test_at_rate_keeps_the_pattern_and_sets_the_mean_rate() -> None:
+    reqs = [SimRequest(str(i), t, 10, 5) for i, t in enumerate((5.0, 6.0, 8.0, 9.0, 13.0))]
+    scaled = studies.at_rate(reqs, rate=2.0, count=5)
+    assert [r.arrival for r in scaled] == pytest.approx([0.0, 0.25, 0.75, 1.0, 2.0])
+    assert [r.request_id for r in scaled] == [r.request_id for r in reqs]
+
+
+def test_simulated_capacity_falls_with_a_tighter_slo() -> None:
+    """One replica of the GPU model: the rate it serves within the SLO is found by bisection,
+    and a stricter TPOT target can only lower it."""
+    from specserve_engine.policy.params import SloTargets
+    from specserve_sim.hardware import HardwareModel
+
+    hw = HardwareModel()
+    truth = studies.ground_truth(None, hw)  # seeded synthetic verifications
+    slo = SloTargets(tpot_seconds=0.05, ttft_seconds=2.0)
+    config = {c.name: c for c in studies.bench_configs(slo, studies.gpu_profile(hw))}["K=3"]
+    reqs = [SimRequest(str(i), i * 0.1, 200 + 37 * (i % 7), 40 + 11 * (i % 5))
+            for i in range(120)]
+    loose, tight = (studies.simulated_capacity_req_s(
+        reqs, config, truth, tpot_s=tpot, ttft_s=2.0, attainment=0.9, count=120, probes=6)
+        for tpot in (0.05, 0.012))
+    assert 0.25 < loose <= 256.0
+    assert tight <= loose
