@@ -113,7 +113,8 @@ def run_autoscale(args: argparse.Namespace) -> str:
         base, configs["K=3"], truth, tpot_s=args.tpot_ms / 1e3, ttft_s=args.ttft_ms / 1e3,
         attainment=args.attainment, seed=args.seed)
     print(f"capacity per replica (simulated, static K=3): {cap:.2f} req/s", flush=True)
-    reqs = studies.shape_load(base, args.low * cap, args.high * cap,
+    per_replica = cap * args.utilization
+    reqs = studies.shape_load(base, args.low * per_replica, args.high * per_replica,
                               smooth_s=ts.s(150.0), seed=args.seed)
     study = studies.AutoscaleStudy(reqs, cfg, truth, spec, ts, args.cold_start_s, hw, acc,
                                    ctx + out_tok / 2, out_tok)
@@ -133,7 +134,8 @@ def run_autoscale(args: argparse.Namespace) -> str:
     head = (f"GPU model: {hw.name}. Acceptance: {truth.verifications.source} (mean {acc:.2f}). "
             f"Trace: {args.trace.name}, whole trace, arrivals and every control timescale / "
             f"{args.compress:g}; load shaped to {args.low}-{args.high} replicas' worth at "
-            f"{cap:.2f} req/s per replica (one simulated replica's SLO goodput at static K=3); "
+            f"{per_replica:.2f} req/s per replica ({args.utilization:.0%} of one simulated "
+            f"replica's SLO goodput at static K=3, {cap:.2f}); "
             f"{len(reqs)} requests; "
             f"cold start {args.cold_start_s:g} s (/ {args.compress:g}); TPOT SLO "
             f"{args.tpot_ms} ms p90, TTFT {args.ttft_ms} ms, attainment target "
@@ -169,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--low", type=int, default=4, help="autoscale: replicas needed at the trough")
     p.add_argument("--high", type=int, default=32, help="autoscale: replicas needed at the peak")
     p.add_argument("--max-replicas", type=int, default=40)
+    p.add_argument("--utilization", type=float, default=0.75,
+                   help="autoscale: a replica 'needed' carries this fraction of its SLO "
+                        "goodput (at 1.0 the fixed peak fleet runs at its SLO's edge and "
+                        "bursts break it)")
     p.add_argument("--cold-start-s", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", help="run only these configurations / controllers")
