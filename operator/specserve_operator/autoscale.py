@@ -54,6 +54,9 @@ class AutoscaleConfig(BaseModel):
     default_output_tokens: float = Field(default=128.0, gt=0)
     default_prompt_tokens: float = Field(default=512.0, ge=0)
     min_attainment_factor: float = Field(default=0.25, gt=0, le=1)
+    # Capacity counts the prefill of the requests a replica admits (they share its decode
+    # steps); False prices decode steps only (the model before bench/SIMULATION.md's study 2).
+    price_prefill: bool = True
 
 
 class Recommendation(BaseModel):
@@ -173,12 +176,19 @@ def capacity_per_replica(
     output_tokens: float,
     context_len: float,
     max_batch: int = 256,
+    prompt_tokens: float = 0.0,
 ) -> Capacity:
     """Requests/s one replica sustains with predicted TPOT within the policy's TPOT limit.
 
     Batch sizes are searched by doubling then bisection (predicted TPOT grows with the batch).
     When even batch 1 misses the limit, the batch-1 numbers are returned (the SLO cannot be met
     by adding replicas alone; attainment correction and max replicas bound what happens next).
+
+    Prefill shares the decode steps (chunked prefill): in steady state each step finishes
+    expected_tokens / output_tokens requests and admits as many, so it also carries
+    prompt_tokens x expected_tokens / output_tokens prefill tokens. They are priced into every
+    step (`choose_k`'s extra tokens), found by one fixed-point pass (the K chosen moves the
+    expected tokens a little). `prompt_tokens` 0 prices decode only, as before.
     """
     model = EfficiencyModel(policy)
     a = acceptance if acceptance is not None else policy.model.prior_acceptance
@@ -188,7 +198,12 @@ def capacity_per_replica(
     limit = policy.tpot_limit_seconds
 
     def at(b: int) -> tuple[bool, Capacity]:
-        p = model.choose_k([row] * b, context_len)
+        rows = [row] * b
+        p = model.choose_k(rows, context_len)
+        if prompt_tokens > 0:
+            for _ in range(2):
+                extra = round(prompt_tokens * p.expected_tokens / max(output_tokens, 1.0))
+                p = model.choose_k(rows, context_len, extra_tokens=extra)
         ok = limit is None or p.tpot_seconds <= limit
         cap = Capacity(p.goodput / max(output_tokens, 1.0), p.goodput, b, p.k, p.tpot_seconds)
         return ok, cap

@@ -379,8 +379,10 @@ def scale_decision(spec: SpecServeDeploymentSpec, snap: SloSnapshot, policy: Pol
         return decision
     out_tokens = snap.output_tokens_per_request or cfg.autoscale.default_output_tokens
     prompt = snap.prompt_tokens_per_request or cfg.autoscale.default_prompt_tokens
-    capacity = capacity_per_replica(capacity_model(policy, measured), snap.acceptance_rate,
-                                    out_tokens, prompt + out_tokens / 2, cfg.autoscale.max_batch)
+    capacity = capacity_per_replica(
+        capacity_model(policy, measured), snap.acceptance_rate, out_tokens,
+        prompt + out_tokens / 2, cfg.autoscale.max_batch,
+        prompt_tokens=prompt if cfg.autoscale.price_prefill else 0.0)
     decision = decide_replicas(snap, current, max(spec.replicas.min, 1), spec.replicas.max,
                                capacity, spec.slo.attainment, history, now, cfg.autoscale)
     if zero.reason:

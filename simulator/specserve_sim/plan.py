@@ -71,8 +71,11 @@ def plan(requests: Sequence[SimRequest], rates: Sequence[float], tpot_s: float,
     slo = SloTargets(tpot_seconds=tpot_s)
     adaptive = Policy(k_max=k_max, slo=slo, tpot_headroom=tpot_headroom, model=model)
     off = adaptive.model_copy(update={"mode": "off"})
-    cap_a = capacity_per_replica(adaptive, acceptance, out_tok, context, c.max_batch)
-    cap_o = capacity_per_replica(off, acceptance, out_tok, context, c.max_batch)
+    prefill = prompt if c.price_prefill else 0.0
+    cap_a = capacity_per_replica(adaptive, acceptance, out_tok, context, c.max_batch,
+                                 prompt_tokens=prefill)
+    cap_o = capacity_per_replica(off, acceptance, out_tok, context, c.max_batch,
+                                 prompt_tokens=prefill)
     return [PlanRow(r, replicas_for(r, cap_a, c.target_utilization),
                     replicas_for(r, cap_o, c.target_utilization), cap_a, cap_o)
             for r in rates]

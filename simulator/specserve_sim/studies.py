@@ -269,14 +269,16 @@ class TimeScale:
         return f"{self.s(seconds):.6g}s"
 
 
-def operator_loop(ts: TimeScale) -> LoopConfig:
-    """The operator's defaults (30 s loop, 2m window, tuning and autoscale windows), scaled."""
+def operator_loop(ts: TimeScale, price_prefill: bool = True) -> LoopConfig:
+    """The operator's defaults (30 s loop, 2m window, tuning and autoscale windows), scaled;
+    `price_prefill` False is the autoscaler's decode-only capacity (before)."""
     tuning, auto = TuningConfig(), AutoscaleConfig()
     return LoopConfig(
         window=ts.window(120.0),
         tuning=tuning.model_copy(update={"cooldown_s": ts.s(60.0)}),
         autoscale=auto.model_copy(update={"up_window_s": ts.s(auto.up_window_s),
-                                          "down_window_s": ts.s(auto.down_window_s)}))
+                                          "down_window_s": ts.s(auto.down_window_s),
+                                          "price_prefill": price_prefill}))
 
 
 def deployment_spec(tpot_ms: int, ttft_ms: int, attainment: float, lo: int, hi: int,
@@ -327,7 +329,7 @@ class AutoscaleStudy:
         # (what a platform team would set from the same pre-deployment profile).
         ok = [p for p in prof if p.itl_s <= tpot_s]
         per_pod = float(max(p.batch for p in ok)) if ok else 1.0
-        loop = operator_loop(ts)
+        loop, decode_only = operator_loop(ts), operator_loop(ts, price_prefill=False)
         return {
             f"fixed peak ({peak})": lambda: FixedReplicas(peak, interval_s=ts.s(30.0)),
             f"hpa in-flight ({per_pod:.0f}/pod)": lambda: HpaInflight(
@@ -335,8 +337,10 @@ class AutoscaleStudy:
                           down_window_s=ts.s(300.0)), interval_s=ts.s(15.0)),
             f"dynamo planner (K={self.static_k})": lambda: DynamoPlanner(
                 prof, tpot_s, min_replicas=lo, max_replicas=hi, interval_s=ts.s(60.0)),
-            "specserve (before: ConfigMap capacity)": lambda: SpecServeController(
-                spec, loop=loop, interval_s=ts.s(30.0), capacity_from_pods=False),
+            "specserve (before: ConfigMap capacity, decode only)": lambda: SpecServeController(
+                spec, loop=decode_only, interval_s=ts.s(30.0), capacity_from_pods=False),
+            "specserve (pods' capacity, decode only)": lambda: SpecServeController(
+                spec, loop=decode_only, interval_s=ts.s(30.0)),
             "specserve joint": lambda: SpecServeController(
                 spec, loop=loop, interval_s=ts.s(30.0)),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from specserve_engine.policy.goodput import EfficiencyModel
 from specserve_engine.policy.params import ModelParams, Policy, SloTargets, TimingCoefficients
 from specserve_operator import autoscale
 from specserve_operator.prometheus import SloSnapshot
@@ -154,3 +155,19 @@ def test_capacity_is_computed_with_the_model_the_pods_report() -> None:
     assert used.model == slow and used.slo == policy.slo
     cap = autoscale.capacity_per_replica
     assert cap(used, 0.7, 100, 200).requests_per_s < cap(policy, 0.7, 100, 200).requests_per_s
+
+
+def test_capacity_prices_the_prefill_of_the_requests_it_admits() -> None:
+    """Each step finishes and admits expected_tokens / output_tokens requests whose prompts
+    are prefilled in the same steps: long prompts lower the capacity, within the TPOT limit."""
+    p = _policy(tpot=0.05)
+    decode_only = autoscale.capacity_per_replica(p, 0.7, 100, 256)
+    assert autoscale.capacity_per_replica(p, 0.7, 100, 256, prompt_tokens=0.0) == decode_only
+    short = autoscale.capacity_per_replica(p, 0.7, 100, 256, prompt_tokens=64)
+    long = autoscale.capacity_per_replica(p, 0.7, 100, 256, prompt_tokens=1024)
+    assert long.requests_per_s < short.requests_per_s <= decode_only.requests_per_s
+    assert long.tpot_s <= p.tpot_limit_seconds
+    # At its batch, the priced step is slower than the decode-only prediction of that batch.
+    model = EfficiencyModel(p)
+    rows = [[0.7 ** (j + 1) for j in range(p.k_max)]] * long.batch
+    assert long.tpot_s > model.choose_k(rows, 256).tpot_seconds

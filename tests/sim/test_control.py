@@ -7,7 +7,7 @@ import math
 import pytest
 
 from specserve_engine.policy.params import Policy
-from specserve_operator.autoscale import capacity_per_replica
+from specserve_operator.autoscale import AutoscaleConfig, capacity_per_replica
 from specserve_operator.config import LoopConfig
 from specserve_operator.prometheus import fraction_at_most
 from specserve_operator.slo_loop import decide_scale
@@ -224,8 +224,11 @@ def test_capacity_follows_the_model_the_pods_report() -> None:
                                                  "per_token_s": 2 * base.target.per_token_s}),
         "source": "pod profile"})
 
+    # Decode-only capacity, as `heavy` computes it: this test isolates the model's source.
+    loop = LoopConfig(window="30s", autoscale=AutoscaleConfig(price_prefill=False))
+
     def replicas(from_pods: bool) -> int:
-        ctl = control.SpecServeController(SPEC, loop=LoopConfig(window="30s"),
+        ctl = control.SpecServeController(SPEC, loop=loop,
                                           measured=lambda: slow, capacity_from_pods=from_pods)
         d = ctl.decide(30.0, busy_window(30.0, heavy(ctl, 1.5), 0.03, pods=2))
         assert d.replicas is not None
