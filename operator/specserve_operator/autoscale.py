@@ -187,7 +187,7 @@ def capacity_per_replica(
     Prefill shares the decode steps (chunked prefill): in steady state each step finishes
     expected_tokens / output_tokens requests and admits as many, so it also carries
     prompt_tokens x expected_tokens / output_tokens prefill tokens. They are priced into every
-    step (`choose_k`'s extra tokens), found by one fixed-point pass (the K chosen moves the
+    step (`choose_k`'s extra tokens), found by two fixed-point passes (the K chosen moves the
     expected tokens a little). `prompt_tokens` 0 prices decode only, as before.
     """
     model = EfficiencyModel(policy)

@@ -278,7 +278,7 @@ def write_results(path: Path, meta: dict, table: Sequence[Cell],
 def read_results(path: Path) -> tuple[dict, list[LevelResult]]:
     """`write_results`'s file back: its meta and every level of every round."""
     data = json.loads(path.read_text())
-    fields = {f for f in RequestRecord.__dataclass_fields__}
+    fields = set(RequestRecord.__dataclass_fields__)
     results = [
         LevelResult(
             level["config"], float(level["rate"]), int(level["round"]),

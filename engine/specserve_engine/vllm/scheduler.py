@@ -245,8 +245,9 @@ class AdaptiveScheduler(Scheduler):
         timing = self.model.timing
         k = self._prediction.k if self._prediction is not None else 0
         ctx = self._context_len
-        predicted = (self.model.draft_seconds(b, ctx, k) if self.engine_k_max else 0.0) \
-            + timing.verify_seconds(b, tokens, ctx) + timing.host_seconds(b, ctx)
+        # Without a draft model K is 0 and nothing drafts (draft_steps_when_off is 0).
+        predicted = (self.model.draft_seconds(b, ctx, k) + timing.verify_seconds(b, tokens, ctx)
+                     + timing.host_seconds(b, ctx))
         self._cycle = _Cycle(started, b, tokens, ctx, predicted)
         decoding = self._decoding
         for rid in output.num_scheduled_tokens:
