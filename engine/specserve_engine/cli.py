@@ -1,13 +1,15 @@
-"""`specserve` command line: serve, models, demo (profile, bench and simulate live in their own
-modules)."""
+"""`specserve` command line: serve, profile, models, demo; bench, simulate and plan when their
+packages are installed (the engine image carries only what serving needs)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from specserve_contract import ENV_POLICY_FILE, HTTP_PORT, PROFILE_FILENAME
@@ -167,26 +169,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, requests=args.requests, max_tokens=args.max_tokens)
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Replicas needed per load level, with and without adaptive speculation (a table)."""
-    from specserve_engine.trace_replay.trace import load_trace
-    from specserve_sim import plan, workload
-    from specserve_sim.hardware import HardwareModel
+@dataclass(frozen=True)
+class OptionalCommand:
+    """A subcommand whose code is not part of serving (the bench, the simulator). Its module,
+    which has `add_arguments(parser)` and `run(args)`, is imported only when that subcommand is
+    the one asked for, so an install with serving alone (the engine image) starts, and asking
+    for a subcommand it lacks answers one line saying how to get it."""
 
-    if not args.trace.exists():
-        raise UserError(f"no trace at {args.trace}")
-    requests = workload.native(load_trace(args.trace), max_model_len=args.max_model_len)
-    hw = HardwareModel()
-    rates = args.rates or plan.default_rates(requests)
-    rows = plan.plan(requests, rates, args.tpot_ms / 1e3, args.acceptance,
-                     plan.hardware_params(hw), k_max=args.k_max)
-    print(plan.markdown(rows, f"Hardware model: {hw.name}. Trace: {args.trace.name} "
-                              f"({len(requests)} requests). TPOT SLO {args.tpot_ms:g} ms, "
-                              f"acceptance {args.acceptance:g}, K max {args.k_max}.\n"))
-    return 0
+    name: str
+    help: str
+    module: str
+    needs: str  # what to install when the module (or one it imports) is missing
+
+    def add_to(self, sub: argparse._SubParsersAction, chosen: str | None) -> None:
+        if chosen != self.name:
+            sub.add_parser(self.name, help=self.help)  # listed in --help, never parsed
+            return
+        try:
+            module = importlib.import_module(self.module)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"`specserve {self.name}` needs the Python package {exc.name!r}, "
+                            f"which this install does not have ({self.needs})") from None
+        parser = sub.add_parser(self.name, help=self.help, description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(parser)
+        parser.set_defaults(func=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+_FROM_SOURCE = "install SpecServe from a source checkout: pip install -e '.[engine,operator,dev]'"
+OPTIONAL_COMMANDS = (
+    OptionalCommand("bench", "replay the Azure trace against SpecServe and vLLM's baselines",
+                    "specserve_engine.trace_replay.command", _FROM_SOURCE),
+    OptionalCommand("simulate",
+                    "replay a trace on simulated SpecServe replicas (discrete-event)",
+                    "specserve_sim.command", _FROM_SOURCE),
+    OptionalCommand("plan", "trace + SLO + hardware model -> replicas per load level, with "
+                            "and without adaptive speculation",
+                    "specserve_sim.plan_command", _FROM_SOURCE),
+)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for `argv`: optional subcommands are built only when `argv` asks for one
+    (UserError when its package is not installed)."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="specserve", description="SLO-aware adaptive speculative decoding on vLLM"
     )
@@ -234,42 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.set_defaults(func=cmd_demo)
 
-    from specserve_engine.trace_replay import command as bench_command
-
-    bench = sub.add_parser(
-        "bench", help="replay the Azure trace against SpecServe and vLLM's baselines",
-        description=bench_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_command.add_arguments(bench)
-    bench.set_defaults(func=bench_command.run)
-
-    # The simulator is its own package (simulator/), imported only when building this parser.
-    from specserve_sim import command as simulate_command
-
-    simulate = sub.add_parser(
-        "simulate", help="replay a trace on simulated SpecServe replicas (discrete-event)",
-        description=simulate_command.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    simulate_command.add_arguments(simulate)
-    simulate.set_defaults(func=simulate_command.run)
-
-    plan = sub.add_parser(
-        "plan", help="trace + SLO + hardware model -> replicas per load level, with and "
-                     "without adaptive speculation")
-    plan.add_argument("--trace", type=Path, required=True, help="Azure-format trace CSV")
-    plan.add_argument("--tpot-ms", type=float, default=15.0, help="TPOT SLO (ms)")
-    plan.add_argument("--acceptance", type=float, default=0.7,
-                      help="per-token draft acceptance (from verification records)")
-    plan.add_argument("--k-max", type=int, default=5)
-    plan.add_argument("--rates", type=float, nargs="+", help="load levels, req/s (default: "
-                      "the trace's mean rate, doubling)")
-    plan.add_argument("--max-model-len", type=int, default=8192)
-    plan.set_defaults(func=cmd_plan)
+    for command in OPTIONAL_COMMANDS:
+        command.add_to(sub, chosen=chosen)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"specserve: error: {exc}", file=sys.stderr)

@@ -41,8 +41,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         name: str = "engine",
+        program: Sequence[str] = (sys.executable, "-m", "specserve_engine.cli"),
     ) -> None:
         self.port = port or free_port()
+        self.program = list(program)  # what runs `specserve` (an installed script, say)
         self.args = list(args)
         self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
         self.name = name
@@ -55,7 +57,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "specserve_engine.cli", "serve",
+        cmd = [*self.program, "serve",
                "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         log = open(self.log_path, "wb")  # noqa: SIM115 (the child keeps writing to it)
         self.proc = subprocess.Popen(

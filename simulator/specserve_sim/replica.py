@@ -8,17 +8,18 @@ come first served, while the running set is below `max_num_seqs` and budget is l
 prefill: a long prompt takes what is left and continues next step). K for the step is looked up
 with the number of scheduled requests, after admission.
 
-Speculation, as `AdaptiveScheduler` drives the policy (vllm/scheduler.py), in the same order:
-1. schedule: adopt a pushed policy; `choose_k_for(running ids, mean computed tokens)` gives the
-   K drafted at the end of this step (verified in the next); `stop_rule` for the drafter;
+Speculation: the engine's own `StepDriver` (policy/driver.py), called in the order
+`AdaptiveScheduler` (vllm/scheduler.py) calls it:
+1. schedule: close the previous cycle (its host time, when work remained), adopt a pushed
+   policy, `decide(running ids, mean computed tokens)`: the K drafted at the end of this step
+   (verified in the next); `stop_rule` for the drafter; open the cycle;
 2. the step runs: decodes verify the drafts of the previous step (ground truth: the recorded
    verification each draft was drawn with), prefills that complete emit their first token,
    then the drafter drafts K positions for every request still decoding, stopping early where
    `DraftProgress` says (mode adaptive / threshold);
-3. feedback: `observe(drafted, accepted, id, probs)` per verified request, `forget` finished
-   ones; the step's observations (`step_observations`), refits on `refit_due`; at the next
-   step's start, the cycle's host time (`host_observation`) when work remained;
-4. the new drafts are cut per request by `verify_lengths` (trim / threshold).
+3. feedback: `forwards_done`, `verified(...)` per verified request, `finished` per finished
+   one; `record_step` (the step's observations, refits on the engine's schedule);
+4. the new drafts are cut per request by `trim`.
 An engine with a draft model runs one draft forward even at K = 0 (vLLM 0.32's proposer keeps
 the draft's KV cache current), and its policy prices K = 0 so (`draft_steps_when_off`).
 vLLM's own speculation (`specserve=False`, the static-K and Dynamic-SD baselines) drafts K =
@@ -38,23 +39,10 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from specserve_engine.policy import (
-    EfficiencyModel,
-    Policy,
-    Profile,
-    StepObservation,
-    StepPrediction,
-)
-from specserve_engine.policy.drafting import DraftProgress, stop_rule
-from specserve_engine.policy.stepping import (
-    fold_profile,
-    host_observation,
-    refit_due,
-    refit_models,
-    step_observations,
-    verify_lengths,
-)
-from specserve_engine.vllm.control import PolicyStore
+from specserve_engine.policy import Policy, Profile, StepPrediction
+from specserve_engine.policy.drafting import DraftProgress
+from specserve_engine.policy.driver import StepDriver, fold_profile
+from specserve_engine.policy_store import PolicyStore
 from specserve_sim.groundtruth import GroundTruth, Verification, VerificationStream, cut
 from specserve_sim.interface import ReplicaView, RequestRecord, SimRequest, StepRecord
 
@@ -149,7 +137,7 @@ class Replica:
         self.ready = False
         self.draining = False
         self.gone = False
-        self.model: EfficiencyModel | None = None
+        self.driver: StepDriver | None = None
         self.store: PolicyStore | None = None
         if config.specserve and config.engine_k_max:
             start = policy or config.policy
@@ -158,16 +146,13 @@ class Replica:
                                                              config.engine_k_max)})
             if config.profile is not None:
                 start = fold_profile(start, config.profile, "profile")
-            self.model = EfficiencyModel(start, draft_steps_when_off=1)
+            self.driver = StepDriver(start, config.engine_k_max)
             self.store = PolicyStore(start, config.engine_k_max, _TOKEN)
-        self._observations: deque[StepObservation] = deque(maxlen=512)
-        self._steps = 0
         self._pending: _Pending | None = None
-        self._last: _Pending | None = None  # the previous step, for its cycle's host time
+        self._work_left = False  # work remained after the last step: its cycle closes
         self._new_drafts: list[tuple[_Req, Verification]] = []
         self.finished: list[RequestRecord] = []  # collected by the cluster
         self.step_records: list[StepRecord] = []
-        self.refit_failures = 0
 
     # -- requests --
 
@@ -183,8 +168,12 @@ class Replica:
     def outstanding(self) -> int:
         return len(self.running) + len(self.waiting)
 
+    @property
+    def refit_failures(self) -> int:
+        return self.driver.refit_failures if self.driver is not None else 0
+
     def view(self, starting: bool) -> ReplicaView:
-        fitted = self.model.fitted_params() if self.model is not None else None
+        fitted = self.driver.model.fitted_params() if self.driver is not None else None
         return ReplicaView(self.name, self.ready and not self.draining, starting, self.draining,
                            len(self.running), len(self.waiting), fitted)
 
@@ -242,11 +231,12 @@ class Replica:
     def start_step(self, now: float) -> float:
         """Schedule and cost the next step; returns its duration (the cluster calls
         `finish_step` after it)."""
-        model = self.model
-        if model is not None and self.store is not None \
-                and self.store.policy is not model.policy:
-            model.set_policy(self.store.policy)  # as `AdaptiveScheduler._sync_policy`
-        self._close_cycle()
+        driver = self.driver
+        if driver is not None:
+            driver.close_cycle(now, self._work_left)
+            assert self.store is not None
+            driver.sync(self.store.policy)
+            driver.begin_step()
         reqs, counts = self._schedule()
         b = len(reqs)
         running = self.running
@@ -255,10 +245,9 @@ class Replica:
         config = self.config
         if not config.engine_k_max:
             k = 0
-        elif model is not None:
-            prediction = model.choose_k_for([r.request.request_id for r in running],
-                                            context_len)
-            k = max(0, min(prediction.k, config.engine_k_max))
+        elif driver is not None:
+            k = driver.decide([r.request.request_id for r in running], context_len)
+            prediction = driver.prediction
         else:
             k = config.k_for_batch(b)
         # What each request emits: 1 + its accepted drafts (decode), its first token (the last
@@ -279,6 +268,8 @@ class Replica:
                         forward + host, 0.0, host)
         self._pending = step
         self.busy = True
+        if driver is not None:
+            driver.open_cycle(now, b, step.tokens)
         if config.engine_k_max:
             self._draft(step, b)
         return step.seconds
@@ -292,8 +283,7 @@ class Replica:
                     if e and r.generated + e < r.output] if k else []
         if drafters:
             drafts = [r.stream.draw(k) for r in drafters]
-            rule = (stop_rule(self.model, step.prediction, step.context_len)
-                    if self.model is not None and step.prediction is not None else None)
+            rule = self.driver.stop_rule() if self.driver is not None else None
             if rule is not None:
                 progress = DraftProgress(rule)
                 for j in range(k - 1):
@@ -315,8 +305,11 @@ class Replica:
         self._pending = None
         self.busy = False
         new_drafts, self._new_drafts = self._new_drafts, []
-        model = self.model
-        observe = model.acceptance.observe if model is not None else None
+        driver = self.driver
+        if driver is not None:
+            # The engine measures the forwards (schedule end to outputs): no host time.
+            driver.forwards_done(step.seconds - step.host_s)
+        observe = driver.verified if driver is not None else None
         drafted = accepted = verifies = 0
         done: list[_Req] = []
         for r, n, e in zip(step.reqs, step.counts, step.emitted, strict=True):
@@ -330,7 +323,7 @@ class Replica:
                     accepted += a
                     verifies += 1
                     if observe is not None:
-                        observe(len(probs), a, r.request.request_id, probs)
+                        observe(r.request.request_id, len(probs), a, probs)
                     r.spec = None
             if e:
                 if r.first_token is None:
@@ -344,16 +337,16 @@ class Replica:
             finished = set(map(id, done))
             self.running = [r for r in self.running if id(r) not in finished]
             for r in done:
-                if model is not None:
-                    model.acceptance.forget(r.request.request_id)
+                if driver is not None:
+                    driver.finished(r.request.request_id)
                 q = r.request
                 self.finished.append(RequestRecord(q.request_id, q.arrival, r.first_token, now,
                                                    q.prompt_tokens, r.generated, self.name))
-        if model is not None and step.prediction is not None:
-            self._record(step)
+        if driver is not None:
+            driver.record_step(step.draft_s, step.k)
         # The engine closes a cycle at the next schedule() only when work was left (after an
         # idle engine the gap is waiting, not host work).
-        self._last = step if self.running or self.waiting else None
+        self._work_left = bool(self.running or self.waiting)
         if new_drafts:
             self._set_drafts(step, new_drafts)
         self.step_records.append(StepRecord(
@@ -361,43 +354,13 @@ class Replica:
             step.prediction.step_seconds if step.prediction is not None else 0.0, verifies))
         return done
 
-    def _record(self, step: _Pending) -> None:
-        """`AdaptiveScheduler._record_step`: observations and the refit schedule. The engine
-        measures the forwards (schedule end to outputs): the step without its host time."""
-        model = self.model
-        assert model is not None and step.prediction is not None
-        if not step.reqs:
-            return
-        self._observations.extend(step_observations(
-            len(step.reqs), step.tokens, step.context_len, step.seconds - step.host_s,
-            step.draft_s, step.k))
-        self._steps += 1
-        if refit_due(self._steps):
-            try:
-                refit_models(model, self._observations)
-            except (ArithmeticError, ValueError):
-                self.refit_failures += 1  # as the engine: keep the previous model
-
-    def _close_cycle(self) -> None:
-        """`AdaptiveScheduler._close_cycle`: the previous cycle's host time as an observation."""
-        last, self._last = self._last, None
-        if last is None or self.model is None or not last.reqs:
-            return
-        forward = last.seconds - last.host_s
-        self._observations.append(host_observation(len(last.reqs), last.context_len,
-                                                   last.seconds, forward))
-
     def _set_drafts(self, step: _Pending, new_drafts: list[tuple[_Req, Verification]]) -> None:
         """`AdaptiveScheduler.update_draft_token_ids`: cut each request's drafts."""
-        model = self.model
-        if model is None:
+        if self.driver is None:
             for r, d in new_drafts:
                 r.spec = d
             return
-        raws = [d[0] for _, d in new_drafts]
-        cumulative = model.acceptance.cumulative
-        rows = [cumulative(raw) for raw in raws]
-        lengths = verify_lengths(model, raws, rows, step.context_len)
+        lengths, _ = self.driver.trim([d[0] for _, d in new_drafts])
         for (r, d), keep in zip(new_drafts, lengths, strict=True):
             r.spec = cut(d, keep) if keep else None
 

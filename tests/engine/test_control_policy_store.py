@@ -6,7 +6,7 @@ import json
 
 from specserve_contract import ENV_CONTROL_TOKEN
 from specserve_engine.policy import LogisticCalibration, ModelParams, Policy, TimingCoefficients
-from specserve_engine.vllm.control import PolicyStore
+from specserve_engine.policy_store import PolicyStore
 
 TOKEN = "s3cret"
 AUTH = f"Bearer {TOKEN}"

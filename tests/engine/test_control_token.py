@@ -8,7 +8,7 @@ from pathlib import Path
 
 from specserve_contract import ENV_CONTROL_TOKEN, ENV_CONTROL_TOKEN_FILE
 from specserve_engine.policy import Policy
-from specserve_engine.vllm.control import (
+from specserve_engine.policy_store import (
     PolicyStore,
     StaticToken,
     TokenFile,

@@ -11,7 +11,8 @@ import pytest
 
 from specserve_engine.launcher import free_port
 from specserve_engine.policy.params import ModelParams, Policy
-from specserve_engine.vllm.control import ControlServer, PolicyStore
+from specserve_engine.policy_store import PolicyStore
+from specserve_engine.vllm.control import ControlServer
 from specserve_operator import push
 
 TOKEN = "t0ken"

@@ -34,7 +34,8 @@ import pytest
 from specserve_contract import POLICY_KEY, TOKEN_KEY, series_labels
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy.params import Policy
-from specserve_engine.vllm.control import ControlServer, PolicyStore
+from specserve_engine.policy_store import PolicyStore
+from specserve_engine.vllm.control import ControlServer
 from specserve_operator import handlers, manifests, tuning
 from specserve_operator.config import LoopConfig
 from tests.kits.operator_kit import (

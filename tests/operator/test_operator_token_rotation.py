@@ -14,7 +14,8 @@ import pytest
 
 from specserve_contract import TOKEN_KEY
 from specserve_engine.policy.params import Policy
-from specserve_engine.vllm.control import ControlServer, PolicyStore, TokenFile
+from specserve_engine.policy_store import PolicyStore, TokenFile
+from specserve_engine.vllm.control import ControlServer
 from specserve_operator import manifests, push, reconcile
 from specserve_operator.spec import parse_spec
 from tests.kits.apiserver import MemoryApiServer

@@ -4,7 +4,7 @@ engine drives it."""
 import pytest
 
 from specserve_engine.policy import LogisticCalibration, Policy, SloTargets
-from specserve_engine.policy.stepping import EARLY_REFITS
+from specserve_engine.policy.driver import EARLY_REFITS
 from specserve_sim.cluster import Cluster
 from specserve_sim.replica import ReplicaConfig
 from tests.sim.helpers import requests, truth
@@ -79,13 +79,13 @@ def test_the_policy_learns_from_every_verification_and_refits_on_the_engine_sche
     config = ReplicaConfig("adaptive", policy)
     cluster, result, _ = _run(config, requests(8, output=60))
     replica = cluster.replicas[0]
-    assert replica.model is not None
-    assert replica._steps >= EARLY_REFITS[0]
+    assert replica.driver is not None
+    assert replica.driver.steps >= EARLY_REFITS[0]
     # The timing model started from the built-in prior and was refitted to the ground truth.
-    assert replica.model.timing.target != policy.model.target
+    assert replica.driver.model.timing.target != policy.model.target
     # Its calibration was refitted from the verified drafts: no longer the identity.
     assert sum(s.accepted for s in result.steps) > 0
-    assert replica.model.acceptance.calibration != [LogisticCalibration()]
+    assert replica.driver.model.acceptance.calibration != [LogisticCalibration()]
 
 
 def test_threshold_mode_verifies_only_drafts_above_the_threshold() -> None:
@@ -129,7 +129,9 @@ def test_a_draft_model_engine_pays_one_draft_forward_at_k0_and_off_pays_none() -
 def test_the_policy_sees_forwards_and_host_time_as_the_engine_measures_them() -> None:
     config = ReplicaConfig("adaptive", Policy(slo=SloTargets(tpot_seconds=0.05)))
     cluster, _, _ = _run(config, requests(4, gap=0.0, output=30))
-    observations = list(cluster.replicas[0]._observations)
+    driver = cluster.replicas[0].driver
+    assert driver is not None
+    observations = list(driver.observations)
     host = [o for o in observations if o.role == "host"]
     target = [o for o in observations if o.role == "target"]
     # LinearSteps: host is 1 ms per cycle; the target observation is the forward less drafting.

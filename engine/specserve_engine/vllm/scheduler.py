@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import vllm
@@ -50,25 +49,15 @@ from specserve_contract import (
     MODES,
 )
 from specserve_engine.machine import this_machine
-from specserve_engine.policy import (
-    EfficiencyModel,
-    Policy,
-    Profile,
-    StepObservation,
-    StepPrediction,
-)
-from specserve_engine.policy.drafting import stop_rule
-from specserve_engine.policy.stepping import (
+from specserve_engine.policy import EfficiencyModel, Policy, Profile, StepObservation
+from specserve_engine.policy.driver import (
     EARLY_REFITS,
     REFIT_EVERY_STEPS,
+    StepDriver,
     fold_profile,
-    host_observation,
-    refit_due,
-    refit_models,
-    step_observations,
-    verify_lengths,
 )
-from specserve_engine.vllm.control import ControlServer, PolicyStore, control_token
+from specserve_engine.policy_store import PolicyStore, control_token
+from specserve_engine.vllm.control import ControlServer
 from specserve_engine.vllm.exported_metrics import SpecServeMetrics, batch_range
 from specserve_engine.vllm.worker import (
     CONFIDENCES_ATTR,
@@ -87,18 +76,6 @@ log = logging.getLogger("specserve.scheduler")
 
 # The refit schedule lives with the policy (the simulator follows it too); re-exported here.
 __all__ = ["EARLY_REFITS", "REFIT_EVERY_STEPS", "AdaptiveScheduler"]
-
-
-@dataclasses.dataclass(slots=True)
-class _Cycle:
-    """One scheduled step, from its ``schedule()`` start until the next one closes it."""
-
-    started: float
-    num_requests: int
-    num_tokens: int
-    context_len: float
-    predicted_seconds: float  # the whole cycle, predicted for the step as scheduled
-    forward_seconds: float | None = None  # schedule() end -> outputs (draft and target)
 
 
 def initial_policy(engine_k_max: int, environ: dict[str, str]) -> Policy:
@@ -165,25 +142,18 @@ class AdaptiveScheduler(Scheduler):
         self.engine_k_max = int(self.num_spec_tokens or 0)
         env = dict(os.environ)
         policy = with_profile(initial_policy(self.engine_k_max, env), env)
-        self.model = EfficiencyModel(policy, draft_steps_when_off=1 if self.engine_k_max else 0)
+        # The per-step policy glue, shared with the simulator (policy/driver.py).
+        self.driver = StepDriver(policy, self.engine_k_max)
         self.store = PolicyStore(policy, self.engine_k_max, control_token(env))
         self.store.fitted = self.model.fitted_params()
         self.store.engine_info = engine_description(self.vllm_config.model_config.dtype)
         self.metrics = SpecServeMetrics()
         self._set_policy_metrics(policy)
-        self._prediction: StepPrediction | None = None
-        self._context_len = 0.0
         self._step_started: float | None = None
-        self._step_tokens = 0
-        self._step_requests = 0
-        self._step_observed: float | None = None
-        self._cycle: _Cycle | None = None
         self._work_left = False  # unfinished requests after the last step: no idle gap follows
         # Requests past their first token -> predicted seconds of the cycles since then.
         self._decoding: dict[str, float] = {}
         self._verified_confidences: dict[str, list[float]] = {}
-        self._observations: deque[StepObservation] = deque(maxlen=512)
-        self._steps = 0
         # `specserve profile` reads these lines: steps (features, seconds) and verifications.
         record = env.get(ENV_RECORD_STEPS)
         self._record_file = open(record, "a") if record else None  # noqa: SIM115
@@ -205,6 +175,10 @@ class AdaptiveScheduler(Scheduler):
             # A non-None lookup also stops vLLM padding new requests with placeholder drafts.
             self.dynamic_sd_lookup = _KLookup(self)
 
+    @property
+    def model(self) -> EfficiencyModel:
+        return self.driver.model
+
     # -- policy --
 
     def _set_policy_metrics(self, policy: Policy) -> None:
@@ -212,61 +186,31 @@ class AdaptiveScheduler(Scheduler):
         for mode in MODES:
             self.metrics.policy_mode.labels(mode).set(1.0 if mode == policy.mode else 0.0)
 
-    def _sync_policy(self) -> None:
-        policy = self.store.policy
-        if policy is not self.model.policy:
-            self.model.set_policy(policy)
-            self._set_policy_metrics(policy)
-
     # -- the per-step decision --
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         started = time.perf_counter()
-        self._close_cycle(started)
-        self._sync_policy()
-        self._prediction = None
-        output = super().schedule(*args, **kwargs)
-        if self._prediction is not None:
-            setattr(output, STOP_RULE_ATTR,
-                    stop_rule(self.model, self._prediction, self._context_len))
+        driver = self.driver
+        closed = driver.close_cycle(started, self._work_left)
+        if closed is not None and closed.host is not None:
+            self.metrics.step_observed.observe(closed.seconds or 0.0)
+            self.metrics.step_predicted.observe(closed.predicted_seconds)
+            self._write_records([closed.host])
+        if driver.sync(self.store.policy):
+            self._set_policy_metrics(driver.policy)
+        driver.begin_step()
+        output = super().schedule(*args, **kwargs)  # calls decide_k through the K lookup
+        if driver.prediction is not None:
+            setattr(output, STOP_RULE_ATTR, driver.stop_rule())
         self._step_started = time.perf_counter()
-        self._step_tokens = output.total_num_scheduled_tokens
-        self._step_requests = len(output.num_scheduled_tokens)
-        self._open_cycle(started, output)
+        cycle = driver.open_cycle(started, len(output.num_scheduled_tokens),
+                                  output.total_num_scheduled_tokens)
+        if cycle is not None:
+            decoding = self._decoding
+            for rid in output.num_scheduled_tokens:
+                if rid in decoding:
+                    decoding[rid] += cycle.predicted_seconds
         return output
-
-    # -- the cycle a client waits for --
-
-    def _open_cycle(self, started: float, output: SchedulerOutput) -> None:
-        b, tokens = self._step_requests, self._step_tokens
-        if not b or not tokens:
-            self._cycle = None
-            return
-        timing = self.model.timing
-        k = self._prediction.k if self._prediction is not None else 0
-        ctx = self._context_len
-        # Without a draft model K is 0 and nothing drafts (draft_steps_when_off is 0).
-        predicted = (self.model.draft_seconds(b, ctx, k) + timing.verify_seconds(b, tokens, ctx)
-                     + timing.host_seconds(b, ctx))
-        self._cycle = _Cycle(started, b, tokens, ctx, predicted)
-        decoding = self._decoding
-        for rid in output.num_scheduled_tokens:
-            if rid in decoding:
-                decoding[rid] += predicted
-
-    def _close_cycle(self, now: float) -> None:
-        """At the next ``schedule()``: the cycle's length, and its host part as an observation.
-        After an idle engine the gap holds waiting time, not work: no cycle then."""
-        cycle, self._cycle = self._cycle, None
-        if cycle is None or cycle.forward_seconds is None or not self._work_left:
-            return
-        seconds = now - cycle.started
-        self.metrics.step_observed.observe(seconds)
-        self.metrics.step_predicted.observe(cycle.predicted_seconds)
-        host = host_observation(cycle.num_requests, cycle.context_len, seconds,
-                                cycle.forward_seconds)
-        self._observations.append(host)
-        self._write_records([host])
 
     def _note_decoding(self, scheduled: list[Request]) -> None:
         """Requests that got their first token start counting predicted cycles; finished ones
@@ -294,12 +238,11 @@ class AdaptiveScheduler(Scheduler):
     def decide_k(self, batch_size: int) -> int:
         """Called by vLLM inside ``schedule()`` with the number of scheduled requests."""
         running = self.running
-        ids = [r.request_id for r in running]
-        self._context_len = (sum(r.num_computed_tokens for r in running) / len(running)
-                             if running else 0.0)
-        prediction = self.model.choose_k_for(ids, self._context_len)
-        k = max(0, min(prediction.k, self.engine_k_max))
-        self._prediction = prediction
+        context_len = (sum(r.num_computed_tokens for r in running) / len(running)
+                       if running else 0.0)
+        k = self.driver.decide([r.request_id for r in running], context_len)
+        prediction = self.driver.prediction
+        assert prediction is not None
         m = self.metrics
         m.steps.inc()
         m.k.observe(k)
@@ -316,15 +259,14 @@ class AdaptiveScheduler(Scheduler):
     def update_from_output(self, scheduler_output: SchedulerOutput,
                            model_runner_output: ModelRunnerOutput
                            ) -> dict[int, EngineCoreOutputs]:
+        driver = self.driver
         if self._step_started is not None:
-            self._step_observed = time.perf_counter() - self._step_started
-            if self._cycle is not None:
-                self._cycle.forward_seconds = self._step_observed
+            driver.forwards_done(time.perf_counter() - self._step_started)
+            self._step_started = None
         spec = scheduler_output.scheduled_spec_decode_tokens
         if spec:
             index = model_runner_output.req_id_to_index
             sampled = model_runner_output.sampled_token_ids
-            acceptance = self.model.acceptance
             total_drafted = total_accepted = 0
             for rid, drafts in spec.items():
                 i = index.get(rid)
@@ -334,7 +276,7 @@ class AdaptiveScheduler(Scheduler):
                 # Measured before super(), which may cut sampled tokens at a stop string.
                 accepted = max(len(sampled[i]) - 1, 0)
                 probs = self._verified_confidences.pop(rid, None)
-                acceptance.observe(drafted, accepted, request_id=rid, probs=probs)
+                driver.verified(rid, drafted, accepted, probs)
                 if self._verify_file is not None and probs is not None:
                     # The request id lets the simulator replay one request's verifications in
                     # order (acceptance is strongly per request); readers ignore unknown keys.
@@ -352,7 +294,7 @@ class AdaptiveScheduler(Scheduler):
                      if rid in requests]
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         for rid in scheduler_output.finished_req_ids:
-            self.model.acceptance.forget(rid)
+            driver.finished(rid)
             self._verified_confidences.pop(rid, None)
             self._decoding.pop(rid, None)
         self._note_decoding(scheduled)
@@ -371,18 +313,16 @@ class AdaptiveScheduler(Scheduler):
             self._drop_sampled_drafts(draft_token_ids.req_ids)
         if confidences is None:
             return
-        acceptance = self.model.acceptance
-        ids, raws, rows = [], [], []
+        ids, raws = [], []
         for rid, conf in zip(draft_token_ids.req_ids, confidences, strict=False):
             request = self.requests.get(rid)
             if request is None or not request.spec_token_ids:
                 continue
             ids.append(rid)
             raws.append(conf[: len(request.spec_token_ids)])
-            rows.append(acceptance.cumulative(raws[-1]))
         if not ids:
             return
-        lengths = verify_lengths(self.model, raws, rows, self._context_len)
+        lengths, rows = self.driver.trim(raws)
         predicted = 0.0
         for rid, raw, row, keep in zip(ids, raws, rows, lengths, strict=True):
             request = self.requests[rid]
@@ -405,26 +345,15 @@ class AdaptiveScheduler(Scheduler):
                 request.spec_token_ids = []
 
     def _record_step(self, draft_seconds: float | None, positions: int) -> None:
-        """Keep (features, measured time) pairs and refit the models every few hundred steps."""
-        observed, p = self._step_observed, self._prediction
-        self._step_observed = None
-        if observed is None or p is None or draft_seconds is None:
+        """Keep (features, measured time) pairs; the driver refits every few hundred steps."""
+        recorded = self.driver.record_step(draft_seconds, positions)
+        if recorded is None:
             return
-        b = self._step_requests
-        if not b:
-            return
-        new = step_observations(b, self._step_tokens, self._context_len, observed,
-                                draft_seconds, positions)
-        self._observations.extend(new)
-        self._write_records(new)
-        self._steps += 1
-        if refit_due(self._steps):
-            try:
-                refit_models(self.model, self._observations)
-            except (ArithmeticError, ValueError):
-                # Serving must outlive a bad fit: keep the previous coefficients.
-                log.exception("SpecServe refit failed; keeping the previous model")
-                return
+        self._write_records(recorded.observations)
+        if recorded.refit_error is not None:
+            log.error("SpecServe refit failed; keeping the previous model: %r",
+                      recorded.refit_error)
+        elif recorded.refitted:
             self.store.fitted = self.model.fitted_params()
             self.metrics.refits.inc()
 
