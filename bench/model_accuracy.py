@@ -22,6 +22,7 @@ import sys
 
 import httpx
 
+from specserve_contract.metrics import ACCEPTED_TOKENS_OBSERVED, ACCEPTED_TOKENS_PREDICTED
 from specserve_engine import tiny
 from specserve_engine.policy import Profile, StepTimeModel, decision_cost_seconds
 from specserve_engine.profiler import StepRecorder, run_profile
@@ -75,9 +76,8 @@ def main() -> int:
                 rec.generate(diverse(8, seed=seed), new_tokens=48)
             after = metric_totals(httpx.get(f"{rec.control_url}/metrics").text)
             accepted[label] = tuple(  # type: ignore[assignment]
-                after.get(f"specserve_accepted_tokens_{kind}_total", 0.0)
-                - before.get(f"specserve_accepted_tokens_{kind}_total", 0.0)
-                for kind in ("predicted", "observed"))
+                after.get(name, 0.0) - before.get(name, 0.0)
+                for name in (ACCEPTED_TOKENS_PREDICTED, ACCEPTED_TOKENS_OBSERVED))
 
         score("static K=4, profile's calibration", static_k4, (301, 302, 303))
         for seed in (101, 102, 103):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from specserve_contract.metrics import VLLM_RUNNING, VLLM_WAITING
 from specserve_engine import tiny
 from specserve_engine.machine import this_machine
 from specserve_engine.policy import Policy, SloTargets
@@ -53,8 +54,7 @@ def wait_idle(url: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         totals = metric_totals(httpx.get(f"{url}/metrics", timeout=10).text)
-        if totals.get("vllm:num_requests_running", 0) + totals.get(
-                "vllm:num_requests_waiting", 0) == 0:
+        if totals.get(VLLM_RUNNING, 0) + totals.get(VLLM_WAITING, 0) == 0:
             return
         time.sleep(1.0)
 

@@ -28,6 +28,7 @@ import httpx
 import openai
 import uvicorn
 
+from specserve_contract.metrics import GATEWAY_RESUMES
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_gateway.app import create_app
@@ -126,7 +127,7 @@ def main() -> int:
     equal = sum(b.error is None and b.text == r.text and b.usage == r.usage
                 for b, r in zip(broken, reference, strict=True))
     resumes = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                  if line.startswith("specserve_gateway_resumes_total{"))
+                  if line.startswith(f"{GATEWAY_RESUMES}{{"))
     added = []
     for b in broken:
         gaps = [t1 - t0 for t0, t1 in zip(b.chunk_times, b.chunk_times[1:], strict=False)]

@@ -4,6 +4,7 @@ Pure constants and string functions, standard library only, so every component (
 slim operator/gateway image, which has no vLLM) imports it without pulling anything else in.
 Change a value here and every side follows; the wire values are also pinned by tests
 (tests/operator, tests/chart), so a change is a deliberate, visible break of the contract.
+Prometheus metric names (exported and read) are in `specserve_contract.metrics`.
 
 Environment variables (one constant each below; who writes them, who reads them):
 

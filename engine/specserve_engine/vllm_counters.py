@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from specserve_contract.metrics import (
+    VLLM_SPEC_ACCEPTED_TOKENS,
+    VLLM_SPEC_DRAFT_TOKENS,
+    VLLM_SPEC_DRAFTS,
+)
+
 
 def metric_totals(metrics_text: str) -> dict[str, float]:
     """Sum of every sample by sample name (labels summed away), e.g. ``vllm:..._total``."""
@@ -42,7 +48,7 @@ class SpecDecodeStats:
 def spec_decode_stats(metrics_text: str) -> SpecDecodeStats:
     t = metric_totals(metrics_text)
     return SpecDecodeStats(
-        drafts=t.get("vllm:spec_decode_num_drafts_total", 0.0),
-        draft_tokens=t.get("vllm:spec_decode_num_draft_tokens_total", 0.0),
-        accepted_tokens=t.get("vllm:spec_decode_num_accepted_tokens_total", 0.0),
+        drafts=t.get(VLLM_SPEC_DRAFTS, 0.0),
+        draft_tokens=t.get(VLLM_SPEC_DRAFT_TOKENS, 0.0),
+        accepted_tokens=t.get(VLLM_SPEC_ACCEPTED_TOKENS, 0.0),
     )

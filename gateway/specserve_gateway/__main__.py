@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import prometheus_client
 import uvicorn
 
 from specserve_gateway.app import GatewayConfig, create_app
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            request_deadline_s=args.request_deadline,
                            hold=HoldConfig(max_queued=args.hold_queue,
                                            max_wait_s=args.hold_timeout))
+    # Counters and histograms without their `<name>_created` series (process-wide): the
+    # gateway's /metrics has only the series the dashboards and the operator read.
+    prometheus_client.disable_created_metrics()
     uvicorn.run(create_app(source, config), host=args.host, port=args.port,
                 log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
     return 0

@@ -5,7 +5,8 @@
     GET  /health                                  the gateway itself is up (liveness)
     GET  /ready                                   503 until the route source's first table
     GET  /gateway/routes                          the table and per-backend counters (JSON)
-    GET  /metrics                                 Prometheus text: requests, outstanding
+    GET  /metrics                                 Prometheus text: requests, outstanding,
+                                                  resumes (`resume.py`), holds (`holding.py`)
 
 Failure rules (no request ever waits on a dead backend for long):
 - unknown model -> 404 `model_not_found`; bad JSON or no `model` -> 400;
@@ -35,6 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -42,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from specserve_contract.metrics import GATEWAY_OUTSTANDING, GATEWAY_REQUESTS
 from specserve_gateway.holding import HoldConfig, Holding
 from specserve_gateway.resume import ResumeMetrics, ResumePlan, StreamSplicer, plan_resume
 from specserve_gateway.routing import (
@@ -83,9 +92,15 @@ class Gateway:
         self.source = source
         self.config = config or GatewayConfig()
         self.balancer = Balancer(down_for=self.config.down_for_s)
-        self.requests: dict[tuple[str, str, int], int] = {}  # (model, path, status) -> count
-        self.resume_metrics = ResumeMetrics()
-        self.holding = Holding(self.config.hold)
+        # The gateway's own registry, not prometheus_client's global one: several gateways in
+        # one process (the tests) keep their series apart.
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(GATEWAY_REQUESTS, "Proxied requests by model and status.",
+                                ["model", "path", "code"], registry=r)
+        self.outstanding = Gauge(GATEWAY_OUTSTANDING, "Requests in flight per backend.",
+                                 ["backend"], registry=r)
+        self.resume_metrics = ResumeMetrics(r)
+        self.holding = Holding(self.config.hold, registry=r)
         self._client: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------------- lifecycle
@@ -119,8 +134,7 @@ class Gateway:
     # --------------------------------------------------------------------------- helpers
 
     def _count(self, model: str, path: str, status: int) -> None:
-        key = (model, path, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        self.requests.labels(model, path, str(status)).inc()
 
     def _error(self, model: str, path: str, status: int, body: dict[str, Any],
                headers: dict[str, str] | None = None) -> JSONResponse:
@@ -153,19 +167,13 @@ class Gateway:
                              "backends": self.balancer.snapshot(backends)})
 
     async def metrics(self, request: Request) -> Response:
-        lines = ["# HELP specserve_gateway_requests_total Proxied requests by model and status.",
-                 "# TYPE specserve_gateway_requests_total counter"]
-        for (model, path, status), n in sorted(self.requests.items()):
-            lines.append(f'specserve_gateway_requests_total{{model={_q(model)},'
-                         f'path={_q(path)},code="{status}"}} {n}')
-        lines += ["# HELP specserve_gateway_outstanding_requests Requests in flight per backend.",
-                  "# TYPE specserve_gateway_outstanding_requests gauge"]
-        for url, n in sorted(self.balancer.outstanding.items()):
-            lines.append(f"specserve_gateway_outstanding_requests{{backend={_q(url)}}} {n}")
-        lines += self.resume_metrics.lines(_q)
-        lines += self.holding.metric_lines(self.source.table().models())
-        return PlainTextResponse("\n".join(lines) + "\n",
-                                 media_type="text/plain; version=0.0.4")
+        # The gauges of state kept elsewhere (balancer, holding) are set from it here, with no
+        # await in between, so no handler on the event loop sees them half set.
+        self.outstanding.clear()
+        for url, n in self.balancer.outstanding.items():
+            self.outstanding.labels(url).set(n)
+        self.holding.export(self.source.table().models())
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     async def proxy(self, request: Request) -> Response:
         started = time.monotonic()
@@ -393,12 +401,6 @@ async def _close(resp: httpx.Response, lease: Lease) -> None:
     lease.release()
     with contextlib.suppress(Exception):
         await resp.aclose()
-
-
-def _q(value: str) -> str:
-    """A Prometheus label value, quoted."""
-    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def create_app(source: RouteSource, config: GatewayConfig | None = None) -> Starlette:

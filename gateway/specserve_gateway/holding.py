@@ -27,8 +27,10 @@ deployment from zero when it sees held requests; see docs/slo-loop.md):
                                                     timeout, queue_full, disconnected, removed
                                                     (the model left the table: 404)
 
-`Holding.hold` is the only I/O-facing part (it awaits); the decision of one re-check
-(`hold_step`) is a pure function of the route, the time waited and the client's presence.
+Both live on the gateway's registry (`Holding(registry=...)`); `export` brings them up to the
+route table at each scrape. `Holding.hold` is the only I/O-facing part (it awaits); the
+decision of one re-check (`hold_step`) is a pure function of the route, the time waited and the
+client's presence.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from specserve_contract.metrics import GATEWAY_HELD, GATEWAY_HOLDS
 from specserve_gateway.routing import Route, backend_unavailable
 
 Outcome = Literal["routed", "timeout", "queue_full", "disconnected", "removed"]
@@ -85,14 +90,19 @@ def hold_step(route: Route | None, waited_s: float, gone: bool,
 
 
 class Holding:
-    """Held requests of one gateway (one event loop): per-model counts, outcomes, wake-ups."""
+    """Held requests of one gateway (one event loop): per-model counts, outcomes, wake-ups.
+    The two metrics go on `registry` (None: kept unregistered)."""
 
     def __init__(self, config: HoldConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 registry: CollectorRegistry | None = None) -> None:
         self.config = config or HoldConfig()
         self.clock = clock
         self.held: dict[str, int] = {}  # model -> requests waiting now
-        self.outcomes: dict[tuple[str, Outcome], int] = {}  # (model, outcome) -> count
+        self.held_gauge = Gauge(GATEWAY_HELD, "Requests waiting for a ready backend.",
+                                ["model"], registry=registry)
+        self.holds = Counter(GATEWAY_HOLDS, "Requests that found no ready backend, by how "
+                             "their hold ended.", ["model", "outcome"], registry=registry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
 
@@ -112,9 +122,14 @@ class Holding:
             self._changed.set()
             self._changed = asyncio.Event()  # later waiters wait for the next change
 
+    def _series(self, model: str) -> None:
+        """Every outcome of `model` from 0 on, so that `increase()` counts its first hold."""
+        for outcome in OUTCOMES:
+            self.holds.labels(model, outcome)
+
     def _end(self, model: str, outcome: Outcome) -> None:
-        key = (model, outcome)
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        self._series(model)
+        self.holds.labels(model, outcome).inc()
 
     async def hold(self, model: str, lookup: Callable[[], Route | None],
                    disconnected: Callable[[], Awaitable[bool]]) -> HoldResult:
@@ -149,27 +164,10 @@ class Holding:
                 del self.held[model]
             self._end(model, outcome)
 
-    def metric_lines(self, models: list[str]) -> list[str]:
-        """The Prometheus text of the two metrics, with series for every model in `models`."""
-        lines = ["# HELP specserve_gateway_held_requests Requests waiting for a ready backend.",
-                 "# TYPE specserve_gateway_held_requests gauge"]
-        for model in sorted(set(models) | set(self.held)):
-            lines.append(f"specserve_gateway_held_requests{{model={_q(model)}}} "
-                         f"{self.held.get(model, 0)}")
-        lines += ["# HELP specserve_gateway_holds_total Requests that found no ready backend, "
-                  "by how their hold ended.",
-                  "# TYPE specserve_gateway_holds_total counter"]
-        # Every outcome of every model from 0 on, so that `increase()` counts the first hold.
-        seen = {model for model, _ in self.outcomes}
-        for model in sorted(set(models) | seen):
-            for outcome in OUTCOMES:
-                n = self.outcomes.get((model, outcome), 0)
-                lines.append(f"specserve_gateway_holds_total{{model={_q(model)},"
-                             f"outcome={_q(outcome)}}} {n}")
-        return lines
-
-
-def _q(value: str) -> str:
-    """A Prometheus label value, quoted."""
-    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return f'"{escaped}"'
+    def export(self, models: Iterable[str]) -> None:
+        """Bring the metrics up to the route table (at each scrape): a held-requests series for
+        every model in `models` or held now (0 when none is), and its outcomes from 0."""
+        self.held_gauge.clear()
+        for model in set(models) | set(self.held):
+            self.held_gauge.labels(model).set(self.held.get(model, 0))
+            self._series(model)

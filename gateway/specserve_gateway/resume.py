@@ -31,9 +31,17 @@ as the unbroken run would report it) and builds the continuation request.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from specserve_contract.metrics import (
+    GATEWAY_RESUME_FAILURES,
+    GATEWAY_RESUME_SECONDS,
+    GATEWAY_RESUMES,
+)
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -425,54 +433,25 @@ class StreamSplicer:
 RESUME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclass
 class ResumeMetrics:
-    """Counters and the resume-latency histogram, rendered as Prometheus text."""
+    """The resume counters and the resume-latency histogram, on `registry` (the gateway's;
+    None: kept unregistered)."""
 
-    resumed: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, path)
-    failed: dict[tuple[str, str, str], int] = field(default_factory=dict)  # +reason
-    latency: dict[str, list[int]] = field(default_factory=dict)  # model -> bucket counts
-    latency_sum: dict[str, float] = field(default_factory=dict)
-    latency_count: dict[str, int] = field(default_factory=dict)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.resumes = Counter(GATEWAY_RESUMES, "Broken requests continued on another replica.",
+                               ["model", "path"], registry=registry)
+        self.failures = Counter(GATEWAY_RESUME_FAILURES, "Broken requests that could not be "
+                                "continued (the client got backend_failed).",
+                                ["model", "path", "reason"], registry=registry)
+        self.seconds = Histogram(GATEWAY_RESUME_SECONDS, "From a backend's failure to the "
+                                 "first bytes of the continuation.", ["model"],
+                                 buckets=RESUME_BUCKETS, registry=registry)
 
     def count_resume(self, model: str, path: str) -> None:
-        self.resumed[(model, path)] = self.resumed.get((model, path), 0) + 1
+        self.resumes.labels(model, path).inc()
 
     def count_failure(self, model: str, path: str, reason: str) -> None:
-        key = (model, path, reason)
-        self.failed[key] = self.failed.get(key, 0) + 1
+        self.failures.labels(model, path, reason).inc()
 
     def observe(self, model: str, seconds: float) -> None:
-        buckets = self.latency.setdefault(model, [0] * len(RESUME_BUCKETS))
-        for i, bound in enumerate(RESUME_BUCKETS):
-            if seconds <= bound:
-                buckets[i] += 1
-        self.latency_sum[model] = self.latency_sum.get(model, 0.0) + seconds
-        self.latency_count[model] = self.latency_count.get(model, 0) + 1
-
-    def lines(self, quote: Callable[[str], str]) -> list[str]:
-        out = ["# HELP specserve_gateway_resumes_total Broken requests continued on another "
-               "replica.", "# TYPE specserve_gateway_resumes_total counter"]
-        for (model, path), n in sorted(self.resumed.items()):
-            out.append(f"specserve_gateway_resumes_total{{model={quote(model)},"
-                       f"path={quote(path)}}} {n}")
-        out += ["# HELP specserve_gateway_resume_failures_total Broken requests that could "
-                "not be continued (the client got backend_failed).",
-                "# TYPE specserve_gateway_resume_failures_total counter"]
-        for (model, path, reason), n in sorted(self.failed.items()):
-            out.append(f"specserve_gateway_resume_failures_total{{model={quote(model)},"
-                       f"path={quote(path)},reason={quote(reason)}}} {n}")
-        out += ["# HELP specserve_gateway_resume_seconds From a backend's failure to the "
-                "first bytes of the continuation.",
-                "# TYPE specserve_gateway_resume_seconds histogram"]
-        for model, buckets in sorted(self.latency.items()):
-            m = quote(model)
-            for bound, n in zip(RESUME_BUCKETS, buckets, strict=True):
-                out.append(f'specserve_gateway_resume_seconds_bucket{{model={m},le="{bound}"}}'
-                           f" {n}")
-            count = self.latency_count[model]
-            out.append(f'specserve_gateway_resume_seconds_bucket{{model={m},le="+Inf"}} {count}')
-            out.append(f"specserve_gateway_resume_seconds_sum{{model={m}}} "
-                       f"{self.latency_sum[model]:.6f}")
-            out.append(f"specserve_gateway_resume_seconds_count{{model={m}}} {count}")
-        return out
+        self.seconds.labels(model).observe(seconds)

@@ -78,7 +78,7 @@ WATCHED: tuple[Watched, ...] = (
     Watched("v1", "ConfigMap"),
     Watched(PDB_API, "PodDisruptionBudget"),
 )
-# What every child carries (manifests.labels): the server-side selector of each watch, so the
+# What every child carries (names.labels): the server-side selector of each watch, so the
 # operator lists and caches its own objects only, not every Deployment in the cluster.
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 # At most this many status intervals between two checks of an unwatched child (Secret,
@@ -120,12 +120,6 @@ class CheckedRecently:
     def mark(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._checked[key] = self.clock()
-
-    def forget_older(self, age_s: float) -> None:
-        """Drop entries older than `age_s` (deleted resources' keys)."""
-        cutoff = self.clock() - age_s
-        with self._lock:
-            self._checked = {k: t for k, t in self._checked.items() if t >= cutoff}
 
 
 CHECKED = CheckedRecently(RECHECK_PASSES * 15.0)

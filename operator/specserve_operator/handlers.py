@@ -33,7 +33,7 @@ from specserve_contract import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, P
 from specserve_operator import children, metrics
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.kube_client import KubeClient
-from specserve_operator.manifests import Owner
+from specserve_operator.names import Owner
 from specserve_operator.peering import configure_peering
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
 from specserve_operator.slo_loop import apply_scale, slo_iteration

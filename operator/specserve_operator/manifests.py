@@ -1,7 +1,9 @@
 """Pure functions: a validated SpecServeDeployment spec -> the Kubernetes objects it owns.
 
 No I/O here (not even the clock or randomness: the control token is passed in), so every
-object can be checked in plain unit tests. `handlers.py` sends these dicts to the API server.
+object can be checked in plain unit tests. `reconcile.py` sends these dicts to the API server.
+The objects' names and labels come from `names.py`; whether a live object still matches one
+of these, and the patch when it does not, from `diff.py`.
 
 Objects owned by a SpecServeDeployment NAME (all carry an owner reference to it):
     Deployment      NAME              engine pods running `specserve serve`
@@ -18,15 +20,12 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
 from pydantic import ValidationError
 
 import specserve_contract as contract
 from specserve_contract import (
-    API_VERSION,
     CONTROL_PORT,
     CONTROL_PORT_NAME,
     CONTROL_TOKEN_DIR,
@@ -37,16 +36,9 @@ from specserve_contract import (
     HEALTH_PATH,
     HTTP_PORT,
     HTTP_PORT_NAME,
-    KIND,
-    LABEL_COMPONENT,
-    LABEL_MANAGED_BY,
-    LABEL_PART_OF,
-    LABEL_VERSION,
-    MANAGED_BY,
     METRICS_PATH,
     MODELS_MOUNT,
     NO_DRAFT,
-    PART_OF,
     POLICY_DIR,
     POLICY_FILE,
     POLICY_KEY,
@@ -56,6 +48,19 @@ from specserve_contract import (
     TOKEN_KEY,
 )
 from specserve_engine.policy.params import Policy, SloTargets
+from specserve_operator.names import (
+    Owner,
+    configmap_name,
+    deployment_name,
+    disruption_budget_name,
+    labels,
+    owner_reference,
+    secret_name,
+    selector_labels,
+    served_model,
+    service_name,
+    servicemonitor_name,
+)
 from specserve_operator.spec import SpecServeDeploymentSpec
 
 ENGINE_CONTAINER = "engine"
@@ -65,89 +70,6 @@ PDB_API = "policy/v1"
 # Fields of the policy that come from the spec; the rest (fitted model parameters) belong to the
 # tuning loop and survive spec changes. See `merge_policy`.
 SPEC_POLICY_FIELDS = ("mode", "k_max", "static_k", "slo")
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The identity of the SpecServeDeployment that owns the objects."""
-
-    name: str
-    namespace: str
-    uid: str
-
-
-# ------------------------------------------------------------------------------ naming & labels
-
-
-# The names themselves are part of the contract (specserve_contract); these take an Owner.
-
-
-def deployment_name(owner: Owner) -> str:
-    return contract.deployment_name(owner.name)
-
-
-def service_name(owner: Owner) -> str:
-    return contract.service_name(owner.name)
-
-
-def secret_name(owner: Owner) -> str:
-    return contract.secret_name(owner.name)
-
-
-def configmap_name(owner: Owner) -> str:
-    return contract.configmap_name(owner.name)
-
-
-def servicemonitor_name(owner: Owner) -> str:
-    return contract.servicemonitor_name(owner.name)
-
-
-def disruption_budget_name(owner: Owner) -> str:
-    return contract.disruption_budget_name(owner.name)
-
-
-def selector_labels(owner: Owner) -> dict[str, str]:
-    """Labels that select the engine pods (immutable in a Deployment: keep them minimal)."""
-    return contract.selector_labels(owner.name)
-
-
-def selector_string(owner: Owner) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
-
-
-def labels(owner: Owner, spec: SpecServeDeploymentSpec, component: str) -> dict[str, str]:
-    """Kubernetes recommended labels (app.kubernetes.io/*)."""
-    out = {
-        **selector_labels(owner),
-        LABEL_COMPONENT: component,
-        LABEL_PART_OF: PART_OF,
-        LABEL_MANAGED_BY: MANAGED_BY,
-    }
-    tag = image_tag(spec.image)
-    if tag:
-        out[LABEL_VERSION] = tag
-    return out
-
-
-def image_tag(image: str) -> str | None:
-    """The tag of an image reference, if it has one that fits in a label value."""
-    ref = image.split("@", 1)[0]
-    last = ref.rsplit("/", 1)[-1]
-    if ":" not in last:
-        return None
-    tag = last.rsplit(":", 1)[1]
-    return tag if len(tag) <= 63 else None
-
-
-def owner_reference(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _metadata(
@@ -385,12 +307,6 @@ def _probe(timing: dict[str, int]) -> dict[str, Any]:
     return {"httpGet": {"path": HEALTH_PATH, "port": HTTP_PORT_NAME}, **timing}
 
 
-def served_model(name: str, spec: SpecServeDeploymentSpec) -> str:
-    """The model name the engines serve and the gateway routes (and labels its series) by:
-    spec.model.servedName, else the resource's name (gateway/kube_routes.served_model)."""
-    return spec.model.served_name or name
-
-
 def deployment_replicas(spec: SpecServeDeploymentSpec, status: Mapping[str, Any] | None) -> int:
     """The engine Deployment's replica count, given the resource's .status.
 
@@ -616,98 +532,3 @@ def disruption_budget(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, 
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
-
-
-def owned_by(obj: dict[str, Any] | None, owner: Owner) -> bool:
-    """Is `obj` one of `owner`'s children (its controller reference names the owner's uid)?"""
-    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in refs)
-
-
-# ------------------------------------------------------------------------------------ status
-
-
-def k_summary(spec: SpecServeDeploymentSpec) -> str:
-    """Printer column K: `adaptive<=5`, `static 3` or `off`."""
-    sp = spec.speculation
-    if sp.mode == "off":
-        return "off"
-    if sp.mode == "static":
-        return f"static {sp.static_k}"
-    return f"adaptive<={sp.k_max}"
-
-
-def slo_summary(spec: SpecServeDeploymentSpec, attainment: float | None = None) -> str:
-    """Printer column SLO: the TPOT target and, once measured, the attainment."""
-    target = f"tpot<={spec.slo.tpot_p90_ms}ms"
-    if attainment is None:
-        return target
-    return f"{target} {attainment:.0%}/{spec.slo.attainment:.0%}"
-
-
-# ---------------------------------------------------------------------------------- diffing
-
-
-# ResourceRequirements maps (`resources.requests`, `resources.limits`): the API server stores
-# their values in canonical form (cpu "1.5" -> "1500m", "1000m" -> "1", memory "0.5Gi" ->
-# "512Mi", "1000" -> "1k"), so they are compared by value, never by text.
-QUANTITY_MAPS = ("requests", "limits")
-# Single quantities elsewhere in a pod template: emptyDir sizeLimit (the /dev/shm size, user
-# volumes) and a resourceFieldRef's divisor (env, downwardAPI volumes).
-QUANTITY_FIELDS = ("sizeLimit", "divisor")
-
-
-def same_quantity(desired: Any, actual: Any) -> bool:
-    """Do two resource quantities (strings or numbers) have the same value?"""
-    if desired == actual:
-        return True
-    try:
-        return bool(parse_quantity(desired) == parse_quantity(actual))
-    except (ValueError, TypeError):
-        return False
-
-
-def is_subset(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
-    """Does `actual` already contain everything in `desired`?
-
-    The API server adds defaults (imagePullPolicy, protocol, terminationMessagePath, strategy,
-    clusterIP, ...), so an object is up to date when every field we set has our value; extra
-    fields are fine. Lists must match item by item (same length), each item compared the same
-    way. Resource quantities are compared as quantities (`QUANTITY_MAPS`, `QUANTITY_FIELDS`).
-    """
-    if isinstance(desired, dict):
-        if not isinstance(actual, dict):
-            return False
-        if len(path) >= 2 and path[-2] == "resources" and path[-1] in QUANTITY_MAPS:
-            return all(k in actual and same_quantity(v, actual[k]) for k, v in desired.items())
-        return all(
-            k in actual and (same_quantity(v, actual[k]) if k in QUANTITY_FIELDS
-                             else is_subset(v, actual[k], (*path, k)))
-            for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        if not isinstance(actual, list) or len(desired) != len(actual):
-            return False
-        return all(is_subset(d, a, path) for d, a in zip(desired, actual, strict=True))
-    return bool(desired == actual)
-
-
-def patch_for(desired: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON merge patch that brings an object to `desired` (metadata we own + spec/data).
-
-    With `current`, it also clears what a merge would keep but the API server refuses next to
-    our fields: a Deployment switched to Recreate must lose strategy.rollingUpdate (a merge
-    patch keeps keys it does not name; null removes one).
-    """
-    meta = desired["metadata"]
-    body: dict[str, Any] = {
-        "metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
-    }
-    for key in ("spec", "data"):
-        if key in desired:
-            body[key] = desired[key]
-    strategy = (desired.get("spec") or {}).get("strategy")
-    if (desired["kind"] == "Deployment" and strategy and strategy.get("type") == "Recreate"
-            and "rollingUpdate" in (((current or {}).get("spec") or {}).get("strategy") or {})):
-        body["spec"] = {**body["spec"], "strategy": {**strategy, "rollingUpdate": None}}
-    return body

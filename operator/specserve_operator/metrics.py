@@ -31,30 +31,41 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from specserve_contract.metrics import (
+    OPERATOR_API_CALLS,
+    OPERATOR_DESIRED_REPLICAS,
+    OPERATOR_POLICY_PUSHES,
+    OPERATOR_RECONCILES,
+    OPERATOR_SLO_LOOP_FAILURES,
+    OPERATOR_SLO_LOOP_SECONDS,
+    OPERATOR_SLO_NO_DATA,
+    OPERATOR_SLO_NO_DATA_PASSES,
+)
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-RECONCILES = Counter("specserve_operator_reconciles", "Reconcile passes by result.",
+RECONCILES = Counter(OPERATOR_RECONCILES, "Reconcile passes by result.",
                      ["result"], registry=REGISTRY)
 SLO_LOOP_SECONDS = Histogram(
-    "specserve_operator_slo_loop_seconds", "Duration of one SLO-loop pass.",
+    OPERATOR_SLO_LOOP_SECONDS, "Duration of one SLO-loop pass.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
-SLO_LOOP_FAILURES = Counter("specserve_operator_slo_loop_failures",
+SLO_LOOP_FAILURES = Counter(OPERATOR_SLO_LOOP_FAILURES,
                             "SLO-loop passes that raised.", registry=REGISTRY)
-POLICY_PUSHES = Counter("specserve_operator_policy_pushes",
+POLICY_PUSHES = Counter(OPERATOR_POLICY_PUSHES,
                         "Policy pushes to engine pods, by result (per pod).", ["result"],
                         registry=REGISTRY)
-API_CALLS = Counter("specserve_operator_api_calls",
+API_CALLS = Counter(OPERATOR_API_CALLS,
                     "Kubernetes API calls of the operator's client.",
                     ["verb", "resource", "code"], registry=REGISTRY)
 # Set by every SLO-loop pass, in every autoscaling mode; a resource's series goes with it
 # (`forget`). In mode external an HPA (External metric through prometheus-adapter, target
 # AverageValue 1) or a KEDA prometheus trigger (threshold 1) turns it into the replica count.
-DESIRED_REPLICAS = Gauge("specserve_operator_desired_replicas",
+DESIRED_REPLICAS = Gauge(OPERATOR_DESIRED_REPLICAS,
                          "Engine replicas the SLO loop decided (builtin) or recommends "
                          "(external; off: spec.replicas.initial).", ["namespace", "name"],
                          registry=REGISTRY)
 
-NO_DATA_PASSES = Counter("specserve_operator_slo_no_data_passes",
+NO_DATA_PASSES = Counter(OPERATOR_SLO_NO_DATA_PASSES,
                          "SLO-loop passes without data, by cause.", ["reason"],
                          registry=REGISTRY)
 
@@ -86,7 +97,7 @@ class NoDataTracker(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
-            "specserve_operator_slo_no_data",
+            OPERATOR_SLO_NO_DATA,
             "1 for each SpecServeDeployment whose last SLO pass had no data, by cause.",
             labels=["namespace", "name", "reason"])
         for (namespace, name), reason in sorted(self.current().items()):

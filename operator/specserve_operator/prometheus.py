@@ -51,13 +51,26 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from specserve_contract import series_labels
+from specserve_contract.metrics import (
+    GATEWAY_HELD,
+    GATEWAY_HOLDS,
+    GATEWAY_REQUESTS,
+    SPECULATIVE_K,
+    STEP_TIME_OBSERVED,
+    STEP_TIME_PREDICTED,
+    VLLM_E2E_LATENCY,
+    VLLM_REQUEST_GENERATION_TOKENS,
+    VLLM_REQUEST_PROMPT_TOKENS,
+    VLLM_RUNNING,
+    VLLM_SPEC_ACCEPTED_TOKENS,
+    VLLM_SPEC_DRAFT_TOKENS,
+    VLLM_TPOT,
+    VLLM_TTFT,
+    VLLM_WAITING,
+)
 
-TTFT = "vllm:time_to_first_token_seconds"
-GATEWAY_HELD = "specserve_gateway_held_requests"
-GATEWAY_HOLDS = "specserve_gateway_holds_total"
-GATEWAY_REQUESTS = "specserve_gateway_requests_total"
-ENGINE_REQUESTS = "vllm:e2e_request_latency_seconds_count"
-TPOT = "vllm:request_time_per_output_token_seconds"
+# Finished requests: the count of vLLM's end-to-end latency histogram.
+ENGINE_REQUESTS = f"{VLLM_E2E_LATENCY}_count"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 SnapshotState = Literal["ok", "noData", "error"]
@@ -155,6 +168,11 @@ def _ratio(num: str, den: str, sel: str, window: str) -> str:
     return f"sum(rate({num}{{{sel}}}[{window}])) / sum(rate({den}{{{sel}}}[{window}]))"
 
 
+def _mean(histogram: str, sel: str, window: str) -> str:
+    """The mean observation of a histogram over the window."""
+    return _ratio(f"{histogram}_sum", f"{histogram}_count", sel, window)
+
+
 def build_queries(sel: str, window: str, model: str | None = None,
                   idle_window: str | None = None) -> dict[str, str]:
     """Every instant query of a snapshot, by snapshot field (buckets for attainment too).
@@ -163,7 +181,7 @@ def build_queries(sel: str, window: str, model: str | None = None,
     `idle_window` as well: the requests over that window at the gateway and at the engines
     (has the deployment been idle long enough to scale to zero?)."""
     out: dict[str, str] = {}
-    for metric, prefix in ((TTFT, "ttft"), (TPOT, "tpot")):
+    for metric, prefix in ((VLLM_TTFT, "ttft"), (VLLM_TPOT, "tpot")):
         for name, q in QUANTILES.items():
             out[f"{prefix}_{name}_s"] = (
                 f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))"
@@ -172,24 +190,15 @@ def build_queries(sel: str, window: str, model: str | None = None,
     out["targets"] = f"count(up{{{sel}}})"
     out["pods_scraped"] = f"count(up{{{sel}}} == 1)"
     out["request_rate"] = f"sum(rate({ENGINE_REQUESTS}{{{sel}}}[{window}]))"
-    out["running"] = f"sum(vllm:num_requests_running{{{sel}}})"
-    out["waiting"] = f"sum(vllm:num_requests_waiting{{{sel}}})"
-    out["output_tokens_per_request"] = _ratio(
-        "vllm:request_generation_tokens_sum", "vllm:request_generation_tokens_count", sel, window)
-    out["prompt_tokens_per_request"] = _ratio(
-        "vllm:request_prompt_tokens_sum", "vllm:request_prompt_tokens_count", sel, window)
-    out["acceptance_rate"] = _ratio(
-        "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total",
-        sel, window)
-    out["mean_k"] = _ratio("specserve_speculative_k_sum", "specserve_speculative_k_count",
-                           sel, window)
-    out["step_rate"] = f"sum(rate(specserve_step_time_observed_seconds_count{{{sel}}}[{window}]))"
-    out["step_predicted_mean_s"] = _ratio(
-        "specserve_step_time_predicted_seconds_sum", "specserve_step_time_predicted_seconds_count",
-        sel, window)
-    out["step_observed_mean_s"] = _ratio(
-        "specserve_step_time_observed_seconds_sum", "specserve_step_time_observed_seconds_count",
-        sel, window)
+    out["running"] = f"sum({VLLM_RUNNING}{{{sel}}})"
+    out["waiting"] = f"sum({VLLM_WAITING}{{{sel}}})"
+    out["output_tokens_per_request"] = _mean(VLLM_REQUEST_GENERATION_TOKENS, sel, window)
+    out["prompt_tokens_per_request"] = _mean(VLLM_REQUEST_PROMPT_TOKENS, sel, window)
+    out["acceptance_rate"] = _ratio(VLLM_SPEC_ACCEPTED_TOKENS, VLLM_SPEC_DRAFT_TOKENS, sel, window)
+    out["mean_k"] = _mean(SPECULATIVE_K, sel, window)
+    out["step_rate"] = f"sum(rate({STEP_TIME_OBSERVED}_count{{{sel}}}[{window}]))"
+    out["step_predicted_mean_s"] = _mean(STEP_TIME_PREDICTED, sel, window)
+    out["step_observed_mean_s"] = _mean(STEP_TIME_OBSERVED, sel, window)
     if model is not None:
         msel = model_selector(model)
         out["gateway_held"] = f"sum(max_over_time({GATEWAY_HELD}{{{msel}}}[{window}]))"
@@ -303,9 +312,9 @@ def assemble(
             why = why or "TargetsDown"
         rate = fields.get("request_rate")
         if rate is None:
-            reasons.append("no request-rate series (vllm:e2e_request_latency_seconds_count)")
+            reasons.append(f"no request-rate series ({ENGINE_REQUESTS})")
         elif rate > 0 and fields.get("tpot_p90_s") is None:
-            reasons.append(f"requests are served but no TPOT histogram ({TPOT}_bucket)")
+            reasons.append(f"requests are served but no TPOT histogram ({VLLM_TPOT}_bucket)")
         if reasons:
             why = why or "EmptySeries"
         state = "noData" if reasons else "ok"

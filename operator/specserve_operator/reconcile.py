@@ -24,6 +24,7 @@ import kopf
 
 from specserve_contract import API_VERSION, KIND
 from specserve_operator.children import Children
+from specserve_operator.diff import is_subset, patch_for
 from specserve_operator.kube_client import (
     CONFLICT,
     CONFLICT_ATTEMPTS,
@@ -34,24 +35,24 @@ from specserve_operator.kube_client import (
 from specserve_operator.manifests import (
     PDB_API,
     SERVICEMONITOR_API,
-    Owner,
     configmap,
-    configmap_name,
     deployment,
-    deployment_name,
     deployment_replicas,
     disruption_budget,
-    disruption_budget_name,
-    is_subset,
     merge_policy,
-    owned_by,
     parse_policy,
-    patch_for,
     secret,
-    secret_name,
     service,
-    service_name,
     servicemonitor,
+)
+from specserve_operator.names import (
+    Owner,
+    configmap_name,
+    deployment_name,
+    disruption_budget_name,
+    owned_by,
+    secret_name,
+    service_name,
     servicemonitor_name,
 )
 from specserve_operator.spec import SpecError, SpecServeDeploymentSpec, parse_spec

@@ -52,17 +52,14 @@ from specserve_operator.kube_client import (
     KubeError,
     precondition,
 )
-from specserve_operator.manifests import (
+from specserve_operator.manifests import deployment_replicas, parse_policy, policy_json
+from specserve_operator.names import (
     Owner,
     configmap_name,
     deployment_name,
-    deployment_replicas,
-    parse_policy,
-    policy_json,
     secret_name,
     selector_labels,
     served_model,
-    slo_summary,
 )
 from specserve_operator.prometheus import (
     NoDataReason,
@@ -85,6 +82,7 @@ from specserve_operator.status import (
     no_data_condition,
     policy_condition,
     slo_condition,
+    slo_summary,
     snapshot_status,
     status_dict,
 )

@@ -31,13 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from specserve_operator.manifests import (
-    Owner,
-    configmap_name,
-    k_summary,
-    selector_string,
-    slo_summary,
-)
+from specserve_operator.names import Owner, configmap_name, selector_string
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import (
     CONDITION_TYPES,
@@ -56,6 +50,30 @@ def status_dict(**fields: Any) -> dict[str, Any]:
     """Top-level status fields (snake_case names, values as models or camelCase dicts), checked
     against SpecServeDeploymentStatus; returns the camelCase dict of the fields given."""
     return _dump(SpecServeDeploymentStatus(**fields))
+
+
+# ---------------------------------------------------------------------- printer columns
+
+
+def k_summary(spec: SpecServeDeploymentSpec) -> str:
+    """Printer column K: `adaptive<=5`, `static 3` or `off`."""
+    sp = spec.speculation
+    if sp.mode == "off":
+        return "off"
+    if sp.mode == "static":
+        return f"static {sp.static_k}"
+    return f"adaptive<={sp.k_max}"
+
+
+def slo_summary(spec: SpecServeDeploymentSpec, attainment: float | None = None) -> str:
+    """Printer column SLO: the TPOT target and, once measured, the attainment."""
+    target = f"tpot<={spec.slo.tpot_p90_ms}ms"
+    if attainment is None:
+        return target
+    return f"{target} {attainment:.0%}/{spec.slo.attainment:.0%}"
+
+
+# ------------------------------------------------------------------------------ conditions
 
 
 def condition(type_: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
@@ -269,12 +287,6 @@ def loop_failed_status(old: dict[str, Any] | None, exc: BaseException, now: str
             "reason": f"SLO loop failed: {type(exc).__name__}: {exc}"[:4000], "time": now,
             "noDataReason": None}
     return status_dict(slo_snapshot=snap)
-
-
-def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """The top-level status keys that differ (empty when nothing changed)."""
-    old = old or {}
-    return {k: v for k, v in new.items() if old.get(k) != v}
 
 
 # ------------------------------------------------------------------------ who writes what

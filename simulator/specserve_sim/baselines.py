@@ -1,4 +1,5 @@
-"""Autoscaling baselines SpecServe's joint control is measured against (DESIGN.md, "Baselines").
+"""Autoscaling baselines SpecServe's joint control is measured against
+(docs/simulator-control.md, "Baselines").
 
 Each is a simulator `Controller`: every `interval_s` it gets a `Window` and answers a replica
 count; none of them touches the policy (the engines keep whatever K rule they run). The

@@ -1,6 +1,6 @@
 """The simulated cluster: gateway routing, replicas that start and drain, a controller loop.
 
-- Arrivals go through the gateway's own `Balancer` (gateway/routing.py: least outstanding
+- Arrivals go through the gateway's own `Balancer` (specserve_gateway/routing.py: least outstanding
   requests, then least served, then name) over the replicas that are ready and not draining.
   With none ready, requests are held at the gateway (as `holding.py` does) and sent, in arrival
   order, as soon as one is.

@@ -116,7 +116,8 @@ def step_seconds_fn(hw: HardwareModel) -> Callable[[int, int, float], float]:
 
 
 def bench_configs(slo: SloTargets, profile: Profile) -> list[ReplicaConfig]:
-    """The bench's configurations (DESIGN.md "Baselines") as simulated replicas, GPU defaults."""
+    """The bench's configurations (docs/architecture.md, "Benchmark baselines") as simulated
+    replicas, GPU defaults."""
     base = Policy(slo=slo, k_max=K_MAX)
     out = [ReplicaConfig(name="off", policy=base.model_copy(update={"mode": "off"}),
                          engine_k_max=0, specserve=False)]

@@ -17,8 +17,10 @@ helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk (c
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 from specserve_contract import GROUP, KIND, PLURAL, SERIES_POD_LABELS  # noqa: E402
+from specserve_contract import metrics as mn  # noqa: E402
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
+from specserve_operator import names  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
 from specserve_operator.children import WATCHED  # noqa: E402
 from specserve_operator.kube_client import (  # noqa: E402
@@ -298,7 +300,7 @@ OWNER_RESOURCES = {(GROUP, KIND): PLURAL}
 
 def operator_objects() -> list[dict[str, Any]]:
     """Every object the operator creates, from its own manifests."""
-    owner = m.Owner(name="x", namespace="ns", uid="u")
+    owner = names.Owner(name="x", namespace="ns", uid="u")
     spec = s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}})
     return [m.deployment(owner, spec), m.service(owner, spec), m.secret(owner, spec, "t"),
             m.configmap(owner, spec, m.policy_from_spec(spec, 1)),
@@ -572,7 +574,7 @@ def test_monitors_match_the_ports() -> None:
     pm = one(docs, "PodMonitor", "specserve-engines")
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     # The PodMonitor selects the engine pods the operator creates, on their named ports.
-    owner = m.Owner(name="x", namespace="ns", uid="u")
+    owner = names.Owner(name="x", namespace="ns", uid="u")
     engine = m.deployment(owner, s.parse_spec({"model": {"target": "tiny", "draft": "tiny"}}))
     pod_labels = engine["spec"]["template"]["metadata"]["labels"]
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -608,14 +610,13 @@ def test_operator_pod_monitor_keeps_the_resources_labels() -> None:
 
 # ------------------------------------------------------------------------------- dashboard
 
-# Metric names the dashboard may use: vLLM's (docs/vllm-seams.md, section 8) and ours.
+# The series the dashboard reads: vLLM's (docs/vllm-seams.md, section 8) and ours
+# (tests/test_metric_names.py checks every name in the chart against what is exported).
 KNOWN_METRICS = {
-    "vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total",
-    "vllm:time_to_first_token_seconds_bucket",
-    "vllm:request_time_per_output_token_seconds_bucket",
-    "vllm:num_requests_running", "vllm:num_requests_waiting",
-    "specserve_speculative_k", "specserve_policy_version",
-    "specserve_gateway_requests_total",
+    mn.VLLM_SPEC_ACCEPTED_TOKENS, mn.VLLM_SPEC_DRAFT_TOKENS, f"{mn.VLLM_TTFT}_bucket",
+    f"{mn.VLLM_TPOT}_bucket", mn.VLLM_RUNNING, mn.VLLM_WAITING,
+    f"{mn.SPECULATIVE_K}_sum", f"{mn.SPECULATIVE_K}_count", mn.POLICY_VERSION,
+    mn.GATEWAY_REQUESTS,
 }
 PROMQL_WORDS = {"sum", "by", "avg", "max", "count", "rate", "histogram_quantile", "vector",
                 "le", "model_name", "namespace", "pod", "model", "code", "label_values"}

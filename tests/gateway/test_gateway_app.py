@@ -12,7 +12,9 @@ import time
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from specserve_contract.metrics import GATEWAY_REQUESTS
 from specserve_gateway.app import GatewayConfig
 from specserve_gateway.holding import HoldConfig
 from specserve_gateway.routing import RouteTable
@@ -136,10 +138,11 @@ def test_metrics_count_requests_by_model_and_status() -> None:
         httpx.post(f"{gw}/v1/completions", json={"model": "tiny", "prompt": "x"})
         httpx.post(f"{gw}/v1/completions", json={"model": "nope", "prompt": "x"})
         text = httpx.get(f"{gw}/metrics").text
-    assert ('specserve_gateway_requests_total{model="tiny",path="/v1/completions",code="503"} 1'
-            in text)
-    assert ('specserve_gateway_requests_total{model="nope",path="/v1/completions",code="404"} 1'
-            in text)
+    counts = {tuple(sorted(s.labels.items())): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples
+              if s.name == GATEWAY_REQUESTS}
+    assert counts == {(("code", "503"), ("model", "tiny"), ("path", "/v1/completions")): 1,
+                      (("code", "404"), ("model", "nope"), ("path", "/v1/completions")): 1}
 
 
 def test_backend_dying_mid_stream_ends_the_stream_with_an_error_event() -> None:

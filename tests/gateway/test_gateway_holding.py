@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from specserve_contract.metrics import GATEWAY_HELD, GATEWAY_HOLDS, GATEWAY_REQUESTS
 from specserve_gateway.app import GatewayConfig
 from specserve_gateway.holding import HoldConfig, hold_step
 from specserve_gateway.kube_routes import KubeApi, KubeSource
@@ -36,11 +37,10 @@ def config(**hold: Any) -> GatewayConfig:
 
 
 def metric(gw: str, name: str, **labels: str) -> float | None:
-    """One sample of the gateway's /metrics, None when absent."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    """One sample of the gateway's /metrics (exactly these labels), None when absent."""
     for line in httpx.get(f"{gw}/metrics").text.splitlines():
         match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
-        if match and match.group(1) == want:
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) == labels:
             return float(match.group(2))
     return None
 
@@ -103,11 +103,11 @@ def test_hold_step(route: Route | None, waited: float, gone: bool, want: str | N
 def test_a_held_request_is_served_once_a_backend_appears(notify: bool) -> None:
     source = MutableSource(COLD, notify=notify)
     with running_gateway(source, config(max_wait_s=30)) as gw:
-        assert metric(gw, "specserve_gateway_held_requests", model="cold") == 0
-        assert metric(gw, "specserve_gateway_holds_total", model="cold", outcome="routed") == 0
+        assert metric(gw, GATEWAY_HELD, model="cold") == 0
+        assert metric(gw, GATEWAY_HOLDS, model="cold", outcome="routed") == 0
         call = Background(lambda: client(gw).completions.create(
             model="cold", prompt="hi", max_tokens=2))
-        eventually(lambda: metric(gw, "specserve_gateway_held_requests", model="cold") == 1)
+        eventually(lambda: metric(gw, GATEWAY_HELD, model="cold") == 1)
         time.sleep(0.3)
         assert call.done_at is None, "held, not answered"
         with completion_fake_backend("warm") as pod:
@@ -115,10 +115,10 @@ def test_a_held_request_is_served_once_a_backend_appears(notify: bool) -> None:
             source.set(RouteTable.from_mapping({"cold": [pod]}))
             answer = call.result()
             latency = (call.done_at or 0) - swapped
-            assert metric(gw, "specserve_gateway_held_requests", model="cold") == 0
-            assert metric(gw, "specserve_gateway_holds_total", model="cold",
+            assert metric(gw, GATEWAY_HELD, model="cold") == 0
+            assert metric(gw, GATEWAY_HOLDS, model="cold",
                           outcome="routed") == 1
-            assert metric(gw, "specserve_gateway_requests_total", model="cold",
+            assert metric(gw, GATEWAY_REQUESTS, model="cold",
                           path="/v1/completions", code="200") == 1
     assert answer.choices[0].text == "warm"
     # Woken by the source at once; without notification, within one re-check (0.5 s).
@@ -130,7 +130,7 @@ def test_full_queue_is_503_at_once_and_the_held_ones_still_get_served() -> None:
     with running_gateway(source, config(max_queued=2, max_wait_s=30)) as gw:
         held = [Background(lambda: client(gw).completions.create(
             model="cold", prompt="hi", max_tokens=2)) for _ in range(2)]
-        eventually(lambda: metric(gw, "specserve_gateway_held_requests", model="cold") == 2)
+        eventually(lambda: metric(gw, GATEWAY_HELD, model="cold") == 2)
         start = time.monotonic()
         resp = httpx.post(f"{gw}/v1/completions", json={"model": "cold", "prompt": "x"})
         elapsed = time.monotonic() - start
@@ -139,7 +139,7 @@ def test_full_queue_is_503_at_once_and_the_held_ones_still_get_served() -> None:
         with completion_fake_backend() as pod:
             source.set(RouteTable.from_mapping({"cold": [pod]}))
             texts = [h.result().choices[0].text for h in held]
-        full = metric(gw, "specserve_gateway_holds_total", model="cold", outcome="queue_full")
+        full = metric(gw, GATEWAY_HOLDS, model="cold", outcome="queue_full")
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "2"
     assert resp.json()["error"]["code"] == "backend_unavailable"
@@ -156,7 +156,7 @@ def test_hold_times_out_with_503_and_retry_after() -> None:
         resp = httpx.post(f"{gw}/v1/chat/completions",
                           json={"model": "cold", "messages": [], "stream": True}, timeout=30)
         elapsed = time.monotonic() - start
-        timeouts = metric(gw, "specserve_gateway_holds_total", model="cold", outcome="timeout")
+        timeouts = metric(gw, GATEWAY_HOLDS, model="cold", outcome="timeout")
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "2"
     body = resp.json()["error"]
@@ -171,7 +171,7 @@ def test_holding_off_answers_503_at_once_and_still_counts_the_demand() -> None:
         start = time.monotonic()
         resp = httpx.post(f"{gw}/v1/completions", json={"model": "cold", "prompt": "x"})
         elapsed = time.monotonic() - start
-        refused = metric(gw, "specserve_gateway_holds_total", model="cold", outcome="queue_full")
+        refused = metric(gw, GATEWAY_HOLDS, model="cold", outcome="queue_full")
     assert resp.status_code == 503
     assert "no ready replicas" in resp.json()["error"]["message"]
     assert elapsed < 1.0
@@ -183,10 +183,10 @@ def test_a_model_removed_while_held_is_404() -> None:
     with running_gateway(source, config(max_wait_s=30)) as gw:
         call = Background(lambda: httpx.post(f"{gw}/v1/completions",
                                              json={"model": "cold", "prompt": "x"}, timeout=30))
-        eventually(lambda: metric(gw, "specserve_gateway_held_requests", model="cold") == 1)
+        eventually(lambda: metric(gw, GATEWAY_HELD, model="cold") == 1)
         source.set(RouteTable.from_mapping({"other": []}))
         resp = call.result()
-        removed = metric(gw, "specserve_gateway_holds_total", model="cold", outcome="removed")
+        removed = metric(gw, GATEWAY_HOLDS, model="cold", outcome="removed")
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "model_not_found"
     assert removed == 1
@@ -198,8 +198,8 @@ def test_a_client_that_gives_up_frees_its_place() -> None:
             httpx.post(f"{gw}/v1/completions", json={"model": "cold", "prompt": "x"},
                        timeout=httpx.Timeout(5, read=0.5))
         # Noticed at the next re-check: the gauge (the demand the operator sees) drops.
-        eventually(lambda: metric(gw, "specserve_gateway_held_requests", model="cold") == 0, 3)
-        gone = metric(gw, "specserve_gateway_holds_total", model="cold", outcome="disconnected")
+        eventually(lambda: metric(gw, GATEWAY_HELD, model="cold") == 0, 3)
+        gone = metric(gw, GATEWAY_HOLDS, model="cold", outcome="disconnected")
     assert gone == 1
 
 

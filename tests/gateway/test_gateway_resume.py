@@ -20,6 +20,11 @@ import httpx
 import openai
 import pytest
 
+from specserve_contract.metrics import (
+    GATEWAY_RESUME_FAILURES,
+    GATEWAY_RESUME_SECONDS,
+    GATEWAY_RESUMES,
+)
 from specserve_gateway.app import GatewayConfig
 from specserve_gateway.resume import (
     ResumePlan,
@@ -109,8 +114,8 @@ def test_a_completion_stream_is_resumed_on_another_backend_unchanged() -> None:
         RouteTable.from_mapping({"tiny": [dying.url, other.url]})
     ) as gw:
         events = sse(gw, "/v1/completions", completion_body())
-        resumed = metric(gw, "specserve_gateway_resumes_total", model="tiny")
-        latency = metric(gw, "specserve_gateway_resume_seconds_count", model="tiny")
+        resumed = metric(gw, GATEWAY_RESUMES, model="tiny")
+        latency = metric(gw, f"{GATEWAY_RESUME_SECONDS}_count", model="tiny")
         routes = httpx.get(f"{gw}/gateway/routes").json()["backends"]
     # One unbroken stream: the same events, ids, text and usage as the run that did not break.
     assert events == reference
@@ -198,9 +203,9 @@ def test_the_resume_limit_ends_the_stream_with_todays_error() -> None:
         RouteTable.from_mapping({"tiny": [a.url, b.url]}), config
     ) as gw:
         events = sse(gw, "/v1/completions", completion_body())
-        failed = metric(gw, "specserve_gateway_resume_failures_total", model="tiny",
+        failed = metric(gw, GATEWAY_RESUME_FAILURES, model="tiny",
                         reason="limit")
-        resumed = metric(gw, "specserve_gateway_resumes_total", model="tiny")
+        resumed = metric(gw, GATEWAY_RESUMES, model="tiny")
     expected = fake_generate(fake_tokenize(PROMPT), MAX_TOKENS)[:9]
     assert text_of(events) == "".join(fake_text(t) for t in expected)  # 3 tokens x 3 backends
     assert events[-1]["error"]["code"] == "backend_failed"
@@ -214,7 +219,7 @@ def test_no_resume_starts_after_the_request_deadline() -> None:
         RouteTable.from_mapping({"tiny": [a.url, b.url]}), GatewayConfig(request_deadline_s=0.0)
     ) as gw:
         events = sse(gw, "/v1/completions", completion_body())
-        failed = metric(gw, "specserve_gateway_resume_failures_total", model="tiny",
+        failed = metric(gw, GATEWAY_RESUME_FAILURES, model="tiny",
                         reason="deadline")
     assert events[-1]["error"]["code"] == "backend_failed"
     assert "deadline" in events[-1]["error"]["message"]
@@ -236,7 +241,7 @@ def test_a_request_with_stop_strings_is_not_resumed_and_says_why() -> None:
         RouteTable.from_mapping({"tiny": [a.url, b.url]})
     ) as gw:
         events = sse(gw, "/v1/completions", completion_body(stop=["\n"]))
-        failed = metric(gw, "specserve_gateway_resume_failures_total", model="tiny",
+        failed = metric(gw, GATEWAY_RESUME_FAILURES, model="tiny",
                         reason="unsupported")
     assert events[-1]["error"]["code"] == "backend_failed"
     assert "stop strings" in events[-1]["error"]["message"]
@@ -268,7 +273,7 @@ def test_a_non_streamed_answer_cut_off_mid_body_is_asked_again() -> None:
         RouteTable.from_mapping({"tiny": [dying.url, other.url]})
     ) as gw:
         answer = httpx.post(f"{gw}/v1/completions", json=body, timeout=30).json()
-        resumed = metric(gw, "specserve_gateway_resumes_total", model="tiny")
+        resumed = metric(gw, GATEWAY_RESUMES, model="tiny")
     assert answer["choices"] == reference["choices"]
     assert answer["usage"] == reference["usage"]
     assert resumed == 1

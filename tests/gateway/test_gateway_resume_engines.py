@@ -24,6 +24,11 @@ import httpx
 import openai
 import pytest
 
+from specserve_contract.metrics import (
+    GATEWAY_RESUME_FAILURES,
+    GATEWAY_RESUME_SECONDS,
+    GATEWAY_RESUMES,
+)
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
 from specserve_gateway.routing import RouteTable
@@ -118,13 +123,13 @@ def test_killing_an_engine_mid_stream_loses_no_stream(two_engines: list[ServerPr
     assert [b.usage for b in broken] == [r.usage for r in reference]
     assert [b.finish for b in broken] == [r.finish for r in reference]
     resumed = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                  if line.startswith("specserve_gateway_resumes_total{"))
+                  if line.startswith(f"{GATEWAY_RESUMES}{{"))
     assert resumed >= 1, metrics
     seconds = {line.split("{")[0].rsplit("_", 1)[1]: float(line.rsplit(" ", 1)[1])
                for line in metrics.splitlines()
-               if line.startswith(("specserve_gateway_resume_seconds_sum{",
-                                   "specserve_gateway_resume_seconds_count{"))}
+               if line.startswith((f"{GATEWAY_RESUME_SECONDS}_sum{{",
+                                   f"{GATEWAY_RESUME_SECONDS}_count{{"))}
     print(f"\nRESUMED {resumed:.0f} of {in_flight} streams in flight on the killed engine; "
           f"mean resume latency {seconds['sum'] / max(seconds['count'], 1) * 1e3:.0f} ms")
-    assert "specserve_gateway_resume_failures_total{" not in metrics
+    assert f"{GATEWAY_RESUME_FAILURES}{{" not in metrics
     assert time.monotonic() - killed_at < 120

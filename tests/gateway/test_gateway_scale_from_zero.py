@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from specserve_contract.metrics import GATEWAY_HELD
 from specserve_engine import tiny
 from specserve_engine.launcher import ServerProcess
 from specserve_gateway.app import GatewayConfig
@@ -59,7 +60,7 @@ def ask(gateway: str, out: Held) -> None:
 
 def held_requests(gateway: str) -> float:
     for line in httpx.get(f"{gateway}/metrics", timeout=5).text.splitlines():
-        if line.startswith('specserve_gateway_held_requests{model="tiny"}'):
+        if line.startswith(f'{GATEWAY_HELD}{{model="tiny"}}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

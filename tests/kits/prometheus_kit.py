@@ -33,6 +33,20 @@ from typing import Any
 
 import httpx
 
+from specserve_contract.metrics import (
+    SPECULATIVE_K,
+    STEP_TIME_OBSERVED,
+    STEP_TIME_PREDICTED,
+    VLLM_E2E_LATENCY,
+    VLLM_REQUEST_GENERATION_TOKENS,
+    VLLM_REQUEST_PROMPT_TOKENS,
+    VLLM_RUNNING,
+    VLLM_SPEC_ACCEPTED_TOKENS,
+    VLLM_SPEC_DRAFT_TOKENS,
+    VLLM_TPOT,
+    VLLM_TTFT,
+    VLLM_WAITING,
+)
 from specserve_engine.launcher import free_port
 
 
@@ -287,25 +301,24 @@ def _histogram(name: str, labels: str, buckets: Sequence[tuple[str, float]], cou
     return lines
 
 
+def _sample(name: str, kind: str, labels: str, value: object) -> list[str]:
+    return [f"# TYPE {name} {kind}", f"{name}{{{labels.rstrip(',')}}} {value}"]
+
+
 def vllm_exposition(s: EngineSeries, t: float) -> str:
     """What vLLM's /metrics would say `t` seconds after start at these constant rates."""
     m = 'model_name="tiny",'
     n = s.request_rate * t
     lines = [
-        *_histogram("vllm:time_to_first_token_seconds", m, s.ttft_buckets, n, 0.3),
-        *_histogram("vllm:request_time_per_output_token_seconds", m, s.tpot_buckets, n, 0.03),
-        *_histogram("vllm:e2e_request_latency_seconds", m, (("+Inf", 1.0),), n, 2.0),
-        *_histogram("vllm:request_generation_tokens", m, (("+Inf", 1.0),), n, s.output_tokens),
-        *_histogram("vllm:request_prompt_tokens", m, (("+Inf", 1.0),), n, s.prompt_tokens),
-        "# TYPE vllm:spec_decode_num_draft_tokens_total counter",
-        f'vllm:spec_decode_num_draft_tokens_total{{{m.rstrip(",")}}} {s.drafted_per_s * t:.6f}',
-        "# TYPE vllm:spec_decode_num_accepted_tokens_total counter",
-        f'vllm:spec_decode_num_accepted_tokens_total{{{m.rstrip(",")}}} '
-        f"{s.accepted_per_s * t:.6f}",
-        "# TYPE vllm:num_requests_running gauge",
-        f'vllm:num_requests_running{{{m.rstrip(",")}}} {s.running}',
-        "# TYPE vllm:num_requests_waiting gauge",
-        f'vllm:num_requests_waiting{{{m.rstrip(",")}}} {s.waiting}',
+        *_histogram(VLLM_TTFT, m, s.ttft_buckets, n, 0.3),
+        *_histogram(VLLM_TPOT, m, s.tpot_buckets, n, 0.03),
+        *_histogram(VLLM_E2E_LATENCY, m, (("+Inf", 1.0),), n, 2.0),
+        *_histogram(VLLM_REQUEST_GENERATION_TOKENS, m, (("+Inf", 1.0),), n, s.output_tokens),
+        *_histogram(VLLM_REQUEST_PROMPT_TOKENS, m, (("+Inf", 1.0),), n, s.prompt_tokens),
+        *_sample(VLLM_SPEC_DRAFT_TOKENS, "counter", m, f"{s.drafted_per_s * t:.6f}"),
+        *_sample(VLLM_SPEC_ACCEPTED_TOKENS, "counter", m, f"{s.accepted_per_s * t:.6f}"),
+        *_sample(VLLM_RUNNING, "gauge", m, s.running),
+        *_sample(VLLM_WAITING, "gauge", m, s.waiting),
     ]
     return "\n".join(lines) + "\n"
 
@@ -314,11 +327,9 @@ def control_exposition(s: EngineSeries, t: float) -> str:
     """What the SpecServe control port's /metrics would say (specserve_*)."""
     steps = s.steps_per_s * t
     lines = [
-        *_histogram("specserve_speculative_k", "", (("+Inf", 1.0),), steps, s.mean_k),
-        *_histogram("specserve_step_time_observed_seconds", "", (("+Inf", 1.0),), steps,
-                    s.step_observed_s),
-        *_histogram("specserve_step_time_predicted_seconds", "", (("+Inf", 1.0),), steps,
-                    s.step_predicted_s),
+        *_histogram(SPECULATIVE_K, "", (("+Inf", 1.0),), steps, s.mean_k),
+        *_histogram(STEP_TIME_OBSERVED, "", (("+Inf", 1.0),), steps, s.step_observed_s),
+        *_histogram(STEP_TIME_PREDICTED, "", (("+Inf", 1.0),), steps, s.step_predicted_s),
     ]
     return "\n".join(lines) + "\n"
 

@@ -18,9 +18,10 @@ os.environ.setdefault("SPECSERVE_SLO_INTERVAL_S", "2")
 
 import pytest
 
+from specserve_contract.metrics import OPERATOR_DESIRED_REPLICAS
 from specserve_operator import handlers, metrics, reconcile, slo_loop, tuning
 from specserve_operator.config import LoopConfig
-from specserve_operator.manifests import Owner
+from specserve_operator.names import Owner
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import parse_spec
 from tests.kits.operator_kit import (
@@ -129,7 +130,7 @@ async def test_external_exports_the_recommendation_and_follows_spec_replicas(
         await eventually(lambda: autoscale(cluster)["mode"] == "external"
                          and autoscale(cluster)["desired"] > 1, 30)
         assert autoscale(cluster)["reason"].startswith("external (the HPA/KEDA applies it)")
-        value = metrics.REGISTRY.get_sample_value("specserve_operator_desired_replicas",
+        value = metrics.REGISTRY.get_sample_value(OPERATOR_DESIRED_REPLICAS,
                                                   {"namespace": NS, "name": NAME})
         assert value is not None and value > 1
         await asyncio.sleep(3)
@@ -144,7 +145,7 @@ async def test_external_exports_the_recommendation_and_follows_spec_replicas(
         response = await cluster.delete(f"{SSD_PATH}/{NAME}")
         assert response.status < 300, await response.text()
         await eventually(lambda: metrics.REGISTRY.get_sample_value(
-            "specserve_operator_desired_replicas", {"namespace": NS, "name": NAME}) is None, 20)
+            OPERATOR_DESIRED_REPLICAS, {"namespace": NS, "name": NAME}) is None, 20)
 
 
 async def test_off_keeps_spec_replicas_and_follows_kubectl_scale(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from specserve_operator import children, manifests, reconcile
+from specserve_operator import children, names, reconcile
 from specserve_operator.kube_client import KubeClient
 from specserve_operator.spec import parse_spec
 from tests.kits.apiserver import MemoryApiServer
@@ -25,7 +25,7 @@ from tests.kits.operator_kit import (
     ssd,
 )
 
-OWNER = manifests.Owner(name="chat", namespace="prod", uid="uid-chat")
+OWNER = names.Owner(name="chat", namespace="prod", uid="uid-chat")
 SPEC = parse_spec(VALID)
 
 
@@ -66,7 +66,7 @@ def test_a_timer_pass_over_indexed_children_reads_nothing(
     assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret"} <= set(
         api.gets)  # the create handler reads everything
     checked = children.CheckedRecently(60.0)
-    checked.mark(("Secret", OWNER.namespace, manifests.secret_name(OWNER)))
+    checked.mark(("Secret", OWNER.namespace, names.secret_name(OWNER)))
     api.gets.clear()
     api.writes.clear()
     reads = children.Children(api, _indexes(api), checked)  # type: ignore[arg-type]
@@ -79,7 +79,7 @@ def test_a_child_missing_from_its_index_is_read_and_recreated(
     monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
     api = Counting()
     reconcile.reconcile_children(api, OWNER, SPEC, {}, Log())  # type: ignore[arg-type]
-    del api.objects[("Service", manifests.service_name(OWNER))]
+    del api.objects[("Service", names.service_name(OWNER))]
     indexes = _indexes(api)
     api.gets.clear()
     api.writes.clear()
@@ -92,7 +92,7 @@ def test_an_edit_the_index_shows_is_patched_back(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
     api = Counting()
     reconcile.reconcile_children(api, OWNER, SPEC, {}, Log())  # type: ignore[arg-type]
-    api.objects[("Deployment", manifests.deployment_name(OWNER))]["spec"]["replicas"] = 9
+    api.objects[("Deployment", names.deployment_name(OWNER))]["spec"]["replicas"] = 9
     api.writes.clear()
     reads = children.Children(api, _indexes(api), children.CheckedRecently(60.0))  # type: ignore[arg-type]
     reconcile.reconcile_children(api, OWNER, SPEC, {}, Log(), reads=reads)  # type: ignore[arg-type]

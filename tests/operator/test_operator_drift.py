@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.utils.quantity import parse_quantity
 
-from specserve_operator import manifests, reconcile
+from specserve_operator import diff, manifests, names, reconcile
 from specserve_operator.spec import SpecServeDeploymentSpec, parse_spec
 from tests.kits.apiserver import (
     Invalid,
@@ -21,7 +21,7 @@ from tests.kits.apiserver import (
 )
 from tests.kits.malformed_specs import VALID
 
-OWNER = manifests.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
+OWNER = names.Owner(name="chat", namespace="prod", uid="0b6c3f0e-uid")
 
 # Sent -> stored, by the Kubernetes quantity canonicalisation rules (apimachinery quantity.go:
 # decimal suffixes get the largest exponent that is a multiple of 3 and keeps the mantissa an
@@ -83,27 +83,27 @@ def test_canonical_quantities_are_not_drift(sent: str, stored: str) -> None:
     current = as_stored(desired)
     c = current["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"] == {"cpu": stored, "memory": stored, "nvidia.com/gpu": "1"}
-    assert manifests.is_subset(manifests.patch_for(desired), current)
+    assert diff.is_subset(diff.patch_for(desired), current)
 
 
 def test_a_changed_quantity_is_drift() -> None:
     desired = manifests.deployment(OWNER, _spec(resources={"cpu": "1.5", "memory": "1Gi"}))
     for other in ({"cpu": "1", "memory": "1Gi"}, {"cpu": "1500m", "memory": "1G"}):
         current = as_stored(manifests.deployment(OWNER, _spec(resources=other)))
-        assert not manifests.is_subset(manifests.patch_for(desired), current), other
+        assert not diff.is_subset(diff.patch_for(desired), current), other
     # A quantity map that lost a key (someone removed the limit) is drift too.
     current = as_stored(desired)
     del current["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
-    assert not manifests.is_subset(manifests.patch_for(desired), current)
+    assert not diff.is_subset(diff.patch_for(desired), current)
 
 
 def test_quantities_are_compared_only_in_resource_maps() -> None:
     # Elsewhere "1" and "1000m" are different strings (a label, an arg, an env value).
-    assert not manifests.is_subset({"metadata": {"labels": {"v": "1"}}},
+    assert not diff.is_subset({"metadata": {"labels": {"v": "1"}}},
                                    {"metadata": {"labels": {"v": "1000m"}}})
-    assert manifests.is_subset({"resources": {"limits": {"cpu": "1"}}},
+    assert diff.is_subset({"resources": {"limits": {"cpu": "1"}}},
                                {"resources": {"limits": {"cpu": "1000m"}}})
-    assert not manifests.is_subset({"resources": {"limits": {"cpu": "1"}}},
+    assert not diff.is_subset({"resources": {"limits": {"cpu": "1"}}},
                                    {"resources": {"limits": {"cpu": "not-a-quantity"}}})
 
 
@@ -377,7 +377,7 @@ def test_a_pod_template_edit_is_drift() -> None:
     """A removed volume, an edited env var, an other shm size, a lost priority class or
     affinity: each reads as drift (and is patched back)."""
     desired = manifests.deployment(OWNER, _spec(resources={"shmSize": "8Gi"}, pod=POD_TEMPLATE))
-    wanted = manifests.patch_for(desired)
+    wanted = diff.patch_for(desired)
     edits = [
         lambda pod: pod["volumes"].pop(),
         lambda pod: _named(pod["containers"][0]["env"], "HF_TOKEN")["valueFrom"][
@@ -389,7 +389,7 @@ def test_a_pod_template_edit_is_drift() -> None:
     for edit in edits:
         current = as_stored(desired)
         edit(current["spec"]["template"]["spec"])
-        assert not manifests.is_subset(wanted, current)
+        assert not diff.is_subset(wanted, current)
 
 
 # ------------------------------------------------------------------- PodDisruptionBudget
@@ -435,7 +435,7 @@ def test_a_disruption_budget_the_resource_does_not_own_is_left_alone(
 ) -> None:
     monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
     api = MemoryApiServer(defaulting=True)
-    theirs = manifests.disruption_budget(manifests.Owner("chat", "prod", "someone-else"), _spec())
+    theirs = manifests.disruption_budget(names.Owner("chat", "prod", "someone-else"), _spec())
     api.put(theirs)
     off = _spec(disruptionBudget={"enabled": False})
     reconcile.reconcile_children(api, OWNER, off, {}, Logger())  # type: ignore[arg-type]

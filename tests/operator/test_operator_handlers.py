@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from specserve_operator import manifests
+from specserve_operator.names import Owner, owner_reference, selector_string
 from tests.kits.malformed_specs import CASES
 from tests.kits.operator_kit import (
     CONFIGMAPS,
@@ -73,7 +73,7 @@ async def test_create_makes_owned_children_and_status(cluster: Any) -> None:
         await eventually(lambda: _all_children(cluster))
         for res, name in CHILDREN:
             refs = live(cluster, res, name)["metadata"]["ownerReferences"]
-            assert refs == [manifests.owner_reference(manifests.Owner(NAME, NS, UID))], res
+            assert refs == [owner_reference(Owner(NAME, NS, UID))], res
             labels = live(cluster, res, name)["metadata"]["labels"]
             assert labels["app.kubernetes.io/managed-by"] == "specserve-operator"
         dep = live(cluster, DEPLOYMENTS, NAME)
@@ -136,7 +136,7 @@ async def test_scale_subresource_style_update_changes_deployment_replicas(cluste
         await eventually(lambda: live(cluster, DEPLOYMENTS, NAME)["spec"]["replicas"] == 3)
         st = await eventually(
             lambda: (x := live(cluster, SSD, NAME)["status"])["replicas"]["desired"] == 3 and x)
-        assert st["selector"] == manifests.selector_string(manifests.Owner(NAME, NS, UID))
+        assert st["selector"] == selector_string(Owner(NAME, NS, UID))
 
 
 async def test_delete_removes_children(cluster: Any) -> None:

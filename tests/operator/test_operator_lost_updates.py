@@ -15,12 +15,12 @@ import pytest
 from specserve_contract import API_VERSION, KIND, POLICY_KEY
 from specserve_engine.policy.params import Policy
 from specserve_operator import manifests as m
-from specserve_operator import reconcile, slo_loop
+from specserve_operator import names, reconcile, slo_loop
 from specserve_operator import status as st
 from specserve_operator.spec import CONDITION_TYPES, parse_spec
 from tests.kits.apiserver import MemoryApiServer
 
-OWNER = m.Owner("chat", "ns1", "uid-chat")
+OWNER = names.Owner("chat", "ns1", "uid-chat")
 SPEC = parse_spec({"model": {"target": "tiny", "draft": "tiny"}, "speculation": {"kMax": 5}})
 EDITED = parse_spec({"model": {"target": "tiny", "draft": "tiny"}, "speculation": {"kMax": 7}})
 
@@ -46,7 +46,7 @@ def _server_with_policy(spec: Any = SPEC) -> MemoryApiServer:
 
 
 def _stored_policy(api: MemoryApiServer) -> dict[str, Any]:
-    return json.loads(api.objects[("ConfigMap", m.configmap_name(OWNER))]["data"][POLICY_KEY])
+    return json.loads(api.objects[("ConfigMap", names.configmap_name(OWNER))]["data"][POLICY_KEY])
 
 
 def _tuned(policy: Policy) -> Policy:
@@ -120,7 +120,7 @@ def _slo_status(attainment: float, stamp: str) -> dict[str, Any]:
         policy={"version": 1, "applied_pods": 1, "pushed_at": stamp},
         conditions=st.merge_conditions(None, [
             st.slo_condition(SPEC, {"state": "ok", "attainment": attainment}),
-            st.policy_condition(1, 1, 1, m.configmap_name(OWNER)),
+            st.policy_condition(1, 1, 1, names.configmap_name(OWNER)),
             st.no_data_condition({"state": "ok", "podsScraped": 2})], stamp),
     )
 

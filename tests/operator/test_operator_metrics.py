@@ -16,6 +16,15 @@ import httpx
 import pytest
 
 from specserve_contract import ENV_METRICS_PORT
+from specserve_contract.metrics import (
+    OPERATOR_API_CALLS,
+    OPERATOR_POLICY_PUSHES,
+    OPERATOR_RECONCILES,
+    OPERATOR_SLO_LOOP_FAILURES,
+    OPERATOR_SLO_LOOP_SECONDS,
+    OPERATOR_SLO_NO_DATA,
+    OPERATOR_SLO_NO_DATA_PASSES,
+)
 from specserve_operator import metrics
 from tests.kits.operator_kit import SSD, create, eventually, live, running_operator, ssd
 
@@ -57,23 +66,23 @@ async def test_metrics_count_reconciles_slo_passes_pushes_and_api_calls(
         for _ in range(100):  # until an SLO pass has run (every 2 s)
             text = await scrape()
             # (the registry is the process's: earlier tests may have counted passes already)
-            if _value(text, "specserve_operator_slo_loop_seconds_count") >= 1 and _value(
-                    text, "specserve_operator_slo_no_data", NO_DATA_GOOD):
+            if _value(text, f"{OPERATOR_SLO_LOOP_SECONDS}_count") >= 1 and _value(
+                    text, OPERATOR_SLO_NO_DATA, NO_DATA_GOOD):
                 break
             await asyncio.sleep(0.2)
-    assert _value(text, "specserve_operator_reconciles_total", '{result="ok"}') >= 1
-    assert _value(text, "specserve_operator_reconciles_total", '{result="invalid"}') >= 1
-    assert _value(text, "specserve_operator_slo_loop_seconds_count") >= 1
-    assert "specserve_operator_slo_loop_failures_total" in text
-    assert 'specserve_operator_policy_pushes_total{result="acknowledged"}' in text
+    assert _value(text, OPERATOR_RECONCILES, '{result="ok"}') >= 1
+    assert _value(text, OPERATOR_RECONCILES, '{result="invalid"}') >= 1
+    assert _value(text, f"{OPERATOR_SLO_LOOP_SECONDS}_count") >= 1
+    assert OPERATOR_SLO_LOOP_FAILURES in text
+    assert f'{OPERATOR_POLICY_PUSHES}{{result="acknowledged"}}' in text
     created = re.findall(
-        r'^specserve_operator_api_calls_total\{code="(\d+)",resource="deployments",'
+        rf'^{OPERATOR_API_CALLS}\{{code="(\d+)",resource="deployments",'
         r'verb="create"\} (\S+)$', text, re.MULTILINE)
     assert created and all(code.startswith("2") for code, _ in created), created
-    assert _value(text, "specserve_operator_api_calls_total",
+    assert _value(text, OPERATOR_API_CALLS,
                   '{code="200",resource="specservedeployments/status",verb="patch"}') >= 1
     # "good" has no Prometheus URL: no data, by cause, per resource (the alert's input).
-    assert _value(text, "specserve_operator_slo_no_data", NO_DATA_GOOD) == 1
-    assert _value(text, "specserve_operator_slo_no_data_passes_total",
+    assert _value(text, OPERATOR_SLO_NO_DATA, NO_DATA_GOOD) == 1
+    assert _value(text, OPERATOR_SLO_NO_DATA_PASSES,
                   '{reason="NoPrometheusUrl"}') >= 1
 

@@ -22,7 +22,7 @@ import pytest
 
 from specserve_contract import CONTROL_PORT_NAME, HTTP_PORT_NAME
 from specserve_engine.launcher import free_port
-from specserve_operator import manifests, prometheus
+from specserve_operator import manifests, names, prometheus
 from specserve_operator.prometheus import PrometheusClient, SloSnapshot
 from specserve_operator.spec import parse_spec
 from tests.kits.prometheus_kit import (
@@ -58,7 +58,7 @@ def chart_podmonitor(namespace: str) -> dict[str, Any]:
     return pm
 
 
-def engine_pods(owner: manifests.Owner, exporters: dict[str, Exporter], count: int
+def engine_pods(owner: names.Owner, exporters: dict[str, Exporter], count: int
                 ) -> list[PodTarget]:
     """Pods as the operator's Deployment makes them, each port served by a test exporter."""
     dep = manifests.deployment(owner, SPEC)
@@ -89,9 +89,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                     "`prometheus` (make setup does)")
     exporters = {HTTP_PORT_NAME: Exporter(lambda t: vllm_exposition(SERIES, t)),
                  CONTROL_PORT_NAME: Exporter(lambda t: control_exposition(SERIES, t))}
-    sm_owner = manifests.Owner(NAME, SM_NS, "uid-sm")
-    pm_owner = manifests.Owner(NAME, PM_NS, "uid-pm")
-    other = manifests.Owner(f"{NAME}-x", SM_NS, "uid-x")  # another resource, a similar name
+    sm_owner = names.Owner(NAME, SM_NS, "uid-sm")
+    pm_owner = names.Owner(NAME, PM_NS, "uid-pm")
+    other = names.Owner(f"{NAME}-x", SM_NS, "uid-x")  # another resource, a similar name
     sm = manifests.servicemonitor(sm_owner, SPEC, {"release": "kube-prometheus-stack"})
     sm_other = manifests.servicemonitor(other, SPEC)
     pm = chart_podmonitor(PM_NS)
@@ -107,7 +107,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                             "podTargetLabels": ["app.kubernetes.io/instance"],
                             "podMetricsEndpoints": [{"port": "metrics"}]}}
     # Pods whose ports nobody listens on: targets that exist, and are down.
-    down_owner = manifests.Owner(NAME, DOWN_NS, "uid-down")
+    down_owner = names.Owner(NAME, DOWN_NS, "uid-down")
     dead = free_port()
     down_targets = [replace(t, address=f"127.0.0.1:{dead}")
                     for t in engine_pods(down_owner, exporters, 1)]

@@ -21,7 +21,7 @@ import pytest
 
 from specserve_operator import slo_loop
 from specserve_operator.config import LoopConfig, OperatorConfig
-from specserve_operator.manifests import Owner
+from specserve_operator.names import Owner
 from specserve_operator.prometheus import url_allowed
 from specserve_operator.spec import parse_spec
 

@@ -19,7 +19,7 @@ import pytest
 from specserve_engine.policy.params import Policy
 from specserve_operator import autoscale, handlers, prometheus, slo_loop, tuning
 from specserve_operator.config import LoopConfig
-from specserve_operator.manifests import Owner
+from specserve_operator.names import Owner
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import parse_spec
 from specserve_operator.status import no_data_condition, snapshot_status

@@ -32,11 +32,12 @@ import httpx
 import pytest
 
 from specserve_contract import POLICY_KEY, TOKEN_KEY, series_labels
+from specserve_contract.metrics import POLICY_VERSION
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.policy.params import Policy
 from specserve_engine.policy_store import PolicyStore
 from specserve_engine.vllm.control import ControlServer
-from specserve_operator import handlers, manifests, tuning
+from specserve_operator import handlers, names, tuning
 from specserve_operator.config import LoopConfig
 from tests.kits.operator_kit import (
     CONFIGMAPS,
@@ -56,7 +57,7 @@ pytestmark = pytest.mark.asyncio
 
 NAME = "tiny"  # the app_kubernetes_io_instance label Prometheus attaches, as the monitors do
 UID = "uid-tiny"
-OWNER = manifests.Owner(NAME, NS, UID)
+OWNER = names.Owner(NAME, NS, UID)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -78,7 +79,7 @@ async def add_ready_pod(kmock: Any, name: str = f"{NAME}-0") -> None:
     """An engine pod as the kubelet would report it: Running, Ready, with an IP."""
     body = {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": manifests.selector_labels(OWNER)},
+        "metadata": {"name": name, "namespace": NS, "labels": names.selector_labels(OWNER)},
         "spec": {"containers": [{"name": "engine", "image": "x"}]},
         "status": {"phase": "Running", "podIP": "10.0.0.7",
                    "conditions": [{"type": "Ready", "status": "True"}]},
@@ -157,7 +158,7 @@ async def load(url: str, concurrency: int = 2, max_tokens: int = 32) -> AsyncIte
 
 def engine_policy_version(control_port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{control_port}/metrics", timeout=5.0).text
-    line = next(x for x in text.splitlines() if x.startswith("specserve_policy_version "))
+    line = next(x for x in text.splitlines() if x.startswith(f"{POLICY_VERSION} "))
     return float(line.split()[1])
 
 
@@ -186,7 +187,7 @@ async def add_token_secret(kmock: Any, token: str) -> None:
     was started with this token)."""
     r = await kmock.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": manifests.secret_name(OWNER), "namespace": NS},
+        "metadata": {"name": names.secret_name(OWNER), "namespace": NS},
         "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()}})
     assert r.status < 300, await r.text()
 
@@ -270,7 +271,7 @@ async def test_without_prometheus_the_policy_is_still_pushed_and_nothing_scales(
     """Prometheus unreachable from the start; the 'pod' is a real engine control server."""
     r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": manifests.secret_name(OWNER), "namespace": NS},
+        "metadata": {"name": names.secret_name(OWNER), "namespace": NS},
         "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
     assert r.status < 300
     store = PolicyStore(Policy(), engine_k_max=4, token="tok")
@@ -317,18 +318,18 @@ async def test_one_failing_deployment_does_not_block_another(
         return f"http://127.0.0.1:{server.httpd.server_address[1]}"
 
     loop_config.address = address
-    broken = manifests.Owner("broken", NS, "uid-broken")
+    broken = names.Owner("broken", NS, "uid-broken")
     try:
         for owner in (OWNER, broken):
             r = await cluster.post(f"/api/v1/namespaces/{NS}/secrets", json={
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": manifests.secret_name(owner), "namespace": NS},
+                "metadata": {"name": names.secret_name(owner), "namespace": NS},
                 "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}})
             assert r.status < 300
             r = await cluster.post(f"/api/v1/namespaces/{NS}/pods", json={
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"{owner.name}-0", "namespace": NS,
-                             "labels": manifests.selector_labels(owner)},
+                             "labels": names.selector_labels(owner)},
                 "status": {"phase": "Running", "podIP": "10.0.0.8",
                            "conditions": [{"type": "Ready", "status": "True"}]}})
             assert r.status < 300

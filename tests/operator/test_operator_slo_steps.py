@@ -10,17 +10,13 @@ from typing import Any
 import pytest
 
 from specserve_contract import KIND, POLICY_KEY, TOKEN_KEY
+from specserve_contract.metrics import OPERATOR_DESIRED_REPLICAS
 from specserve_engine.policy.params import Policy
 from specserve_operator import metrics, slo_loop
 from specserve_operator.config import LoopConfig, OperatorConfig
-from specserve_operator.manifests import (
-    Owner,
-    configmap_name,
-    deployment_replicas,
-    secret_name,
-    selector_labels,
-)
+from specserve_operator.manifests import deployment_replicas
 from specserve_operator.metrics import NoDataTracker
+from specserve_operator.names import Owner, configmap_name, secret_name, selector_labels
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import (
     SpecServeDeploymentSpec,
@@ -203,7 +199,7 @@ async def test_one_iteration_returns_status_the_crd_schema_accepts(
     record = json.loads(log.lines[-1].removeprefix("slo loop: "))
     assert record["deployment"] == "ns/m" and record["scale"]["desired"] == 1
     assert new["autoscale"]["mode"] == "builtin" and new["autoscale"]["desired"] == 1
-    assert metrics.REGISTRY.get_sample_value("specserve_operator_desired_replicas",
+    assert metrics.REGISTRY.get_sample_value(OPERATOR_DESIRED_REPLICAS,
                                              {"namespace": "ns", "name": "m"}) == 1
     assert api.patches == []  # nothing to scale: no Deployment patch, and never the spec
     no_data = next(c for c in new["conditions"] if c["type"] == "NoData")

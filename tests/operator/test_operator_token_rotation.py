@@ -16,12 +16,12 @@ from specserve_contract import TOKEN_KEY
 from specserve_engine.policy.params import Policy
 from specserve_engine.policy_store import PolicyStore, TokenFile
 from specserve_engine.vllm.control import ControlServer
-from specserve_operator import manifests, push, reconcile
+from specserve_operator import names, push, reconcile
 from specserve_operator.spec import parse_spec
 from tests.kits.apiserver import MemoryApiServer
 from tests.kits.kubelet import write_volume
 
-OWNER = manifests.Owner(name="chat", namespace="prod", uid="uid-chat")
+OWNER = names.Owner(name="chat", namespace="prod", uid="uid-chat")
 SPEC = parse_spec({"model": {"target": "org/target-1b", "draft": "org/draft-100m"}})
 
 
@@ -31,13 +31,13 @@ class Logger:
 
 
 def _token(api: MemoryApiServer) -> str:
-    secret = api.get("v1", "Secret", OWNER.namespace, manifests.secret_name(OWNER))
+    secret = api.get("v1", "Secret", OWNER.namespace, names.secret_name(OWNER))
     return base64.b64decode(secret["data"][TOKEN_KEY]).decode()
 
 
 def _kubelet_sync(api: MemoryApiServer, volume: Path) -> None:
     """The kubelet publishing the Secret's current data in the pod's volume."""
-    secret = api.get("v1", "Secret", OWNER.namespace, manifests.secret_name(OWNER))
+    secret = api.get("v1", "Secret", OWNER.namespace, names.secret_name(OWNER))
     write_volume(volume, {k: base64.b64decode(v).decode() for k, v in secret["data"].items()})
 
 
@@ -72,7 +72,7 @@ async def test_a_recreated_secret_reaches_the_running_engine(
     assert (await push.push_policy(target, _doc(2), old)).acknowledged == ["chat-0"]
 
     # The Secret is deleted; the next pass makes a new one with a new token.
-    del api.objects[("Secret", manifests.secret_name(OWNER))]
+    del api.objects[("Secret", names.secret_name(OWNER))]
     reconcile.reconcile_children(api, OWNER, SPEC, {}, Logger())  # type: ignore[arg-type]
     new = _token(api)
     assert new != old

@@ -58,13 +58,6 @@ def test_lookahead_is_a_geometric_row_per_request() -> None:
     assert easy[0] > new[0]
 
 
-def test_extend_pads_a_drafted_row_at_the_given_rate() -> None:
-    model = AcceptanceModel()
-    assert model.extend([0.9, 0.6], 4, 0.5) == pytest.approx([0.9, 0.6, 0.3, 0.15])
-    assert model.extend([0.9, 0.6, 0.3], 2, 0.5) == pytest.approx([0.9, 0.6])
-    assert model.extend([], 2, 0.5) == pytest.approx([0.5, 0.25])
-
-
 def test_fit_logistic_recovers_known_parameters_from_binned_outcomes() -> None:
     truth_slope, truth_intercept = 1.8, -0.7
     xs = [x / 4 for x in range(-12, 13)]

@@ -15,6 +15,7 @@ from specserve_engine.policy.cost import decision_cost_seconds
 from specserve_engine.policy.goodput import EfficiencyModel, lengths_above_threshold
 from specserve_engine.policy.params import ModelParams, Policy, TimingCoefficients
 from specserve_engine.policy.timing import StepTimeModel
+from tests.policy.lengths import predict_lengths
 
 # Round numbers so every expectation below can be checked on paper: a verify step costs
 # 10 ms + 1 ms per token, a draft step 2 ms, whatever the context.
@@ -116,8 +117,6 @@ def test_modes_off_and_static() -> None:
 def test_threshold_mode_drafts_k_max_and_cuts_each_request_at_its_first_unsure_token() -> None:
     model = make_model(mode="threshold", threshold_probability=0.6)
     assert model.choose_k([geometric(0.1, 3)], 100.0).k == 3  # the drafter decides, not G
-    assert model.should_continue(2, [[0.1, 0.01]], 100.0)
-    assert not model.should_continue(3, [[0.9, 0.8, 0.7]], 100.0)
     # Raw probabilities, not cumulative: 0.7 after 0.9 still passes 0.6.
     raw = [[0.9, 0.7, 0.95], [0.5, 0.99, 0.99], [0.9, 0.59, 0.9], []]
     assert lengths_above_threshold(raw, 0.6) == [3, 0, 1, 0]
@@ -161,20 +160,6 @@ def test_trim_below_the_knee_keeps_everything() -> None:
     assert make_model(model=kneed).trim(rows, 100.0) == [3, 3, 3, 3]
 
 
-def test_should_continue_looks_ahead() -> None:
-    model = make_model()
-    assert model.should_continue(0, [[]], 100.0)  # batch 1: drafting pays
-    assert model.should_continue(1, [[0.9]], 100.0, rates=[0.9])
-    assert not model.should_continue(1, [[0.9]] * 64, 100.0)  # verification dominates
-    assert not model.should_continue(3, [[0.9, 0.8, 0.7]], 100.0)  # k_max reached
-    floored = make_model(confidence_floor=0.5)
-    assert not floored.should_continue(2, [[0.6, 0.4]], 100.0, rates=[0.99])
-    static = make_model(mode="static", static_k=2)
-    assert static.should_continue(1, [[0.1]], 100.0)
-    assert not static.should_continue(2, [[0.1, 0.01]], 100.0)
-    assert not make_model(mode="off").should_continue(0, [[]], 100.0)
-
-
 def test_set_policy_keeps_online_fits_unless_the_model_changes() -> None:
     model = make_model()
     model.acceptance.observe(3, 3, "r")
@@ -200,7 +185,7 @@ def test_fitted_params_carry_online_learning_and_validate() -> None:
 
 def test_decision_cost_is_reported_for_each_decision() -> None:
     cost = decision_cost_seconds(32, k_max=8, repeats=5)
-    assert set(cost) == {"choose_k", "calibrate", "trim", "should_continue"}
+    assert set(cost) == {"choose_k", "calibrate", "trim"}
     assert all(0 < seconds < 0.05 for seconds in cost.values())
 
 
@@ -235,11 +220,11 @@ def test_trim_is_optimal_and_never_predicts_a_slower_step(
     full = [len(r) for r in rows]
     steps = max(full)
     assert all(0 <= k <= n for k, n in zip(lengths, full, strict=True))
-    trimmed = model.predict_lengths(rows, lengths, ctx, extra, draft_steps=steps)
-    untrimmed = model.predict_lengths(rows, full, ctx, extra, draft_steps=steps)
+    trimmed = predict_lengths(model, rows, lengths, ctx, extra, draft_steps=steps)
+    untrimmed = predict_lengths(model, rows, full, ctx, extra, draft_steps=steps)
     assert trimmed.step_seconds <= untrimmed.step_seconds + 1e-15
     # Brute force over every per-request length: trim is the best (3 requests x 4 lengths).
-    best = max(model.predict_lengths(rows, list(ks), ctx, extra, draft_steps=steps).goodput
+    best = max(predict_lengths(model, rows, list(ks), ctx, extra, draft_steps=steps).goodput
                for ks in itertools.product(*(range(n + 1) for n in full)))
     assert trimmed.goodput == pytest.approx(best, rel=1e-9)
 
@@ -264,7 +249,7 @@ def test_choose_k_is_the_best_feasible_k(
     # Same numbers through the per-request path (every request drafts K, rows padded with 0).
     for p in model.predict_all(rows, ctx):
         padded = [[*r, 0.0, 0.0, 0.0][:3] for r in rows]
-        again = model.predict_lengths(padded, [p.k] * len(rows), ctx)
+        again = predict_lengths(model, padded, [p.k] * len(rows), ctx)
         assert p.goodput == pytest.approx(again.goodput, rel=1e-9)
         assert p.tpot_seconds == pytest.approx(again.tpot_seconds, rel=1e-9)
         if limit is None or p.tpot_seconds <= limit:
@@ -285,8 +270,8 @@ def test_host_time_is_part_of_every_step_and_makes_speculation_pay_sooner() -> N
         assert q.tpot_seconds > p.tpot_seconds
     assert plain.choose_k(rows, 100.0).k < hosted.choose_k(rows, 100.0).k
     lengths = [3] * 8
-    assert hosted.predict_lengths(rows, lengths, 100.0).step_seconds == pytest.approx(
-        plain.predict_lengths(rows, lengths, 100.0).step_seconds + 0.030)
+    assert predict_lengths(hosted, rows, lengths, 100.0).step_seconds == pytest.approx(
+        predict_lengths(plain, rows, lengths, 100.0).step_seconds + 0.030)
 
 
 def test_k0_is_priced_at_the_draft_forward_the_engine_still_runs() -> None:
@@ -301,4 +286,4 @@ def test_k0_is_priced_at_the_draft_forward_the_engine_still_runs() -> None:
     assert k0_paid.draft_seconds == pytest.approx(0.002)
     assert paid.predict_all(rows, 100.0)[1].draft_seconds == pytest.approx(0.002)
     assert paid.draft_seconds(4, 100.0, 0) == pytest.approx(0.002)
-    assert paid.predict_lengths(rows, [0] * 4, 100.0).draft_seconds == pytest.approx(0.002)
+    assert predict_lengths(paid, rows, [0] * 4, 100.0).draft_seconds == pytest.approx(0.002)

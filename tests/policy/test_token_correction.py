@@ -23,6 +23,7 @@ from specserve_engine.policy.timing import (
     fit_token_correction,
     predict_seconds,
 )
+from tests.policy.lengths import predict_lengths
 
 ZEN4_EAGER = Path(__file__).parents[1] / "data" / "profile-amd-epyc-zen4-bf16-eager.json"
 LINEAR = TimingCoefficients(overhead_s=0.004, per_token_s=3e-5, per_kv_token_s=2e-8,
@@ -179,8 +180,8 @@ def test_trim_with_a_correction_finds_the_best_drop_count() -> None:
         batch = [sorted((rng.random() for _ in range(rng.randint(1, 5))), reverse=True)
                  for _ in range(b)]
         lengths = model.trim(batch, 64.0)
-        pred = model.predict_lengths(batch, lengths, 64.0,
-                                     draft_steps=max(len(r) for r in batch))
+        pred = predict_lengths(model, batch, lengths, 64.0,
+                               draft_steps=max(len(r) for r in batch))
         assert pred.goodput == pytest.approx(trim_brute_force(model, batch, 64.0), rel=1e-9)
 
 

@@ -162,15 +162,6 @@ class AcceptanceModel:
             out.append(prior if seen is None else (pseudo + seen[0]) / (strength + seen[1]))
         return out
 
-    def extend(self, cumulative: Sequence[float], k: int, rate: float) -> list[float]:
-        """A request's c row padded to length k by multiplying on `rate` per undrafted token."""
-        row = list(cumulative[:k])
-        c = row[-1] if row else 1.0
-        while len(row) < k:
-            c *= rate
-            row.append(c)
-        return row
-
     # -- learning from verification outcomes --
 
     def observe(

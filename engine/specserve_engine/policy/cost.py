@@ -17,8 +17,7 @@ def decision_cost_seconds(
 
     - "choose_k": look-ahead rows from per-request rates, then `choose_k` (once per step);
     - "calibrate": c rows from k_max draft probabilities per request (once per step);
-    - "trim": `trim` of those rows (once per step);
-    - "should_continue": one call at depth 1 (once per draft step).
+    - "trim": `trim` of those rows (once per step).
     """
     rng = random.Random(seed)
     policy = Policy(k_max=k_max, static_k=min(3, k_max), slo={"tpot_seconds": 0.05})
@@ -43,6 +42,4 @@ def decision_cost_seconds(
         "choose_k": median(lambda: model.choose_k_for(ids, context_len)),
         "calibrate": median(lambda: model.acceptance.cumulative_batch(probs)),
         "trim": median(lambda: model.trim(rows, context_len)),
-        "should_continue": median(
-            lambda: model.should_continue(1, [r[:1] for r in rows], context_len)),
     }

@@ -21,7 +21,6 @@ where drafts shorten the per-token time (small batches, confident drafts), else 
 
 Decisions, cheapest first (all pure Python, O(B * K_max) with the inner loops in builtins):
 - `choose_k`: the batch-wide K for the next step, from look-ahead rows (drafts do not exist yet).
-- `should_continue`: inside the drafter, after `step` tokens: does any deeper K beat stopping?
 - `trim`: before verification, per-request K_i that drop low-c tails when that raises G.
 """
 
@@ -195,37 +194,13 @@ class EfficiencyModel:
             out.append(StepPrediction(k, b, b + gained[k], draft, verify, tpot, host))
         return out
 
-    def predict_lengths(
-        self,
-        rows: Sequence[Sequence[float]],
-        lengths: Sequence[int],
-        context_len: float,
-        extra_tokens: int = 0,
-        draft_steps: int | None = None,
-    ) -> StepPrediction:
-        """Prediction for per-request lengths K_i (the drafter ran `draft_steps`, default max)."""
-        b = len(rows)
-        steps = max(lengths, default=0) if draft_steps is None else draft_steps
-        gained = [sum(row[:k]) for row, k in zip(rows, lengths, strict=True)]
-        draft = self.draft_seconds(b, context_len, steps)
-        verify = self.timing.verify_seconds(b, b + sum(lengths) + extra_tokens, context_len)
-        host = self.timing.host_seconds(b, context_len)
-        step = draft + verify + host
-        if not b:
-            tpot = 0.0
-        elif self.policy.tpot_aggregate == "mean":
-            tpot = step / b * sum(1 / (1 + g) for g in gained)
-        else:
-            tpot = step / (1 + min(gained))
-        return StepPrediction(steps, b, b + sum(gained), draft, verify, tpot, host)
-
     # -- decisions --
 
     def _best(self, predictions: Sequence[StepPrediction]) -> StepPrediction:
         """Highest goodput among SLO-feasible predictions; when none is feasible, the lowest
         predicted TPOT (the SLO is missed whatever K is: miss it by least). Ties go to the
         first (smaller) K."""
-        # One pass, no allocation: this runs every step and at every draft position.
+        # One pass, no allocation: this runs every step.
         limit = self.policy.tpot_limit_seconds
         best: StepPrediction | None = None
         lowest = predictions[0]
@@ -262,36 +237,6 @@ class EfficiencyModel:
         """`choose_k` with look-ahead rows from the acceptance model's per-request rates."""
         rows = self.acceptance.lookahead(request_ids, self.policy.k_max)
         return self.choose_k(rows, context_len, extra_tokens)
-
-    def should_continue(
-        self,
-        step: int,
-        rows: Sequence[Sequence[float]],
-        context_len: float,
-        extra_tokens: int = 0,
-        rates: Sequence[float] | None = None,
-    ) -> bool:
-        """After `step` draft tokens with cumulative c `rows`, should the drafter draft another?
-
-        Yes when some deeper K in step+1..k_max, each undrafted token predicted at the request's
-        rate (`rates`, default the batch-wide running acceptance), beats stopping at K = step
-        and meets the SLO, and some request's c is still above the confidence floor.
-        """
-        policy = self.policy
-        if policy.mode != "adaptive":
-            fixed = {"static": policy.static_k, "threshold": policy.k_max}.get(policy.mode, 0)
-            return step < fixed
-        if step >= policy.k_max or not rows:
-            return False
-        if step > 0 and max(row[step - 1] if len(row) >= step else 0.0 for row in rows) \
-                < policy.confidence_floor:
-            return False
-        mean = self.acceptance.mean_acceptance
-        extended = [self.acceptance.extend(row[:step], policy.k_max,
-                                           rates[i] if rates is not None else mean)
-                    for i, row in enumerate(rows)]
-        predictions = self.predict_all(extended, context_len, extra_tokens, k_min=step)
-        return self._best(predictions).k > step
 
     def trim(
         self,

@@ -22,6 +22,13 @@ from pathlib import Path
 import httpx
 
 from specserve_contract import ENV_RECORD_REQUESTS
+from specserve_contract.metrics import (
+    VLLM_GENERATION_TOKENS,
+    VLLM_RUNNING,
+    VLLM_SPEC_ACCEPTED_TOKENS,
+    VLLM_SPEC_DRAFT_TOKENS,
+    VLLM_SPEC_DRAFTS,
+)
 from specserve_engine.launcher import ServerProcess, free_port
 from specserve_engine.trace_replay.bootstrap import DEFAULT_REPLICATES
 from specserve_engine.trace_replay.client import RequestRecord, replay
@@ -140,7 +147,7 @@ class _Sampler(threading.Thread):
                     *(a - b for a, b in zip(counters, last, strict=True)))
                 last = counters
                 self.samples.append((time.monotonic() - start,
-                                     engine.get("vllm:num_requests_running", 0.0), k))
+                                     engine.get(VLLM_RUNNING, 0.0), k))
 
     def stop(self) -> list[tuple[float, float, float | None]]:
         self._halt.set()
@@ -153,10 +160,8 @@ COUNTERS = ("draft_tokens", "drafts", "generated_tokens", "accepted_tokens")
 
 def _counters(t: dict[str, float]) -> tuple[float, float, float, float]:
     """vLLM's counters, in the order of COUNTERS."""
-    return (t.get("vllm:spec_decode_num_draft_tokens_total", 0.0),
-            t.get("vllm:spec_decode_num_drafts_total", 0.0),
-            t.get("vllm:generation_tokens_total", 0.0),
-            t.get("vllm:spec_decode_num_accepted_tokens_total", 0.0))
+    return (t.get(VLLM_SPEC_DRAFT_TOKENS, 0.0), t.get(VLLM_SPEC_DRAFTS, 0.0),
+            t.get(VLLM_GENERATION_TOKENS, 0.0), t.get(VLLM_SPEC_ACCEPTED_TOKENS, 0.0))
 
 
 def _read_counters(url: str) -> tuple[float, float, float, float]:

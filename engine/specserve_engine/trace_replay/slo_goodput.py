@@ -88,11 +88,6 @@ class SloGoodput:
         """Both ends found (a bracket), whatever its width when max_probes stopped it."""
         return self.rate > 0 and self.upper is not None
 
-    @property
-    def bracket_ratio(self) -> float | None:
-        """upper / rate: how tightly the answer is known (1 + rel_tol once converged)."""
-        return self.upper / self.rate if self.converged and self.upper is not None else None
-
 
 def slo_goodput(
     run: Callable[[float], Sequence[Latency]],

@@ -182,10 +182,6 @@ def mean_k(draft_tokens: float, drafts: float, generated_tokens: float,
     return draft_tokens / steps if steps > 0 else None
 
 
-def by_rate(summaries: Iterable[LevelSummary], config: str) -> dict[float, LevelSummary]:
-    return {s.rate: s for s in summaries if s.config == config}
-
-
 def _cells_by_rate(cells: Iterable[Cell], config: str) -> dict[float, Cell]:
     return {c.summary.rate: c for c in cells if c.summary.config == config}
 
