@@ -167,8 +167,9 @@ def test_operator_image_runs_the_operator(operator_image: ImageVenv) -> None:
     assert chart[:2] == ["kopf", "run"] and "specserve_operator.handlers" in chart
     argv = [f"--liveness=http://127.0.0.1:{free_port()}/healthz" if a.startswith("--liveness")
             else a for a in chart[1:]]
-    out = operator_image.run_for([str(operator_image.bin("kopf")), *argv], seconds=20,
-                                 env={"KUBECONFIG": str(operator_image.root / "no-kubeconfig")})
+    out = operator_image.run_until(
+        [str(operator_image.bin("kopf")), *argv], "specserve.operator", timeout=90,
+        env={"KUBECONFIG": str(operator_image.root / "no-kubeconfig")})
     assert "ModuleNotFoundError" not in out and "ImportError" not in out, out
     assert "specserve.operator" in out, out  # the handlers' own logger: they were imported
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -140,20 +141,27 @@ class ImageVenv:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               cwd=self.root, env=self.environ(env))
 
-    def run_for(self, argv: list[str], *, seconds: float,
-                env: dict[str, str] | None = None) -> str:
-        """Run a server-like `argv` for at most `seconds`, then stop it; its output."""
+    def run_until(self, argv: list[str], marker: str, *, timeout: float,
+                  env: dict[str, str] | None = None) -> str:
+        """Run a server-like `argv` until a line of its output contains `marker` (or it exits,
+        or `timeout` passes), then stop it; its output so far."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=self.root, env=self.environ(env),
+                                start_new_session=True)
+        lines: list[str] = []
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
         try:
-            result = self.run(argv, timeout=seconds, env=env)
-        except subprocess.TimeoutExpired as exc:
-            return _text(exc.stdout) + _text(exc.stderr)
-        return result.stdout + result.stderr
-
-
-def _text(output: bytes | str | None) -> str:
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if marker in line:
+                    break
+        finally:
+            timer.cancel()
+            proc.kill()
+            proc.wait(10)
+        return "".join(lines)
 
 
 def _link(dist: metadata.Distribution, source_prefix: Path, target_prefix: Path) -> None:
