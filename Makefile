@@ -41,7 +41,10 @@ lint: setup
 
 crds: setup
 	$(PY) -m specserve_operator.crdgen
-	cp crds/*.yaml charts/specserve/crds/
+	@# The chart's template reads this copy (templates/crds.yaml); kopf's peering CRDs stay in
+	@# the chart's crds/ (docs/helm.md#the-crd-and-upgrades).
+	cp crds/specserve.io_specservedeployments.yaml charts/specserve/files/crds/
+	cp crds/kopf.dev_peerings.yaml charts/specserve/crds/
 
 e2e: setup
 	$(PY) -m pytest e2e -v -s

@@ -1,6 +1,8 @@
 """The operator's API load against the kmock emulator: N SpecServeDeployments, measured.
 
     PYTHONPATH=contract:engine:operator:gateway:. python bench/operator_api_load.py -n 100
+    python bench/operator_api_load.py --slo-pass -n 1000 [--legacy | --new] [--fake-prometheus]
+        the SLO timer's pass alone, legacy vs new side by side (issue #24; see `slo_pass`)
 
 Runs the real operator (kopf, in a thread, as tests/kits/operator_kit does) against kmock,
 creates N resources at once, waits until every one has its children and a .status, then
@@ -97,6 +99,9 @@ def fast_membership() -> None:
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--slo-pass" in argv:  # the SLO loop's pass alone (below)
+        return await slo_pass(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=100, help="resources (default 100)")
     parser.add_argument("--window", type=float, default=60.0,
@@ -213,6 +218,274 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# ------------------------------------------------------------------ --slo-pass: the SLO loop
+# The SLO timer's pass (handlers.slo_loop, minus kopf) for N resources at once against the
+# in-memory API server (tests/kits/apiserver.MemoryApiServer, every call counted) and a
+# Prometheus (the real Debian `prometheus` with an empty TSDB, every query counted; `--fake-
+# prometheus`: an in-process httpx MockTransport instead). Each resource has its ConfigMap,
+# token Secret, Deployment and `--pods` ready pods whose control port refuses connections
+# (the push fails fast, as a pod that is not up yet). Legacy = the pass before issue #24:
+# each resource's own ~24 queries, every stamp rewritten every pass; new = one grouped round
+# shared by all (`prometheus.GroupedSnapshots`), stamps kept while nothing changed.
+
+SLO_DOC = """requests per resource per minute = API requests (or queries) in a steady-state pass
+/ N x 60 / --slo-interval; pass p99 = the 99th percentile over the N resources of one pass's
+wall time (slo_iteration + status write + scale), with the N passes started spread uniformly over
+--spread seconds (kopf's timers are not aligned)."""
+
+
+class CountingApi:
+    """A KubeClient stand-in over MemoryApiServer that counts calls by (verb, kind) and
+    answers pod listings from its pods."""
+
+    def __init__(self, server: Any, pods: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+        import threading
+        self.server = server
+        self.pods = pods
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, verb: str, kind: str) -> None:
+        with self._lock:
+            self.calls[verb, kind] += 1
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        self._count("GET", kind)
+        return self.server.get(api_version, kind, namespace, name)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              body: dict[str, Any], subresource: str | None = None) -> Any:
+        self._count("PATCH", kind + (f"/{subresource}" if subresource else ""))
+        return self.server.patch(api_version, kind, namespace, name, body, subresource or "")
+
+    def request(self, method: str, path: str, *_: Any) -> Any:
+        from urllib.parse import parse_qs, unquote, urlsplit
+        self._count(f"{method} (list)" if "/pods" in path else method, path.split("?")[0]
+                    .rsplit("/", 1)[-1])
+        parts = urlsplit(path)
+        namespace = parts.path.split("/")[4]
+        selector = unquote(parse_qs(parts.query).get("labelSelector", [""])[0])
+        instance = dict(kv.split("=", 1) for kv in selector.split(",") if "=" in kv).get(
+            "app.kubernetes.io/instance", "")
+        return {"items": self.pods.get((namespace, instance), [])}
+
+
+def _refused_port() -> tuple[Any, int]:
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused at once
+    return sock, sock.getsockname()[1]
+
+
+def _cluster(n: int, pods_per: int) -> tuple[Any, list[Any], dict]:
+    import base64 as b64
+
+    from tests.kits.apiserver import MemoryApiServer
+
+    from specserve_contract import KIND, POLICY_KEY, TOKEN_KEY
+    from specserve_engine.policy.params import Policy
+    from specserve_operator.names import (
+        Owner,
+        configmap_name,
+        deployment_name,
+        secret_name,
+        selector_labels,
+    )
+
+    server = MemoryApiServer()
+    owners, pods = [], {}
+    for i in range(n):
+        owner = Owner(f"r{i}", f"ns{i % 10}", f"uid-{i}")  # MemoryApiServer keys by name
+        owners.append(owner)
+        ref = [{"uid": owner.uid, "controller": True, "kind": KIND, "name": owner.name}]
+        meta = {"namespace": owner.namespace, "ownerReferences": ref}
+        server.put({"apiVersion": "specserve.io/v1alpha1", "kind": KIND,
+                    "metadata": {"name": owner.name, "namespace": owner.namespace,
+                                 "uid": owner.uid},
+                    "spec": {"model": {"target": "tiny", "draft": "tiny"}},
+                    "status": {"phase": "Running"}})
+        server.put({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": configmap_name(owner), **meta},
+                    "data": {POLICY_KEY: Policy(version=1).model_dump_json()}})
+        server.put({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": secret_name(owner), **meta},
+                    "data": {TOKEN_KEY: b64.b64encode(b"token").decode()}})
+        server.put({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": deployment_name(owner), **meta},
+                    "spec": {"replicas": 1}})
+        pods[owner.namespace, owner.name] = [
+            {"metadata": {"name": f"{owner.name}-{j}", "namespace": owner.namespace,
+                          "labels": selector_labels(owner)},
+             "status": {"phase": "Running", "podIP": "127.0.0.1",
+                        "conditions": [{"type": "Ready", "status": "True"}]}}
+            for j in range(pods_per)]
+    return server, owners, pods
+
+
+async def _slo_passes(args: argparse.Namespace, legacy: bool, prom_url: str,
+                      transport: Any) -> dict[str, Any]:
+    import random
+
+    from specserve_operator import prometheus, slo_loop
+    from specserve_operator.children import Children
+    from specserve_operator.config import LoopConfig
+    from specserve_operator.reconcile import write_status
+    from specserve_operator.spec import parse_spec
+    from specserve_operator.status import SLO_LOOP
+
+    server, owners, pods = _cluster(args.n, args.pods)
+    api = CountingApi(server, pods)
+    sock, refused = _refused_port()
+    queries = collections.Counter()
+    if transport is not None:  # count queries at the fake
+        real_client = prometheus.PrometheusClient
+        slo_loop.PrometheusClient = lambda *a, **kw: real_client(*a, **kw, transport=transport)
+    else:
+        import httpx
+        hook_transport = httpx.AsyncHTTPTransport()
+
+        class Counting(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: Any) -> Any:
+                queries["query"] += 1
+                return await hook_transport.handle_async_request(request)
+        counting = Counting()
+        real_client = prometheus.PrometheusClient
+        slo_loop.PrometheusClient = lambda *a, **kw: real_client(*a, **kw, transport=counting)
+    cfg = LoopConfig(prometheus_url=prom_url, retries=0, push_timeout_s=1.0,
+                     address=lambda pod: f"http://127.0.0.1:{refused}")
+    spec = parse_spec({"model": {"target": "tiny", "draft": "tiny"}})
+    clock = [0.0]
+    grouped = None if legacy else prometheus.GroupedSnapshots(args.slo_interval / 2,
+                                                              clock=lambda: clock[0])
+    slo_loop.kopf.event = lambda *a, **kw: None  # no kopf here
+
+    class Quiet:
+        def info(self, line: str) -> None:
+            return None
+
+    def index(kind: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        return {(o["metadata"]["namespace"], o["metadata"]["name"]): [o]
+                for (k, _), o in server.objects.items() if k == kind}
+
+    rng = random.Random(0)
+    results = []
+    for number in range(args.passes):
+        reads = Children(api, {"specserve_configmaps": index("ConfigMap"),
+                               "specserve_deployments": index("Deployment")})
+        api.calls.clear()
+        queries.clear()
+        before = _count_queries(transport)
+        offsets = sorted(rng.uniform(0, args.spread) for _ in owners)
+        durations: list[float] = []
+
+        async def one(owner: Any, delay: float, number: int = number,
+                      reads: Children = reads, durations: list[float] = durations) -> None:
+            await asyncio.sleep(delay)
+            started = time.perf_counter()
+            body = server.get("specserve.io/v1alpha1", "SpecServeDeployment", owner.namespace,
+                              owner.name)
+            old = dict(body.get("status") or {})
+            stamp = f"2026-01-01T00:{number:02d}:00Z"
+            new = await slo_loop.slo_iteration(api, owner, spec, body, old, Quiet(), cfg, stamp,
+                                               reads, grouped)
+            if not legacy:
+                new = slo_loop.keep_stamps(old, new)
+            await asyncio.to_thread(write_status, api, owner, SLO_LOOP, lambda fresh: new, body)
+            await slo_loop.apply_scale(api, owner, spec, new, reads)
+            durations.append(time.perf_counter() - started)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(o, d) for o, d in zip(owners, offsets, strict=True)))
+        wall = time.perf_counter() - t0
+        clock[0] += args.slo_interval
+        print(f"  {'legacy' if legacy else 'new'} pass {number + 1}: {wall:.1f} s",
+              file=sys.stderr, flush=True)
+        n_queries = queries["query"] if transport is None else _count_queries(transport) - before
+        results.append({"pass": number + 1, "wall_s": wall, "api": dict(
+            (f"{v} {k}", c) for (v, k), c in sorted(api.calls.items())),
+            "api_requests": sum(api.calls.values()), "prometheus_queries": n_queries,
+            "p50_s": _percentile(durations, 0.5), "p99_s": _percentile(durations, 0.99)})
+    sock.close()
+    return {"legacy": legacy, "passes": results}
+
+
+def _count_queries(transport: Any) -> int:
+    return getattr(transport, "count", 0) if transport is not None else 0
+
+
+def _fake_prometheus() -> Any:
+    """An in-process Prometheus: every query answers an empty vector, counted."""
+    import httpx
+
+    class Fake(httpx.AsyncBaseTransport):
+        count = 0
+
+        async def handle_async_request(self, request: Any) -> Any:
+            Fake.count += 1
+            return httpx.Response(200, json={"status": "success",
+                                             "data": {"resultType": "vector", "result": []}})
+    return Fake()
+
+
+async def slo_pass(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="the SLO loop's pass at N resources",
+                                     epilog=SLO_DOC)
+    parser.add_argument("--slo-pass", action="store_true")
+    parser.add_argument("-n", type=int, default=1000, help="resources (default 1000)")
+    parser.add_argument("--pods", type=int, default=1, help="ready pods per resource")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="passes (the first writes the first status; the last is reported)")
+    parser.add_argument("--slo-interval", type=float, default=30.0)
+    parser.add_argument("--spread", type=float, default=10.0,
+                        help="seconds over which a pass's N timers start")
+    parser.add_argument("--legacy", action="store_true", help="only the old path")
+    parser.add_argument("--new", action="store_true", help="only the new path")
+    parser.add_argument("--fake-prometheus", action="store_true",
+                        help="an in-process fake instead of the Debian prometheus")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    from tests.kits.prometheus_kit import Prometheus, prometheus_binary
+
+    prom = None
+    transport = None
+    binary = None if args.fake_prometheus else prometheus_binary()
+    if binary is None:
+        transport, url, which = _fake_prometheus(), "http://prometheus.fake:9090", "fake"
+    else:
+        prom = Prometheus(binary, [], Path(tempfile.mkdtemp(prefix="slo-bench-")))
+        prom.wait_ready()
+        url, which = prom.url, f"Debian prometheus ({binary}), empty TSDB"
+    try:
+        runs = [await _slo_passes(args, legacy, url, transport)
+                for legacy in ((True,) if args.legacy else (False,) if args.new
+                               else (True, False))]
+    finally:
+        if prom is not None:
+            prom.stop()
+    per_min = 60.0 / args.slo_interval / args.n
+    print(f"SLO pass, N={args.n}, {args.pods} pod(s) each, interval {args.slo_interval:g} s, "
+          f"spread {args.spread:g} s, Prometheus: {which}")
+    header = f"{'':34}" + "".join(f"{'legacy' if r['legacy'] else 'new':>14}" for r in runs)
+    print(header)
+    rows = [("API requests / resource / min", lambda p: f"{p['api_requests'] * per_min:.2f}"),
+            ("Prometheus queries / resource / min",
+             lambda p: f"{p['prometheus_queries'] * per_min:.2f}"),
+            ("Prometheus queries / pass", lambda p: f"{p['prometheus_queries']}"),
+            ("pass p50 s", lambda p: f"{p['p50_s']:.3f}"),
+            ("pass p99 s", lambda p: f"{p['p99_s']:.3f}"),
+            ("pass wall s", lambda p: f"{p['wall_s']:.1f}")]
+    for label, fmt in rows:
+        print(f"{label:34}" + "".join(f"{fmt(r['passes'][-1]):>14}" for r in runs))
+    for r in runs:
+        print(f"{'legacy' if r['legacy'] else 'new'} API calls in the last pass: "
+              f"{json.dumps(r['passes'][-1]['api'])}")
+    out = {"n": args.n, "prometheus": which, "runs": runs}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ Steps (each prints a `==>` line; any failure stops the run with the reason):
      operator/gateway image; load both into kind
   3. install the Prometheus Operator (release bundle) and a Prometheus that selects every
      ServiceMonitor/PodMonitor (e2e/prometheus.yaml)
-  4. install charts/specserve with Helm's Go SDK (helm-python-sdk; no helm binary needed)
-  5. apply the tiny CPU SpecServeDeployment of examples/specserve.yaml, pointed at the local
-     images and at Prometheus; wait until it is Ready
+  4. install charts/specserve with Helm's Go SDK (helm-python-sdk; no helm binary needed), with
+     examples/chart-values.yaml (the operator's Prometheus is the e2e one) and the local image
+  5. apply the tiny CPU SpecServeDeployment of examples/specserve.yaml, on the local engine
+     image (its Prometheus is the operator's default); wait until it is Ready
   6. through the gateway (port-forward): /v1/models, a completion, a streamed chat completion,
      an unknown model (404)
   7. the policy loop: .status.policy.version >= 1 acknowledged by every ready pod
@@ -52,7 +53,10 @@ VLLM_CPU_BASE = os.environ.get(
 PROMETHEUS_OPERATOR = os.environ.get("SPECSERVE_E2E_PROMETHEUS_OPERATOR", "v0.81.0")
 PROMETHEUS_BUNDLE = ("https://github.com/prometheus-operator/prometheus-operator/releases/"
                      f"download/{PROMETHEUS_OPERATOR}/bundle.yaml")
+# The Service the Prometheus Operator makes for e2e/prometheus.yaml's Prometheus; the operator's
+# default Prometheus in examples/chart-values.yaml (tests/chart checks that they agree).
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+CHART_VALUES = ROOT / "examples" / "chart-values.yaml"
 REQUIRED_TOOLS = ("docker", "kind", "kubectl")
 
 
@@ -177,13 +181,39 @@ def install_prometheus() -> None:
     ).returncode == 0, 300)
 
 
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into `base` (maps key by key, as Helm merges values files)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def chart_values() -> dict[str, Any]:
+    """examples/chart-values.yaml (the operator's Prometheus, Secrets in MODEL_NS) and the local
+    image, shorter intervals, the gateway's ServiceMonitor."""
     repo, tag = OPERATOR_IMAGE.split(":")
-    return {
+    return merged(yaml.safe_load(CHART_VALUES.read_text()), {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "operator": {"statusIntervalSeconds": 5, "logLevel": "verbose"},
         "monitoring": {"serviceMonitor": {"enabled": True, "interval": "5s"}},
-    }
+    })
+
+
+def adopt_crd(release: str) -> None:
+    """A cluster kept from a run of chart 0.1 (or an earlier `kubectl apply`) has the CRD from
+    the chart's crds/, which Helm does not own; chart 0.2 renders it as a template, and Helm
+    refuses to install or upgrade over an object without its ownership metadata. Hand it
+    over (docs/helm.md#the-crd-and-upgrades)."""
+    crd = "crd/specservedeployments.specserve.io"
+    if kubectl("get", crd, check=False, capture=True).returncode != 0:
+        return
+    kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
+    kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={NAMESPACE}")
 
 
 def install_chart() -> None:
@@ -193,6 +223,7 @@ def install_chart() -> None:
     kubeconfig = sh(["kind", "get", "kubeconfig", "--name", CLUSTER], capture=True).stdout
     config = helm_python.Config(kubeconfig_content=kubeconfig, namespace=NAMESPACE)
     chart = helm_python.Chart.load(ROOT / "charts" / "specserve")
+    adopt_crd("specserve")
     if any(release.get("name") == "specserve" for release in config.list()):
         config.upgrade(chart, "specserve", chart_values(), namespace=NAMESPACE, wait="watcher",
                        timeout=300)
@@ -212,8 +243,8 @@ def tiny_resource() -> dict[str, Any]:
     spec = tiny["spec"]
     spec["image"] = ENGINE_IMAGE
     spec["imagePullPolicy"] = "Never"
-    spec.setdefault("metrics", {})["prometheusUrl"] = PROMETHEUS_URL
-    spec["metrics"]["scrapeInterval"] = "5s"
+    # No prometheusUrl: the operator's default (chart_values), which its allow-list admits.
+    spec.setdefault("metrics", {})["scrapeInterval"] = "5s"
     spec["replicas"] = {"min": 1, "max": 2, "initial": 1}
     return tiny
 

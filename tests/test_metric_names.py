@@ -39,7 +39,7 @@ PINNED = {
     "specserve_gateway_requests_total", "specserve_gateway_outstanding_requests",
     "specserve_gateway_resumes_total", "specserve_gateway_resume_failures_total",
     "specserve_gateway_resume_seconds", "specserve_gateway_held_requests",
-    "specserve_gateway_holds_total",
+    "specserve_gateway_holds_total", "specserve_gateway_route_conflicts",
     "specserve_operator_reconciles_total", "specserve_operator_slo_loop_seconds",
     "specserve_operator_slo_loop_failures_total", "specserve_operator_policy_pushes_total",
     "specserve_operator_api_calls_total", "specserve_operator_desired_replicas",

@@ -145,6 +145,14 @@ HEALTH_PATH = "/health"
 
 MODELS_MOUNT = "/models"  # a PVC with weights; relative model paths resolve under it
 SHM_DIR = "/dev/shm"  # a memory-backed emptyDir: vLLM's workers exchange tensors through it
+# Writable emptyDirs of the engine pod, so that it runs under any UID (OpenShift assigns one
+# from the namespace's range, with no passwd entry and no writable HOME) and with a read-only
+# root file system: HOME (XDG, vLLM, Triton and FlashInfer caches under it), /tmp, and the
+# model cache (HF_HOME: spec.model.cache, an emptyDir or a PVC), which outlives restarts.
+HOME_DIR = "/home/specserve"  # engine/Dockerfile's user's home, too
+TMP_DIR = "/tmp"
+MODEL_CACHE_DIR = "/var/cache/huggingface"
+ENGINE_UID = 10001  # engine/Dockerfile's USER; pods do not pin it (any non-root UID works)
 POLICY_DIR = "/etc/specserve/policy"
 POLICY_KEY = "policy.json"  # the ConfigMap key, also the file name in POLICY_DIR
 POLICY_FILE = f"{POLICY_DIR}/{POLICY_KEY}"
@@ -237,3 +245,13 @@ def data_parallel_flag(args: list[str] | tuple[str, ...]) -> str | None:
             if arg == flag or arg.startswith(flag + "="):
                 return flag
     return None
+
+# ------------------------------------------------------------------------ CRD schema version
+# `helm upgrade` and `kubectl apply` may leave an older SpecServeDeployment CRD in the cluster
+# than the operator was built for (Helm never upgrades a chart's crds/). crdgen writes
+# CRD_SCHEMA_VERSION into this annotation of the CRD; the operator reads it at start-up and
+# refuses to run against an older one (specserve_operator.crd_schema). Bump it with every
+# change of the CRD's schema, rules, subresources or printer columns (a test pins the schema
+# of each version: tests/data/crd_schema_versions.json).
+ANNOTATION_SCHEMA_VERSION = f"{GROUP}/schema-version"
+CRD_SCHEMA_VERSION = 1

@@ -49,6 +49,7 @@ GATEWAY_RESUME_FAILURES = "specserve_gateway_resume_failures_total"  # counter{m
 GATEWAY_RESUME_SECONDS = "specserve_gateway_resume_seconds"  # histogram{model}
 GATEWAY_HELD = "specserve_gateway_held_requests"  # gauge{model}
 GATEWAY_HOLDS = "specserve_gateway_holds_total"  # counter{model,outcome}
+GATEWAY_ROUTE_CONFLICTS = "specserve_gateway_route_conflicts"  # gauge{model,namespace}
 
 # ----------------------------------------------------------------------------------- operator
 

@@ -19,6 +19,7 @@ import prometheus_client
 import uvicorn
 
 from specserve_gateway.app import GatewayConfig, create_app
+from specserve_gateway.auth import ApiKeys
 from specserve_gateway.holding import HoldConfig
 from specserve_gateway.routing import RouteError, table_from_flags
 from specserve_gateway.sources import CombinedSource, FileSource, RouteSource, StaticSource
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "zero, pods loading); more get 503 at once; 0: never hold")
     p.add_argument("--hold-timeout", type=float, default=120.0, metavar="S",
                    help="longest hold for a ready backend before 503")
+    p.add_argument("--api-keys-file", type=Path, metavar="PATH",
+                   help="ask every request (but /health, /ready, /metrics) for "
+                   "`Authorization: Bearer KEY`, KEY one of the file's lines; re-read when it "
+                   "changes (a mounted Secret). Also, or instead: $SPECSERVE_GATEWAY_API_KEYS "
+                   "(comma-separated)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -83,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         source = build_source(args)
+        api_keys = ApiKeys.from_options(args.api_keys_file)
     except (RouteError, RuntimeError, OSError) as exc:
         print(f"specserve-gateway: error: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            retry_after_s=args.retry_after, max_resumes=args.max_resumes,
                            request_deadline_s=args.request_deadline,
                            hold=HoldConfig(max_queued=args.hold_queue,
-                                           max_wait_s=args.hold_timeout))
+                                           max_wait_s=args.hold_timeout),
+                           api_keys=api_keys)
     # Counters and histograms without their `<name>_created` series (process-wide): the
     # gateway's /metrics has only the series the dashboards and the operator read.
     prometheus_client.disable_created_metrics()

@@ -9,7 +9,9 @@
                                                   resumes (`resume.py`), holds (`holding.py`)
 
 Failure rules (no request ever waits on a dead backend for long):
-- unknown model -> 404 `model_not_found`; bad JSON or no `model` -> 400;
+- with API keys (`auth.py`), no valid `Authorization: Bearer` -> 401 (probes, metrics open);
+- unknown model -> 404 `model_not_found` (counted as model `__unknown__`); bad JSON or no
+  `model` -> 400;
 - a model with no ready backend is held until one is ready (`holding.py`: bounded per model in
   number and time; then 503 with `Retry-After`);
 - a model whose backends all refuse or drop the connection before answering -> 503 with
@@ -50,7 +52,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from specserve_contract.metrics import GATEWAY_OUTSTANDING, GATEWAY_REQUESTS
+from specserve_contract.metrics import (
+    GATEWAY_OUTSTANDING,
+    GATEWAY_REQUESTS,
+    GATEWAY_ROUTE_CONFLICTS,
+)
+from specserve_gateway.auth import ApiKeys, RequireApiKey
 from specserve_gateway.holding import HoldConfig, Holding
 from specserve_gateway.resume import ResumeMetrics, ResumePlan, StreamSplicer, plan_resume
 from specserve_gateway.routing import (
@@ -85,6 +92,12 @@ class GatewayConfig:
     max_resumes: int = 2  # per request: continuations of a broken stream / body re-asks
     request_deadline_s: float = 600.0  # no resume starts later than this after arrival
     hold: HoldConfig = field(default_factory=HoldConfig)  # models with no ready backend
+    api_keys: ApiKeys | None = None  # None: no key asked (`auth.py`)
+
+
+# The `model` label of requests for a model not in the route table: client-chosen names would
+# otherwise make one series each (unbounded label values).
+UNKNOWN_MODEL = "__unknown__"
 
 
 class Gateway:
@@ -99,6 +112,10 @@ class Gateway:
                                 ["model", "path", "code"], registry=r)
         self.outstanding = Gauge(GATEWAY_OUTSTANDING, "Requests in flight per backend.",
                                  ["backend"], registry=r)
+        self.route_conflicts = Gauge(
+            GATEWAY_ROUTE_CONFLICTS,
+            "1 per claim of a model name that another namespace holds (not routed by it).",
+            ["model", "namespace"], registry=r)
         self.resume_metrics = ResumeMetrics(r)
         self.holding = Holding(self.config.hold, registry=r)
         self._client: httpx.AsyncClient | None = None
@@ -157,14 +174,17 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "specserve"}
-                for name in self.source.table().models()]
+                for name in self.source.table().listed_models()]
         return JSONResponse({"object": "list", "data": data})
 
     async def routes(self, request: Request) -> Response:
         table = self.source.table()
         backends = [u for route in table.routes.values() for u in route.backends]
         return JSONResponse({"models": table.to_json(),
-                             "backends": self.balancer.snapshot(backends)})
+                             "backends": self.balancer.snapshot(backends),
+                             "conflicts": [{"model": c.model, "namespace": c.namespace,
+                                            "names": list(c.names), "holder": c.holder,
+                                            "message": c.message()} for c in table.conflicts]})
 
     async def metrics(self, request: Request) -> Response:
         # The gauges of state kept elsewhere (balancer, holding) are set from it here, with no
@@ -172,7 +192,11 @@ class Gateway:
         self.outstanding.clear()
         for url, n in self.balancer.outstanding.items():
             self.outstanding.labels(url).set(n)
-        self.holding.export(self.source.table().models())
+        table = self.source.table()
+        self.holding.export(table.models())
+        self.route_conflicts.clear()
+        for c in table.conflicts:
+            self.route_conflicts.labels(c.model, c.namespace).set(1)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     async def proxy(self, request: Request) -> Response:
@@ -189,7 +213,7 @@ class Gateway:
                                invalid_request("`model` (a string) is required", "model"))
         route = self.source.table().get(model)
         if route is None:
-            return self._error(model, path, 404, model_not_found(model))
+            return self._error(UNKNOWN_MODEL, path, 404, model_not_found(model))
         if not route.backends:  # scaled to zero, or every pod still loading: wait for one
             held = await self.holding.hold(model, lambda: self.source.table().get(model),
                                            request.is_disconnected)
@@ -431,4 +455,9 @@ def create_app(source: RouteSource, config: GatewayConfig | None = None) -> Star
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.gateway = gateway
+    keys = gateway.config.api_keys
+    if keys is not None:  # outermost: nothing (not even a 404) answers without a key
+        app.add_middleware(RequireApiKey, keys=keys,
+                           on_refused=lambda path: gateway._count(
+                               "", path if path in PROXIED_PATHS else "other", 401))
     return app

@@ -9,6 +9,9 @@ EndpointSlices). Every change rebuilds the table with the pure `table_from_clust
     Service      = the resource's name, in its namespace (`specserve_contract.service_name`)
     backends     = http://<ip>:<port named "http"> of every endpoint whose `ready` is not false
 
+One tenant per model name: `model` goes to the first SpecServeDeployment (by creationTimestamp,
+then namespace/name) that claimed it, `namespace/model` to that namespace's; a later claim of a
+taken name is a `RouteConflict` (logged, exported, never routed by the bare name).
 A model whose pods are all unready stays in the table with no backends: requests for it get 503
 (try again), not 404 (no such model). RBAC: list/watch on specservedeployments and
 endpointslices (the chart's gateway ClusterRole).
@@ -23,13 +26,14 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from specserve_contract import ENGINE_SELECTOR, GROUP, HTTP_PORT_NAME, PLURAL, VERSION, service_name
-from specserve_gateway.routing import RouteTable
+from specserve_gateway.routing import Route, RouteConflict, RouteTable, qualified
 from specserve_gateway.sources import Listeners
 
 log = logging.getLogger("specserve_gateway.kube_routes")
@@ -67,11 +71,26 @@ def slice_urls(eps: dict[str, Any], port_name: str = HTTP_PORT_NAME) -> list[str
     return urls
 
 
-def table_from_cluster(
+@dataclass(frozen=True)
+class Claim:
+    """The SpecServeDeployments of one namespace that serve one model name (pooled: one tenant)."""
+
+    namespace: str
+    model: str
+    created: str  # the earliest creationTimestamp among them (RFC 3339, sorts as text)
+    names: tuple[str, ...]  # the resources' names, sorted
+    backends: tuple[str, ...]
+
+    @property
+    def order(self) -> tuple[str, str, str]:
+        """First claim first: creationTimestamp, then namespace/name (deterministic)."""
+        return (self.created or "~", self.namespace, self.names[0] if self.names else "")
+
+
+def claims_from_cluster(
     ssds: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]]
-) -> RouteTable:
-    """SpecServeDeployments + EndpointSlices -> RouteTable (several resources may serve one
-    model name, in one or more namespaces: their pods are pooled)."""
+) -> dict[str, list[Claim]]:
+    """model name -> its claims, first claim first."""
     by_service: dict[tuple[str, str], list[str]] = {}
     for eps in slices:
         meta = eps.get("metadata") or {}
@@ -79,16 +98,57 @@ def table_from_cluster(
         if service:
             key = (meta.get("namespace", ""), service)
             by_service.setdefault(key, []).extend(slice_urls(eps))
-    backends: dict[str, set[str]] = {}
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for ssd in ssds:
-        meta = ssd.get("metadata") or {}
         model = served_model(ssd)
-        if not model:
+        if model:
+            ns = (ssd.get("metadata") or {}).get("namespace", "")
+            grouped.setdefault((ns, model), []).append(ssd)
+    claims: dict[str, list[Claim]] = {}
+    for (ns, model), members in grouped.items():
+        metas = [m.get("metadata") or {} for m in members]
+        urls = {u for meta in metas
+                for u in by_service.get((ns, service_name(meta.get("name", ""))), [])}
+        stamps = [str(meta["creationTimestamp"]) for meta in metas
+                  if meta.get("creationTimestamp")]
+        claims.setdefault(model, []).append(Claim(
+            ns, model, min(stamps, default=""),
+            tuple(sorted(str(meta.get("name", "")) for meta in metas)), tuple(sorted(urls))))
+    for listed in claims.values():
+        listed.sort(key=lambda c: c.order)
+    return claims
+
+
+def table_from_cluster(
+    ssds: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]]
+) -> RouteTable:
+    """SpecServeDeployments + EndpointSlices -> RouteTable, one tenant per model name:
+
+    - `model` routes to the FIRST claim of that name only (`Claim.order`); resources of one
+      namespace that serve one name are one claim and pool their pods;
+    - `namespace/model` routes to that namespace's claim (forwarded as `model`), the later
+      claims included: the address names the tenant, so it takes no one's traffic;
+    - a later claim of a bare name is a `RouteConflict` (in the table, logged, exported); so is
+      a bare name that spells another namespace's `namespace/model` (the qualified one wins:
+      only that namespace can create it).
+    """
+    claims = claims_from_cluster(ssds, slices)
+    routes: dict[str, Route] = {}
+    for model, listed in claims.items():
+        for claim in listed:
+            key = qualified(claim.namespace, model)
+            routes[key] = Route(key, claim.backends, model, listed=False)
+    conflicts: list[RouteConflict] = []
+    for model, listed in sorted(claims.items()):
+        first = listed[0]
+        if model in routes:  # a bare name that is another namespace's qualified address
+            conflicts.extend(RouteConflict(model, c.namespace, c.names, model)
+                             for c in listed)
             continue
-        key = (meta.get("namespace", ""), service_name(meta.get("name", "")))
-        urls = by_service.get(key, [])
-        backends.setdefault(model, set()).update(urls)
-    return RouteTable.from_mapping(backends)
+        routes[model] = Route(model, first.backends)
+        winner = qualified(first.namespace, first.names[0] if first.names else "")
+        conflicts.extend(RouteConflict(model, c.namespace, c.names, winner) for c in listed[1:])
+    return RouteTable(routes, tuple(conflicts))
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -232,6 +292,8 @@ class KubeSource(Listeners):
         changed = table != self._table
         if changed:
             log.info("routes: %s", json.dumps(table.to_json()))
+            for c in set(table.conflicts) - set(self._table.conflicts):
+                log.warning("route conflict: %s", c.message())
         self._table = table
         if changed:
             self.notify()

@@ -51,13 +51,39 @@ class Route:
     model: str
     backends: tuple[str, ...] = ()
     upstream_model: str | None = None
+    listed: bool = True  # in GET /v1/models (a `namespace/model` address is routed, not listed)
+
+
+def qualified(namespace: str, model: str) -> str:
+    """`namespace/model`: a namespace's model addressed explicitly. Namespace names cannot hold
+    a `/`, so the first `/` splits it even when the model name has slashes (`org/model`)."""
+    return f"{namespace}/{model}"
+
+
+@dataclass(frozen=True)
+class RouteConflict:
+    """A claim of model name `model` by the resources `names` in `namespace` that is not routed
+    by that name, because `holder` (the first claim, or another namespace's qualified address)
+    has it. The claim stays reachable as `namespace/model`."""
+
+    model: str
+    namespace: str
+    names: tuple[str, ...]
+    holder: str
+
+    def message(self) -> str:
+        return (f"model name {self.model!r} of {self.namespace}/{','.join(self.names)} is "
+                f"already served by {self.holder}; not routed by that name (address it as "
+                f"{qualified(self.namespace, self.model)!r})")
 
 
 @dataclass(frozen=True)
 class RouteTable:
-    """Model name -> Route. Immutable: sources build a new table on every change."""
+    """Model name -> Route. Immutable: sources build a new table on every change.
+    `conflicts`: claims of a name that is not theirs (the cluster source), reported only."""
 
     routes: Mapping[str, Route] = field(default_factory=dict)
+    conflicts: tuple[RouteConflict, ...] = ()
 
     @classmethod
     def from_mapping(
@@ -84,6 +110,9 @@ class RouteTable:
     def models(self) -> list[str]:
         return sorted(self.routes)
 
+    def listed_models(self) -> list[str]:
+        return sorted(m for m, r in self.routes.items() if r.listed)
+
     def merged(self, other: RouteTable) -> RouteTable:
         """Both tables; a model in both gets the union of the backends (`other`'s rename wins)."""
         routes = dict(self.routes)
@@ -93,8 +122,9 @@ class RouteTable:
                 routes[model] = route
             else:
                 urls = tuple(sorted(set(mine.backends) | set(route.backends)))
-                routes[model] = Route(model, urls, route.upstream_model or mine.upstream_model)
-        return RouteTable(routes)
+                routes[model] = Route(model, urls, route.upstream_model or mine.upstream_model,
+                                      mine.listed or route.listed)
+        return RouteTable(routes, self.conflicts + other.conflicts)
 
     def to_json(self) -> dict[str, Any]:
         return {

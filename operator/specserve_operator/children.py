@@ -28,10 +28,12 @@ namespace, `WATCHED`, only objects with the operator's managed-by label) into in
 
 The event-driven handlers (create, spec update, resume) read every child with a GET
 (`Children(api)`): they are rare and must act on the current state. A read from an index can
-be a few milliseconds behind the operator's own last write; every write is still a merge patch
-of the fields it owns (or a create that treats 409 as done), and the policy ConfigMap's
-read-modify-write names the resourceVersion it read, so a stale read costs at most one
-redundant patch, never a lost update.
+be a few milliseconds behind the operator's own last write; every apply of an existing child
+names the resourceVersion it read (a stale one is refused with 409 and redone on a GET), a
+missing one is created by an unforced apply (409: created meanwhile), and the policy
+ConfigMap's read-modify-write names the resourceVersion it read, so a stale read costs at most
+one refused write, never a lost update. managedFields are dropped from the index: the operator
+compares its own fields (`diff.in_sync`), and never needs to read them.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from specserve_contract import (
+    ANNOTATION_SCHEMA_VERSION,
+    CRD_SCHEMA_VERSION,
     GROUP,
     KIND,
     LABEL_PART_OF,
@@ -31,6 +33,8 @@ from specserve_contract import (
     VERSION,
 )
 from specserve_operator.spec import (
+    NAME_LIMIT,
+    RESOURCE_RULES,
     SpecServeDeploymentSpec,
     SpecServeDeploymentStatus,
     SpecServeModel,
@@ -145,10 +149,17 @@ def openapi_schema() -> dict[str, Any]:
         "description": "SpecServeDeployment: a model served by vLLM with SLO-aware adaptive "
         "speculative decoding.",
         "required": ["spec"],
+        # Rules on the resource's name (spec.RESOURCE_RULES): only the root may read it.
+        "x-kubernetes-validations": RESOURCE_RULES,
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # The API server allows only name and generateName here (and validates the rest of
+            # ObjectMeta itself); their maxLength bounds the cost it estimates for the rules.
+            "metadata": {"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": NAME_LIMIT},
+                "generateName": {"type": "string", "maxLength": NAME_LIMIT},
+            }},
             "spec": structural(SpecServeDeploymentSpec),
             # No defaults in status: only the operator writes it.
             "status": structural(SpecServeDeploymentStatus, defaults=False),
@@ -163,6 +174,8 @@ def crd() -> dict[str, Any]:
         "metadata": {
             "name": CRD_NAME,
             "labels": {LABEL_PART_OF: PART_OF},
+            # Read by the operator at start-up (specserve_operator.crd_schema).
+            "annotations": {ANNOTATION_SCHEMA_VERSION: str(CRD_SCHEMA_VERSION)},
         },
         "spec": {
             "group": GROUP,

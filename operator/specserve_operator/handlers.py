@@ -30,13 +30,13 @@ from typing import Any
 import kopf
 
 from specserve_contract import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
-from specserve_operator import children, metrics
+from specserve_operator import children, crd_schema, metrics, prometheus
 from specserve_operator.config import LoopConfig, OperatorConfig
-from specserve_operator.kube_client import KubeClient
+from specserve_operator.kube_client import KubeClient, KubeError
 from specserve_operator.names import Owner
 from specserve_operator.peering import configure_peering
 from specserve_operator.reconcile import now_stamp, reconcile, write_status
-from specserve_operator.slo_loop import apply_scale, slo_iteration
+from specserve_operator.slo_loop import apply_scale, keep_stamps, slo_iteration
 from specserve_operator.spec import SpecError, parse_spec
 from specserve_operator.status import SLO_LOOP, loop_failed_status
 
@@ -87,11 +87,34 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(RUNTIME.config.metrics_port)
     # A resource that has not run a pass for three intervals (deleted) leaves the gauge.
     metrics.NO_DATA.ttl_s = 3 * RUNTIME.config.slo_interval_s
+    prometheus.GROUPED.max_age_s = RUNTIME.config.slo_interval_s / 2  # shared query rounds
     children.CHECKED.ttl_s = children.RECHECK_PASSES * RUNTIME.config.status_interval_s
     # The children's watches list only the operator's own objects (server-side selector).
     for kind in children.WATCHED:
         settings.watching.label_selectors[_selects(kind)] = children.SELECTOR
     register_timers(RUNTIME.config)
+
+
+@kopf.on.startup()
+def check_crd_schema(**_: Any) -> None:
+    """Refuse to start against a missing CRD or one older than this operator's
+    (`crd_schema`): Helm does not upgrade CRDs from a chart's crds/, and an old schema prunes
+    what a newer operator writes. Unreadable (403: RBAC without the grant): a warning only."""
+    try:
+        crd = KubeClient.from_environment().request("GET", crd_schema.CRD_PATH)
+    except Exception as exc:
+        if isinstance(exc, KubeError) and exc.status == 403:
+            log.warning("cannot read the CRD %s to check its schema version (403): grant get on "
+                        "it (the chart does); not checked", crd_schema.CRD_NAME)
+            return
+        # No configuration yet, no connection, an API error: kopf retries the handler.
+        raise kopf.TemporaryError(f"reading the CRD {crd_schema.CRD_NAME}: {exc}",
+                                  delay=5) from exc
+    why = crd_schema.problem(crd)
+    if why is not None:
+        log.error("refusing to start: %s", why)
+        raise kopf.PermanentError(why)
+    log.info(crd_schema.describe(crd))
 
 
 def _selects(kind: children.Watched) -> Any:
@@ -183,7 +206,8 @@ async def slo_loop(body: Any, status: Any, namespace: str, name: str, uid: str, 
     try:
         with metrics.SLO_LOOP_SECONDS.time():
             new = await slo_iteration(kube(), owner, spec, body, old, logger, RUNTIME.loop,
-                                      now_stamp(), reads)
+                                      now_stamp(), reads, prometheus.GROUPED)
+        new = keep_stamps(old, new)  # a pass that changed nothing but its stamps: no patch
     except Exception as exc:  # report and go on: the next pass retries
         metrics.SLO_LOOP_FAILURES.inc()
         logger.exception(f"slo loop failed: {exc}")

@@ -2,7 +2,12 @@
 
 Built on the official client's ApiClient for configuration and authentication (in-cluster
 service account or kubeconfig); objects stay plain dicts end to end (no model classes).
-Patches are JSON merge patches (RFC 7386): we own whole fields and replace lists wholesale.
+
+Children are written by server-side apply (`apply`: the whole desired object, under the field
+manager `FIELD_MANAGER`; the API server merges it, records which fields the manager owns in
+metadata.managedFields, and removes the fields the manager owned before and no longer sends).
+The other writes are JSON merge patches (RFC 7386) of single fields: the status subresource,
+the SLO loop's scale and tuned policy.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 MERGE_PATCH = "application/merge-patch+json"
+# Server-side apply (KEP-555; kubernetes.io/docs/reference/using-api/server-side-apply/). The
+# body is YAML, and JSON is YAML.
+APPLY_PATCH = "application/apply-patch+yaml"
+# The field manager of every write the operator makes, as metadata.managedFields shows it
+# (`kubectl get deploy NAME --show-managed-fields`).
+FIELD_MANAGER = "specserve-operator"
 # (connect, read) seconds for one API call. Without it a connection the API server (or a proxy)
 # stops answering hangs the handler, and a kopf timer stuck in a handler never fires again.
 REQUEST_TIMEOUT_S = (5.0, 30.0)
@@ -41,7 +52,8 @@ REQUEST_TIMEOUT_S = (5.0, 30.0)
 # exactly these plus kopf's (KOPF_CALLS) and the admission grant (ADMISSION_GRANTS): nothing
 # missing, nothing unused.
 API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
-    # reconcile: children are read, created and patched, never deleted (garbage collection).
+    # reconcile: children are read and server-side applied (a PATCH, authorized as `patch`, and
+    # as `create` where it creates), never deleted (garbage collection).
     *((verb, "apps", "deployments") for verb in ("get", "create", "patch")),
     *((verb, "", "services") for verb in ("get", "create", "patch")),
     *((verb, "", "configmaps") for verb in ("get", "create", "patch")),
@@ -53,6 +65,9 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     # No spec patch: the operator never writes the spec (the SLO loop scales the Deployment).
     ("get", GROUP, PLURAL), ("patch", GROUP, f"{PLURAL}/status"),
     ("list", "", "pods"),  # the SLO loop finds the ready engine pods
+    # At start-up: the SpecServeDeployment CRD's schema version (crd_schema; the chart grants
+    # `get` on that one CRD by name).
+    ("get", "apiextensions.k8s.io", "customresourcedefinitions"),
 })
 # What kopf itself calls: it watches the resources, patches their finalizer and annotations,
 # posts events, and watches CRDs; and it watches the children it keeps in indexes
@@ -205,14 +220,29 @@ class KubeClient:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"])
-        return self.request("POST", path, obj) or {}
+        return self.request("POST", f"{path}?fieldManager={FIELD_MANAGER}", obj) or {}
 
     def patch(
         self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any],
         subresource: str = "",
     ) -> dict[str, Any] | None:
         path = resource_path(api_version, kind, namespace, name, subresource)
-        return self.request("PATCH", path, body, MERGE_PATCH)
+        return self.request("PATCH", f"{path}?fieldManager={FIELD_MANAGER}", body, MERGE_PATCH)
+
+    def apply(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER,
+              force: bool = False) -> dict[str, Any] | None:
+        """Server-side apply of `obj` (a complete object: it creates one that is missing). With
+        `force`, fields another manager owns are taken over instead of answering 409 Conflict.
+        A create by apply is authorized as `create` (and an update as `patch`), so both are
+        recorded as issued."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        query = f"?fieldManager={field_manager}" + ("&force=true" if force else "")
+        out = self.request("PATCH", path + query, obj, APPLY_PATCH)
+        call = api_call("POST", path.rsplit("/", 1)[0])
+        if call is not None and call in API_CALLS:
+            KubeClient.issued.add(call)
+        return out
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """True if something was deleted, False if it was already gone."""

@@ -18,6 +18,7 @@ Objects owned by a SpecServeDeployment NAME (all carry an owner reference to it)
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -34,9 +35,11 @@ from specserve_contract import (
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
     HEALTH_PATH,
+    HOME_DIR,
     HTTP_PORT,
     HTTP_PORT_NAME,
     METRICS_PATH,
+    MODEL_CACHE_DIR,
     MODELS_MOUNT,
     NO_DRAFT,
     POLICY_DIR,
@@ -45,6 +48,7 @@ from specserve_contract import (
     PROFILE_DIR,
     SHM_DIR,
     TINY,
+    TMP_DIR,
     TOKEN_KEY,
 )
 from specserve_engine.policy.params import Policy, SloTargets
@@ -192,8 +196,13 @@ def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     r = spec.resources
+    # CPU: a request, and no limit unless asked for. The CFS quota of a limit throttles the
+    # engine's CPU-bound work (scheduling, tokenising, sampling, the draft on CPU) for the rest
+    # of each 100 ms period once it is spent, which reads as TTFT and TPOT spikes.
     if r.cpu:
-        requests["cpu"] = limits["cpu"] = r.cpu
+        requests["cpu"] = r.cpu
+    if r.cpu_limit:
+        limits["cpu"] = r.cpu_limit
     if r.memory:
         requests["memory"] = limits["memory"] = r.memory
     if r.ephemeral_storage:
@@ -214,28 +223,45 @@ def _resources(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
 _MAP_FIELDS = frozenset({"matchLabels", "volumeAttributes", "options", "labels", "annotations"})
 
 
-def omitempty(value: Any) -> Any:
+def omitempty(value: Any, keep_false: bool = False) -> Any:
     """A pass-through Kubernetes object as the API server stores it: without the empty strings,
     false booleans, empty lists and empty maps its JSON encoding omits (`omitempty`; each
-    means the same as the field absent). Sending them would read as drift on every pass."""
+    means the same as the field absent). Sending them would read as drift on every pass.
+    `keep_false`: for objects whose booleans are pointers (securityContext's: false is kept,
+    and differs from unset)."""
     if isinstance(value, list):
-        return [omitempty(v) for v in value]
+        return [omitempty(v, keep_false) for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
     for key, item in value.items():
-        item = omitempty(item)
-        if item is None or item is False or item == "" or item == [] or (
+        item = omitempty(item, keep_false)
+        if item is None or (item is False and not keep_false) or item == "" or item == [] or (
                 item == {} and key in _MAP_FIELDS):
             continue
         out[key] = item
     return out
 
 
-def _dump(model: Any) -> Any:
+def _dump(model: Any, keep_false: bool = False) -> Any:
     """A spec model (ours or the official client's) as the Kubernetes JSON it stands for."""
     return omitempty(model.model_dump(mode="json", by_alias=True, exclude_none=True,
-                                      exclude_unset=True))
+                                      exclude_unset=True), keep_false)
+
+
+# Where the engine writes, all on the pod's emptyDirs (HOME_DIR, TMP_DIR) or the model cache,
+# so that it runs under any UID and with a read-only root file system. OpenShift's UID has no
+# passwd entry: HOME would be `/`, and getpass.getuser() (PyTorch's inductor cache path) would
+# fail without USER. SPECSERVE_CACHE (the tiny models) stays the image's own: engine/Dockerfile
+# may build them into it, and makes it writable for any UID.
+CACHE_ENV = {
+    "HOME": HOME_DIR,
+    "USER": "specserve",
+    "XDG_CACHE_HOME": f"{HOME_DIR}/.cache",
+    "HF_HOME": MODEL_CACHE_DIR,
+    "VLLM_CACHE_ROOT": f"{HOME_DIR}/.cache/vllm",
+    "TRITON_CACHE_DIR": f"{HOME_DIR}/.cache/triton",
+}
 
 
 def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
@@ -249,13 +275,18 @@ def _env(owner: Owner, spec: SpecServeDeploymentSpec) -> list[dict[str, Any]]:
     if cm is not None:
         env.append({"name": ENV_PROFILE_FILE, "value": f"{PROFILE_DIR}/{cm.key}"})
     # Without one the engine uses the profile cached next to the model, else its timing prior.
+    # Then the writable places (CACHE_ENV), unless spec.pod.env sets the same name.
+    own = {var.name for var in spec.pod.env}
+    env += [{"name": k, "value": v} for k, v in CACHE_ENV.items() if k not in own]
     return env + [_dump(var) for var in spec.pod.env]
 
 
 # Probe timings (seconds). Loading weights (and compiling) can take many minutes: the startup
-# probe allows `startup_budget_s()` (30 min) before the kubelet restarts the container and
-# liveness takes over; readiness gates the Service endpoints.
-STARTUP_PROBE = {"periodSeconds": 10, "failureThreshold": 180, "timeoutSeconds": 5}
+# probe allows `startup_budget_s(spec)` (spec.startup.timeoutSeconds, 30 min by default) before
+# the kubelet restarts the container and liveness takes over; readiness gates the Service
+# endpoints.
+STARTUP_PERIOD_S = 10
+STARTUP_TIMEOUT_S = 5
 READINESS_PROBE = {"periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 5}
 LIVENESS_PROBE = {"periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 10}
 # Scheduling a pod and pulling a multi-GB vLLM image onto a fresh GPU node, before the
@@ -263,20 +294,28 @@ LIVENESS_PROBE = {"periodSeconds": 15, "failureThreshold": 4, "timeoutSeconds": 
 PULL_ALLOWANCE_S = 600
 
 
-def startup_budget_s() -> int:
+def startup_probe_timing(spec: SpecServeDeploymentSpec) -> dict[str, int]:
+    """The startup probe: spec.startup.timeoutSeconds in whole periods, rounded up."""
+    periods = -(-spec.startup.timeout_seconds // STARTUP_PERIOD_S)
+    return {"periodSeconds": STARTUP_PERIOD_S, "failureThreshold": periods,
+            "timeoutSeconds": STARTUP_TIMEOUT_S}
+
+
+def startup_budget_s(spec: SpecServeDeploymentSpec) -> int:
     """The longest an engine may take from container start to Ready without being restarted:
     every startup probe failing but the last (the kubelet restarts at failureThreshold), then
     one readiness period to be marked Ready."""
-    startup = STARTUP_PROBE.get("initialDelaySeconds", 0) + (
-        STARTUP_PROBE["periodSeconds"] * STARTUP_PROBE["failureThreshold"])
+    timing = startup_probe_timing(spec)
+    startup = timing.get("initialDelaySeconds", 0) + (
+        timing["periodSeconds"] * timing["failureThreshold"])
     return startup + READINESS_PROBE["periodSeconds"]
 
 
-def progress_deadline_s() -> int:
+def progress_deadline_s(spec: SpecServeDeploymentSpec) -> int:
     """The Deployment's progressDeadlineSeconds: a pod that is still loading within its start
     budget is progress, not a failure (Kubernetes' default 600 s would report a normal
     large-model load as ProgressDeadlineExceeded, and so the resource as Degraded)."""
-    return PULL_ALLOWANCE_S + startup_budget_s()
+    return PULL_ALLOWANCE_S + startup_budget_s(spec)
 
 
 # Seconds the preStop hook waits before the engine gets SIGTERM (routers stop sending first).
@@ -313,7 +352,8 @@ def deployment_replicas(spec: SpecServeDeploymentSpec, status: Mapping[str, Any]
     autoscaling.mode builtin: the SLO loop's last decision (.status.autoscale.desired, made in
     builtin mode), within the spec's min..max now; before that decision (a new resource, or
     just switched to builtin), spec.replicas.initial. external and off: spec.replicas.initial
-    (what an HPA/KEDA or `kubectl scale ssd/NAME` set). Reconcile (drift repair) and the SLO
+    (what an HPA/KEDA or `kubectl scale ssd/NAME` set). An unset initial is replicas.min
+    (`ReplicasSpec` fills it in). Reconcile (drift repair) and the SLO
     loop both use this, so they can never disagree about the count.
     """
     auto = (status or {}).get("autoscale") or {}
@@ -333,6 +373,35 @@ def _shm(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
     return shm
 
 
+def _model_cache(spec: SpecServeDeploymentSpec) -> dict[str, Any]:
+    """The model-cache volume (HF_HOME): the PVC spec.model.cache.claimName, else an emptyDir
+    (which outlives container restarts, so a restarted engine does not download again)."""
+    cache = spec.model.cache
+    if cache.claim_name is not None:
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    return {"name": "model-cache",
+            "emptyDir": {"sizeLimit": cache.size_limit} if cache.size_limit else {}}
+
+
+# Security defaults: they pass Pod Security Admission's `restricted` profile and OpenShift's
+# `restricted-v2` SCC (tests/kits/pod_security.py checks both). No runAsUser or fsGroup: the
+# image's USER runs (engine/Dockerfile: 10001), or the UID and fsGroup OpenShift assigns from
+# the namespace's range. spec.pod.securityContext and containerSecurityContext override these
+# field by field (a field they set replaces the default's whole value).
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _security_context(default: dict[str, Any], override: Any) -> dict[str, Any]:
+    """`default` with the fields `override` (a spec model, or None) sets replaced."""
+    merged = copy.deepcopy(default)
+    if override is not None:
+        merged.update(_dump(override, keep_false=True))
+    return merged
+
+
 def _pod_metadata(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]:
     """The pod's labels (the operator's after the user's: they select the pods, and the spec
     refuses a user label of the same key anyway) and annotations."""
@@ -345,14 +414,17 @@ def _pod_metadata(owner: Owner, spec: SpecServeDeploymentSpec) -> dict[str, Any]
 def deployment(
     owner: Owner, spec: SpecServeDeploymentSpec, replicas: int | None = None
 ) -> dict[str, Any]:
-    """The engine Deployment; `replicas` defaults to spec.replicas.initial (reconcile passes
-    `deployment_replicas`)."""
+    """The engine Deployment; `replicas` defaults to spec.replicas.initial (min when unset;
+    reconcile passes `deployment_replicas`)."""
     served_name = served_model(owner.name, spec)
     mounts: list[dict[str, Any]] = [
         {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
         # The whole folder, never a subPath (the kubelet does not update subPath mounts).
         {"name": "control-token", "mountPath": CONTROL_TOKEN_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": SHM_DIR},
+        {"name": "engine-home", "mountPath": HOME_DIR},
+        {"name": "engine-tmp", "mountPath": TMP_DIR},
+        {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
     ]
     volumes: list[dict[str, Any]] = [
         {
@@ -367,6 +439,11 @@ def deployment(
         },
         # vLLM (PyTorch) workers exchange tensors through shared memory.
         {"name": "dshm", "emptyDir": _shm(spec)},
+        # Writable places for any UID (CACHE_ENV): HOME (with XDG's, vLLM's and Triton's caches
+        # under it), /tmp, and the model cache.
+        {"name": "engine-home", "emptyDir": {}},
+        {"name": "engine-tmp", "emptyDir": {}},
+        _model_cache(spec),
     ]
     if spec.model.pvc is not None:
         mount: dict[str, Any] = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
@@ -397,11 +474,12 @@ def deployment(
         "env": _env(owner, spec),
         **({"envFrom": [_dump(e) for e in pod.env_from]} if pod.env_from else {}),
         "resources": _resources(spec),
-        "startupProbe": _probe(STARTUP_PROBE),
+        "startupProbe": _probe(startup_probe_timing(spec)),
         "readinessProbe": _probe(READINESS_PROBE),
         "livenessProbe": _probe(LIVENESS_PROBE),
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": _security_context(CONTAINER_SECURITY_CONTEXT,
+                                             pod.container_security_context),
         # Stop only once the endpoint is gone from every router: the EndpointSlice marks a
         # terminating pod not ready at once, but the gateways (and kube-proxy) see that a watch
         # event later, and requests they send meanwhile must still be served.
@@ -411,7 +489,16 @@ def deployment(
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_s(spec),
+        "securityContext": _security_context(POD_SECURITY_CONTEXT, pod.security_context),
+        # No Service environment variables: a Service named `vllm` in the namespace would
+        # otherwise inject VLLM_PORT=tcp://..., which vLLM reads as its own setting and fails
+        # on (vLLM's docs warn of it); the engine finds nothing through them anyway.
+        "enableServiceLinks": False,
+        # The engine never calls the API server: no token unless asked for.
+        "automountServiceAccountToken": pod.automount_service_account_token,
     }
+    if pod.service_account_name:
+        pod_spec["serviceAccountName"] = pod.service_account_name
     if pod.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [_dump(s) for s in pod.image_pull_secrets]
     if pod.priority_class_name:
@@ -437,7 +524,7 @@ def deployment(
             "replicas": spec.replicas.initial if replicas is None else replicas,
             "selector": {"matchLabels": selector_labels(owner)},
             "strategy": deployment_strategy(spec),
-            "progressDeadlineSeconds": progress_deadline_s(),
+            "progressDeadlineSeconds": progress_deadline_s(spec),
             "template": {
                 "metadata": _pod_metadata(owner, spec),
                 "spec": pod_spec,

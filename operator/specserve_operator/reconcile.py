@@ -1,11 +1,20 @@
 """Child reconcile: bring a resource's children to the desired manifests and shape .status.
 
 Idempotent: it reads every child (`children.Children`: a GET, or in a status-timer pass the
-watch-fed index), creates what is missing, patches what differs from the desired
-manifest (JSON merge patch of the fields we own), and leaves everything else alone, so a restart
-with nothing changed writes nothing. A spec that fails validation is reported in .status (phase
-Invalid, Ready=False, Degraded=True with the message) and as a Warning event; existing children
-are left running.
+watch-fed index) and server-side applies the desired manifest (`ensure`) where it is missing or
+differs from it (`diff.in_sync`: compared on the fields the operator sets only), so a restart
+with nothing changed writes nothing, and neither do fields that others (defaulting, admission
+webhooks) added. A spec that fails validation is reported in .status (phase Invalid,
+Ready=False, Degraded=True with the message) and as a Warning event; existing children are left
+running.
+
+The field manager is `kube_client.FIELD_MANAGER`, and applies are forced: the operator is the
+one intended manager of the fields it sets on its own children (a `kubectl edit` of one is
+undone, like any drift; see the Kubernetes docs "Server-Side Apply: Using Server-Side Apply in
+a controller"). But only on its own children: an object of a child's name whose controller
+owner reference is not this resource (another SpecServeDeployment's, another controller's, or
+nobody's) is never written (`NameConflict`: reported in .status and as a Warning event); the
+other children are still reconciled.
 
 ServiceMonitors are optional: with `manage_monitors` off (the chart's
 operator.manageServiceMonitors: false, whose RBAC then grants none) they are never read or
@@ -24,10 +33,11 @@ import kopf
 
 from specserve_contract import API_VERSION, KIND
 from specserve_operator.children import Children
-from specserve_operator.diff import is_subset, patch_for
+from specserve_operator.diff import applied, in_sync
 from specserve_operator.kube_client import (
     CONFLICT,
     CONFLICT_ATTEMPTS,
+    FIELD_MANAGER,
     KubeClient,
     KubeError,
     precondition,
@@ -55,7 +65,12 @@ from specserve_operator.names import (
     service_name,
     servicemonitor_name,
 )
-from specserve_operator.spec import SpecError, SpecServeDeploymentSpec, parse_spec
+from specserve_operator.spec import (
+    SpecError,
+    SpecServeDeploymentSpec,
+    name_problems,
+    parse_spec,
+)
 from specserve_operator.status import RECONCILE, Writer, invalid_status, owned_patch, running_status
 
 
@@ -63,41 +78,112 @@ def now_stamp() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class NameConflict(Exception):
+    """A child's name is taken by an object this resource does not control."""
+
+    def __init__(self, kind: str, name: str, current: dict[str, Any]) -> None:
+        self.kind, self.name = kind, name
+        super().__init__(f"{kind} {name} already exists and is {holder(current)}: the operator "
+                         f"leaves it alone; rename this SpecServeDeployment or remove that "
+                         f"{kind}")
+
+
+def controller_of(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The controller owner reference of an object, if it has one."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), None)
+
+
+def holder(obj: dict[str, Any]) -> str:
+    """Who controls `obj`, in words (for the NameConflict message)."""
+    ref = controller_of(obj)
+    if ref is None:
+        return "not owned by any SpecServeDeployment"
+    if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(API_VERSION):
+        return f"owned by SpecServeDeployment {ref.get('name')} (uid {ref.get('uid')})"
+    return (f"controlled by {ref.get('kind')} {ref.get('name')}, not by a "
+            f"SpecServeDeployment")
+
+
+def _check_owner(desired: dict[str, Any], current: dict[str, Any] | None) -> None:
+    """Raise NameConflict unless `current` is absent or controlled by `desired`'s owner."""
+    if current is None:
+        return
+    mine = controller_of(desired)
+    theirs = controller_of(current)
+    if mine is None or theirs is None or theirs.get("uid") != mine.get("uid"):
+        raise NameConflict(desired["kind"], desired["metadata"]["name"], current)
+
+
+def apply_child(api: KubeClient, desired: dict[str, Any], current: dict[str, Any] | None,
+                body: Any, logger: Any) -> dict[str, Any]:
+    """One attempt of `ensure`: the owner check, then the apply unless in sync. A 409 from the
+    API server is raised to the caller."""
+    _check_owner(desired, current)
+    config = applied(desired)
+    if current is not None and in_sync(config, current):
+        return current
+    if current is None:
+        stored = api.apply(config, FIELD_MANAGER, force=False)
+    else:
+        stored = api.apply(precondition(config, current), FIELD_MANAGER, force=True)
+    verb = "created" if current is None else "updated"
+    what = f"{desired['kind']} {desired['metadata']['name']}"
+    kopf.event(body, type="Normal", reason=verb.capitalize(), message=f"{verb} {what}")
+    logger.info(f"{verb} {what}")
+    return stored or config
+
+
 def ensure(
     api: KubeClient, desired: dict[str, Any], current: dict[str, Any] | None, body: Any, logger: Any
 ) -> dict[str, Any]:
-    """Create or patch one child so that it contains `desired`; return the object as stored."""
-    kind, meta = desired["kind"], desired["metadata"]
-    what = f"{kind} {meta['name']}"
-    if current is None:
+    """Server-side apply `desired` to one child unless it is in sync (`diff.in_sync`); return
+    the object as stored. Raises NameConflict (writing nothing) if an object of that name
+    exists that `desired`'s owner does not control.
+
+    A missing child is created by the apply, unforced: if one of that name appeared meanwhile
+    (a concurrent pass, or someone else) its fields conflict (409), and the next pass reads it
+    and checks its owner. An existing child is applied with force under a resourceVersion
+    precondition (the version its owner was checked on): a 409 means it changed meanwhile (or
+    `current` came from a stale index), and the check and the apply are made again on a fresh
+    read."""
+    meta = desired["metadata"]
+    for attempt in range(CONFLICT_ATTEMPTS):
+        if attempt:
+            current = api.get(desired["apiVersion"], desired["kind"], meta["namespace"],
+                              meta["name"])
         try:
-            created = api.create(desired)
+            return apply_child(api, desired, current, body, logger)
         except KubeError as exc:
-            if exc.status != 409:  # 409: created meanwhile (a concurrent pass); next pass checks
+            if exc.status != CONFLICT:
                 raise
-            return desired
-        kopf.event(body, type="Normal", reason="Created", message=f"created {what}")
-        logger.info(f"created {what}")
-        return created or desired
-    wanted = patch_for(desired)
-    if is_subset(wanted, current):
-        return current
-    patched = api.patch(desired["apiVersion"], kind, meta["namespace"], meta["name"],
-                        patch_for(desired, current))
-    kopf.event(body, type="Normal", reason="Updated", message=f"updated {what}")
-    logger.info(f"updated {what}")
-    return patched or current
+            if current is None:
+                return desired  # created meanwhile; the next pass checks it
+            if attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _ensure_secret(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any,
                    logger: Any, reads: Children | None = None) -> None:
-    """The control token is made once; an existing Secret is never rewritten (nor logged)."""
+    """The control token is made once (a create: RBAC grants no patch on Secrets); an existing
+    Secret is never rewritten (nor logged). One this resource does not own: NameConflict."""
     reads = reads if reads is not None else Children(api)
     name = secret_name(owner)
     if reads.recently_checked("Secret", owner.namespace, name):
         return
-    if reads.read("v1", "Secret", owner.namespace, name) is None:
-        ensure(api, secret(owner, spec, secrets.token_urlsafe(32)), None, body, logger)
+    desired = secret(owner, spec, secrets.token_urlsafe(32))
+    current = reads.read("v1", "Secret", owner.namespace, name)
+    _check_owner(desired, current)
+    if current is None:
+        try:
+            api.create(desired)
+        except KubeError as exc:
+            if exc.status != CONFLICT:  # created meanwhile (a concurrent pass); next check sees
+                raise
+        else:
+            kopf.event(body, type="Normal", reason="Created", message=f"created Secret {name}")
+            logger.info(f"created Secret {name}")
     reads.mark_checked("Secret", owner.namespace, name)
 
 
@@ -115,17 +201,10 @@ def _ensure_policy(api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec,
     for attempt in range(CONFLICT_ATTEMPTS):
         read = reads.get if attempt == 0 else reads.read
         current = read("v1", "ConfigMap", owner.namespace, configmap_name(owner))
-        policy, _changed = merge_policy(parse_policy(current), spec)
-        desired = configmap(owner, spec, policy)
+        stored = current if owned_by(current, owner) else None  # a foreign one: NameConflict
+        policy, _changed = merge_policy(parse_policy(stored), spec)
         try:
-            if current is None:
-                ensure(api, desired, None, body, logger)
-            elif not is_subset(patch_for(desired), current):
-                api.patch("v1", "ConfigMap", owner.namespace, configmap_name(owner),
-                          precondition(patch_for(desired, current), current))
-                kopf.event(body, type="Normal", reason="Updated",
-                           message=f"updated ConfigMap {configmap_name(owner)}")
-                logger.info(f"updated ConfigMap {configmap_name(owner)}")
+            apply_child(api, configmap(owner, spec, policy), current, body, logger)
             return int(policy["version"])
         except KubeError as exc:
             if exc.status != CONFLICT or attempt == CONFLICT_ATTEMPTS - 1:
@@ -196,24 +275,38 @@ def reconcile_children(
     api: KubeClient, owner: Owner, spec: SpecServeDeploymentSpec, body: Any, logger: Any,
     manage_monitors: bool = True, monitor_labels: Mapping[str, str] | None = None,
     status: Mapping[str, Any] | None = None, reads: Children | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Bring every child to the desired state; return (the Deployment, the policy version).
+) -> tuple[dict[str, Any] | None, int, list[NameConflict]]:
+    """Bring every child to the desired state; return (the Deployment, the policy version, the
+    name conflicts). A child whose name is taken by an object this resource does not control
+    is left alone and reported in the conflicts (the Deployment then as None, the version 0);
+    the other children are reconciled all the same.
 
     `status`: the resource's .status as last seen (the Deployment's replicas follow the SLO
     loop's decision in it, in autoscaling mode builtin). `reads`: where children are read
     from (default: a GET each)."""
     reads = reads if reads is not None else Children(api)
-    _ensure_secret(api, owner, spec, body, logger, reads)
-    version = _ensure_policy(api, owner, spec, body, logger, reads)
+    conflicts: list[NameConflict] = []
+
+    def step(write: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return write()
+        except NameConflict as exc:
+            conflicts.append(exc)
+            return default
+
+    step(lambda: _ensure_secret(api, owner, spec, body, logger, reads))
+    version = step(lambda: _ensure_policy(api, owner, spec, body, logger, reads), 0)
     current = reads.get("apps/v1", "Deployment", owner.namespace, deployment_name(owner))
-    replicas = engine_replicas(api, owner, spec, status, current)
-    dep = ensure(api, deployment(owner, spec, replicas), current, body, logger)
-    current = reads.get("v1", "Service", owner.namespace, service_name(owner))
-    ensure(api, service(owner, spec), current, body, logger)
-    _ensure_disruption_budget(api, owner, spec, body, logger, reads)
+    dep = step(lambda: ensure(
+        api, deployment(owner, spec, engine_replicas(api, owner, spec, status, current)),
+        current, body, logger))
+    current_svc = reads.get("v1", "Service", owner.namespace, service_name(owner))
+    step(lambda: ensure(api, service(owner, spec), current_svc, body, logger))
+    step(lambda: _ensure_disruption_budget(api, owner, spec, body, logger, reads))
     if manage_monitors and spec.metrics.service_monitor:
-        _ensure_servicemonitor(api, owner, spec, body, logger, monitor_labels, reads)
-    return dep, version
+        step(lambda: _ensure_servicemonitor(api, owner, spec, body, logger, monitor_labels,
+                                            reads))
+    return dep, version, conflicts
 
 
 def write_status(api: KubeClient, owner: Owner, writer: Writer,
@@ -266,6 +359,11 @@ def reconcile(
     old = dict(status or {})
     generation = meta.get("generation")
     try:
+        # A CRD installed without the name rules (an older chart) admits names the children
+        # cannot carry: refuse them here, before any GPU pod starts.
+        problems = name_problems(name)
+        if problems:
+            raise SpecError([f"metadata.name: {p}" for p in problems])
         spec = parse_spec(body.get("spec"))
     except SpecError as exc:
         message = str(exc)
@@ -276,10 +374,25 @@ def reconcile(
         write_status(api, owner, RECONCILE,
                      lambda fresh: invalid_status(message, fresh, stamp, generation), body)
         return "invalid"
-    dep, version = reconcile_children(api, owner, spec, body, logger, manage_monitors,
-                                      monitor_labels, old, reads)
+    dep, version, conflicts = reconcile_children(api, owner, spec, body, logger,
+                                                 manage_monitors, monitor_labels, old, reads)
+    messages = [str(c) for c in conflicts]
+    for message in messages:
+        if message not in _reported_conflicts(old):
+            kopf.warn(body, reason="NameConflict", message=message)
+            logger.warning(message)
     stamp = now_stamp()
     write_status(api, owner, RECONCILE,
-                 lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation),
+                 lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation,
+                                              messages),
                  body)
     return "ok"
+
+
+def _reported_conflicts(status: Mapping[str, Any]) -> str:
+    """The NameConflict message already in .status (a Warning event is posted once per
+    conflict, not on every pass)."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "NameConflict" and cond.get("status") == "True":
+            return str(cond.get("message") or "")
+    return ""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from kubernetes.client import V1Affinity, V1Volume
+from kubernetes.client import V1Affinity, V1PodSecurityContext, V1SecurityContext, V1Volume
 from kubernetes.utils.quantity import parse_quantity
 from pydantic import (
     BaseModel,
@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+import specserve_contract as contract
 from specserve_contract import (
     API_VERSION,
     AUTOSCALING_MODES,
@@ -47,6 +48,7 @@ from specserve_contract import (
     ENV_CONTROL_TOKEN_FILE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
+    HOME_DIR,
     K_LIMIT,
     KIND,
     LABEL_COMPONENT,
@@ -55,6 +57,7 @@ from specserve_contract import (
     LABEL_NAME,
     LABEL_PART_OF,
     LABEL_VERSION,
+    MODEL_CACHE_DIR,
     MODELS_MOUNT,
     NO_DRAFT,
     OPERATOR_MODES,
@@ -63,6 +66,7 @@ from specserve_contract import (
     PROFILE_KEY,
     SHM_DIR,
     TINY,
+    TMP_DIR,
     data_parallel_flag,
 )
 
@@ -145,6 +149,36 @@ class PvcSource(SpecServeModel):
     )
 
 
+CACHE_SIZE_WITH_CLAIM = "model.cache: set sizeLimit (an emptyDir) or claimName (a PVC), not both"
+
+
+class ModelCacheSpec(SpecServeModel):
+    """Where the engine keeps downloaded weights (HF_HOME, mounted at /var/cache/huggingface):
+    an emptyDir by default (it outlives container restarts, not the pod), or an existing PVC
+    (it outlives the pod too: a rescheduled pod does not download again)."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(
+        cel("!has(self.sizeLimit) || !has(self.claimName)", CACHE_SIZE_WITH_CLAIM),
+    ))
+
+    size_limit: str | None = Field(
+        default=None, max_length=64, pattern=QUANTITY,
+        description="sizeLimit of the emptyDir, e.g. `100Gi` (it counts against "
+        "resources.ephemeralStorage; the kubelet evicts a pod that exceeds it).",
+    )
+    claim_name: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="An existing PVC in the namespace, mounted read-write (ReadWriteMany for "
+        "more than one pod), instead of the emptyDir.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelCacheSpec:
+        if self.size_limit is not None and self.claim_name is not None:
+            raise ValueError(CACHE_SIZE_WITH_CLAIM)
+        return self
+
+
 class ModelSpec(SpecServeModel):
     """What to serve: the target model, its draft, and the name clients send."""
 
@@ -168,6 +202,10 @@ class ModelSpec(SpecServeModel):
         description="Model name clients send in OpenAI requests; default: the resource name.",
     )
     pvc: PvcSource | None = Field(default=None, description="Volume holding the weights.")
+    cache: ModelCacheSpec = Field(
+        default_factory=ModelCacheSpec,
+        description="Download cache (HF_HOME): an emptyDir (default) or an existing PVC.",
+    )
 
 
 class SpeculationSpec(SpecServeModel):
@@ -232,7 +270,8 @@ class ReplicasSpec(SpecServeModel):
     model_config = ConfigDict(json_schema_extra=cel_rules(
         cel("self.min <= self.max", "min must be <= max",
             f"'min ({_s('min')}) must be <= max ({_s('max')})'"),
-        cel("self.min > self.max || (self.min <= self.initial && self.initial <= self.max)",
+        cel("self.min > self.max || !has(self.initial) || "
+            "(self.min <= self.initial && self.initial <= self.max)",
             "initial must lie between min and max",
             f"'initial ({_s('initial')}) must lie between min ({_s('min')}) and max "
             f"({_s('max')})'"),
@@ -240,20 +279,34 @@ class ReplicasSpec(SpecServeModel):
 
     min: int = Field(default=1, ge=0, le=1000, description="Fewest engine pods.")
     max: int = Field(default=1, ge=1, le=1000, description="Most engine pods.")
-    initial: int = Field(
-        default=1,
+    # No default: unset means `min`, so a manifest in Git may leave it out whatever min is
+    # (a default of 1 would be refused with min >= 2, forcing GitOps to own the field an HPA
+    # writes). The scale subresource reads an unset initial as 0.
+    initial: int | None = Field(
+        default=None,
         ge=0,
         le=1000,
-        description="min..max; the scale subresource's replicas. autoscaling.mode builtin: the "
-        "count before the operator's first decision; external: the count an HPA/KEDA sets; "
-        "off: the fixed count.",
+        description="min..max (unset: min); the scale subresource's replicas. "
+        "autoscaling.mode builtin: the count before the operator's first decision; external: "
+        "the count an HPA/KEDA sets; off: the fixed count.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _initial_from_min(cls, data: Any) -> Any:
+        """An unset (or null) initial is min, so that after validation it is always a count
+        (a null counts as absent in the CRD's rules too)."""
+        if isinstance(data, dict) and data.get("initial") is None:
+            low = data.get("min", cls.model_fields["min"].default)
+            # A malformed min is reported once, as min's own error.
+            data = {**data, "initial": low if isinstance(low, int) else None}
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicasSpec:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
-        if not self.min <= self.initial <= self.max:
+        if self.initial is None or not self.min <= self.initial <= self.max:
             raise ValueError(
                 f"initial ({self.initial}) must lie between min ({self.min}) and max ({self.max})"
             )
@@ -326,6 +379,18 @@ class RolloutSpec(SpecServeModel):
         return self
 
 
+class StartupSpec(SpecServeModel):
+    """How long an engine may take to load before the kubelet restarts it."""
+
+    timeout_seconds: int = Field(
+        default=1800, ge=60, le=86_400,
+        description="From container start to serving (weights downloaded and loaded, "
+        "compiled): the startup probe's budget (rounded up to its 10 s period), after which "
+        "the kubelet restarts the container. The Deployment's progressDeadlineSeconds follows "
+        "it.",
+    )
+
+
 EXISTS_WITH_VALUE = "a toleration with operator Exists must not set value"
 SECONDS_WITHOUT_NOEXECUTE = "tolerationSeconds only applies to effect NoExecute"
 
@@ -382,7 +447,14 @@ class ResourcesSpec(SpecServeModel):
         description="GPUs (or MIG slices) per pod, as the limit `gpuResourceName` (0 = CPU).",
     )
     cpu: str | None = Field(
-        default=None, pattern=QUANTITY, description="CPU request and limit, e.g. `4` or `500m`."
+        default=None, pattern=QUANTITY,
+        description="CPU request, e.g. `4` or `500m` (no limit unless cpuLimit: a CPU limit "
+        "throttles the engine's CPU work, which shows as TTFT spikes).",
+    )
+    cpu_limit: str | None = Field(
+        default=None, pattern=QUANTITY,
+        description="CPU limit (default: none); equal to cpu and memory set gives the pod "
+        "Guaranteed QoS (e.g. for the kubelet's static CPU manager).",
     )
     memory: str | None = Field(
         default=None, pattern=QUANTITY, description="Memory request and limit, e.g. `16Gi`."
@@ -406,6 +478,14 @@ class ResourcesSpec(SpecServeModel):
         description="sizeLimit of the memory-backed /dev/shm (default: none, bounded by the "
         "memory limit); tensor parallel needs several GiB.",
     )
+
+    @model_validator(mode="after")
+    def _cpu_limit_fits(self) -> ResourcesSpec:
+        if self.cpu_limit and self.cpu and parse_quantity(self.cpu_limit) < parse_quantity(
+                self.cpu):
+            raise ValueError(f"cpuLimit ({self.cpu_limit}) is below cpu ({self.cpu}): a "
+                             "request may not exceed its limit")
+        return self
 
     @model_validator(mode="after")
     def _shm_fits(self) -> ResourcesSpec:
@@ -434,7 +514,13 @@ OPERATOR_VOLUMES: dict[str, str] = {
     "dshm": SHM_DIR,
     "models": MODELS_MOUNT,
     "profile": PROFILE_DIR,
+    "engine-home": HOME_DIR,
+    "engine-tmp": TMP_DIR,
+    "model-cache": MODEL_CACHE_DIR,
 }
+# Of these, the writable scratch folders: a user's mount may sit under one (nested mounts are
+# fine: /tmp/x, a folder of their own in HOME), just not at one.
+NESTABLE_MOUNTS = frozenset({HOME_DIR, TMP_DIR, MODEL_CACHE_DIR})
 # Environment variables the operator sets on the engine container.
 # (SPECSERVE_CONTROL_TOKEN is not set, but refused too: the token file would win over it.)
 OPERATOR_ENV = (ENV_CONTROL_TOKEN_FILE, ENV_CONTROL_TOKEN, ENV_POLICY_FILE, ENV_PROFILE_FILE)
@@ -545,7 +631,7 @@ def _mount_problem(path: str) -> str | None:
     """A path the operator mounts at (or one under it) would shadow the operator's volume."""
     norm = path.rstrip("/")
     for owned in OPERATOR_VOLUMES.values():
-        if norm == owned or norm.startswith(owned + "/"):
+        if norm == owned or (norm.startswith(owned + "/") and owned not in NESTABLE_MOUNTS):
             return f"mountPath {path} is the operator's ({owned})"
     return None
 
@@ -584,6 +670,33 @@ class PodSpec(SpecServeModel):
     volume_mounts: list[VolumeMount] = Field(
         default_factory=list, max_length=32,
         description="Mounts of `volumes` in the engine container.")
+    # Security: defaults that pass Pod Security Admission `restricted` and OpenShift's
+    # `restricted-v2` (manifests.POD_SECURITY_CONTEXT, CONTAINER_SECURITY_CONTEXT); these
+    # override them field by field. No UID is pinned: the image's USER (10001), or the one
+    # OpenShift assigns from the namespace's range.
+    security_context: V1PodSecurityContext | None = Field(
+        default=None,
+        description="Pod securityContext (core/v1 PodSecurityContext; checked by the "
+        "operator), over the defaults runAsNonRoot true and seccompProfile RuntimeDefault, "
+        "field by field (e.g. runAsUser, fsGroup for a PVC that needs it).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    container_security_context: V1SecurityContext | None = Field(
+        default=None,
+        description="The engine container's securityContext (core/v1 SecurityContext; checked "
+        "by the operator), over the defaults allowPrivilegeEscalation false and capabilities "
+        "drop ALL, field by field (e.g. readOnlyRootFilesystem true).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    service_account_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="The pods' ServiceAccount (default: the namespace's `default`).",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount's API token (the engine never calls the API "
+        "server, so by default it gets none).",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -801,6 +914,7 @@ class SpecServeDeploymentSpec(SpecServeModel):
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    startup: StartupSpec = Field(default_factory=StartupSpec)
     disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     pod: PodSpec = Field(default_factory=PodSpec)
@@ -852,12 +966,83 @@ class SpecServeDeploymentSpec(SpecServeModel):
         return self
 
 
+# ------------------------------------------------------------------------------------- name
+# A resource's name names its children (specserve_contract's *_name functions: NAME,
+# NAME-control, NAME-policy) and is the `app.kubernetes.io/instance` label value of each. The
+# API server accepts any DNS-1123 subdomain as a custom resource's name (`qwen2.5-7b`,
+# `7b-chat`, 253 characters), but the engine Service NAME must be a DNS-1035 label
+# (apimachinery's IsDNS1035Label, which ValidateServiceName applies: a lowercase letter first,
+# then lowercase letters, digits and '-', a letter or digit last, at most 63 characters), and
+# a label value has at most 63 characters. So a name is refused at `kubectl apply` unless every
+# child's name stays a DNS-1035 label: at most 63 minus the longest suffix appended.
+#
+# The rules sit at the root of the CRD's schema, the only place where CEL may read
+# `self.metadata.name` (the ValidationRule API reference: "apiVersion, kind, metadata.name and
+# metadata.generateName are always accessible from the root of the object"). They are create-
+# only (`optionalOldSelf`, `oldSelf.hasValue() || ...`): a root rule runs on every update (the
+# status subresource and finalizer removal included, and validation ratcheting never skips
+# the root, whose value always changes), so a plain rule would leave a resource created
+# before the rule existed unable to take a status patch or lose kopf's finalizer, i.e. to be
+# deleted. optionalOldSelf needs Kubernetes >= 1.30 (CRDValidationRatcheting, beta and on).
+DNS_LABEL_MAX_LENGTH = 63
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+CHILD_NAMES = (contract.deployment_name, contract.service_name, contract.secret_name,
+               contract.configmap_name, contract.servicemonitor_name,
+               contract.disruption_budget_name)
+# The longest suffix a child's name adds to the resource's name ("-control": 8).
+NAME_SUFFIX_MAX_LENGTH = max(len(child("x")) - 1 for child in CHILD_NAMES)
+NAME_MAX_LENGTH = DNS_LABEL_MAX_LENGTH - NAME_SUFFIX_MAX_LENGTH
+# What the API server already enforces on any name (a DNS-1123 subdomain); declared in the
+# CRD's metadata schema only so that the API server's cost estimate of the rules is bounded.
+NAME_LIMIT = 253
+
+_LONGEST_CHILD = max((child("NAME") for child in CHILD_NAMES), key=len)
+_NAME_TOO_LONG = (f"metadata.name must be at most {NAME_MAX_LENGTH} characters, not {{n}}: the "
+                  f"operator names a child {_LONGEST_CHILD}, and the name of every child must "
+                  f"stay a DNS label of at most {DNS_LABEL_MAX_LENGTH}")
+_NAME_NOT_DNS_1035 = ('metadata.name "{name}" is not a DNS-1035 label: it names the engine '
+                      "Service, so it must start with a lowercase letter, hold only lowercase "
+                      "letters, digits and hyphens, and end with a letter or digit")
+
+
+def _cel_format(template: str, **fields: str) -> str:
+    """A CEL string expression of `template` with each {field} replaced by a CEL expression."""
+    parts = re.split(r"\{(\w+)\}", template)
+    return " + ".join(fields[p] if i % 2 else _cel_string(p)
+                      for i, p in enumerate(parts) if p or i % 2)
+
+
+_CREATE_ONLY = "oldSelf.hasValue() || "
+RESOURCE_RULES: list[dict[str, Any]] = [
+    {**cel(f"{_CREATE_ONLY}size(self.metadata.name) <= {NAME_MAX_LENGTH}",
+           _NAME_TOO_LONG.replace(", not {n}", ""),
+           _cel_format(_NAME_TOO_LONG, n="string(size(self.metadata.name))")),
+     "optionalOldSelf": True},
+    {**cel(f"{_CREATE_ONLY}self.metadata.name.matches('{DNS_1035_LABEL}')",
+           _NAME_NOT_DNS_1035.replace(' "{name}"', ""),
+           _cel_format(_NAME_NOT_DNS_1035, name="self.metadata.name")),
+     "optionalOldSelf": True},
+]
+
+
+def name_problems(name: str) -> list[str]:
+    """Why a SpecServeDeployment may not be called `name` (RESOURCE_RULES' twin, with the
+    same messages); empty when it may."""
+    problems = []
+    if len(name) > NAME_MAX_LENGTH:
+        problems.append(_NAME_TOO_LONG.format(n=len(name)))
+    if not re.fullmatch(DNS_1035_LABEL, name):
+        problems.append(_NAME_NOT_DNS_1035.format(name=name))
+    return problems
+
+
 # ------------------------------------------------------------------------------------- status
 
 Phase = Literal["Pending", "Progressing", "Running", "Degraded", "Invalid"]
-ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied", "NoData"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied", "NoData",
+                        "NameConflict"]
 CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied",
-                                    "NoData")
+                                    "NoData", "NameConflict")
 
 
 class Condition(SpecServeModel):

@@ -8,13 +8,16 @@ Conditions follow the Kubernetes convention (type/status/reason/message/lastTran
     PolicyApplied  every ready pod acknowledged the current policy version
     NoData         the SLO loop has no data for the resource (True, with the cause as reason:
                    prometheus.NO_DATA_REASONS); False once a snapshot is ok
+    NameConflict   a child's name is taken by an object this resource does not control (the
+                   operator leaves that object alone: the message names it and its owner)
 lastTransitionTime changes only when a condition's status changes.
 
 Who writes which key (one writer per key and per condition type; see `Writer`):
 
     reconcile (status timer, create/update/resume)   phase, message, observedGeneration,
                                                      replicas, selector, k, slo;
-                                                     Ready, Degraded, Progressing
+                                                     Ready, Degraded, Progressing,
+                                                     NameConflict
     SLO loop (SLO timer)                             sloSnapshot, tuning, autoscale, policy;
                                                      SLOMet, PolicyApplied, NoData
 
@@ -122,8 +125,10 @@ def running_status(
     old: dict[str, Any] | None,
     now: str,
     generation: int | None = None,
+    conflicts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The full status of a valid resource given its Deployment as last read."""
+    """The full status of a valid resource given its Deployment as last read (None: not there,
+    or not this resource's) and the NameConflict messages of the children (`conflicts`)."""
     old = old or {}
     dep_status = (deployment or {}).get("status") or {}
     desired = int(((deployment or {}).get("spec") or {}).get("replicas", spec.replicas.initial))
@@ -173,9 +178,20 @@ def running_status(
         phase = "Running"
     else:
         phase = "Progressing"
+    message = pods
+    if conflicts:
+        message = "; ".join(conflicts)
+        phase = "Degraded"
+        conds = [c for c in conds if c["type"] not in ("Degraded", "Progressing")]
+        conds.append(condition("Degraded", True, "NameConflict", message))
+        conds.append(condition("Progressing", False, "NameConflict", message))
+        conds.append(condition("NameConflict", True, "NameTaken", message))
+    else:
+        conds.append(condition("NameConflict", False, "NoConflict",
+                               "every child's name is free or this resource's"))
     return status_dict(
         phase=phase,
-        message=pods,
+        message=message,
         conditions=merge_conditions(old.get("conditions"), conds, now, generation),
         observed_generation=generation,
         replicas={"desired": desired, "current": current, "ready": ready},
@@ -314,7 +330,7 @@ class Writer:
 RECONCILE = Writer(
     "reconcile",
     frozenset({"phase", "message", "observedGeneration", "replicas", "selector", "k", "slo"}),
-    frozenset({"Ready", "Degraded", "Progressing"}),
+    frozenset({"Ready", "Degraded", "Progressing", "NameConflict"}),
 )
 # slo_loop.slo_iteration (the SLO timer): what it measured, decided and pushed.
 SLO_LOOP = Writer(

@@ -38,7 +38,10 @@ RELEASE, NAMESPACE = "specserve", "specserve-system"
 NON_DEFAULT: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
     "secret-namespaces": {"operator": {"secretNamespaces": ["team-a", "team-b"]}},
+    "cluster-wide-secrets": {"operator": {"clusterWideSecrets": True}},
     "monitoring": {
+        # The PodMonitor instead of the operator's ServiceMonitors (the chart refuses both).
+        "operator": {"manageServiceMonitors": False},
         "monitoring": {"labels": {"release": "kube-prometheus-stack"},
                        "serviceMonitor": {"enabled": True, "interval": "10s"},
                        "podMonitor": {"enabled": True},
@@ -143,20 +146,30 @@ def test_values_schema_refuses_typos_and_bad_values() -> None:
 # --------------------------------------------------------------------------------- the CRD
 
 
+SSD_CRD = f"{GROUP}_{PLURAL}.yaml"
+
+
 def test_chart_crd_is_the_generated_crd() -> None:
-    """charts/specserve/crds/ must be a byte copy of crds/ (generated from spec.py):
-    `cp crds/*.yaml charts/specserve/crds/` after `python -m specserve_operator.crdgen`."""
+    """The SpecServeDeployment CRD is a template (templates/crds.yaml, so `helm upgrade`
+    upgrades it) reading charts/specserve/files/crds/, a byte copy of crds/ (generated from
+    spec.py; `make crds` copies it); rendered, it is that CRD plus helm.sh/resource-policy:
+    keep. kopf's peering CRDs stay in the chart's crds/ (the chart creates peering objects,
+    whose kinds Helm must know before it renders), a byte copy of crds/ too."""
     repo = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
+    assert (CHART / "files" / "crds" / SSD_CRD).read_text() == repo[SSD_CRD]
     chart = {Path(c["filename"]).name: c["data"] for c in helm.Chart.load(CHART).crds}
-    assert sorted(chart) == sorted(repo)
-    for name, text in repo.items():
-        assert chart[name] == text, f"charts/specserve/crds/{name} differs from crds/{name}"
+    assert sorted(chart) == sorted(set(repo) - {SSD_CRD})
+    for name, text in chart.items():
+        assert text == repo[name], f"charts/specserve/crds/{name} differs from crds/{name}"
+    (rendered,) = by_kind(render(), "CustomResourceDefinition")
+    annotations = rendered["metadata"]["annotations"]
+    assert annotations.pop("helm.sh/resource-policy") == "keep"
+    assert rendered == yaml.safe_load(repo[SSD_CRD])
+    assert not by_kind(render({"crds": {"install": False}}), "CustomResourceDefinition")
 
 
 def test_chart_crd_is_valid_and_names_the_resource() -> None:
-    (crd_file,) = [c for c in helm.Chart.load(CHART).crds
-                   if Path(c["filename"]).name.startswith(GROUP)]
-    crd = yaml.safe_load(crd_file["data"])
+    (crd,) = by_kind(render(), "CustomResourceDefinition")
     kv.validate(crd, KUBE_VERSION, strict=True)
     assert crd["spec"]["group"] == GROUP
     assert crd["spec"]["names"]["kind"] == KIND
@@ -170,6 +183,8 @@ def test_default_install_objects() -> None:
     docs = render()
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == sorted([
+        ("CustomResourceDefinition", f"{PLURAL}.{GROUP}"),
+        ("PodDisruptionBudget", "specserve-gateway"),
         ("ServiceAccount", "specserve-operator"), ("ClusterRole", "specserve-operator"),
         ("ClusterRoleBinding", "specserve-operator"), ("Deployment", "specserve-operator"),
         ("ServiceAccount", "specserve-gateway"), ("ClusterRole", "specserve-gateway"),
@@ -178,7 +193,8 @@ def test_default_install_objects() -> None:
         ("ClusterKopfPeering", "specserve-operator"),
     ])
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+                               "CustomResourceDefinition"):
             assert doc["metadata"]["namespace"] == NAMESPACE
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "specserve"
 
@@ -242,7 +258,8 @@ def test_customised_values_reach_the_objects() -> None:
 
 def test_disabled_components_render_nothing() -> None:
     gateway_only = render(NON_DEFAULT["gateway-only"])
-    assert {d["metadata"]["name"] for d in gateway_only} == {"specserve-gateway"}
+    assert {d["metadata"]["name"] for d in gateway_only
+            if d["kind"] != "CustomResourceDefinition"} == {"specserve-gateway"}
     operator_only = render(NON_DEFAULT["operator-only"])
     assert all("gateway" not in d["metadata"]["name"] for d in operator_only)
     byo = render(NON_DEFAULT["bring-your-own-rbac"])
@@ -263,6 +280,20 @@ def test_pods_run_unprivileged() -> None:
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert container(dep)["resources"]["requests"]
+
+
+def test_chart_pods_pass_restricted_and_openshift_restricted_v2() -> None:
+    """Pod Security `restricted` and OpenShift's `restricted-v2` (tests/kits/pod_security.py):
+    no fixed UID, GID or fsGroup by default (OpenShift assigns them from the namespace's
+    range and refuses others); the images' numeric USER runs elsewhere."""
+    from tests.kits.pod_security import openshift_restricted_v2_problems, restricted_problems
+
+    deployments = by_kind(render(), "Deployment")
+    assert deployments
+    for dep in deployments:
+        pod = dep["spec"]["template"]["spec"]
+        assert restricted_problems(pod) == [], dep["metadata"]["name"]
+        assert openshift_restricted_v2_problems(pod) == [], dep["metadata"]["name"]
 
 
 # ------------------------------------------------------------------------------------ RBAC
@@ -362,7 +393,8 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
     return want
 
 
-CRD_WATCH = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+# kopf's CRD watch, and the operator's start-up read of its own CRD (crd_schema; by name).
+CRD_WATCH = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 
 
 def peering_grants(scope: str) -> dict[tuple[str, str], set[str]]:
@@ -378,9 +410,14 @@ GATEWAY_GRANTS = {(GROUP, PLURAL): {"list", "watch"},
 
 
 def test_operator_rbac_is_exactly_what_the_operator_uses() -> None:
+    """With the default values the operator holds no Secret right (docs/helm.md#secrets): the
+    ClusterRole is the rest; operator.clusterWideSecrets adds Secrets to it."""
     docs = render()
     role = one(docs, "ClusterRole", "specserve-operator")
-    assert grants(role["rules"]) == {**expected_operator_grants(), **CLUSTER_WIDE}
+    without_secrets = {k: v for k, v in expected_operator_grants().items() if k != ("", "secrets")}
+    assert grants(role["rules"]) == {**without_secrets, **CLUSTER_WIDE}
+    wide = one(render(NON_DEFAULT["cluster-wide-secrets"]), "ClusterRole", "specserve-operator")
+    assert grants(wide["rules"]) == {**expected_operator_grants(), **CLUSTER_WIDE}
     binding = one(docs, "ClusterRoleBinding", "specserve-operator")
     assert binding["roleRef"]["name"] == "specserve-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "specserve-operator",
@@ -411,17 +448,24 @@ def _with_secret_roles(role: dict[str, Any], docs: list[dict[str, Any]],
                        values: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     """A role's grants, plus the Secret rights operator.secretNamespaces moved out of it."""
     granted = grants(role["rules"])
-    if role["kind"] == "ClusterRole" and not values.get("watchNamespaces") and values.get(
-            "operator", {}).get("secretNamespaces"):
+    operator = values.get("operator", {})
+    if role["kind"] == "ClusterRole" and not values.get("watchNamespaces") and operator.get(
+            "secretNamespaces"):
         assert ("", "secrets") not in granted
         granted[("", "secrets")] = set.intersection(*(
             grants(r["rules"]).get(("", "secrets"), set()) for r in by_kind(docs, "Role")
             if r["metadata"]["name"].endswith("-operator-secrets")))
+    elif role["kind"] == "ClusterRole" and not values.get("watchNamespaces") and not operator.get(
+            "clusterWideSecrets"):
+        # No namespace listed: no Secret right anywhere, on purpose (docs/helm.md#secrets).
+        assert ("", "secrets") not in granted
+        assert not [r for r in by_kind(docs, "Role") if ("", "secrets") in grants(r["rules"])]
+        granted[("", "secrets")] = {"get", "create"}
     return granted
 
 
 @pytest.mark.parametrize("name", ["default", "namespaced", "namespaced-monitoring",
-                                  "secret-namespaces"])
+                                  "secret-namespaces", "cluster-wide-secrets"])
 def test_rbac_is_exactly_the_calls_the_code_makes(name: str) -> None:
     """Both ways: every call in API_CALLS/KOPF_CALLS (the operator's client refuses any other)
     is granted, and nothing is granted that no call uses (with operator.secretNamespaces, the
@@ -550,7 +594,8 @@ def test_monitor_labels_default_to_what_kube_prometheus_stack_selects() -> None:
     default): every monitor carries it, the operator's per-deployment ones too."""
     assert operator_config({}).monitor_labels == {"release": "kube-prometheus-stack"}
     docs = render({"monitoring": {"serviceMonitor": {"enabled": True},
-                                  "podMonitor": {"enabled": True}}})
+                                  "podMonitor": {"enabled": True}},
+                   "operator": {"manageServiceMonitors": False}})
     monitors = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
     assert len(monitors) == 2
     for mon in monitors:

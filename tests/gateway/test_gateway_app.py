@@ -142,7 +142,8 @@ def test_metrics_count_requests_by_model_and_status() -> None:
               for family in text_string_to_metric_families(text) for s in family.samples
               if s.name == GATEWAY_REQUESTS}
     assert counts == {(("code", "503"), ("model", "tiny"), ("path", "/v1/completions")): 1,
-                      (("code", "404"), ("model", "nope"), ("path", "/v1/completions")): 1}
+                      (("code", "404"), ("model", "__unknown__"),
+                       ("path", "/v1/completions")): 1}
 
 
 def test_backend_dying_mid_stream_ends_the_stream_with_an_error_event() -> None:

@@ -194,12 +194,62 @@ def test_cluster_table_routes_served_names_to_ready_pods() -> None:
     assert table.get("tiny") is None
 
 
-def test_cluster_table_pools_resources_serving_one_model() -> None:
+def claimed(name: str, ns: str, served: str, created: str | None) -> dict:
+    obj = ssd(name, ns, served)
+    if created is not None:
+        obj["metadata"]["creationTimestamp"] = created
+    return obj
+
+
+def test_cluster_table_gives_a_model_name_to_its_first_claim_only() -> None:
+    """Issue #24: one tenant's resource must not take another's traffic by serving its name."""
+    first = claimed("a", "team-a", "m", "2026-01-01T00:00:00Z")
+    later = claimed("b", "team-b", "m", "2026-02-01T00:00:00Z")
+    slices = [eps("a", "team-a", [("10.0.0.1", True)]), eps("b", "team-b", [("10.0.0.2", True)])]
+    for order in ([first, later], [later, first]):  # list order does not matter
+        table = kube_routes.table_from_cluster(order, slices)
+        assert table.get("m") == routing.Route("m", (A,))
+        # explicit addresses: each namespace's own pods, forwarded as the served name
+        assert table.get("team-a/m") == routing.Route("team-a/m", (A,), "m", listed=False)
+        assert table.get("team-b/m") == routing.Route("team-b/m", (B,), "m", listed=False)
+        assert table.conflicts == (routing.RouteConflict("m", "team-b", ("b",), "team-a/a"),)
+    assert "'team-b/m'" in table.conflicts[0].message()
+
+
+def test_cluster_table_claim_ties_break_by_namespace_then_name() -> None:
+    same = "2026-01-01T00:00:00Z"
     table = kube_routes.table_from_cluster(
-        [ssd("a", "ns1", served="m"), ssd("b", "ns2", served="m")],
-        [eps("a", "ns1", [("10.0.0.1", True)]), eps("b", "ns2", [("10.0.0.2", True)])],
+        [claimed("z", "ns2", "m", same), claimed("y", "ns1", "m", same),
+         claimed("x", "ns3", "m", None)],  # no timestamp yet: after every stamped claim
+        [eps("z", "ns2", [("10.0.0.2", True)]), eps("y", "ns1", [("10.0.0.1", True)]),
+         eps("x", "ns3", [("10.0.0.3", True)])],
     )
-    assert table.get("m") == routing.Route("m", ("http://10.0.0.1:8000", "http://10.0.0.2:8000"))
+    assert table.get("m") == routing.Route("m", (A,))
+    assert [(c.namespace, c.holder) for c in table.conflicts] == [
+        ("ns2", "ns1/y"), ("ns3", "ns1/y")]
+
+
+def test_cluster_table_pools_resources_of_one_namespace_serving_one_model() -> None:
+    table = kube_routes.table_from_cluster(
+        [claimed("a", "ns1", "m", "2026-01-02T00:00:00Z"),
+         claimed("b", "ns1", "m", "2026-01-01T00:00:00Z")],
+        [eps("a", "ns1", [("10.0.0.1", True)]), eps("b", "ns1", [("10.0.0.2", True)])],
+    )
+    assert table.get("m") == routing.Route("m", (A, B))  # one tenant: pooled, no conflict
+    assert table.conflicts == ()
+
+
+def test_a_bare_name_cannot_take_another_namespaces_qualified_address() -> None:
+    """servedName "victim/m" in team-x must not capture what clients address as victim/m."""
+    table = kube_routes.table_from_cluster(
+        [claimed("m", "victim", "m", "2026-02-01T00:00:00Z"),
+         claimed("evil", "team-x", "victim/m", "2026-01-01T00:00:00Z")],
+        [eps("m", "victim", [("10.0.0.1", True)]), eps("evil", "team-x", [("10.0.0.2", True)])],
+    )
+    assert table.get("victim/m") == routing.Route("victim/m", (A,), "m", listed=False)
+    assert table.get("team-x/victim/m") == routing.Route("team-x/victim/m", (B,), "victim/m",
+                                                              listed=False)
+    assert [(c.model, c.namespace) for c in table.conflicts] == [("victim/m", "team-x")]
 
 
 def test_slice_without_an_http_port_gives_no_backends() -> None:

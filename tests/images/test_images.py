@@ -10,6 +10,8 @@ lacks, fails here. What the image runs (ENTRYPOINT/CMD, the chart's commands) is
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +73,22 @@ def test_every_run_line_of_both_dockerfiles_is_understood() -> None:
     operator = dockerfile.read(OPERATOR_DOCKERFILE)
     assert [p.no_deps for p in operator.pip_installs] == [False]
     assert operator.command[:2] == ("kopf", "run")
+
+
+def test_engine_image_runs_as_a_numeric_non_root_user() -> None:
+    """vLLM's base image runs as root, which Pod Security `restricted` refuses (runAsNonRoot):
+    the kubelet can only check a numeric USER ("image has non-numeric user ... cannot verify
+    user is non-root"), and the user must exist (useradd with that UID, in group 0 for
+    OpenShift's arbitrary UIDs)."""
+    from specserve_contract import ENGINE_UID, HOME_DIR
+
+    engine = dockerfile.read(ENGINE_DOCKERFILE)
+    assert engine.user.isdigit() and int(engine.user) == ENGINE_UID != 0
+    (useradd,) = [c for c in engine.skipped if c.startswith("useradd ")]
+    words = useradd.split()
+    assert words[words.index("--uid") + 1] == engine.user
+    assert words[words.index("--gid") + 1] == "0"
+    assert words[words.index("--home-dir") + 1] == HOME_DIR
 
 
 def test_a_build_argument_turns_on_its_step() -> None:
@@ -140,6 +158,69 @@ def test_engine_image_serves_a_completion(engine_image: ImageVenv, tiny_models) 
     # It ran from the image's install, with SpecServe's scheduler plugged in.
     assert str(engine_image.root / "bin" / "python") in log
     assert "AdaptiveScheduler" in log
+
+
+def _pod_env_on_this_machine(volumes_root: Path) -> dict[str, str]:
+    """The engine container's environment as the operator writes it, with every path under an
+    emptyDir mount moved to a fresh world-writable folder here (an emptyDir is 0777)."""
+    from specserve_operator import manifests, names, spec
+
+    pod = manifests.deployment(names.Owner(name="x", namespace="ns", uid="u"), spec.parse_spec(
+        {"model": {"target": "tiny", "draft": "tiny"}}))["spec"]["template"]["spec"]
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]
+              if m["name"] in empty}
+    env: dict[str, str] = {}
+    for var in pod["containers"][0]["env"]:
+        value = var.get("value", "")
+        for mount, volume in mounts.items():
+            if value == mount or value.startswith(mount + "/"):
+                folder = volumes_root / volume
+                folder.mkdir(mode=0o777, exist_ok=True)
+                folder.chmod(0o777)
+                value = str(folder) + value[len(mount):]
+        if var["name"] not in ("SPECSERVE_CONTROL_TOKEN_FILE", "SPECSERVE_POLICY_FILE"):
+            env[var["name"]] = value
+    return env
+
+
+@pytest.mark.engine
+def test_engine_image_serves_as_an_arbitrary_uid(tiny_models) -> None:
+    """OpenShift's restricted-v2 runs a pod as a UID from the namespace's range, with no
+    passwd entry, in group 0: the engine must start with only the operator's writable
+    folders (HOME, caches, /tmp). Run here as UID 54321 with that environment."""
+    shared = Path(tempfile.mkdtemp(prefix="specserve-uid-"))
+    try:
+        shared.chmod(0o755)
+        image = image_install.build(dockerfile.read(ENGINE_DOCKERFILE), REPO, shared / "image")
+        models = shared / "models"
+        shutil.copytree(tiny_models.target, models / "target")
+        shutil.copytree(tiny_models.draft, models / "draft")
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o055 | (0o011 if path.is_dir() else 0))
+        volumes = shared / "volumes"
+        volumes.mkdir(mode=0o755)
+        env = image.environ(_pod_env_on_this_machine(volumes))
+        env["TMPDIR"] = env.get("TMPDIR", str(volumes / "engine-tmp"))
+        (volumes / "engine-tmp").mkdir(mode=0o777, exist_ok=True)
+        (volumes / "engine-tmp").chmod(0o777)
+        server = ServerProcess(
+            ["--model", str(models / "target"), "--draft", str(models / "draft"), "--k-max", "3",
+             "--served-model-name", "tiny", "--profile", "none", "--", "--enforce-eager"],
+            # CAP_DAC_READ_SEARCH: the UID may read and enter any folder (this machine's
+            # interpreter lives where only root may enter; an image's files are world-readable),
+            # while what it may write stays that of UID 54321, which is what is tested.
+            program=["setpriv", "--reuid=54321", "--regid=0", "--clear-groups",
+                     "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+                     str(image.bin("specserve"))],
+            env=env, name="engine-uid")
+        with server:
+            r = httpx.post(f"{server.url}/v1/completions", timeout=120, json={
+                "model": "tiny", "prompt": "def main(", "max_tokens": 8, "temperature": 0})
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] > 0
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 # -- the operator image (operator and gateway) --

@@ -150,6 +150,57 @@ def refused(spec: Any) -> bool:
     return bool(schema_errors(spec)) or bool(cel_failures(spec))
 
 
+# ------------------------------------------------------------------ rules at the root (names)
+# Kubernetes lets a rule at the root of a CRD's schema (and only there) read apiVersion, kind,
+# metadata.name and metadata.generateName (the ValidationRule API reference, apiextensions/v1
+# types_jsonschema.go; apiextensions-apiserver schema/cel/model WithTypeAndObjectMeta), and
+# runs it on every create and update of the object, the status subresource included.
+ROOT_METADATA = frozenset({"name", "generateName"})
+
+
+def resource_rules() -> list[dict[str, Any]]:
+    """The rules at the root of the CRD's schema."""
+    return list(crd_schema().get(RULES, []))
+
+
+def _bind_old_self(rule: dict[str, Any], expression: str, update: bool) -> str:
+    """`oldSelf` as Kubernetes binds it in a rule with `optionalOldSelf: true` (KEP-4008,
+    types_jsonschema.go ValidationRule.OptionalOldSelf): an optional, empty on create, holding
+    the stored object on update. cel-python 0.5 has no optional types, so the one form these
+    rules use, `oldSelf.hasValue()`, is replaced by its value; any other use of oldSelf (or a
+    transition rule without optionalOldSelf, which a create never runs) is not modelled."""
+    if "oldSelf" not in expression:
+        return expression
+    if not rule.get("optionalOldSelf"):
+        raise RuleError(f"a transition rule without optionalOldSelf: {expression!r}")
+    bound = expression.replace("oldSelf.hasValue()", "true" if update else "false")
+    if "oldSelf" in bound:
+        raise RuleError(f"oldSelf other than oldSelf.hasValue(): {expression!r}")
+    return bound
+
+
+def resource_failures(name: str, spec: Any, *, update: bool = False) -> list[str]:
+    """Messages of the root rules that refuse a resource called `name` with this spec: on
+    create, or (`update`) on any write to one that exists already (a status patch, finalizer
+    removal: names are immutable, so the stored object has the same name)."""
+    obj = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
+           "spec": admitted(spec, spec_schema())}
+    failures = []
+    for rule in resource_rules():
+        result = evaluate(_bind_old_self(rule, rule["rule"], update), obj)
+        if not isinstance(result, celtypes.BoolType):
+            raise RuleError(f"<root>: {rule['rule']!r} gave {result!r}")
+        if result:
+            continue
+        message = rule.get("message") or f"failed rule: {rule['rule']}"
+        if rule.get("messageExpression"):
+            text = evaluate(_bind_old_self(rule, rule["messageExpression"], update), obj)
+            if isinstance(text, str) and text.strip() and "\n" not in text:
+                message = str(text)
+        failures.append(message)
+    return failures
+
+
 def rules() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(schema path, the node, one rule) for every rule in the spec's schema."""
     out = []

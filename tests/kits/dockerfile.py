@@ -65,6 +65,7 @@ class Dockerfile:
     skipped: list[str] = field(default_factory=list)  # file-system-only commands
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
+    user: str = ""  # the last USER (empty: the base image's, root for vLLM's images)
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -204,7 +205,9 @@ def read(path: Path, build_args: dict[str, str] | None = None) -> Dockerfile:
             out.entrypoint = _exec_form(rest)
         elif instruction == "CMD":
             out.cmd = _exec_form(rest)
-        elif instruction in ("USER", "EXPOSE", "LABEL"):
+        elif instruction == "USER":
+            out.user = _substitute(rest.strip(), values)
+        elif instruction in ("EXPOSE", "LABEL"):
             continue
         else:
             raise DockerfileError(f"instruction {instruction} is not reproduced: {line!r}")

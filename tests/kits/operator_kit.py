@@ -40,11 +40,36 @@ class Emulator:
 _STORE = kmock_lib.KubernetesEmulator._handle
 
 
+def _applies_to_a_missing_object(self: kmock_lib.KubernetesEmulator, request: Any) -> bool:
+    """A server-side apply (PATCH, application/apply-patch+yaml) of an object that does not
+    exist: a real API server creates it (KEP-555; kmock 0.8 answers 404 to any PATCH of a
+    missing object). kmock merges an apply into a stored object like a merge patch, which is
+    what an apply of the whole object amounts to, except that it never removes a field; field
+    ownership is tests/kits/apiserver.py's (MemoryApiServer)."""
+    content_type = {k.lower(): v for k, v in dict(request.headers).items()}.get(
+        "content-type", "")
+    if (request.resource is None or request.action != kmock_lib.action.UPDATE
+            or not content_type.startswith("application/apply-patch") or request.subresource
+            or not isinstance(request.data, dict)):
+        return False
+    key = (request.resource, request.namespace, request.name)
+    return key not in self.objects or self.objects[key].deleted
+
+
 async def _handle_with_uids(self: kmock_lib.KubernetesEmulator, request: Any) -> Any:
     """Store a created object with a metadata.uid, as an API server does (kmock stores what it
     is sent). kopf keys its indexes by (namespace, name, uid): without uids, the operator's
     Deployment, Service and PodDisruptionBudget of one resource (one name) would be one object
-    to it, and each kind's event would drop the others from their indexes."""
+    to it, and each kind's event would drop the others from their indexes. And create an object
+    that a server-side apply names and that does not exist (`_applies_to_a_missing_object`)."""
+    if _applies_to_a_missing_object(self, request):
+        # Stored as a create is (with its ADDED event); the apply itself then merges into it.
+        obj = dict(request.data)
+        obj["metadata"] = {**(obj.get("metadata") or {}), "uid": str(uuid.uuid4())}
+        async with self._lock:
+            self._objects[request.resource, request.namespace, request.name] = obj
+            raw = self._objects[request.resource, request.namespace, request.name].raw
+            await self._buses[request.resource].put({"type": "ADDED", "object": raw})
     if (request.resource is not None and request.action == kmock_lib.action.CREATE
             and isinstance(request.data, dict)):
         meta = request.data.setdefault("metadata", {})
@@ -167,6 +192,19 @@ def serve_the_crd(kmock: kmock_lib.KubernetesEmulator) -> None:
     info.shortnames = set(SHORT_NAMES)
     info.verbs = {"list", "watch", "get", "create", "patch", "update", "delete"}
     info.subresources = {"status", "scale"}
+    install_crd(kmock)
+
+
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def install_crd(kmock: kmock_lib.KubernetesEmulator, crd: dict[str, Any] | None = None) -> None:
+    """Store the CRD object itself (the generated one unless given): the operator reads its
+    schema-version annotation at start-up and refuses to run without it."""
+    from specserve_operator import crdgen
+
+    body = crd if crd is not None else crdgen.crd()
+    kmock.objects[CRDS, None, body["metadata"]["name"]] = body
 
 
 async def create(kmock: kmock_lib.KubernetesEmulator, body: dict[str, Any]) -> None:

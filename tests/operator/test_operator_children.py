@@ -85,7 +85,7 @@ def test_a_child_missing_from_its_index_is_read_and_recreated(
     api.writes.clear()
     reads = children.Children(api, indexes, children.CheckedRecently(60.0))  # type: ignore[arg-type]
     reconcile.reconcile_children(api, OWNER, SPEC, {}, Log(), reads=reads)  # type: ignore[arg-type]
-    assert "Service" in api.gets and ("create", "Service") in {(v, k) for v, k, *_ in api.writes}
+    assert "Service" in api.gets and ("apply", "Service") in {(v, k) for v, k, *_ in api.writes}
 
 
 def test_an_edit_the_index_shows_is_patched_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +96,7 @@ def test_an_edit_the_index_shows_is_patched_back(monkeypatch: pytest.MonkeyPatch
     api.writes.clear()
     reads = children.Children(api, _indexes(api), children.CheckedRecently(60.0))  # type: ignore[arg-type]
     reconcile.reconcile_children(api, OWNER, SPEC, {}, Log(), reads=reads)  # type: ignore[arg-type]
-    assert [(v, k) for v, k, *_ in api.writes] == [("patch", "Deployment")]
+    assert [(v, k) for v, k, *_ in api.writes] == [("apply", "Deployment")]
 
 
 def test_unwatched_children_are_rechecked_once_the_check_is_old() -> None:

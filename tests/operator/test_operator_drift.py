@@ -64,6 +64,11 @@ class RecordingApi:
         self.creates.append(obj)
         return obj
 
+    def apply(self, obj: dict[str, Any], field_manager: str, force: bool = False
+              ) -> dict[str, Any]:
+        self.patches.append((obj["kind"], obj))
+        return obj
+
 
 class Logger:
     def info(self, *_: Any) -> None:
@@ -78,23 +83,23 @@ def test_the_kit_canonicalises_quantities_like_the_api_server(sent: str, stored:
 
 @pytest.mark.parametrize(("sent", "stored"), [f for f in QUANTITY_FORMS if f[1] != "0"])
 def test_canonical_quantities_are_not_drift(sent: str, stored: str) -> None:
-    spec = _spec(resources={"cpu": sent, "memory": sent, "gpu": 1})
+    spec = _spec(resources={"cpu": sent, "cpuLimit": sent, "memory": sent, "gpu": 1})
     desired = manifests.deployment(OWNER, spec)
     current = as_stored(desired)
     c = current["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"] == {"cpu": stored, "memory": stored, "nvidia.com/gpu": "1"}
-    assert diff.is_subset(diff.patch_for(desired), current)
+    assert diff.is_subset(desired, current)
 
 
 def test_a_changed_quantity_is_drift() -> None:
     desired = manifests.deployment(OWNER, _spec(resources={"cpu": "1.5", "memory": "1Gi"}))
     for other in ({"cpu": "1", "memory": "1Gi"}, {"cpu": "1500m", "memory": "1G"}):
         current = as_stored(manifests.deployment(OWNER, _spec(resources=other)))
-        assert not diff.is_subset(diff.patch_for(desired), current), other
+        assert not diff.is_subset(desired, current), other
     # A quantity map that lost a key (someone removed the limit) is drift too.
     current = as_stored(desired)
-    del current["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
-    assert not diff.is_subset(diff.patch_for(desired), current)
+    del current["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert not diff.is_subset(desired, current)
 
 
 def test_quantities_are_compared_only_in_resource_maps() -> None:
@@ -197,7 +202,7 @@ def test_objects_as_the_api_server_returns_them_are_in_sync(name: str) -> None:
                 manifests.configmap(OWNER, spec, policy), manifests.servicemonitor(OWNER, spec),
                 manifests.disruption_budget(OWNER, spec))
     for desired in children:
-        stored = as_stored(desired)
+        stored = as_stored(diff.applied(desired))  # as the last apply left it
         assert stored != desired  # the server did add something
         assert reconcile.ensure(api, desired, stored, body, Logger()) == stored  # type: ignore[arg-type]
     assert api.patches == [] and api.creates == []
@@ -231,7 +236,7 @@ def test_tolerations_leave_out_what_the_server_drops() -> None:
 def test_a_real_edit_of_a_stored_object_is_repaired(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _spec()
     desired = manifests.deployment(OWNER, spec)
-    stored = as_stored(desired)
+    stored = as_stored(diff.applied(desired))
     stored["spec"]["template"]["spec"]["containers"][0]["args"][-1] = "9999"
     api = RecordingApi()
     events: list[str] = []
@@ -263,16 +268,18 @@ def test_default_rollout_never_needs_a_spare_gpu() -> None:
 def test_progress_deadline_covers_the_start_budget() -> None:
     """A pod still inside its startup probe's budget must not read as a stuck rollout: the
     deadline is derived from the probes the Deployment actually carries."""
-    dep = manifests.deployment(OWNER, _spec(resources={"gpu": 1}))
-    c = dep["spec"]["template"]["spec"]["containers"][0]
-    startup, readiness = c["startupProbe"], c["readinessProbe"]
-    budget = (startup.get("initialDelaySeconds", 0)
-              + startup["periodSeconds"] * startup["failureThreshold"]
-              + readiness["periodSeconds"])
-    deadline = dep["spec"]["progressDeadlineSeconds"]
-    assert deadline >= budget == manifests.startup_budget_s()
-    assert deadline > 600  # Kubernetes' default: shorter than a large model's load
-    assert deadline == manifests.progress_deadline_s()
+    for startup_spec in ({}, {"timeoutSeconds": 7200}):
+        spec = _spec(resources={"gpu": 1}, startup=startup_spec)
+        dep = manifests.deployment(OWNER, spec)
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        startup, readiness = c["startupProbe"], c["readinessProbe"]
+        budget = (startup.get("initialDelaySeconds", 0)
+                  + startup["periodSeconds"] * startup["failureThreshold"]
+                  + readiness["periodSeconds"])
+        deadline = dep["spec"]["progressDeadlineSeconds"]
+        assert deadline >= budget == manifests.startup_budget_s(spec)
+        assert deadline > 600  # Kubernetes' default: shorter than a large model's load
+        assert deadline == manifests.progress_deadline_s(spec)
 
 
 @pytest.mark.parametrize(("before", "after"), [
@@ -280,22 +287,24 @@ def test_progress_deadline_covers_the_start_budget() -> None:
     ({"strategy": "Recreate"}, {}),
     ({}, {"maxSurge": 1, "maxUnavailable": 0}),
 ])
-def test_changing_the_rollout_patches_to_a_valid_object_once(
+def test_changing_the_rollout_applies_a_valid_object_once(
     before: dict[str, Any], after: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A merge patch keeps keys it does not name: switching to Recreate must remove
-    strategy.rollingUpdate, or the API server refuses the patch (422) on every pass."""
+    """Switching to Recreate must remove strategy.rollingUpdate, or the API server refuses
+    the write (422) on every pass: server-side apply removes it (the operator set it before
+    and no longer does), where a merge patch would have kept it."""
     monkeypatch.setattr(reconcile.kopf, "event", lambda *_, **__: None)
-    stored = as_stored(manifests.deployment(OWNER, _spec(rollout=before)))
+    api = MemoryApiServer(defaulting=True)
+    reconcile.reconcile_children(api, OWNER, _spec(rollout=before), {}, Logger())  # type: ignore[arg-type]
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, _spec(rollout=after), {}, Logger())  # type: ignore[arg-type]
+    assert [(v, k) for v, k, *_ in api.writes] == [("apply", "Deployment")]
     desired = manifests.deployment(OWNER, _spec(rollout=after))
-    api = RecordingApi()
-    reconcile.ensure(api, desired, stored, {}, Logger())  # type: ignore[arg-type]
-    ((_, body),) = api.patches
-    result = patched(stored, body)  # raises Invalid where a real server would
-    assert result["spec"]["strategy"] == as_stored(desired)["spec"]["strategy"]
-    again = RecordingApi()
-    reconcile.ensure(again, desired, result, {}, Logger())  # type: ignore[arg-type]
-    assert again.patches == []
+    stored = api.objects[("Deployment", names.deployment_name(OWNER))]
+    assert stored["spec"]["strategy"] == as_stored(desired)["spec"]["strategy"]
+    api.writes.clear()
+    reconcile.reconcile_children(api, OWNER, _spec(rollout=after), {}, Logger())  # type: ignore[arg-type]
+    assert api.writes == []
 
 
 def test_the_kit_refuses_what_the_server_refuses() -> None:
@@ -363,7 +372,9 @@ def test_a_second_reconcile_pass_patches_nothing(
     spec = _spec(**SPECS[name])
     reconcile.reconcile_children(api, OWNER, spec, {}, Logger())  # type: ignore[arg-type]
     created = [(verb, kind) for verb, kind, *_ in api.writes]
-    assert created and all(verb == "create" for verb, _ in created)
+    # (an apply creates; the control token is a create: made once, never patched)
+    assert created and all(verb == ("create" if kind == "Secret" else "apply")
+                           for verb, kind in created)
     api.writes.clear()
     reconcile.reconcile_children(api, OWNER, spec, {}, Logger())  # type: ignore[arg-type]
     assert api.writes == []
@@ -377,7 +388,7 @@ def test_a_pod_template_edit_is_drift() -> None:
     """A removed volume, an edited env var, an other shm size, a lost priority class or
     affinity: each reads as drift (and is patched back)."""
     desired = manifests.deployment(OWNER, _spec(resources={"shmSize": "8Gi"}, pod=POD_TEMPLATE))
-    wanted = diff.patch_for(desired)
+    wanted = desired
     edits = [
         lambda pod: pod["volumes"].pop(),
         lambda pod: _named(pod["containers"][0]["env"], "HF_TOKEN")["valueFrom"][
@@ -413,7 +424,7 @@ def test_the_disruption_budget_is_created_repaired_changed_and_turned_off(
     api.objects[("PodDisruptionBudget", "chat")]["spec"]["maxUnavailable"] = 0
     api.writes.clear()
     reconcile.reconcile_children(api, OWNER, _spec(), {}, Logger())  # type: ignore[arg-type]
-    assert [(v, k) for v, k, *_ in api.writes] == [("patch", "PodDisruptionBudget")]
+    assert [(v, k) for v, k, *_ in api.writes] == [("apply", "PodDisruptionBudget")]
     assert _pdbs(api)[0]["spec"]["maxUnavailable"] == 1
     # The spec changes it.
     two = _spec(disruptionBudget={"maxUnavailable": 2})

@@ -266,3 +266,35 @@ async def test_every_malformed_resource_is_rejected_with_a_message(cluster: Any)
             assert message in warnings[0]["message"], case_id
         assert count(cluster, DEPLOYMENTS) == 0
         assert count(cluster, SECRETS) == 0
+
+
+async def test_a_deployment_of_the_name_that_is_not_ours_is_left_alone(cluster: Any) -> None:
+    """Another workload named like the resource's Deployment (issue #24): the operator never
+    writes it, reports NameConflict in .status with a Warning event, and makes the rest."""
+    theirs = {"apiVersion": "apps/v1", "kind": "Deployment",
+              "metadata": {"name": NAME, "namespace": NS, "uid": "uid-theirs",
+                           "labels": {"app": "billing"}},
+              "spec": {"replicas": 5, "selector": {"matchLabels": {"app": "billing"}},
+                       "template": {"metadata": {"labels": {"app": "billing"}},
+                                    "spec": {"containers": [{"name": "app",
+                                                             "image": "billing:1"}]}}}}
+    cluster.objects[DEPLOYMENTS, NS, NAME] = theirs
+    async with running_operator():
+        await create(cluster, ssd(NAME, SPEC, UID))
+        st = await eventually(lambda: (x := live(cluster, SSD, NAME)["status"])
+                              and any(c["type"] == "NameConflict" and c["status"] == "True"
+                                      for c in x["conditions"]) and x)
+        await eventually(lambda: all(live(cluster, r, n) for r, n in CHILDREN[1:]))
+        await asyncio.sleep(1.5)
+        warned = len([e for e in events(cluster, NAME) if e.get("reason") == "NameConflict"])
+        await asyncio.sleep(2)  # more status passes (1 s apart in tests): no more warnings
+    assert live(cluster, DEPLOYMENTS, NAME) == theirs
+    assert versions(cluster, DEPLOYMENTS, NAME) == 1
+    (cond,) = [c for c in st["conditions"] if c["type"] == "NameConflict"]
+    assert "Deployment chat" in cond["message"]
+    assert "not owned by any SpecServeDeployment" in cond["message"]
+    assert st["phase"] == "Degraded"
+    warnings = [e for e in events(cluster, NAME) if e.get("reason") == "NameConflict"]
+    # Posted until the condition is in .status (the create handler and the first timer pass
+    # may both), then never again.
+    assert 1 <= len(warnings) == warned <= 2 and warnings[0]["type"] == "Warning"

@@ -14,8 +14,8 @@ import pytest
 
 from specserve_contract import API_VERSION, KIND, POLICY_KEY
 from specserve_engine.policy.params import Policy
+from specserve_operator import diff, names, reconcile, slo_loop
 from specserve_operator import manifests as m
-from specserve_operator import names, reconcile, slo_loop
 from specserve_operator import status as st
 from specserve_operator.spec import CONDITION_TYPES, parse_spec
 from tests.kits.apiserver import MemoryApiServer
@@ -38,7 +38,7 @@ def _no_events(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _server_with_policy(spec: Any = SPEC) -> MemoryApiServer:
     api = MemoryApiServer()
-    api.put(m.configmap(OWNER, spec, m.policy_from_spec(spec, 1)))
+    api.put(diff.applied(m.configmap(OWNER, spec, m.policy_from_spec(spec, 1))))
     api.put({"apiVersion": API_VERSION, "kind": KIND,
              "metadata": {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid},
              "spec": {}, "status": {}})
@@ -137,7 +137,7 @@ def test_each_writer_replaces_only_its_own_conditions() -> None:
     reconcile.write_status(api, OWNER, st.RECONCILE, _reconciled, stale)
     assert _conds(_status(api)) == {"Ready": "True", "Degraded": "False", "Progressing": "False",
                                     "SLOMet": "Unknown", "PolicyApplied": "Unknown",
-                                    "NoData": "Unknown"}
+                                    "NoData": "Unknown", "NameConflict": "False"}
     # The SLO loop, from the view before the reconcile wrote (409 on it, then a fresh read).
     reconcile.write_status(api, OWNER, st.SLO_LOOP, lambda _: _slo_status(0.97, "T2"), stale)
     assert api.conflicts == 1

@@ -111,8 +111,8 @@ def test_gpu_limits_node_selector_and_tolerations() -> None:
     })
     dep = manifests.deployment(OWNER, spec)
     c = _container(dep)
-    assert c["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
-    assert "nvidia.com/gpu" not in c["resources"]["requests"]
+    assert c["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "64Gi"}  # no CPU limit
     pod = dep["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100"}
     assert pod["tolerations"] == [
@@ -207,7 +207,9 @@ def test_operator_volumes_and_env_are_the_ones_the_spec_reserves() -> None:
     assert mounts == spec_module.OPERATOR_VOLUMES
     assert {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]} - user == set(mounts)
     user_env = {e["name"] for e in POD["env"]}
-    assert {e["name"] for e in c["env"]} - user_env <= set(spec_module.OPERATOR_ENV)
+    # CACHE_ENV's are defaults a user's env of the same name replaces, not reserved.
+    assert {e["name"] for e in c["env"]} - user_env <= (set(spec_module.OPERATOR_ENV)
+                                                        | set(manifests.CACHE_ENV))
 
 
 def test_pvc_models_are_mounted_read_only() -> None:
@@ -378,18 +380,35 @@ def test_is_subset_tolerates_server_defaults_only() -> None:
                                                  "protocol": "TCP"}]}, "status": {}}
     assert diff.is_subset(desired, actual)
     assert not diff.is_subset({"spec": {"replicas": 3}}, actual)
-    assert not diff.is_subset({"spec": {"ports": []}}, actual)
+    assert not diff.is_subset({"spec": {"args": []}}, {"spec": {"args": ["--x"]}})  # atomic
     assert not diff.is_subset({"spec": {"missing": None}}, actual)
 
 
-def test_patch_for_covers_owned_fields() -> None:
+def test_keyed_lists_are_compared_by_key() -> None:
+    """Lists the Kubernetes schema marks x-kubernetes-list-type map (containers, env, ports,
+    volumes, ...): another manager's items (an injected sidecar) are not drift, a missing or
+    changed item of ours is, and the order does not matter."""
+    ours = {"spec": {"containers": [{"name": "engine", "ports": [{"containerPort": 8000}],
+                                     "env": [{"name": "A", "value": "1"}]}]}}
+    theirs = {"spec": {"containers": [
+        {"name": "istio-proxy", "image": "proxy"},
+        {"name": "engine", "ports": [{"containerPort": 9090, "protocol": "TCP"},
+                                     {"containerPort": 8000, "protocol": "TCP"}],
+         "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]}]}}
+    assert diff.is_subset(ours, theirs)
+    theirs["spec"]["containers"][1]["env"][1]["value"] = "2"
+    assert not diff.is_subset(ours, theirs)
+    assert not diff.is_subset(ours, {"spec": {"containers": [{"name": "istio-proxy"}]}})
+
+
+def test_the_applied_config_is_the_whole_object_and_its_fingerprint() -> None:
     dep = manifests.deployment(OWNER, _spec())
-    patch = diff.patch_for(dep)
-    assert set(patch) == {"metadata", "spec"}
-    assert set(patch["metadata"]) == {"labels", "ownerReferences"}
-    assert diff.is_subset(patch, dep)
-    configmap = manifests.configmap(OWNER, _spec(), {"version": 1})
-    assert set(diff.patch_for(configmap)) == {"metadata", "data"}
+    config = diff.applied(dep)
+    assert {k: v for k, v in config.items() if k != "metadata"} == {
+        k: v for k, v in dep.items() if k != "metadata"}
+    assert config["metadata"]["annotations"] == {diff.APPLIED_FIELDS: diff.fingerprint(dep)}
+    assert diff.is_subset(dep, config) and not diff.in_sync(config, dep)
+    assert diff.in_sync(config, config)
 
 
 # ------------------------------------------------------------------------------------- status
@@ -409,7 +428,8 @@ def test_status_while_pods_start() -> None:
     out = status.running_status(_spec(), OWNER, {"spec": {"replicas": 2}}, 1, None, NOW, 4)
     assert out["phase"] == "Progressing"
     assert _conds(out) == {"Ready": "False", "Progressing": "True", "Degraded": "False",
-                           "SLOMet": "Unknown", "PolicyApplied": "False", "NoData": "Unknown"}
+                           "SLOMet": "Unknown", "PolicyApplied": "False", "NoData": "Unknown",
+                           "NameConflict": "False"}
     assert out["replicas"] == {"desired": 2, "current": 0, "ready": 0}
     assert out["observedGeneration"] == 4
     assert all(c["observedGeneration"] == 4 for c in out["conditions"])

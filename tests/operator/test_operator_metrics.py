@@ -75,9 +75,9 @@ async def test_metrics_count_reconciles_slo_passes_pushes_and_api_calls(
     assert _value(text, f"{OPERATOR_SLO_LOOP_SECONDS}_count") >= 1
     assert OPERATOR_SLO_LOOP_FAILURES in text
     assert f'{OPERATOR_POLICY_PUSHES}{{result="acknowledged"}}' in text
-    created = re.findall(
+    created = re.findall(  # server-side apply: a PATCH that creates
         rf'^{OPERATOR_API_CALLS}\{{code="(\d+)",resource="deployments",'
-        r'verb="create"\} (\S+)$', text, re.MULTILINE)
+        r'verb="patch"\} (\S+)$', text, re.MULTILINE)
     assert created and all(code.startswith("2") for code, _ in created), created
     assert _value(text, OPERATOR_API_CALLS,
                   '{code="200",resource="specservedeployments/status",verb="patch"}') >= 1

@@ -51,7 +51,9 @@ TPOT_TARGET_S, TTFT_TARGET_S = 0.05, 0.5
 def chart_podmonitor(namespace: str) -> dict[str, Any]:
     """The chart's engine PodMonitor, rendered by Helm, watching `namespace`."""
     out = helm.Chart.load(ROOT / "charts" / "specserve").render(
-        {"watchNamespaces": [namespace], "monitoring": {"podMonitor": {"enabled": True}}},
+        # The PodMonitor instead of the operator's ServiceMonitors (the chart refuses both).
+        {"watchNamespaces": [namespace], "monitoring": {"podMonitor": {"enabled": True}},
+         "operator": {"manageServiceMonitors": False}},
         name="specserve", namespace="specserve-system")
     docs = [d for text in out.values() for d in yaml.safe_load_all(text) if d]
     (pm,) = [d for d in docs if d["kind"] == "PodMonitor"]
@@ -203,3 +205,24 @@ async def test_no_data_says_whether_targets_are_missing_or_down(setup: Setup, na
     snap = await snapshot(setup.prom, namespace)
     assert (snap.state, snap.no_data_reason) == ("noData", cause)
     assert snap.targets == (0 if cause == "NoTargets" else 2) and snap.pods_scraped == 0
+
+
+async def test_grouped_queries_give_each_resource_its_own_snapshot(setup: Setup) -> None:
+    """Issue #24: the one grouped round every SLO pass shares (`GroupedSnapshots`) must give each
+    resource what its own ~24 queries give, on a real Prometheus holding several resources'
+    series (two monitor kinds, another resource, a stranger pod, targets down, none)."""
+    client = PrometheusClient(setup.prom.url, timeout_s=5.0, retries=0)
+    grouped = prometheus.GroupedSnapshots(max_age_s=60.0)
+    for namespace in (SM_NS, PM_NS, DOWN_NS, "team-none"):
+        now = time.time()
+        own = await client.snapshot(namespace, NAME, WINDOW, now, TPOT_TARGET_S, TTFT_TARGET_S,
+                                    model=NAME, idle_window="30s")
+        shared = await grouped.snapshot(client, namespace, NAME, WINDOW, now, TPOT_TARGET_S,
+                                        TTFT_TARGET_S, model=NAME, idle_window="30s")
+        assert (shared.state, shared.no_data_reason, shared.targets) == (
+            own.state, own.no_data_reason, own.targets), namespace
+        for name, rel in [*((n, 1e-3) for n in EXACT), *((n, 0.25) for n in RATES)]:
+            want = getattr(own, name)
+            assert getattr(shared, name) == (None if want is None else pytest.approx(
+                want, rel=rel)), (namespace, name)
+    assert grouped.rounds == 1  # one round of queries for all four

@@ -16,7 +16,13 @@ from specserve_operator import metrics, slo_loop
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.manifests import deployment_replicas
 from specserve_operator.metrics import NoDataTracker
-from specserve_operator.names import Owner, configmap_name, secret_name, selector_labels
+from specserve_operator.names import (
+    Owner,
+    configmap_name,
+    owner_reference,
+    secret_name,
+    selector_labels,
+)
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import (
     SpecServeDeploymentSpec,
@@ -51,8 +57,11 @@ class FakeKube:
         return {"items": self.pods}
 
 
+MINE = {"ownerReferences": [owner_reference(OWNER)]}  # a child of OWNER (else never written)
+
+
 def configmap_with(policy: Policy) -> dict[str, Any]:
-    return {"data": {POLICY_KEY: policy.model_dump_json()}}
+    return {"metadata": MINE, "data": {POLICY_KEY: policy.model_dump_json()}}
 
 
 def ready_pod(name: str) -> dict[str, Any]:
@@ -143,7 +152,7 @@ def test_scale_without_data_keeps_the_count_the_pods_have() -> None:
 
 
 async def test_builtin_scale_up_goes_to_the_deployment_never_to_the_spec() -> None:
-    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 1}}})
+    api = FakeKube({("Deployment", "m"): {"metadata": MINE, "spec": {"replicas": 1}}})
     decision = slo_loop.decide_scale(SPEC, busy(), Policy(), {}, LoopConfig(), 100.0)
     assert decision.desired > 1 and api.patches == []
     status = decided("builtin", decision.desired)
@@ -157,7 +166,7 @@ async def test_builtin_scale_up_goes_to_the_deployment_never_to_the_spec() -> No
 
 async def test_external_mode_recommends_and_never_scales() -> None:
     spec = with_mode("external")
-    api = FakeKube({("Deployment", "m"): {"spec": {"replicas": 1}}})
+    api = FakeKube({("Deployment", "m"): {"metadata": MINE, "spec": {"replicas": 1}}})
     # The HPA's count (spec.replicas.initial) is the base, whatever the last decision said.
     decision = slo_loop.decide_scale(spec, busy(), Policy(), decided("external", 3),
                                      LoopConfig(), 100.0)
@@ -181,7 +190,7 @@ async def test_one_iteration_returns_status_the_crd_schema_accepts(
     posted: list[dict[str, Any]] = []
     monkeypatch.setattr(slo_loop.kopf, "event", lambda body, **kw: posted.append(kw))
     api = FakeKube({("ConfigMap", configmap_name(OWNER)): configmap_with(Policy(version=1)),
-                    ("Deployment", "m"): {"spec": {"replicas": 1}}})
+                    ("Deployment", "m"): {"metadata": MINE, "spec": {"replicas": 1}}})
 
     class Log:
         def __init__(self) -> None:

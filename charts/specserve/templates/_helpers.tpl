@@ -124,8 +124,9 @@ tests/chart checks them against the kinds the operator's manifests produce.
 {{/*
 The control-token Secret of each resource: created once, read to push, never patched. RBAC
 cannot narrow this by name (`create` has no name to match, and the names are per resource) nor
-by label: use watchNamespaces to confine it to the watched namespaces, or, watching all of them,
-operator.secretNamespaces to grant it only in those (docs/helm.md#secrets).
+by label, only by namespace: granted in each of watchNamespaces, or, watching all of them, in
+each of operator.secretNamespaces; cluster-wide only with operator.clusterWideSecrets
+(docs/helm.md#secrets).
 */}}
 {{- define "specserve.operatorSecretRules" -}}
 - apiGroups: [""]
@@ -138,6 +139,11 @@ operator.secretNamespaces to grant it only in those (docs/helm.md#secrets).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+# At start-up the operator reads its own CRD's schema version (and refuses an older CRD).
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["specservedeployments.specserve.io"]
+  verbs: ["get"]
 {{- if and .Values.operator.peering.enabled (not .Values.watchNamespaces) }}
 # Peering (which replica acts) of an operator watching all namespaces: the ClusterKopfPeering.
 - apiGroups: ["kopf.dev"]
@@ -159,4 +165,17 @@ operator.secretNamespaces to grant it only in those (docs/helm.md#secrets).
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list", "watch"]
+{{- end -}}
+
+{{/* The gateway pod's terminationGracePeriodSeconds: its preStop sleep, the longest wait for a
+backend's next bytes (readTimeoutSeconds, rounded up) and 10 s to close. */}}
+{{- define "specserve.gatewayGracePeriod" -}}
+{{- add (int .Values.gateway.preStopSleepSeconds) (int (ceil .Values.gateway.readTimeoutSeconds)) 10 -}}
+{{- end -}}
+
+{{/* The namespaces with engine pods: networkPolicy.namespaces, else watchNamespaces, else
+operator.secretNamespaces (the only ones the operator can reconcile in then). */}}
+{{- define "specserve.engineNamespaces" -}}
+{{- $ns := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default .Values.operator.secretNamespaces -}}
+{{- toJson ($ns | default list) -}}
 {{- end -}}
