@@ -372,8 +372,13 @@ async def _slo_passes(args: argparse.Namespace, legacy: bool, prom_url: str,
     rng = random.Random(0)
     results = []
     for number in range(args.passes):
-        reads = Children(api, {"specserve_configmaps": index("ConfigMap"),
-                               "specserve_deployments": index("Deployment")})
+        # What kopf's watches hold (handlers: children.WATCHED, PODS, SECRETS); --no-pod-index:
+        # the pods LISTed and the token GET as before.
+        indexes = {"specserve_configmaps": index("ConfigMap"),
+                   "specserve_deployments": index("Deployment")}
+        if not legacy and not args.no_pod_index:
+            indexes |= {"specserve_secrets": index("Secret"), "specserve_pods": pods}
+        reads = Children(api, indexes)
         api.calls.clear()
         queries.clear()
         before = _count_queries(transport)
@@ -442,6 +447,8 @@ async def slo_pass(argv: list[str]) -> dict[str, Any]:
                         help="seconds over which a pass's N timers start")
     parser.add_argument("--legacy", action="store_true", help="only the old path")
     parser.add_argument("--new", action="store_true", help="only the new path")
+    parser.add_argument("--no-pod-index", action="store_true",
+                        help="new path without the pod and Secret indexes (LIST + GET per pass)")
     parser.add_argument("--fake-prometheus", action="store_true",
                         help="an in-process fake instead of the Debian prometheus")
     parser.add_argument("--json", type=Path)

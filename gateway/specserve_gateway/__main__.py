@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=2.0, metavar="S")
     p.add_argument("--read-timeout", type=float, default=600.0, metavar="S",
                    help="longest wait for a backend's next bytes")
+    p.add_argument("--shutdown-timeout", type=float, default=None, metavar="S",
+                   help="after SIGTERM, let open requests and streams finish for at most S "
+                   "seconds before closing them (default: --read-timeout); keep it under the "
+                   "pod's terminationGracePeriodSeconds minus its preStop sleep")
     p.add_argument("--retry-after", type=int, default=2, metavar="S",
                    help="Retry-After header of 503 answers")
     p.add_argument("--max-resumes", type=int, default=2, metavar="N",
@@ -83,6 +87,12 @@ def build_source(args: argparse.Namespace) -> RouteSource:
     return sources[0] if len(sources) == 1 else CombinedSource(sources)
 
 
+def shutdown_timeout(args: argparse.Namespace) -> float:
+    """Seconds uvicorn lets in-flight requests finish after SIGTERM: --shutdown-timeout, else
+    --read-timeout (a request waiting that long on its backend may still finish)."""
+    return args.read_timeout if args.shutdown_timeout is None else args.shutdown_timeout
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -103,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gateway's /metrics has only the series the dashboards and the operator read.
     prometheus_client.disable_created_metrics()
     uvicorn.run(create_app(source, config), host=args.host, port=args.port,
-                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+                log_level=args.log_level.lower(),
+                timeout_graceful_shutdown=shutdown_timeout(args))
     return 0
 
 

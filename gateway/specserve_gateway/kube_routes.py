@@ -33,6 +33,8 @@ from typing import Any
 import httpx
 
 from specserve_contract import ENGINE_SELECTOR, GROUP, HTTP_PORT_NAME, PLURAL, VERSION, service_name
+from specserve_contract.claims import name_claims
+from specserve_contract.claims import served_model as served_model  # re-exported
 from specserve_gateway.routing import Route, RouteConflict, RouteTable, qualified
 from specserve_gateway.sources import Listeners
 
@@ -43,12 +45,6 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 # ------------------------------------------------------------------------------------ pure
-
-
-def served_model(ssd: dict[str, Any]) -> str:
-    meta = ssd.get("metadata") or {}
-    model = ((ssd.get("spec") or {}).get("model")) or {}
-    return str(model.get("servedName") or meta.get("name") or "")
 
 
 def _host(address: str) -> str:
@@ -73,7 +69,9 @@ def slice_urls(eps: dict[str, Any], port_name: str = HTTP_PORT_NAME) -> list[str
 
 @dataclass(frozen=True)
 class Claim:
-    """The SpecServeDeployments of one namespace that serve one model name (pooled: one tenant)."""
+    """The SpecServeDeployments of one namespace that serve one model name (pooled: one tenant),
+    with their pods' URLs. Who is first is `specserve_contract.claims` (shared with the
+    operator's RouteConflict condition)."""
 
     namespace: str
     model: str
@@ -81,16 +79,11 @@ class Claim:
     names: tuple[str, ...]  # the resources' names, sorted
     backends: tuple[str, ...]
 
-    @property
-    def order(self) -> tuple[str, str, str]:
-        """First claim first: creationTimestamp, then namespace/name (deterministic)."""
-        return (self.created or "~", self.namespace, self.names[0] if self.names else "")
-
 
 def claims_from_cluster(
     ssds: Iterable[dict[str, Any]], slices: Iterable[dict[str, Any]]
 ) -> dict[str, list[Claim]]:
-    """model name -> its claims, first claim first."""
+    """model name -> its claims, first claim first (`specserve_contract.claims.name_claims`)."""
     by_service: dict[tuple[str, str], list[str]] = {}
     for eps in slices:
         meta = eps.get("metadata") or {}
@@ -98,25 +91,12 @@ def claims_from_cluster(
         if service:
             key = (meta.get("namespace", ""), service)
             by_service.setdefault(key, []).extend(slice_urls(eps))
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for ssd in ssds:
-        model = served_model(ssd)
-        if model:
-            ns = (ssd.get("metadata") or {}).get("namespace", "")
-            grouped.setdefault((ns, model), []).append(ssd)
-    claims: dict[str, list[Claim]] = {}
-    for (ns, model), members in grouped.items():
-        metas = [m.get("metadata") or {} for m in members]
-        urls = {u for meta in metas
-                for u in by_service.get((ns, service_name(meta.get("name", ""))), [])}
-        stamps = [str(meta["creationTimestamp"]) for meta in metas
-                  if meta.get("creationTimestamp")]
-        claims.setdefault(model, []).append(Claim(
-            ns, model, min(stamps, default=""),
-            tuple(sorted(str(meta.get("name", "")) for meta in metas)), tuple(sorted(urls))))
-    for listed in claims.values():
-        listed.sort(key=lambda c: c.order)
-    return claims
+    return {model: [Claim(c.namespace, model, c.created, c.names,
+                          tuple(sorted({u for name in c.names
+                                        for u in by_service.get((c.namespace,
+                                                                 service_name(name)), [])})))
+                    for c in listed]
+            for model, listed in name_claims(ssds).items()}
 
 
 def table_from_cluster(
@@ -124,8 +104,8 @@ def table_from_cluster(
 ) -> RouteTable:
     """SpecServeDeployments + EndpointSlices -> RouteTable, one tenant per model name:
 
-    - `model` routes to the FIRST claim of that name only (`Claim.order`); resources of one
-      namespace that serve one name are one claim and pool their pods;
+    - `model` routes to the FIRST claim of that name only (`specserve_contract.claims`);
+      resources of one namespace that serve one name are one claim and pool their pods;
     - `namespace/model` routes to that namespace's claim (forwarded as `model`), the later
       claims included: the address names the tenant, so it takes no one's traffic;
     - a later claim of a bare name is a `RouteConflict` (in the table, logged, exported); so is

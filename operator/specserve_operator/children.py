@@ -14,8 +14,10 @@ namespace, `WATCHED`, only objects with the operator's managed-by label) into in
                          edited out of the watch's selector, or its create has not arrived
                          yet: all rare, and read with a GET (its answer decides whether to
                          create it).
-  the Secret and the     not watched, and checked by a timer pass only when the last check
-  ServiceMonitor         is `RECHECK_PASSES` status intervals old (`CheckedRecently`; 60 s at
+  the Secret and the     not watched by reconcile (the Secret's index, `SECRETS`, exists only
+  ServiceMonitor         with SPECSERVE_WATCH_SECRETS, for the SLO loop's token), and checked
+                         by a timer pass only when the last check is `RECHECK_PASSES` status
+                         intervals old (`CheckedRecently`; 60 s at
                          the default 15 s), so a deleted or edited one is repaired within
                          that time instead of within one status interval.
                          The Secret: a watch needs list+watch on every Secret in the watched
@@ -24,7 +26,9 @@ namespace, `WATCHED`, only objects with the operator's managed-by label) into in
                          be absent or come later, its RBAC may be off), and kopf holds every
                          handler back until every index has listed its kind; an index must
                          also be declared at import, before the settings are read.
-  anything else          a GET (the resource itself, before undoing a scale; the pods).
+  the engine pods        watched (`PODS`, by the engine label) for the SLO loop's ready pods
+                         (`Children.pods`; it LISTs when the index lags the Deployment).
+  anything else          a GET (the resource itself, before undoing a scale).
 
 The event-driven handlers (create, spec update, resume) read every child with a GET
 (`Children(api)`): they are rare and must act on the current state. A read from an index can
@@ -45,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from specserve_contract import LABEL_MANAGED_BY, MANAGED_BY
+from specserve_contract import ENGINE_SELECTOR, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 from specserve_operator.kube_client import PLURALS, KubeClient
 from specserve_operator.manifests import PDB_API
 
@@ -83,6 +87,26 @@ WATCHED: tuple[Watched, ...] = (
 # What every child carries (names.labels): the server-side selector of each watch, so the
 # operator lists and caches its own objects only, not every Deployment in the cluster.
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+# The engine pods (ENGINE_SELECTOR, server-side), so that an SLO pass finds the ready pods of
+# its resource in memory instead of LISTing them (`ready_pods`). Keyed by (namespace, the pod's
+# app.kubernetes.io/instance): one entry per pod of that resource.
+PODS = Watched("v1", "Pod")
+POD_SELECTOR = ENGINE_SELECTOR
+# The control-token Secrets (the managed-by label, server-side), so that an SLO pass reads its
+# token from memory instead of GETting it. Declared only when the operator may list and watch
+# Secrets wherever it watches resources (env SPECSERVE_WATCH_SECRETS, set by the chart with
+# watchNamespaces or operator.clusterWideSecrets): RBAC cannot narrow list/watch by label, and
+# with operator.secretNamespaces a cluster-wide watch would be refused. Without it: a GET.
+SECRETS = Watched("v1", "Secret")
+ENV_WATCH_SECRETS = "SPECSERVE_WATCH_SECRETS"
+
+
+def watch_secrets(environ: Mapping[str, str]) -> bool:
+    return environ.get(ENV_WATCH_SECRETS, "").strip().lower() in ("1", "true", "yes")
+
+
+# Every index a handler may be handed (`Children.from_handler`).
+INDEXES = frozenset({w.index for w in (*WATCHED, PODS, SECRETS)})
 # At most this many status intervals between two checks of an unwatched child (Secret,
 # ServiceMonitor) by the status timer (`handlers.configure` sets CHECKED.ttl_s from it).
 RECHECK_PASSES = 4
@@ -102,6 +126,23 @@ def index_child(body: Mapping[str, Any], namespace: str, name: str,
                 **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The kopf index handler of every watched kind: (namespace, name) -> the object."""
     return {(namespace, name): cached_object(body)}
+
+
+def cached_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the pod index keeps: what `push.ready_pods` and the pod address read."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    keep_meta = ("name", "namespace", "uid", "labels", "deletionTimestamp", "resourceVersion")
+    return copy.deepcopy({
+        "metadata": {k: meta[k] for k in keep_meta if k in meta},
+        "status": {k: status[k] for k in ("phase", "podIP", "podIPs", "conditions")
+                   if k in status}})
+
+
+def index_pod(body: Mapping[str, Any], namespace: str, **_: Any
+              ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The kopf index handler of the engine pods: (namespace, instance) -> the pod."""
+    instance = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
+    return {(namespace, instance): cached_pod(body)} if instance else {}
 
 
 class CheckedRecently:
@@ -144,8 +185,7 @@ class Children:
                      checked: CheckedRecently | None = None) -> Children:
         """The indexes among a handler's keyword arguments (kopf passes every index to every
         handler)."""
-        names = {w.index for w in WATCHED}
-        return cls(api, {k: v for k, v in kwargs.items() if k in names}, checked)
+        return cls(api, {k: v for k, v in kwargs.items() if k in INDEXES}, checked)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The child: from its index if it is there, else a GET."""
@@ -157,6 +197,15 @@ class Children:
             if cached is not None:
                 return copy.deepcopy(cached)
         return self.read(api_version, kind, namespace, name)
+
+    def pods(self, namespace: str, instance: str) -> list[dict[str, Any]] | None:
+        """The engine pods of resource `instance` as the pod index holds them; None without a
+        pod index (a LIST is needed)."""
+        index = self.indexes.get(PODS.index)
+        if index is None:
+            return None
+        store = index.get((namespace, instance))
+        return [copy.deepcopy(p) for p in store] if store is not None else []
 
     def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A GET (the API server's current answer)."""

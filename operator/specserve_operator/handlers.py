@@ -29,7 +29,17 @@ from typing import Any
 
 import kopf
 
-from specserve_contract import FINALIZER, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from specserve_contract import (
+    APP_NAME,
+    FINALIZER,
+    GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    PLURAL,
+    VERSION,
+)
+from specserve_contract.claims import claim_record, served_model
 from specserve_operator import children, crd_schema, metrics, prometheus
 from specserve_operator.config import LoopConfig, OperatorConfig
 from specserve_operator.kube_client import KubeClient, KubeError
@@ -92,6 +102,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The children's watches list only the operator's own objects (server-side selector).
     for kind in children.WATCHED:
         settings.watching.label_selectors[_selects(kind)] = children.SELECTOR
+    settings.watching.label_selectors[_selects(children.PODS)] = children.POD_SELECTOR
+    if WATCH_SECRETS:
+        settings.watching.label_selectors[_selects(children.SECRETS)] = children.SELECTOR
     register_timers(RUNTIME.config)
 
 
@@ -141,6 +154,45 @@ async def index_child(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return children.index_child(**kwargs)
 
 
+# The engine pods, for the SLO loop's ready pods (`children.PODS`).
+@kopf.index(group="", version=children.PODS.version, plural=children.PODS.plural,
+            id=children.PODS.index, labels={LABEL_NAME: APP_NAME})
+async def index_pod(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return children.index_pod(**kwargs)
+
+
+# The control-token Secrets (`children.SECRETS`), only where the operator may watch them. Read
+# at import, unlike the other settings: kopf needs every index declared before it starts.
+WATCH_SECRETS = children.watch_secrets(os.environ)
+
+
+async def index_secret(**kwargs: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return children.index_child(**kwargs)
+
+
+if WATCH_SECRETS:
+    kopf.index(group="", version=children.SECRETS.version, plural=children.SECRETS.plural,
+               id=children.SECRETS.index, labels=_OWN)(index_secret)
+
+
+# Every SpecServeDeployment's claim on its served model name, keyed by that name, for the
+# RouteConflict condition (`specserve_contract.claims`: the gateway's first-claim rule).
+ROUTE_CLAIMS_INDEX = "specserve_route_claims"
+
+
+@kopf.index(GROUP, VERSION, PLURAL, id=ROUTE_CLAIMS_INDEX)
+async def index_route_claim(body: Any, **_: Any) -> dict[str, dict[str, Any]]:
+    return {served_model(body): claim_record(body)}
+
+
+def _route_claims(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The claims of the handler's resource's served name (None: no index, e.g. a direct call)."""
+    index = kwargs.get(ROUTE_CLAIMS_INDEX)
+    if index is None:
+        return None
+    return list(index.get(served_model(kwargs["body"]), []))
+
+
 def register_timers(config: OperatorConfig) -> None:
     """The two timers, with the intervals read at start-up. kopf keeps a timer's interval for
     the life of the process: a second start in the same process (tests) keeps the first ones."""
@@ -175,7 +227,8 @@ def _counted_reconcile(kwargs: dict[str, Any], reads: children.Children) -> None
     try:
         result = reconcile(kube(), **_reconcile_kwargs(kwargs),
                            manage_monitors=RUNTIME.config.manage_service_monitors,
-                           monitor_labels=RUNTIME.config.monitor_labels, reads=reads)
+                           monitor_labels=RUNTIME.config.monitor_labels, reads=reads,
+                           route_claims=_route_claims(kwargs))
     except Exception:
         metrics.RECONCILES.labels("error").inc()
         raise

@@ -30,6 +30,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
+    ("v1", "Pod"): "pods",
     ("v1", "ConfigMap"): "configmaps",
     (SERVICEMONITOR_API, "ServiceMonitor"): "servicemonitors",
     (PDB_API, "PodDisruptionBudget"): "poddisruptionbudgets",
@@ -64,7 +65,9 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     # write_status (and reconcile, before it undoes a scale) reads the resource; status patches.
     # No spec patch: the operator never writes the spec (the SLO loop scales the Deployment).
     ("get", GROUP, PLURAL), ("patch", GROUP, f"{PLURAL}/status"),
-    ("list", "", "pods"),  # the SLO loop finds the ready engine pods
+    # The SLO loop's ready engine pods: from kopf's pod index; a LIST only when the index lags
+    # the Deployment (its ready replicas not in the index yet).
+    ("list", "", "pods"),
     # At start-up: the SpecServeDeployment CRD's schema version (crd_schema; the chart grants
     # `get` on that one CRD by name).
     ("get", "apiextensions.k8s.io", "customresourcedefinitions"),
@@ -79,8 +82,16 @@ KOPF_CALLS: frozenset[tuple[str, str, str]] = frozenset({
     *((verb, group, plural) for verb in ("list", "watch") for group, plural in (
         ("apps", "deployments"), ("", "services"), ("", "configmaps"),
         ("policy", "poddisruptionbudgets"))),
+    # The engine pods (`children.PODS`, selected by the engine label), for the SLO loop.
+    ("list", "", "pods"), ("watch", "", "pods"),
     ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+})
+# kopf's watch of the control-token Secrets (`children.SECRETS`), only where the operator may
+# list and watch Secrets wherever it watches (SPECSERVE_WATCH_SECRETS; the chart sets it with
+# watchNamespaces or operator.clusterWideSecrets, and grants these with the Secret rights).
+KOPF_SECRET_CALLS: frozenset[tuple[str, str, str]] = frozenset({
+    ("list", "", "secrets"), ("watch", "", "secrets"),
 })
 # kopf peering (several replicas, one acts: `peering`): it watches the peering object of its scope
 # and patches its keep-alive into it; cluster-wide (ClusterKopfPeering) when it watches all

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import datetime
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
 
 from specserve_contract import API_VERSION, KIND
+from specserve_contract.claims import claim_record, conflict_for
 from specserve_operator.children import Children
 from specserve_operator.diff import applied, in_sync
 from specserve_operator.kube_client import (
@@ -62,6 +63,7 @@ from specserve_operator.names import (
     disruption_budget_name,
     owned_by,
     secret_name,
+    served_model,
     service_name,
     servicemonitor_name,
 )
@@ -352,9 +354,12 @@ def reconcile(
     api: KubeClient, body: Any, meta: Any, status: Any, namespace: str, name: str, uid: str,
     patch: Any, logger: Any, manage_monitors: bool = True,
     monitor_labels: Mapping[str, str] | None = None, reads: Children | None = None,
+    route_claims: Iterable[Mapping[str, Any]] | None = None,
 ) -> str:
     """One reconcile pass of one resource: validate the spec, reconcile children, write status.
-    Returns "ok", or "invalid" for a refused spec. `reads`: see `reconcile_children`."""
+    Returns "ok", or "invalid" for a refused spec. `reads`: see `reconcile_children`.
+    `route_claims`: the other SpecServeDeployments serving this one's model name (their
+    `claim_record`s, from the handlers' index), for the RouteConflict condition."""
     owner = Owner(name=name, namespace=namespace, uid=uid)
     old = dict(status or {})
     generation = meta.get("generation")
@@ -381,12 +386,38 @@ def reconcile(
         if message not in _reported_conflicts(old):
             kopf.warn(body, reason="NameConflict", message=message)
             logger.warning(message)
+    holder = route_holder(body, route_claims)
+    if holder and not _route_conflict_reported(old):
+        message = (f"served model name {served_model(name, spec)!r} is held by {holder}: "
+                   f"the gateway routes it there")
+        kopf.warn(body, reason="RouteConflict", message=message)
+        logger.warning(message)
     stamp = now_stamp()
     write_status(api, owner, RECONCILE,
                  lambda fresh: running_status(spec, owner, dep, version, fresh, stamp, generation,
-                                              messages),
+                                              messages, holder),
                  body)
     return "ok"
+
+
+def route_holder(body: Mapping[str, Any], claims: Iterable[Mapping[str, Any]] | None
+                 ) -> str | None:
+    """`namespace/name` of the earlier SpecServeDeployment of another namespace that holds
+    `body`'s served model name (`specserve_contract.claims`, the gateway's rule), else None."""
+    if claims is None:
+        return None
+    own = claim_record(body)
+    key = (own["metadata"].get("namespace"), own["metadata"].get("name"))
+    others = [c for c in claims
+              if ((c.get("metadata") or {}).get("namespace"),
+                  (c.get("metadata") or {}).get("name")) != key]
+    found = conflict_for([*others, own], *key)
+    return found.holder if found else None
+
+
+def _route_conflict_reported(status: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "RouteConflict" and c.get("status") == "True"
+               for c in status.get("conditions") or [])
 
 
 def _reported_conflicts(status: Mapping[str, Any]) -> str:

@@ -169,10 +169,24 @@ def versioned_above(version: int) -> Callable[[Policy], Policy | None]:
     return change
 
 
-async def ready_targets(api: KubeClient, owner: Owner, cfg: LoopConfig) -> list[PodTarget]:
-    listing = await _call(api.request, "GET",
-                          pods_path(owner.namespace, selector_labels(owner)))
-    pods = ready_pods((listing or {}).get("items") or [], selector_labels(owner))
+async def ready_targets(api: KubeClient, owner: Owner, cfg: LoopConfig,
+                        reads: Children | None = None) -> list[PodTarget]:
+    """The ready engine pods: from the pod index of `reads` (the timer's), else a LIST. The
+    index is read as is unless it lags the Deployment (fewer ready pods than its
+    readyReplicas, e.g. a pod that just became Ready): then a LIST."""
+    labels = selector_labels(owner)
+    indexed = None if reads is None else reads.pods(owner.namespace, owner.name)
+    pods = None
+    if reads is not None and indexed is not None:
+        pods = ready_pods(indexed, labels)
+        dep = await _call(reads.get, "apps/v1", "Deployment", owner.namespace,
+                          deployment_name(owner))
+        ready = ((dep or {}).get("status") or {}).get("readyReplicas") or 0
+        if len(pods) < ready and owned_by(dep, owner):
+            pods = None  # the index has not seen them yet
+    if pods is None:
+        listing = await _call(api.request, "GET", pods_path(owner.namespace, labels))
+        pods = ready_pods((listing or {}).get("items") or [], labels)
     return [PodTarget(p["metadata"]["name"], cfg.address(p)) for p in pods]
 
 
@@ -294,14 +308,17 @@ async def decide_policy(api: KubeClient, owner: Owner, snap: SloSnapshot, policy
 
 
 async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig,
-                    targets: list[PodTarget] | None = None) -> tuple[PushResult, int]:
+                    targets: list[PodTarget] | None = None,
+                    reads: Children | None = None) -> tuple[PushResult, int]:
     """Push to every ready pod: (result, ready pod count). The token Secret is read only when
-    there is a pod to push to."""
+    there is a pod to push to: from the Secret index of `reads` if there is one and it holds
+    it, else a GET."""
     if targets is None:
-        targets = await ready_targets(api, owner, cfg)
+        targets = await ready_targets(api, owner, cfg, reads)
     if not targets:
         return PushResult(version=policy.version, acks=[]), 0
-    secret = await _call(api.get, "v1", "Secret", owner.namespace, secret_name(owner))
+    secret = await _call((reads or Children(api)).get, "v1", "Secret", owner.namespace,
+                         secret_name(owner))
     token_b64 = ((secret or {}).get("data") or {}).get(TOKEN_KEY)
     if not token_b64:
         acks = [PodAck(pod=t.name, acknowledged=False, error="no control token Secret")
@@ -314,19 +331,20 @@ async def push_once(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConf
 
 
 async def push(api: KubeClient, owner: Owner, policy: Policy, cfg: LoopConfig,
-               targets: list[PodTarget] | None = None) -> tuple[Policy, PushResult, int]:
+               targets: list[PodTarget] | None = None,
+               reads: Children | None = None) -> tuple[Policy, PushResult, int]:
     """3. Push to every ready pod (idempotent for pods that already run this version):
     (the policy pushed, the result, the ready pod count). The pods are listed once."""
     if targets is None:
-        targets = await ready_targets(api, owner, cfg)
-    result, ready = await push_once(api, owner, policy, cfg, targets)
+        targets = await ready_targets(api, owner, cfg, reads)
+    result, ready = await push_once(api, owner, policy, cfg, targets, reads)
     higher = result.highest_pod_version
     if higher is not None and higher >= policy.version:
         # A pod runs a newer version than the ConfigMap (e.g. the ConfigMap was recreated):
         # re-version above it so every pod converges on the operator's policy.
         policy = await update_policy(api, owner, versioned_above(higher)) or policy.model_copy(
             update={"version": higher + 1})
-        result, ready = await push_once(api, owner, policy, cfg, targets)
+        result, ready = await push_once(api, owner, policy, cfg, targets, reads)
     return policy, result, ready
 
 
@@ -554,12 +572,12 @@ async def slo_iteration(
     snap = at_zero(await take_snapshot(owner, spec, cfg, now, api, snapshots),
                    deployment_replicas(spec, old))
     report_data(body, owner, snap, old, now)
-    targets = await ready_targets(api, owner, cfg)  # once per pass: the fit and the push
+    targets = await ready_targets(api, owner, cfg, reads)  # once per pass: fit and push
     measured = await fetch_model(targets, cfg.push_timeout_s)  # once: the refit and capacity
     decision = await decide_policy(api, owner, snap, policy, old, cfg, now, targets, measured)
     if decision.changed:
         kopf.event(body, type="Normal", reason="PolicyTuned", message=decision.summary[:1000])
-    policy, result, ready = await push(api, owner, decision.policy, cfg, targets)
+    policy, result, ready = await push(api, owner, decision.policy, cfg, targets, reads)
     metrics.POLICY_PUSHES.labels("acknowledged").inc(len(result.acknowledged))
     metrics.POLICY_PUSHES.labels("failed").inc(len(result.failed))
     scaled = decide_scale(spec, snap, policy, old, cfg, now, measured)

@@ -1040,9 +1040,9 @@ def name_problems(name: str) -> list[str]:
 
 Phase = Literal["Pending", "Progressing", "Running", "Degraded", "Invalid"]
 ConditionType = Literal["Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied", "NoData",
-                        "NameConflict"]
+                        "NameConflict", "RouteConflict"]
 CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "SLOMet", "PolicyApplied",
-                                    "NoData", "NameConflict")
+                                    "NoData", "NameConflict", "RouteConflict")
 
 
 class Condition(SpecServeModel):

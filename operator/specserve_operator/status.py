@@ -10,6 +10,9 @@ Conditions follow the Kubernetes convention (type/status/reason/message/lastTran
                    prometheus.NO_DATA_REASONS); False once a snapshot is ok
     NameConflict   a child's name is taken by an object this resource does not control (the
                    operator leaves that object alone: the message names it and its owner)
+    RouteConflict  the served model name is held by an earlier SpecServeDeployment of another
+                   namespace (`specserve_contract.claims`, the gateway's rule): the gateway
+                   routes the bare name there, this resource only as `namespace/model`
 lastTransitionTime changes only when a condition's status changes.
 
 Who writes which key (one writer per key and per condition type; see `Writer`):
@@ -17,7 +20,7 @@ Who writes which key (one writer per key and per condition type; see `Writer`):
     reconcile (status timer, create/update/resume)   phase, message, observedGeneration,
                                                      replicas, selector, k, slo;
                                                      Ready, Degraded, Progressing,
-                                                     NameConflict
+                                                     NameConflict, RouteConflict
     SLO loop (SLO timer)                             sloSnapshot, tuning, autoscale, policy;
                                                      SLOMet, PolicyApplied, NoData
 
@@ -34,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from specserve_operator.names import Owner, configmap_name, selector_string
+from specserve_operator.names import Owner, configmap_name, selector_string, served_model
 from specserve_operator.prometheus import SloSnapshot
 from specserve_operator.spec import (
     CONDITION_TYPES,
@@ -43,6 +46,8 @@ from specserve_operator.spec import (
     SpecServeDeploymentSpec,
     SpecServeDeploymentStatus,
 )
+
+ROUTE_CONFLICT_REASON = "ServedNameTaken"
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
@@ -126,9 +131,12 @@ def running_status(
     now: str,
     generation: int | None = None,
     conflicts: list[str] | None = None,
+    route_holder: str | None = None,
 ) -> dict[str, Any]:
     """The full status of a valid resource given its Deployment as last read (None: not there,
-    or not this resource's) and the NameConflict messages of the children (`conflicts`)."""
+    or not this resource's), the NameConflict messages of the children (`conflicts`) and the
+    `namespace/name` of the earlier resource of another namespace that holds its served model
+    name (`route_holder`, from `specserve_contract.claims.conflict_for`; None: it holds it)."""
     old = old or {}
     dep_status = (deployment or {}).get("status") or {}
     desired = int(((deployment or {}).get("spec") or {}).get("replicas", spec.replicas.initial))
@@ -189,6 +197,7 @@ def running_status(
     else:
         conds.append(condition("NameConflict", False, "NoConflict",
                                "every child's name is free or this resource's"))
+    conds.append(route_condition(served_model(owner.name, spec), owner.namespace, route_holder))
     return status_dict(
         phase=phase,
         message=message,
@@ -200,6 +209,18 @@ def running_status(
         k=k_summary(spec),
         slo=slo_summary(spec, attainment),
     )
+
+
+def route_condition(model: str, namespace: str, holder: str | None) -> dict[str, Any]:
+    """RouteConflict: True (ServedNameTaken) when `holder`, an earlier SpecServeDeployment of
+    another namespace, holds the served model name `model` in the gateway."""
+    if holder:
+        return condition(
+            "RouteConflict", True, ROUTE_CONFLICT_REASON,
+            f"served model name {model!r} is held by {holder} (claimed earlier): the gateway "
+            f"routes {model!r} there; this resource is served as {namespace}/{model}")
+    return condition("RouteConflict", False, "ServedNameHeld",
+                     f"this namespace holds the served model name {model!r}")
 
 
 def slo_condition(spec: SpecServeDeploymentSpec, snapshot: dict[str, Any] | None
@@ -330,7 +351,7 @@ class Writer:
 RECONCILE = Writer(
     "reconcile",
     frozenset({"phase", "message", "observedGeneration", "replicas", "selector", "k", "slo"}),
-    frozenset({"Ready", "Degraded", "Progressing", "NameConflict"}),
+    frozenset({"Ready", "Degraded", "Progressing", "NameConflict", "RouteConflict"}),
 )
 # slo_loop.slo_iteration (the SLO timer): what it measured, decided and pushed.
 SLO_LOOP = Writer(

@@ -18,6 +18,7 @@ kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-v
 
 import specserve_contract as contract  # noqa: E402
 from specserve_gateway.__main__ import build_parser as gateway_parser  # noqa: E402
+from specserve_gateway.__main__ import shutdown_timeout  # noqa: E402
 from specserve_operator import crd_schema, names  # noqa: E402
 from specserve_operator import manifests as m  # noqa: E402
 from specserve_operator import spec as s  # noqa: E402
@@ -338,3 +339,7 @@ def test_a_stopping_gateway_waits_for_its_slowest_backend(read_timeout: float) -
     assert args.read_timeout == read_timeout
     assert pod["terminationGracePeriodSeconds"] >= 5 + args.read_timeout
     assert pod["terminationGracePeriodSeconds"] == 5 + -(-read_timeout // 1) + 10
+    # After SIGTERM uvicorn lets requests finish for the shutdown timeout (not a fixed 30 s),
+    # and that ends before the kubelet's SIGKILL.
+    assert shutdown_timeout(args) == read_timeout
+    assert 5 + shutdown_timeout(args) < pod["terminationGracePeriodSeconds"]

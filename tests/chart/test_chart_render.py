@@ -28,6 +28,7 @@ from specserve_operator.kube_client import (  # noqa: E402
     API_CALLS,
     KOPF_CALLS,
     KOPF_PEERING_CALLS,
+    KOPF_SECRET_CALLS,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,6 +233,31 @@ def test_gateway_args_are_accepted_by_the_gateway_cli() -> None:
         assert c["livenessProbe"]["httpGet"]["path"] == "/health"
 
 
+def test_gateway_api_keys_come_from_an_existing_secret() -> None:
+    """gateway.apiKeys.existingSecret: the Secret's key is mounted as a file (a directory
+    mount, so rotations reach it) and the gateway CLI gets it as --api-keys-file."""
+    assert gateway_parser().parse_args(
+        container(one(render(), "Deployment", "specserve-gateway"))["args"]).api_keys_file is None
+    for values, key in (({"existingSecret": "gw-keys"}, "api-keys"),
+                        ({"existingSecret": "gw-keys", "key": "keys.txt"}, "keys.txt")):
+        gw = one(render({"gateway": {"apiKeys": values}}), "Deployment", "specserve-gateway")
+        kv.validate(gw, KUBE_VERSION, strict=True)
+        pod = gw["spec"]["template"]["spec"]
+        c = container(gw)
+        args = gateway_parser().parse_args(c["args"])
+        (mount,) = c["volumeMounts"]
+        assert "subPath" not in mount and mount["readOnly"] is True
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "gw-keys"
+        (item,) = volume["secret"]["items"]
+        assert item["key"] == key
+        assert args.api_keys_file == Path(mount["mountPath"]) / item["path"]
+    chart = helm.Chart.load(CHART)
+    for bad in ({"existingSecret": "Not_A_Name"}, {"key": "a/b"}, {"secret": "x"}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.render({"gateway": {"apiKeys": bad}}, name=RELEASE, namespace=NAMESPACE)
+
+
 def test_customised_values_reach_the_objects() -> None:
     docs = render(NON_DEFAULT["customised"])
     op = one(docs, "Deployment", "ss-operator")
@@ -360,11 +386,14 @@ def operator_children() -> set[tuple[str, str]]:
     return {RESOURCES[o["kind"]] for o in objs}
 
 
-def code_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]]:
+def code_grants(service_monitors: bool = True,
+                watch_secrets: bool = False) -> dict[tuple[str, str], set[str]]:
     """What the code calls: the operator's own client (API_CALLS, which the client enforces),
-    kopf's calls and the admission grant, as (group, resource) -> verbs."""
+    kopf's calls (with its Secret watch, SPECSERVE_WATCH_SECRETS) and the admission grant, as
+    (group, resource) -> verbs."""
     out: dict[tuple[str, str], set[str]] = {}
-    for verb, group, resource in API_CALLS | KOPF_CALLS | ADMISSION_GRANTS:
+    kopf = KOPF_CALLS | (KOPF_SECRET_CALLS if watch_secrets else frozenset())
+    for verb, group, resource in API_CALLS | kopf | ADMISSION_GRANTS:
         if group == "monitoring.coreos.com" and not service_monitors:
             continue
         if (group, resource) in CRD_WATCH:
@@ -373,12 +402,14 @@ def code_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]
     return out
 
 
-def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, str], set[str]]:
+def expected_operator_grants(service_monitors: bool = True,
+                             watch_secrets: bool = False) -> dict[tuple[str, str], set[str]]:
     want = {
         (GROUP, PLURAL): {"get", "list", "watch", "patch"},
         (GROUP, f"{PLURAL}/status"): {"patch"},
         ("", "events"): {"create"},
-        ("", "pods"): {"list"},  # the SLO loop finds ready engine pods (push.py)
+        # The SLO loop's ready engine pods: kopf's pod index, a LIST when it lags (push.py).
+        ("", "pods"): {"list", "watch"},
         **finalizer_grants(),
     }
     for child in operator_children():
@@ -388,8 +419,11 @@ def expected_operator_grants(service_monitors: bool = True) -> dict[tuple[str, s
         # the PodDisruptionBudget of a resource whose spec turned it off.
         want[child] = (set(CHILD_VERBS) - ({"patch"} if child == ("", "secrets") else set())
                        | ({"delete"} if child == ("policy", "poddisruptionbudgets") else set())
-                       | ({"list", "watch"} if child in WATCHED_CHILDREN else set()))
-    assert want == code_grants(service_monitors), "the manifests and API_CALLS disagree"
+                       | ({"list", "watch"} if child in WATCHED_CHILDREN else set())
+                       | ({"list", "watch"} if child == ("", "secrets") and watch_secrets
+                          else set()))
+    assert want == code_grants(service_monitors, watch_secrets), (
+        "the manifests and API_CALLS disagree")
     return want
 
 
@@ -417,7 +451,8 @@ def test_operator_rbac_is_exactly_what_the_operator_uses() -> None:
     without_secrets = {k: v for k, v in expected_operator_grants().items() if k != ("", "secrets")}
     assert grants(role["rules"]) == {**without_secrets, **CLUSTER_WIDE}
     wide = one(render(NON_DEFAULT["cluster-wide-secrets"]), "ClusterRole", "specserve-operator")
-    assert grants(wide["rules"]) == {**expected_operator_grants(), **CLUSTER_WIDE}
+    assert grants(wide["rules"]) == {**expected_operator_grants(watch_secrets=True),
+                                     **CLUSTER_WIDE}
     binding = one(docs, "ClusterRoleBinding", "specserve-operator")
     assert binding["roleRef"]["name"] == "specserve-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "specserve-operator",
@@ -480,11 +515,12 @@ def test_rbac_is_exactly_the_calls_the_code_makes(name: str) -> None:
         if role["kind"] == "ClusterRole" and values.get("watchNamespaces"):
             assert granted == CRD_WATCH
             continue
+        watch = watches_secrets(values)
         if role["kind"] == "ClusterRole":
             assert {k: granted.get(k) for k in CLUSTER_WIDE} == CLUSTER_WIDE
-            code = code_grants(monitors)
+            code = code_grants(monitors, watch)
         else:  # a watched namespace: its KopfPeering
-            code = {**code_grants(monitors), **peering_grants("namespaced")}
+            code = {**code_grants(monitors, watch), **peering_grants("namespaced")}
         rest = {k: v for k, v in granted.items() if k not in CLUSTER_WIDE}
         missing = {k: v - rest.get(k, set()) for k, v in code.items() if v - rest.get(k, set())}
         unused = {k: v - code.get(k, set()) for k, v in rest.items() if v - code.get(k, set())}
@@ -514,15 +550,36 @@ def test_secret_namespaces_move_the_secret_rights_into_roles() -> None:
     assert render({"watchNamespaces": ["team-a"]}) == both
 
 
-def test_secrets_are_never_listed_watched_or_patched() -> None:
-    """Reading every Secret is the widest right an operator can hold: only get (its own token
-    Secrets, by name) and create, and only in the watched namespaces when they are set."""
+def watches_secrets(values: dict[str, Any]) -> bool:
+    """Does kopf watch the control-token Secrets (SPECSERVE_WATCH_SECRETS)? Only where the
+    Secret rights cover every watched namespace."""
+    operator = values.get("operator", {})
+    return bool(values.get("watchNamespaces")) or bool(
+        operator.get("clusterWideSecrets") and not operator.get("secretNamespaces"))
+
+
+def test_secrets_are_listed_and_watched_only_where_the_operator_watches_them() -> None:
+    """Reading every Secret is the widest right an operator can hold: get and create, and list
+    and watch only where kopf watches the token Secrets (SPECSERVE_WATCH_SECRETS: the Secret
+    rights cover every watched namespace); never patch; nothing in the ClusterRole when the
+    watched namespaces are set; never list or watch in operator.secretNamespaces' Roles."""
     for name, values in ALL_VALUES.items():
-        for doc in render(values):
+        docs = render(values)
+        ops = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith(
+            "-operator")]
+        env = container(ops[0])["env"] if ops else None
+        watch = watches_secrets(values)
+        if env is not None:
+            assert ({"name": "SPECSERVE_WATCH_SECRETS", "value": "true"} in env) == watch, name
+        for doc in docs:
             if doc["kind"] not in ("ClusterRole", "Role"):
                 continue
             secret_verbs = grants(doc["rules"]).get(("", "secrets"), set())
-            assert secret_verbs <= {"get", "create"}, (name, doc["metadata"])
+            allowed = {"get", "create"} | ({"list", "watch"} if watch and not doc["metadata"][
+                "name"].endswith("-secrets") else set())
+            assert secret_verbs <= allowed, (name, doc["metadata"])
+            if secret_verbs:
+                assert secret_verbs == allowed, (name, doc["metadata"])
             if values.get("watchNamespaces") and doc["kind"] == "ClusterRole":
                 assert not secret_verbs, (name, doc["metadata"])
 
@@ -550,7 +607,8 @@ def test_namespaced_mode_grants_only_in_the_watched_namespaces() -> None:
         roles = [d for d in by_kind(docs, "Role") if d["metadata"]["namespace"] == ns]
         by_name = {d["metadata"]["name"]: grants(d["rules"]) for d in roles}
         assert by_name == {
-            "specserve-operator": {**expected_operator_grants(), **peering_grants("namespaced")},
+            "specserve-operator": {**expected_operator_grants(watch_secrets=True),
+                                   **peering_grants("namespaced")},
             "specserve-gateway": GATEWAY_GRANTS}
         bindings = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == ns]
         assert {b["subjects"][0]["namespace"] for b in bindings} == {NAMESPACE}
@@ -563,7 +621,8 @@ def test_namespaced_mode_grants_only_in_the_watched_namespaces() -> None:
 def test_service_monitor_rights_can_be_left_out() -> None:
     docs = render(NON_DEFAULT["namespaced-monitoring"])
     role = one(docs, "Role", "specserve-operator")
-    assert grants(role["rules"]) == {**expected_operator_grants(service_monitors=False),
+    assert grants(role["rules"]) == {**expected_operator_grants(service_monitors=False,
+                                                                watch_secrets=True),
                                      **peering_grants("namespaced")}
     # ... and the operator is told so: it must not even read ServiceMonitors (403 otherwise).
     env = container(one(docs, "Deployment", "specserve-operator"))["env"]

@@ -59,6 +59,23 @@ def test_cli_combines_flags_and_file(tmp_path: Path) -> None:
     assert isinstance(single, StaticSource)
 
 
+def test_cli_shutdown_timeout_defaults_to_the_read_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After SIGTERM uvicorn lets requests finish for --shutdown-timeout seconds (default
+    --read-timeout), not a fixed 30 s that would cut long streams."""
+    def timeout(*argv: str) -> float:
+        return cli.shutdown_timeout(cli.build_parser().parse_args(list(argv)))
+
+    assert timeout() == 600.0
+    assert timeout("--read-timeout", "120") == 120.0
+    assert timeout("--read-timeout", "120", "--shutdown-timeout", "45") == 45.0
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(cli.uvicorn, "run", lambda app, **kw: seen.update(kw))
+    assert cli.main(["--backend", f"tiny={A}", "--read-timeout", "90"]) == 0
+    assert seen["timeout_graceful_shutdown"] == 90.0
+
+
 def test_cli_refuses_to_start_without_routes(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "no routes" in capsys.readouterr().err

@@ -91,12 +91,14 @@ def add_servicemonitor_crd(kmock: kmock_lib.KubernetesEmulator) -> None:
 
 
 @asynccontextmanager
-async def running_operator() -> AsyncIterator[kopf.testing.KopfRunner]:
+async def running_operator(namespaces: tuple[str, ...] = (NS,)
+                           ) -> AsyncIterator[kopf.testing.KopfRunner]:
     """Run the operator until the block ends (stopping it off the loop kmock serves from)."""
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock 0.8 answers 500 to the cluster-wide namespace list
     runner = kopf.testing.KopfRunner(
-        ["run", "--standalone", "-n", NS, "-m", "specserve_operator.handlers"],
+        ["run", "--standalone", *(a for ns in namespaces for a in ("-n", ns)),
+         "-m", "specserve_operator.handlers"],
         settings=settings,
         timeout=60,
     )

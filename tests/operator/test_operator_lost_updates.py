@@ -137,7 +137,8 @@ def test_each_writer_replaces_only_its_own_conditions() -> None:
     reconcile.write_status(api, OWNER, st.RECONCILE, _reconciled, stale)
     assert _conds(_status(api)) == {"Ready": "True", "Degraded": "False", "Progressing": "False",
                                     "SLOMet": "Unknown", "PolicyApplied": "Unknown",
-                                    "NoData": "Unknown", "NameConflict": "False"}
+                                    "NoData": "Unknown", "NameConflict": "False",
+                                    "RouteConflict": "False"}
     # The SLO loop, from the view before the reconcile wrote (409 on it, then a fresh read).
     reconcile.write_status(api, OWNER, st.SLO_LOOP, lambda _: _slo_status(0.97, "T2"), stale)
     assert api.conflicts == 1

@@ -429,7 +429,7 @@ def test_status_while_pods_start() -> None:
     assert out["phase"] == "Progressing"
     assert _conds(out) == {"Ready": "False", "Progressing": "True", "Degraded": "False",
                            "SLOMet": "Unknown", "PolicyApplied": "False", "NoData": "Unknown",
-                           "NameConflict": "False"}
+                           "NameConflict": "False", "RouteConflict": "False"}
     assert out["replicas"] == {"desired": 2, "current": 0, "ready": 0}
     assert out["observedGeneration"] == 4
     assert all(c["observedGeneration"] == 4 for c in out["conditions"])

@@ -135,3 +135,81 @@ def test_keep_stamps_keeps_only_the_stamps_of_unchanged_sections() -> None:
     stored = {"tuning": {"over": 0, "time": "T1"}}
     new = {"tuning": {"over": 0, "lastChange": None, "time": "T2"}}
     assert slo_loop.keep_stamps(stored, new) == stored
+
+
+class CountingKube(FakeKube):
+    """FakeKube that records every call as (verb, kind): a pod LIST, a Secret GET."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, str]] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        self.calls.append(("get", kind))
+        return super().get(api_version, kind, namespace, name)
+
+    def request(self, method: str, path: str) -> Any:
+        self.calls.append(("list", path.split("?")[0].rsplit("/", 1)[-1]))
+        return super().request(method, path)
+
+
+async def test_a_steady_pass_reads_pods_and_token_from_the_indexes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #24: with kopf's pod and Secret indexes (children.PODS, SECRETS) a pass makes no
+    pod LIST and no Secret GET, and still pushes to the ready pod with the token; an index that
+    has not seen the pod (the Deployment reports it ready) or the Secret yet falls back to a
+    LIST or a GET."""
+    import base64
+    import socket
+
+    from specserve_contract import TOKEN_KEY
+    from specserve_operator.children import Children
+    from specserve_operator.names import deployment_name, secret_name, selector_labels
+
+    monkeypatch.setattr(slo_loop.kopf, "event", lambda body, **kw: None)
+    owner = Owner("m", "ns", "uid-m")
+    mine = {"ownerReferences": [{"uid": owner.uid, "controller": True}]}
+    pod = {"metadata": {"name": "m-0", "namespace": "ns", "labels": selector_labels(owner)},
+           "status": {"phase": "Running", "podIP": "10.0.0.9",
+                      "conditions": [{"type": "Ready", "status": "True"}]}}
+    secret = {"metadata": mine, "data": {TOKEN_KEY: base64.b64encode(b"tok").decode()}}
+    deployment = {"metadata": mine, "spec": {"replicas": 1}, "status": {"readyReplicas": 1}}
+    objects = {("ConfigMap", configmap_name(owner)): configmap_of(owner),
+               ("Secret", secret_name(owner)): secret,
+               ("Deployment", deployment_name(owner)): deployment}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: the push is refused at once
+    cfg = LoopConfig(retries=0, push_timeout_s=1.0,
+                     address=lambda p: f"http://127.0.0.1:{sock.getsockname()[1]}")
+
+    def indexes(pods: list[dict[str, Any]], with_secret: bool) -> dict[str, Any]:
+        out = {"specserve_configmaps": {("ns", configmap_name(owner)): [objects[
+                   ("ConfigMap", configmap_name(owner))]]},
+               "specserve_deployments": {("ns", deployment_name(owner)): [deployment]},
+               "specserve_pods": {("ns", "m"): pods} if pods else {}}
+        if with_secret:
+            out["specserve_secrets"] = {("ns", secret_name(owner)): [secret]}
+        return out
+
+    async def one(pods: list[dict[str, Any]], with_secret: bool) -> tuple[list, dict]:
+        api = CountingKube(dict(objects), pods=[pod])
+        status = await slo_loop.slo_iteration(api, owner, SPEC, {}, {}, Log(), cfg, "T",
+                                              Children(api, indexes(pods, with_secret)))
+        return api.calls, status
+
+    try:
+        calls, status = await one([pod], True)
+        assert calls == []  # no pod LIST, no Secret GET, not even the ConfigMap
+        assert status["policy"]["failedPods"] == 1  # pushed (refused port), token found
+        assert "no control token" not in status["policy"]["message"]
+        calls, status = await one([], False)  # neither index has seen them yet
+        assert sorted(calls) == [("get", "Secret"), ("list", "pods")]
+        assert status["policy"]["failedPods"] == 1
+        calls, _ = await one([], True)
+        assert calls == [("list", "pods")]  # the Deployment has a ready pod the index lacks
+        api = CountingKube(dict(objects), pods=[pod])  # no indexes (event handlers, tests)
+        await slo_loop.slo_iteration(api, owner, SPEC, {}, {}, Log(), cfg, "T", Children(api))
+        assert ("list", "pods") in api.calls and ("get", "Secret") in api.calls
+    finally:
+        sock.close()

@@ -99,10 +99,11 @@ tests/chart checks them against the kinds the operator's manifests produce.
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # (The control-token Secrets: specserve.operatorSecretRules, granted next to these.)
-# The SLO loop pushes the policy to every ready engine pod (it lists them to find their IPs).
+# The SLO loop pushes the policy to every ready engine pod: kopf lists and watches them (only
+# the engine pods, by label) into memory; the loop lists them itself when that lags.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Events on the resources (Created, Updated, InvalidSpec, kopf's warnings).
 - apiGroups: [""]
   resources: ["events"]
@@ -132,6 +133,25 @@ each of operator.secretNamespaces; cluster-wide only with operator.clusterWideSe
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
+{{- end -}}
+
+{{/*
+Where the Secret rights cover every watched namespace (watchNamespaces, or all namespaces with
+operator.clusterWideSecrets), kopf also lists and watches the control-token Secrets (only those
+with the operator's managed-by label, server-side; RBAC cannot narrow it) so that the SLO loop
+reads its token from memory: SPECSERVE_WATCH_SECRETS. Not with operator.secretNamespaces (a
+cluster-wide watch there would be refused): the loop GETs the token.
+*/}}
+{{- define "specserve.operatorWatchesSecrets" -}}
+{{- if or .Values.watchNamespaces (and .Values.operator.clusterWideSecrets (not .Values.operator.secretNamespaces)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "specserve.operatorSecretWatchRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch"]
 {{- end -}}
 
 {{/* kopf notices CRDs being added or removed (read-only, cluster-scoped by nature). */}}
