@@ -118,23 +118,31 @@ class RuleError(AssertionError):
     the request with the evaluation error)."""
 
 
+def _failure(rule: dict[str, Any], path: str, run: Any) -> str | None:
+    """The message of `rule` when it fails (None when it holds), as the API server words it:
+    a one-line messageExpression result, else `message`, else the rule itself."""
+    result = run(rule["rule"])
+    if not isinstance(result, celtypes.BoolType):
+        raise RuleError(f"{path}: {rule['rule']!r} gave {result!r}")
+    if result:
+        return None
+    message = rule.get("message") or f"failed rule: {rule['rule']}"
+    if rule.get("messageExpression"):
+        text = run(rule["messageExpression"])
+        if isinstance(text, str) and text.strip() and "\n" not in text:
+            message = str(text)
+    return message
+
+
 def failing_rules(spec: Any) -> list[tuple[str, dict[str, Any], str]]:
     """(path, rule, message) of every CEL rule the admitted spec fails."""
     schema = spec_schema()
     value = admitted(spec, schema)
     failures = []
     for path, rule, self_value in _walk(value, schema, "spec"):
-        result = evaluate(rule["rule"], self_value)
-        if not isinstance(result, celtypes.BoolType):
-            raise RuleError(f"{path}: {rule['rule']!r} gave {result!r}")
-        if result:
-            continue
-        message = rule.get("message") or f"failed rule: {rule['rule']}"
-        if rule.get("messageExpression"):
-            text = evaluate(rule["messageExpression"], self_value)
-            if isinstance(text, str) and text.strip() and "\n" not in text:
-                message = str(text)
-        failures.append((path, rule, message))
+        message = _failure(rule, path, lambda expr, v=self_value: evaluate(expr, v))
+        if message is not None:
+            failures.append((path, rule, message))
     return failures
 
 
@@ -187,17 +195,10 @@ def resource_failures(name: str, spec: Any, *, update: bool = False) -> list[str
            "spec": admitted(spec, spec_schema())}
     failures = []
     for rule in resource_rules():
-        result = evaluate(_bind_old_self(rule, rule["rule"], update), obj)
-        if not isinstance(result, celtypes.BoolType):
-            raise RuleError(f"<root>: {rule['rule']!r} gave {result!r}")
-        if result:
-            continue
-        message = rule.get("message") or f"failed rule: {rule['rule']}"
-        if rule.get("messageExpression"):
-            text = evaluate(_bind_old_self(rule, rule["messageExpression"], update), obj)
-            if isinstance(text, str) and text.strip() and "\n" not in text:
-                message = str(text)
-        failures.append(message)
+        message = _failure(rule, "<root>", lambda expr, r=rule: evaluate(
+            _bind_old_self(r, expr, update), obj))
+        if message is not None:
+            failures.append(message)
     return failures
 
 
