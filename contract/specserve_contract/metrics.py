@@ -37,6 +37,7 @@ GOODPUT_ESTIMATE = "specserve_goodput_estimate_tokens_per_second"  # gauge
 STEPS = "specserve_steps_total"  # counter
 STEPS_BY_BATCH = "specserve_steps_by_batch_total"  # counter{batch,k}
 STEPS_SPECULATION_OFF = "specserve_steps_speculation_off_total"  # counter
+STEPS_WITH_PREFILL = "specserve_steps_with_prefill_total"  # counter{k}: steps carrying prefill
 DRAFTS_STOPPED_EARLY = "specserve_drafts_stopped_early"  # gauge
 MODEL_REFITS = "specserve_model_refits_total"  # counter
 

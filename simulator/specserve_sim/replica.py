@@ -11,8 +11,8 @@ with the number of scheduled requests, after admission.
 Speculation: the engine's own `StepDriver` (policy/driver.py), called in the order
 `AdaptiveScheduler` (vllm/scheduler.py) calls it:
 1. schedule: close the previous cycle (its host time, when work remained), adopt a pushed
-   policy, `decide(running ids, mean computed tokens)`: the K drafted at the end of this step
-   (verified in the next); `stop_rule` for the drafter; open the cycle;
+   policy, `decide(emitting ids, mean computed tokens, prefill tokens)`: the K drafted at the
+   end of this step (verified in the next); `stop_rule` for the drafter; open the cycle;
 2. the step runs: decodes verify the drafts of the previous step (ground truth: the recorded
    verification each draft was drawn with), prefills that complete emit their first token,
    then the drafter drafts K positions for every request still decoding, stopping early where
@@ -25,8 +25,9 @@ the draft's KV cache current), and its policy prices K = 0 so (`draft_steps_when
 vLLM's own speculation (`specserve=False`, the static-K and Dynamic-SD baselines) drafts K =
 `engine_k_max` or the Dynamic-SD table's K, for every request, and verifies them all.
 
-Step time = target(B, N, L) + max(positions, 1) x draft(B, B, L) (with a draft model)
-+ host(B, B, L) from the ground truth, never from the policy's coefficients.
+Step time = target(B, N, L) + (max(positions, 1) - 1) x draft(B, B, L) + draft(B, B + P, L)
+(with a draft model; P the step's prefill tokens, which the draft's first forward also runs
+over) + host(B, B, L) from the ground truth, never from the policy's coefficients.
 
 Not modelled: KV-cache capacity (no preemption: vLLM preempts the newest running request when
 blocks run out), prefix caching, the API server's tokenisation and streaming (only what the
@@ -41,7 +42,12 @@ from dataclasses import dataclass, field
 
 from specserve_engine.policy import Policy, Profile, StepPrediction
 from specserve_engine.policy.drafting import DraftProgress
-from specserve_engine.policy.driver import StepDriver, fold_profile
+from specserve_engine.policy.driver import (
+    StepDriver,
+    fold_profile,
+    prefill_tokens,
+    upcoming_prefill_tokens,
+)
 from specserve_engine.policy_store import PolicyStore
 from specserve_sim.groundtruth import GroundTruth, Verification, VerificationStream, cut
 from specserve_sim.interface import ReplicaView, RequestRecord, SimRequest, StepRecord
@@ -120,6 +126,7 @@ class _Pending:
     seconds: float  # the whole cycle: forwards and host time
     draft_s: float
     host_s: float
+    extra_tokens: int = 0  # the step's prefill tokens (beyond 1 + drafts per emitting request)
 
 
 class Replica:
@@ -241,15 +248,6 @@ class Replica:
         b = len(reqs)
         running = self.running
         context_len = sum(r.computed for r in running) / len(running) if running else 0.0
-        prediction: StepPrediction | None = None
-        config = self.config
-        if not config.engine_k_max:
-            k = 0
-        elif driver is not None:
-            k = driver.decide([r.request.request_id for r in running], context_len)
-            prediction = driver.prediction
-        else:
-            k = config.k_for_batch(b)
         # What each request emits: 1 + its accepted drafts (decode), its first token (the last
         # prefill chunk), nothing (an earlier chunk); never past its output length.
         emitted = []
@@ -261,11 +259,27 @@ class Replica:
                 left = r.output - r.generated
                 emitted.append(e if e < left else left)
         tokens = sum(counts)
+        # As the engine's scheduler: K for the requests that emit a token, priced with the
+        # step's other tokens as prefill.
+        emitting = [r for r, e in zip(reqs, emitted, strict=True) if e]
+        extra = prefill_tokens(tokens, [len(r.spec[0]) if r.spec is not None
+                                        and r.computed >= r.prompt else 0 for r in emitting])
+        if emitting:
+            context_len = sum(r.computed for r in emitting) / len(emitting)
+        prediction: StepPrediction | None = None
+        config = self.config
+        if not config.engine_k_max:
+            k = 0
+        elif driver is not None:
+            k = driver.decide([r.request.request_id for r in emitting], context_len, extra)
+            prediction = driver.prediction
+        else:
+            k = config.k_for_batch(b)
         steps = self.truth.steps
         forward = steps.step_seconds("target", b, tokens, context_len)
         host = steps.step_seconds("host", b, b, context_len)
         step = _Pending(reqs, counts, emitted, tokens, context_len, prediction, k,
-                        forward + host, 0.0, host)
+                        forward + host, 0.0, host, extra)
         self._pending = step
         self.busy = True
         if driver is not None:
@@ -293,8 +307,14 @@ class Replica:
             if positions < k:
                 drafts = [cut(d, positions) for d in drafts]
             self._new_drafts = list(zip(drafters, drafts, strict=True))
-        per_position = self.truth.steps.step_seconds("draft", b, b, step.context_len)
-        step.draft_s = max(positions, 1) * per_position
+        truth, forwards, ctx = self.truth.steps, max(positions, 1), step.context_len
+        if step.extra_tokens:
+            # The first draft forward also runs over the step's prefill (the draft's KV cache).
+            step.draft_s = truth.step_seconds("draft", b, b + step.extra_tokens, ctx)
+            if forwards > 1:
+                step.draft_s += (forwards - 1) * truth.step_seconds("draft", b, b, ctx)
+        else:
+            step.draft_s = forwards * truth.step_seconds("draft", b, b, ctx)
         step.seconds += step.draft_s
         step.k = positions
 
@@ -354,13 +374,27 @@ class Replica:
             step.prediction.step_seconds if step.prediction is not None else 0.0, verifies))
         return done
 
+    def _upcoming_prefill(self, decode_tokens: int) -> int:
+        """`AdaptiveScheduler._upcoming_prefill`: the next step's expected prefill tokens."""
+        budget = self.config.max_num_batched_tokens
+        pending = sum(max(0, r.prompt - r.computed) for r in self.running)
+        room = self.config.max_num_seqs - len(self.running)
+        for r in self.waiting:
+            if pending >= budget - decode_tokens or room <= 0:
+                break
+            pending += r.prompt - r.computed
+            room -= 1
+        return upcoming_prefill_tokens(pending, budget, decode_tokens)
+
     def _set_drafts(self, step: _Pending, new_drafts: list[tuple[_Req, Verification]]) -> None:
         """`AdaptiveScheduler.update_draft_token_ids`: cut each request's drafts."""
         if self.driver is None:
             for r, d in new_drafts:
                 r.spec = d
             return
-        lengths, _ = self.driver.trim([d[0] for _, d in new_drafts])
+        decode_tokens = sum(1 + len(d[0]) for _, d in new_drafts)
+        lengths, _ = self.driver.trim([d[0] for _, d in new_drafts],
+                                      self._upcoming_prefill(decode_tokens))
         for (r, d), keep in zip(new_drafts, lengths, strict=True):
             r.spec = cut(d, keep) if keep else None
 

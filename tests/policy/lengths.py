@@ -21,7 +21,7 @@ def predict_lengths(
     b = len(rows)
     steps = max(lengths, default=0) if draft_steps is None else draft_steps
     gained = [sum(row[:k]) for row, k in zip(rows, lengths, strict=True)]
-    draft = model.draft_seconds(b, context_len, steps)
+    draft = model.draft_seconds(b, context_len, steps, extra_tokens)
     verify = model.timing.verify_seconds(b, b + sum(lengths) + extra_tokens, context_len)
     host = model.timing.host_seconds(b, context_len)
     step = draft + verify + host

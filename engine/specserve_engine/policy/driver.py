@@ -8,13 +8,15 @@ One step, in the order both engines call it:
 1. `close_cycle(now, work_left)` at the step's start: the previous cycle's length, and its part
    outside the forwards as a host-time observation (none after an idle engine);
 2. `sync(policy)`: adopt a pushed policy; `begin_step()`;
-3. `decide(request_ids, context_len)`: the K drafted at the end of this step (clamped to the
-   engine's K_max), with its prediction; `stop_rule()` for the drafter;
+3. `decide(request_ids, context_len, extra_tokens)`: the K drafted at the end of this step
+   (clamped to the engine's K_max) for the requests that emit a token, priced with the step's
+   prefill tokens (`prefill_tokens`), with its prediction; `stop_rule()` for the drafter;
 4. `open_cycle(started, num_requests, num_tokens)`: the cycle's predicted length;
 5. `forwards_done(seconds)` once the forwards return; `verified(...)` per verified request,
    `finished(id)` per finished one;
 6. `record_step(draft_seconds, positions)`: the step's observations, and the refit schedule;
-7. `trim(confidences)`: how many of each request's new drafts are verified next step.
+7. `trim(confidences, extra_tokens)`: how many of each request's new drafts are verified next
+   step, priced with the prefill that step is expected to carry (`upcoming_prefill_tokens`).
 
 Pure pieces it is made of, also used on their own: `fold_profile` (the start-up policy with a
 profile), `verify_lengths` (trim / threshold), `step_observations` and `host_observation` (what
@@ -60,28 +62,47 @@ def fold_profile(policy: Policy, profile: Profile, source: str) -> Policy:
 
 
 def verify_lengths(model: EfficiencyModel, raws: Sequence[Sequence[float]],
-                   rows: Sequence[Sequence[float]], context_len: float) -> list[int]:
+                   rows: Sequence[Sequence[float]], context_len: float,
+                   extra_tokens: int = 0) -> list[int]:
     """Per request, how many drafts to verify: the confidence threshold in mode "threshold",
     else `trim` (which keeps every draft outside mode "adaptive")."""
     policy = model.policy
     if policy.mode == "threshold":
         return lengths_above_threshold(raws, policy.threshold_probability)
-    return model.trim(rows, context_len)
+    return model.trim(rows, context_len, extra_tokens)
+
+
+def prefill_tokens(total_tokens: int, spec_tokens_of_emitting: Iterable[int]) -> int:
+    """The step's tokens beyond its decodes: `total_tokens` scheduled, less 1 + the verified
+    drafts of each request that emits a token this step. What is left is prefill (chunks of
+    prompts, a last chunk's tokens but its first)."""
+    return max(0, total_tokens - sum(1 + s for s in spec_tokens_of_emitting))
+
+
+def upcoming_prefill_tokens(pending_prefill: int, token_budget: int, decode_tokens: int) -> int:
+    """Prefill tokens the next step will carry: what prompts still need (running requests'
+    unprefilled parts, waiting requests' prompts), within the token budget its decodes leave
+    (vLLM schedules decodes first, then fills the budget with prefill chunks)."""
+    return max(0, min(pending_prefill, token_budget - decode_tokens))
 
 
 def step_observations(num_requests: int, num_tokens: int, context_len: float,
-                      observed_s: float, draft_s: float, k: int) -> list[StepObservation]:
+                      observed_s: float, draft_s: float, k: int,
+                      extra_tokens: int = 0) -> list[StepObservation]:
     """One step measured as `observed_s` (schedule to output), of which `draft_s` drafting `k`
     positions: a target observation (the rest of the step) and, when it drafted, a draft one
-    (seconds per draft position). A K=0 step drafts too when the engine has a draft model:
-    vLLM's proposer runs one draft forward on every step (its time is one position's)."""
+    (seconds per draft position, at the mean tokens per draft forward: the first one also ran
+    over the step's `extra_tokens` prefill tokens). A K=0 step drafts too when the engine runs
+    a draft forward anyway (its time is one position's)."""
     new = [StepObservation(
         role="target", num_requests=num_requests, num_tokens=num_tokens,
         context_len=context_len, seconds=max(observed_s - draft_s, 1e-6))]
     if draft_s > 0:
+        positions = max(k, 1)
         new.append(StepObservation(
-            role="draft", num_requests=num_requests, num_tokens=num_requests,
-            context_len=context_len, seconds=max(draft_s / max(k, 1), 1e-6)))
+            role="draft", num_requests=num_requests,
+            num_tokens=num_requests + round(extra_tokens / positions),
+            context_len=context_len, seconds=max(draft_s / positions, 1e-6)))
     return new
 
 
@@ -114,6 +135,7 @@ class Cycle:
     num_tokens: int
     context_len: float
     predicted_seconds: float  # the whole cycle, predicted for the step as scheduled
+    extra_tokens: int = 0  # of `num_tokens`, the prefill ones
     forward_seconds: float | None = None  # the forwards (draft and target), once measured
     seconds: float | None = None  # the whole cycle, once closed
     host: StepObservation | None = None  # its host-time observation, once closed
@@ -142,6 +164,7 @@ class StepDriver:
         self.prediction: StepPrediction | None = None  # this step's, once decided
         self.k = 0
         self.context_len = 0.0
+        self.extra_tokens = 0  # this step's prefill tokens, as `decide` priced them
         self.cycle: Cycle | None = None
         self._forward_s: float | None = None
 
@@ -159,13 +182,17 @@ class StepDriver:
     def begin_step(self) -> None:
         self.prediction = None
         self.k = 0
+        self.extra_tokens = 0
         self._forward_s = None
 
-    def decide(self, request_ids: Sequence[object], context_len: float) -> int:
-        """K for this step: the goodput-maximising one for these running requests (mean
-        `context_len` computed tokens), within the engine's K_max."""
-        prediction = self.model.choose_k_for(request_ids, context_len)
+    def decide(self, request_ids: Sequence[object], context_len: float,
+               extra_tokens: int = 0) -> int:
+        """K for this step: the goodput-maximising one for the requests that emit a token
+        (mean `context_len` computed tokens) in a step that also carries `extra_tokens` prefill
+        tokens, within the engine's K_max."""
+        prediction = self.model.choose_k_for(request_ids, context_len, extra_tokens)
         self.prediction, self.context_len = prediction, context_len
+        self.extra_tokens = extra_tokens
         self.k = max(0, min(prediction.k, self.engine_k_max))
         return self.k
 
@@ -173,7 +200,7 @@ class StepDriver:
         """When the drafter stops this step (None: it drafts all K, or K was not decided)."""
         if self.prediction is None:
             return None
-        return stop_rule(self.model, self.prediction, self.context_len)
+        return stop_rule(self.model, self.prediction, self.context_len, self.extra_tokens)
 
     # -- the cycle a client waits for --
 
@@ -182,11 +209,11 @@ class StepDriver:
         if not num_requests or not num_tokens:
             self.cycle = None
             return None
-        timing, ctx = self.model.timing, self.context_len
-        predicted = (self.model.draft_seconds(num_requests, ctx, self.k)
+        timing, ctx, extra = self.model.timing, self.context_len, self.extra_tokens
+        predicted = (self.model.draft_seconds(num_requests, ctx, self.k, extra)
                      + timing.verify_seconds(num_requests, num_tokens, ctx)
                      + timing.host_seconds(num_requests, ctx))
-        self.cycle = Cycle(started, num_requests, num_tokens, ctx, predicted)
+        self.cycle = Cycle(started, num_requests, num_tokens, ctx, predicted, extra)
         return self.cycle
 
     def forwards_done(self, seconds: float) -> None:
@@ -226,10 +253,10 @@ class StepDriver:
         if forward is None or self.prediction is None or draft_seconds is None or cycle is None:
             return None
         new = step_observations(cycle.num_requests, cycle.num_tokens, cycle.context_len,
-                                forward, draft_seconds, positions)
+                                forward, draft_seconds, positions, cycle.extra_tokens)
         self.observations.extend(new)
         self.steps += 1
-        if not refit_due(self.steps):
+        if not refit_due(self.steps) or not self.policy.online_refit:
             return StepRecorded(new)
         try:
             refit_models(self.model, self.observations)
@@ -239,9 +266,12 @@ class StepDriver:
             return StepRecorded(new, refit_error=exc)
         return StepRecorded(new, refitted=True)
 
-    def trim(self, confidences: Sequence[Sequence[float]]) -> tuple[list[int], list[list[float]]]:
-        """Per request, how many of its new drafts (with these raw draft confidences) to verify,
-        and each request's cumulative acceptance row."""
+    def trim(self, confidences: Sequence[Sequence[float]], extra_tokens: int = 0
+             ) -> tuple[list[int], list[list[float]]]:
+        """Per request, how many of its new drafts (with these raw draft confidences) to verify
+        in a next step expected to carry `extra_tokens` prefill tokens, and each request's
+        cumulative acceptance row."""
         cumulative = self.model.acceptance.cumulative
         rows = [cumulative(raw) for raw in confidences]
-        return verify_lengths(self.model, confidences, rows, self.context_len), rows
+        return (verify_lengths(self.model, confidences, rows, self.context_len, extra_tokens),
+                rows)

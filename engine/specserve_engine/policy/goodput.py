@@ -9,6 +9,11 @@ verifies K_i draft tokens and the drafter ran K = max_i K_i steps is predicted a
     G(K)        = tokens(K) / T(K)                                goodput, tokens / second
     TPOT_i(K)   = T(K) / (1 + sum_{j <= K_i} c_ij)                seconds per token of request i
 
+with T_verify over B + sum_i K_i + extra tokens and the draft's first forward over B + extra
+(vLLM's draft-model proposer runs it over every token the target processed). The prefill is
+what moves the best K under chunked prefill: its tokens push the target past the knee where a
+verified draft token stops being free, and every decoding request waits for them.
+
 The TPOT SLO binds one aggregate of TPOT_i, chosen by `Policy.tpot_aggregate`:
 - "worst" (default): max_i TPOT_i, the request that gains least from the drafts. Every request
   pays the full step time but only the confident ones get extra tokens, so this is the number a
@@ -138,10 +143,12 @@ class EfficiencyModel:
         # one draft step when it verifies nothing, and K=0 is priced at that.
         self.draft_steps_when_off = draft_steps_when_off
 
-    def draft_seconds(self, num_requests: int, context_len: float, steps: int) -> float:
-        """`steps` draft steps, or what the engine drafts anyway when `steps` is 0."""
+    def draft_seconds(self, num_requests: int, context_len: float, steps: int,
+                      extra_tokens: int = 0) -> float:
+        """`steps` draft steps, or what the engine drafts anyway when `steps` is 0; the first
+        one also over the step's `extra_tokens` (prefill)."""
         return self.timing.draft_seconds(num_requests, context_len,
-                                         steps or self.draft_steps_when_off)
+                                         steps or self.draft_steps_when_off, extra_tokens)
 
     def set_policy(self, policy: Policy) -> None:
         """Adopt a pushed policy. Its `model` replaces the fitted models only when it changed,
@@ -178,10 +185,14 @@ class EfficiencyModel:
         mean_tpot = self.policy.tpot_aggregate == "mean"
         least = [0.0, *map(min, by_k)] if not mean_tpot else []
         draft_step = predict_seconds(self.timing.draft, b, b, context_len) if b else 0.0
+        # The first draft forward also runs over the step's prefill tokens (see `timing`).
+        first_extra = (predict_seconds(self.timing.draft, b, b + extra_tokens, context_len)
+                       - draft_step) if b and extra_tokens > 0 else 0.0
         host = self.timing.host_seconds(b, context_len)
         out = []
         for k in range(k_min, k_max + 1):
-            draft = (k or self.draft_steps_when_off) * draft_step
+            steps = k or self.draft_steps_when_off
+            draft = steps * draft_step + (first_extra if steps else 0.0)
             verify = predict_seconds(self.timing.target, b, b * (k + 1) + extra_tokens,
                                      context_len)
             step = draft + verify + host
@@ -245,7 +256,8 @@ class EfficiencyModel:
         extra_tokens: int = 0,
         draft_steps: int | None = None,
     ) -> list[int]:
-        """Per-request verify lengths K_i <= len(row_i) that maximise G (mode "adaptive" only).
+        """Per-request verify lengths K_i <= len(row_i) that maximise G (mode "adaptive" with
+        `trim_drafts`; otherwise every draft is verified).
 
         Tokens below the confidence floor are always dropped. Of the rest, the lowest-c draft
         tokens are dropped one by one while that raises G: dropping a token with probability c
@@ -259,7 +271,7 @@ class EfficiencyModel:
         (`_count_paying_drops_corrected`).
         """
         lengths = [len(row) for row in rows]
-        if self.policy.mode != "adaptive" or not rows:
+        if self.policy.mode != "adaptive" or not self.policy.trim_drafts or not rows:
             return lengths
         floor = self.policy.confidence_floor
         b = len(rows)
@@ -273,7 +285,7 @@ class EfficiencyModel:
         tokens = b + sum(kept) + extra_tokens
         expected = b + sum(values)
         # Draft and host time do not change with drops: the fixed part of the step.
-        fixed = (self.draft_seconds(b, context_len, steps)
+        fixed = (self.draft_seconds(b, context_len, steps, extra_tokens)
                  + self.timing.host_seconds(b, context_len))
         if target.token_correction:
             dropped = _count_paying_drops_corrected(values, expected, tokens, fixed, target, b,

@@ -7,7 +7,7 @@ fields with defaults, never rename one.
 
 A `Policy` has two halves:
 - knobs the operator tunes from SLO measurements: `mode`, `k_max`, `static_k`, `slo`,
-  `tpot_headroom`, `tpot_aggregate`, `confidence_floor`;
+  `tpot_headroom`, `tpot_aggregate`, `confidence_floor`, `trim_drafts`;
 - `model`: the efficiency-model parameters (step-time coefficients of target and draft, draft
   confidence calibration, acceptance prior) fitted from a profile and refitted online.
 """
@@ -153,6 +153,16 @@ class Policy(_Strict):
         default=0.0, ge=0, lt=1,
         description="draft tokens whose cumulative acceptance probability is below this are "
                     "never verified")
+    trim_drafts: bool = Field(
+        default=True,
+        description="mode 'adaptive': per request, drop low-confidence draft tails before "
+                    "verification (the confidence prior verifier); false verifies every draft "
+                    "(the drafter-only ablation)")
+    online_refit: bool = Field(
+        default=True,
+        description="the engine refits its step-time model and draft calibration from its own "
+                    "steps; false keeps `model` as given (a frozen model, e.g. for an A/B of "
+                    "models or a test)")
     threshold_probability: float = Field(
         default=0.6, gt=0, lt=1,
         description="mode 'threshold': each request drafts up to k_max tokens and stops at the "

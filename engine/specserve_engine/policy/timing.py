@@ -447,11 +447,20 @@ class StepTimeModel:
         """One target step over `num_tokens` tokens (B*(K+1) verify tokens plus any prefill)."""
         return predict_seconds(self.target, num_requests, num_tokens, context_len)
 
-    def draft_seconds(self, num_requests: int, context_len: float, steps: int) -> float:
-        """`steps` sequential draft steps of one token per request; 0 when steps == 0."""
+    def draft_seconds(self, num_requests: int, context_len: float, steps: int,
+                      extra_tokens: int = 0) -> float:
+        """`steps` sequential draft steps of one token per request; 0 when steps == 0. The
+        first one also runs over the step's `extra_tokens` (prefill chunks): vLLM's draft-model
+        proposer feeds its first forward every token the target processed, to fill the draft's
+        KV cache."""
         if steps <= 0:
             return 0.0
-        return steps * predict_seconds(self.draft, num_requests, num_requests, context_len)
+        one = predict_seconds(self.draft, num_requests, num_requests, context_len)
+        if extra_tokens <= 0:
+            return steps * one
+        first = predict_seconds(self.draft, num_requests, num_requests + extra_tokens,
+                                context_len)
+        return (steps - 1) * one + first
 
     def host_seconds(self, num_requests: int, context_len: float) -> float:
         """Seconds of one engine cycle outside the forwards, for a batch of `num_requests`."""

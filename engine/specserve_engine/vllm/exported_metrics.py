@@ -24,6 +24,7 @@ from specserve_contract.metrics import (
     STEPS,
     STEPS_BY_BATCH,
     STEPS_SPECULATION_OFF,
+    STEPS_WITH_PREFILL,
 )
 
 K_BUCKETS = tuple(float(k) + 0.5 for k in range(17))  # K is an integer 0..16
@@ -83,6 +84,9 @@ class SpecServeMetrics:
         self.steps_by_batch = Counter(STEPS_BY_BATCH,
                                       "Steps decided, by batch-size range and K chosen",
                                       ["batch", "k"], registry=r)
+        self.steps_with_prefill = Counter(
+            STEPS_WITH_PREFILL, "Steps decided that carry prefill tokens, by K chosen (K is "
+            "priced with them)", ["k"], registry=r)
         self.steps_off = Counter(STEPS_SPECULATION_OFF,
                                  "Steps decided with K=0 (speculation switched off)", registry=r)
         self.drafts_stopped_early = Gauge(DRAFTS_STOPPED_EARLY,

@@ -4,8 +4,11 @@ vLLM's own scheduler does all the scheduling; this subclass only decides specula
 seams vLLM already has (see docs/vllm-seams.md):
 
 - K per step: vLLM reads ``self.dynamic_sd_lookup[batch_size]`` inside ``schedule()`` (its
-  Dynamic-SD table). We install an object whose ``[batch_size]`` asks the EfficiencyModel, so the
-  K drafted at the end of this step (and verified in the next) is the goodput-maximising one.
+  Dynamic-SD table) into ``SchedulerOutput.num_spec_tokens_to_schedule``, the K drafted at the
+  end of this step (and verified in the next). We install an object that only notes the lookup
+  ran; once ``schedule()`` returns, the step's scheduled tokens are known, and the
+  EfficiencyModel's goodput-maximising K, priced with the step's prefill tokens, replaces the
+  output's K (vLLM's synchronous scheduler reads that field nowhere else in ``schedule()``).
 - Adaptive drafter: a stop threshold rides on ``SchedulerOutput`` to the worker, which stops
   drafting once the batch's expected gain from one more draft token no longer pays for it.
 - Confidence prior verifier: drafts arrive with the draft model's confidences
@@ -55,6 +58,8 @@ from specserve_engine.policy.driver import (
     REFIT_EVERY_STEPS,
     StepDriver,
     fold_profile,
+    prefill_tokens,
+    upcoming_prefill_tokens,
 )
 from specserve_engine.policy_store import PolicyStore, control_token
 from specserve_engine.vllm.control import ControlServer
@@ -127,13 +132,16 @@ def check_dynamic_sd_lookup(lookup: object, version: str) -> None:
 
 
 class _KLookup:
-    """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` -> K for this step."""
+    """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` notes that this step
+    schedules requests (and so gets a K); `AdaptiveScheduler.schedule` decides it afterwards,
+    when the step's token counts are known."""
 
-    def __init__(self, scheduler: AdaptiveScheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self) -> None:
+        self.asked = False
 
     def __getitem__(self, batch_size: int) -> int:
-        return self.scheduler.decide_k(batch_size)
+        self.asked = True
+        return 0
 
 
 class AdaptiveScheduler(Scheduler):
@@ -173,7 +181,8 @@ class AdaptiveScheduler(Scheduler):
         if self.engine_k_max:
             check_dynamic_sd_lookup(getattr(self, "dynamic_sd_lookup", None), vllm.__version__)
             # A non-None lookup also stops vLLM padding new requests with placeholder drafts.
-            self.dynamic_sd_lookup = _KLookup(self)
+            self._k_lookup = _KLookup()
+            self.dynamic_sd_lookup = self._k_lookup
 
     @property
     def model(self) -> EfficiencyModel:
@@ -199,7 +208,12 @@ class AdaptiveScheduler(Scheduler):
         if driver.sync(self.store.policy):
             self._set_policy_metrics(driver.policy)
         driver.begin_step()
-        output = super().schedule(*args, **kwargs)  # calls decide_k through the K lookup
+        lookup = getattr(self, "_k_lookup", None)
+        if lookup is not None:
+            lookup.asked = False
+        output = super().schedule(*args, **kwargs)
+        if lookup is not None and lookup.asked:
+            output.num_spec_tokens_to_schedule = self.decide_k(output)
         if driver.prediction is not None:
             setattr(output, STOP_RULE_ATTR, driver.stop_rule())
         self._step_started = time.perf_counter()
@@ -235,12 +249,28 @@ class AdaptiveScheduler(Scheduler):
                 {"predicted_tpot_seconds": tpot, "output_tokens": output_tokens}) + "\n")
             self._request_file.flush()
 
-    def decide_k(self, batch_size: int) -> int:
-        """Called by vLLM inside ``schedule()`` with the number of scheduled requests."""
-        running = self.running
-        context_len = (sum(r.num_computed_tokens for r in running) / len(running)
-                       if running else 0.0)
-        k = self.driver.decide([r.request_id for r in running], context_len)
+    def decide_k(self, output: SchedulerOutput) -> int:
+        """K for the step vLLM just scheduled (`output`, after its request states advanced):
+        for the requests that emit a token this step (decodes and last prefill chunks), priced
+        with the step's other tokens as prefill."""
+        scheduled = output.num_scheduled_tokens
+        spec = output.scheduled_spec_decode_tokens
+        requests = self.requests
+        ids: list[str] = []
+        computed = 0
+        spec_counts: list[int] = []
+        for rid, n in scheduled.items():
+            request = requests.get(rid)
+            # Caught up with its tokens once this step's are computed: it samples a token.
+            if request is None or request.num_computed_tokens < request.num_tokens:
+                continue
+            ids.append(rid)
+            computed += request.num_computed_tokens - n  # as before the step, like profiles
+            spec_counts.append(len(spec.get(rid, ())))
+        context_len = computed / len(ids) if ids else 0.0
+        extra = prefill_tokens(output.total_num_scheduled_tokens, spec_counts)
+        batch_size = len(scheduled)
+        k = self.driver.decide(ids, context_len, extra)
         prediction = self.driver.prediction
         assert prediction is not None
         m = self.metrics
@@ -250,6 +280,8 @@ class AdaptiveScheduler(Scheduler):
         m.steps_by_batch.labels(batch_range(batch_size), str(k)).inc()
         m.batch_size.set(batch_size)
         m.goodput.set(prediction.goodput)
+        if extra:
+            m.steps_with_prefill.labels(str(k)).inc()
         if k == 0:
             m.steps_off.inc()
         return k
@@ -322,7 +354,8 @@ class AdaptiveScheduler(Scheduler):
             raws.append(conf[: len(request.spec_token_ids)])
         if not ids:
             return
-        lengths, rows = self.driver.trim(raws)
+        decode_tokens = sum(1 + len(raw) for raw in raws)
+        lengths, rows = self.driver.trim(raws, self._upcoming_prefill(decode_tokens))
         predicted = 0.0
         for rid, raw, row, keep in zip(ids, raws, rows, lengths, strict=True):
             request = self.requests[rid]
@@ -334,6 +367,22 @@ class AdaptiveScheduler(Scheduler):
             predicted += sum(row[:keep])
             self._verified_confidences[rid] = list(raw[:keep])
         self.metrics.accepted_predicted.inc(predicted)
+
+    def _upcoming_prefill(self, decode_tokens: int) -> int:
+        """Prefill tokens the next step is expected to carry next to `decode_tokens`: the
+        unprefilled parts of running requests, then waiting prompts while vLLM would admit
+        them (`max_num_seqs`), within the token budget."""
+        budget = self.max_num_scheduled_tokens - decode_tokens
+        pending = 0
+        for request in self.running:  # decoding ones have their prompt computed
+            pending += max(0, request.num_prompt_tokens - request.num_computed_tokens)
+        room = self.max_num_running_reqs - len(self.running)
+        for request in self.waiting:
+            if pending >= budget or room <= 0:
+                break
+            pending += request.num_tokens - request.num_computed_tokens
+            room -= 1
+        return upcoming_prefill_tokens(pending, self.max_num_scheduled_tokens, decode_tokens)
 
     def _drop_sampled_drafts(self, request_ids: list[str]) -> None:
         for rid in request_ids:
