@@ -22,6 +22,7 @@ Environment variables (one constant each below; who writes them, who reads them)
     SPECSERVE_CONTROL_PORT           serving.engine_env                  engine scheduler
     SPECSERVE_RECORD_STEPS           profiler                            engine scheduler
     SPECSERVE_RECORD_VERIFICATIONS   profiler                            engine scheduler
+    SPECSERVE_RECORD_CYCLES          bench (cycle error)                 engine scheduler
     SPECSERVE_CACHE                  user, engine/Dockerfile             tiny (model cache)
     SPECSERVE_STATUS_INTERVAL_S      user, Helm chart                    operator (start-up)
     SPECSERVE_SLO_INTERVAL_S         user                                operator (start-up)
@@ -180,6 +181,7 @@ ENV_CONTROL_PORT = "SPECSERVE_CONTROL_PORT"
 ENV_RECORD_STEPS = "SPECSERVE_RECORD_STEPS"
 ENV_RECORD_VERIFICATIONS = "SPECSERVE_RECORD_VERIFICATIONS"
 ENV_RECORD_REQUESTS = "SPECSERVE_RECORD_REQUESTS"
+ENV_RECORD_CYCLES = "SPECSERVE_RECORD_CYCLES"
 ENV_CACHE = "SPECSERVE_CACHE"
 ENV_STATUS_INTERVAL_S = "SPECSERVE_STATUS_INTERVAL_S"
 ENV_SLO_INTERVAL_S = "SPECSERVE_SLO_INTERVAL_S"

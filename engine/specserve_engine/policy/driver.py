@@ -136,6 +136,7 @@ class Cycle:
     context_len: float
     predicted_seconds: float  # the whole cycle, predicted for the step as scheduled
     extra_tokens: int = 0  # of `num_tokens`, the prefill ones
+    k: int = 0  # drafted at the end of the step
     forward_seconds: float | None = None  # the forwards (draft and target), once measured
     seconds: float | None = None  # the whole cycle, once closed
     host: StepObservation | None = None  # its host-time observation, once closed
@@ -213,7 +214,7 @@ class StepDriver:
         predicted = (self.model.draft_seconds(num_requests, ctx, self.k, extra)
                      + timing.verify_seconds(num_requests, num_tokens, ctx)
                      + timing.host_seconds(num_requests, ctx))
-        self.cycle = Cycle(started, num_requests, num_tokens, ctx, predicted, extra)
+        self.cycle = Cycle(started, num_requests, num_tokens, ctx, predicted, extra, self.k)
         return self.cycle
 
     def forwards_done(self, seconds: float) -> None:

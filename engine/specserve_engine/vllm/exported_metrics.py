@@ -26,6 +26,9 @@ from specserve_contract.metrics import (
     STEPS_SPECULATION_OFF,
     STEPS_WITH_PREFILL,
 )
+from specserve_engine.policy.cycle_error import batch_range
+
+__all__ = ["SpecServeMetrics", "batch_range"]
 
 K_BUCKETS = tuple(float(k) + 0.5 for k in range(17))  # K is an integer 0..16
 STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
@@ -33,14 +36,6 @@ STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.
 # vLLM 0.32's own vllm:request_time_per_output_token_seconds buckets, so the two compare.
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
                 7.5, 10.0, 20.0, 40.0, 80.0)
-
-
-def batch_range(batch_size: int) -> str:
-    """The label of a batch size's range: 1, 2, 3-4, 5-8, ..., powers of two (few series)."""
-    if batch_size <= 2:
-        return str(max(batch_size, 0))
-    top = 1 << (batch_size - 1).bit_length()
-    return f"{top // 2 + 1}-{top}"
 
 
 class SpecServeMetrics:

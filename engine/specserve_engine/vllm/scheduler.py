@@ -45,6 +45,7 @@ from specserve_contract import (
     ENV_MODE,
     ENV_POLICY_FILE,
     ENV_PROFILE_FILE,
+    ENV_RECORD_CYCLES,
     ENV_RECORD_REQUESTS,
     ENV_RECORD_STEPS,
     ENV_RECORD_VERIFICATIONS,
@@ -53,6 +54,7 @@ from specserve_contract import (
 )
 from specserve_engine.machine import this_machine
 from specserve_engine.policy import EfficiencyModel, Policy, Profile, StepObservation
+from specserve_engine.policy.cycle_error import CycleRecord
 from specserve_engine.policy.driver import (
     EARLY_REFITS,
     REFIT_EVERY_STEPS,
@@ -169,6 +171,9 @@ class AdaptiveScheduler(Scheduler):
         self._verify_file = open(record, "a") if record else None  # noqa: SIM115
         record = env.get(ENV_RECORD_REQUESTS)
         self._request_file = open(record, "a") if record else None  # noqa: SIM115
+        # Predicted and measured cycles (policy/cycle_error.py reads them).
+        record = env.get(ENV_RECORD_CYCLES)
+        self._cycle_file = open(record, "a") if record else None  # noqa: SIM115
         self.control: ControlServer | None = None
         port = env.get(ENV_CONTROL_PORT)
         if port and self.engine_k_max:
@@ -205,6 +210,11 @@ class AdaptiveScheduler(Scheduler):
             self.metrics.step_observed.observe(closed.seconds or 0.0)
             self.metrics.step_predicted.observe(closed.predicted_seconds)
             self._write_records([closed.host])
+            if self._cycle_file is not None:
+                self._cycle_file.write(json.dumps(dataclasses.asdict(CycleRecord(
+                    closed.num_requests, closed.num_tokens, closed.extra_tokens, closed.k,
+                    closed.predicted_seconds, closed.seconds or 0.0))) + "\n")
+                self._cycle_file.flush()
         if driver.sync(self.store.policy):
             self._set_policy_metrics(driver.policy)
         driver.begin_step()
