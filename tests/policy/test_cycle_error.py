@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -52,3 +55,28 @@ def test_a_record_reads_back_from_the_engine_s_json_line() -> None:
     record = _record(4, 10, 0.03, 0.025)
     line = json.dumps(dataclasses.asdict(record))
     assert CycleRecord.from_json(json.loads(line)) == record
+
+
+def _load_script() -> ModuleType:
+    script = Path(__file__).parents[2] / "bench" / "cycle_error.py"
+    spec = importlib.util.spec_from_file_location("cycle_error_script", script)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_prints_a_table_per_file_and_refuses_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "engine.cycles.jsonl"
+    good.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in (
+        _record(1, 0, 0.010, 0.010), _record(2, 100, 0.05, 0.04))))
+    script = _load_script()
+    assert script.main([str(good), "--skip", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "### engine.cycles.jsonl (2 cycles)" in out and "| prefill | 2 | 1 |" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"num_requests": 1}\n')
+    assert script.main([str(bad)]) == 2
+    assert "cannot read cycle records" in capsys.readouterr().out
