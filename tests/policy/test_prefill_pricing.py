@@ -140,3 +140,22 @@ def test_a_draft_observation_without_prefill_is_one_token_per_request() -> None:
     (target, draft) = step_observations(4, 16, 64.0, 0.03, 0.006, 3)
     assert target.seconds == pytest.approx(0.024)
     assert draft.num_tokens == 4 and draft.seconds == pytest.approx(0.002)
+
+
+def test_price_prefill_false_decides_as_if_the_step_had_none_but_predicts_the_cycle_with_it(
+) -> None:
+    model = ModelParams(target=TARGET, draft=DRAFT)
+    priced = StepDriver(Policy(k_max=4, model=model), engine_k_max=4)
+    unpriced = StepDriver(Policy(k_max=4, model=model, price_prefill=False), engine_k_max=4)
+    ids = ["a", "b", "c", "d"]
+    for driver in (priced, unpriced):
+        driver.begin_step()
+    assert unpriced.decide(ids, 128.0, extra_tokens=64) == unpriced.model.choose_k_for(
+        ids, 128.0).k
+    priced.decide(ids, 128.0, extra_tokens=64)
+    assert priced.prediction is not None and unpriced.prediction is not None
+    assert priced.prediction.verify_seconds > unpriced.prediction.verify_seconds
+    cycle = unpriced.open_cycle(0.0, 4, 4 * (1 + unpriced.k) + 64)
+    assert cycle is not None and cycle.extra_tokens == 64
+    assert cycle.predicted_seconds > unpriced.model.timing.verify_seconds(
+        4, 4 * (1 + unpriced.k) + 64, 128.0)

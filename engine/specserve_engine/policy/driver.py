@@ -191,17 +191,23 @@ class StepDriver:
         """K for this step: the goodput-maximising one for the requests that emit a token
         (mean `context_len` computed tokens) in a step that also carries `extra_tokens` prefill
         tokens, within the engine's K_max."""
-        prediction = self.model.choose_k_for(request_ids, context_len, extra_tokens)
-        self.prediction, self.context_len = prediction, context_len
         self.extra_tokens = extra_tokens
+        prediction = self.model.choose_k_for(request_ids, context_len, self._priced(extra_tokens))
+        self.prediction, self.context_len = prediction, context_len
         self.k = max(0, min(prediction.k, self.engine_k_max))
         return self.k
+
+    def _priced(self, extra_tokens: int) -> int:
+        """The prefill tokens decisions see (none under `price_prefill` false); predictions of
+        the cycle always count them."""
+        return extra_tokens if self.policy.price_prefill else 0
 
     def stop_rule(self) -> DraftStopRule | None:
         """When the drafter stops this step (None: it drafts all K, or K was not decided)."""
         if self.prediction is None:
             return None
-        return stop_rule(self.model, self.prediction, self.context_len, self.extra_tokens)
+        return stop_rule(self.model, self.prediction, self.context_len,
+                         self._priced(self.extra_tokens))
 
     # -- the cycle a client waits for --
 
@@ -274,5 +280,5 @@ class StepDriver:
         cumulative acceptance row."""
         cumulative = self.model.acceptance.cumulative
         rows = [cumulative(raw) for raw in confidences]
-        return (verify_lengths(self.model, confidences, rows, self.context_len, extra_tokens),
-                rows)
+        return (verify_lengths(self.model, confidences, rows, self.context_len,
+                               self._priced(extra_tokens)), rows)

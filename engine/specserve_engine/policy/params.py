@@ -158,6 +158,11 @@ class Policy(_Strict):
         description="mode 'adaptive': per request, drop low-confidence draft tails before "
                     "verification (the confidence prior verifier); false verifies every draft "
                     "(the drafter-only ablation)")
+    price_prefill: bool = Field(
+        default=True,
+        description="price the prefill tokens a step carries into K, the stop rule and "
+                    "trimming; false prices the decode batch alone (the policy before issue "
+                    "#22, kept for side-by-side benchmarks)")
     online_refit: bool = Field(
         default=True,
         description="the engine refits its step-time model and draft calibration from its own "
