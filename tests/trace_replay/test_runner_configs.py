@@ -70,3 +70,22 @@ def test_results_json_reads_back_as_written(tmp_path: Path) -> None:
     meta, back = read_results(path)
     assert meta == {"tpot_slo_s": 0.06}
     assert back == results
+
+
+def test_the_ablation_configurations_serve_their_policy_files() -> None:
+    from specserve_engine.policy import Policy
+    from specserve_engine.trace_replay.runner import ABLATION_POLICIES, ablation_configs
+
+    files = {name: Path(f"/pol/{name}.json") for name in ABLATION_POLICIES}
+    configs = ablation_configs(Path("/d"), files, Path("/prof.json"))
+    assert [c.name for c in configs] == ["adaptive-drafter", "adaptive-verifier"]
+    for c in configs:
+        args = build_parser().parse_args(["serve", *c.serve_args])
+        assert c.specserve and not args.no_specserve and args.draft == "/d"
+        assert (args.policy_file, args.profile) == (f"/pol/{c.name}.json", "/prof.json")
+        policy = Policy.model_validate_json(ABLATION_POLICIES[c.name].model_dump_json())
+        assert policy.mode == "adaptive" and policy.slo.tpot_seconds is None  # no SLO term
+    assert not ABLATION_POLICIES["adaptive-drafter"].trim_drafts
+    assert ABLATION_POLICIES["adaptive-verifier"].trim_drafts
+    # `specserve bench`'s list is unchanged.
+    assert "adaptive-drafter" not in [c.name for c in standard_configs(Path("/d"), Path("/p"))]

@@ -13,8 +13,6 @@ from specserve_engine.trace_replay.slo_goodput import (
     RequestLatency,
     SloTarget,
     attainment,
-    markdown,
-    ratio_bounds,
     slo_goodput,
 )
 from specserve_engine.trace_replay.trace import TraceRow, plan_requests, poisson_plan
@@ -138,17 +136,3 @@ def test_poisson_arrivals_keep_the_window_lengths_and_scale_with_rate() -> None:
     assert cv == pytest.approx(1.0, rel=0.2)  # exponential gaps: sd = mean
     assert poisson_plan(rows, rate=1.0, **kw) == one  # type: ignore[arg-type]
     assert poisson_plan(rows, rate=1.0, **{**kw, "seed": 4}) != one  # type: ignore[arg-type]
-
-
-def test_the_table_gives_ratios_with_ranges_from_the_search_brackets() -> None:
-    target = SloTarget(tpot_s=0.06)
-    off = [slo_goodput(mm1(10.0, 0.02), target, rel_tol=0.02)]
-    fast = [slo_goodput(mm1(20.0, 0.02), target, rel_tol=0.02)]
-    twin = [slo_goodput(mm1(10.0, 0.02), target, rel_tol=0.02)]
-    lo, hi = ratio_bounds(fast, off) or (0.0, 0.0)
-    assert 1.9 < lo < 2.0 < hi < 2.1
-    text = markdown({"off": off, "fast": fast, "twin": twin, "none": []}, target, "off")
-    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()[4:]}
-    assert ">= 90% of requests meet TPOT <= 60 ms" in text
-    assert rows["fast"].endswith("* |") and not rows["twin"].endswith("* |")
-    assert "none" not in rows

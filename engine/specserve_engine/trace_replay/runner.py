@@ -15,13 +15,13 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
-from specserve_contract import ENV_RECORD_REQUESTS
+from specserve_contract import ENV_RECORD_CYCLES, ENV_RECORD_REQUESTS
 from specserve_contract.metrics import (
     VLLM_GENERATION_TOKENS,
     VLLM_RUNNING,
@@ -30,6 +30,7 @@ from specserve_contract.metrics import (
     VLLM_SPEC_DRAFTS,
 )
 from specserve_engine.launcher import ServerProcess, free_port
+from specserve_engine.policy import Policy
 from specserve_engine.trace_replay.bootstrap import DEFAULT_REPLICATES
 from specserve_engine.trace_replay.client import RequestRecord, replay
 from specserve_engine.trace_replay.summary import Cell, Counters, RoundRecords, cell, mean_k
@@ -74,6 +75,26 @@ def standard_configs(draft: Path, policy_file: Path, profile: Path | None = None
                                  *profiled), specserve=True),
     ]
     return configs
+
+
+# SpecServe's components one at a time (the ablation); the full policy is `adaptive` above. The
+# policies carry no SLO, so one engine serves every SLO's search.
+ABLATION_POLICIES = {
+    # adaptive K per step, every draft verified
+    "adaptive-drafter": Policy(mode="adaptive", k_max=K_MAX, trim_drafts=False),
+    # adaptive K, and per request the low-confidence draft tail dropped before verification
+    "adaptive-verifier": Policy(mode="adaptive", k_max=K_MAX, trim_drafts=True),
+}
+
+
+def ablation_configs(draft: Path, policy_files: Mapping[str, Path], profile: Path | None = None
+                     ) -> list[BenchConfig]:
+    """The ablation configurations, in ABLATION_POLICIES' order, each serving the policy written
+    at `policy_files[name]` (the caller writes ABLATION_POLICIES[name] there)."""
+    profiled = ("--profile", str(profile)) if profile else ()
+    return [BenchConfig(name, ("--draft", str(draft), "--k-max", str(K_MAX), "--policy-file",
+                               str(policy_files[name]), *profiled), specserve=True)
+            for name in ABLATION_POLICIES]
 
 
 @dataclass
@@ -230,7 +251,10 @@ def start_engine(config: BenchConfig, target: Path, *, extra_serve_args: Sequenc
     args = ["--model", str(target), "--served-model-name", MODEL_NAME, *config.serve_args]
     if control_port:
         args += ["--control-port", str(control_port)]
-    env = {ENV_RECORD_REQUESTS: str(log_path.with_suffix(".requests.jsonl"))} \
+    # SpecServe engines record each request's predicted TPOT and each cycle's predicted and
+    # measured time (policy/cycle_error.py) beside the log.
+    env = {ENV_RECORD_REQUESTS: str(log_path.with_suffix(".requests.jsonl")),
+           ENV_RECORD_CYCLES: str(log_path.with_suffix(".cycles.jsonl"))} \
         if config.specserve else {}
     engine = ServerProcess([*args, *extra_serve_args], name=engine_name(config),
                            log_path=log_path, env=env)

@@ -15,15 +15,30 @@ The answer is `lo`, the highest rate seen to meet the SLO below the lowest rate 
 Attainment falls with rate in a queueing system, but one probe is a noisy sample: a probe near
 the answer may pass or fail either way, so the answer is good to about the noise of one probe
 plus rel_tol. Probes at different rates should reuse one arrival pattern scaled by 1/r
-(`trace.poisson_plan` does) so that the noise is common to all of them.
+(`trace.timed_plan` does) so that the noise is common to all of them.
+
+Intervals. A configuration is searched in R rounds (a fresh engine and arrival seed each). Its
+SLO goodput is the mean of the rounds' answers; a bootstrap replicate draws R rounds with
+replacement and, for each drawn search, a capacity uniform in its bracket [highest passing rate,
+lowest failing rate]: the capacity lies somewhere in there, so the replicates carry both the
+spread over rounds and the search's resolution. A / B's replicate b is A's replicate b over B's
+(drawn independently: different engines); the 95% interval is the 2.5th..97.5th percentile of
+2000 replicates by default, seeded by strings (the same on every machine). With R = 1 only the
+resolution shows; with R = 3 the round draws have 10 distinct multisets, so the interval is
+coarse. A ratio is marked * where its interval excludes 1.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import random
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Protocol
+
+from specserve_engine.trace_replay.bootstrap import Ratio, ratio
+
+DEFAULT_REPLICATES = 2000
 
 
 class Latency(Protocol):
@@ -145,12 +160,6 @@ def slo_goodput(
     return SloGoodput(lo or 0.0, hi, tuple(probes))
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def bounds(searches: Sequence[SloGoodput]) -> tuple[float, float]:
     """Where the SLO goodput lies by every search of one configuration: from the lowest passing
     rate found to the highest failing one (inf when one search never failed)."""
@@ -158,38 +167,246 @@ def bounds(searches: Sequence[SloGoodput]) -> tuple[float, float]:
             max(math.inf if s.upper is None else s.upper for s in searches))
 
 
-def ratio_bounds(a: Sequence[SloGoodput], b: Sequence[SloGoodput]
-                 ) -> tuple[float, float] | None:
-    """A / B's range from both `bounds`: the search resolution and the spread over repeats
-    (not a confidence interval). None when B found no passing rate."""
-    (a_lo, a_hi), (b_lo, b_hi) = bounds(a), bounds(b)
-    return (a_lo / b_hi, a_hi / b_lo) if b_lo > 0 else None
+def mean_rate(searches: Sequence[SloGoodput]) -> float:
+    """The SLO goodput of a configuration: its searches' answers (`rate`), averaged over rounds."""
+    return sum(s.rate for s in searches) / len(searches)
 
 
-def markdown(results: Mapping[str, Sequence[SloGoodput]], target: SloTarget,
-             baseline: str | None = None) -> str:
-    """One row per configuration: the median SLO goodput over repeats, its bounds, and the ratio
-    to `baseline` with ratio_bounds (marked * where the range excludes 1)."""
-    slo = f"TPOT <= {target.tpot_s * 1000:g} ms" + (
+def capacity_replicates(searches: Sequence[SloGoodput], replicates: int = DEFAULT_REPLICATES,
+                        *, seed: str) -> list[float]:
+    """Bootstrap replicates of `mean_rate` (module docstring, "Intervals"): the rounds drawn with
+    replacement, each drawn search's capacity uniform in its bracket [rate, upper] (just `rate`
+    when it never failed: a censored search adds no resolution spread)."""
+    if not searches:
+        return []
+    rng = random.Random(f"capacity:{seed}")
+    out = []
+    for _ in range(replicates):
+        picked = rng.choices(searches, k=len(searches))
+        out.append(sum(rng.uniform(s.rate, s.rate if s.upper is None else s.upper)
+                       for s in picked) / len(picked))
+    return out
+
+
+def capacity_ratio(a: Sequence[SloGoodput], b: Sequence[SloGoodput], *,
+                   replicates: int = DEFAULT_REPLICATES, seed: str = "0") -> Ratio:
+    """A / B of the mean SLO goodput with its 95% percentile interval. A and B ran on different
+    engines, so their replicates are drawn independently (seeds `seed:a` and `seed:b`)."""
+    return _ratio(a, b, capacity_replicates(a, replicates, seed=f"{seed}:a"),
+                  capacity_replicates(b, replicates, seed=f"{seed}:b"))
+
+
+def _ratio(a: Sequence[SloGoodput], b: Sequence[SloGoodput], reps_a: Sequence[float],
+           reps_b: Sequence[float]) -> Ratio:
+    return ratio(mean_rate(a), mean_rate(b), reps_a, reps_b)
+
+
+# The ablation of SpecServe's components, each row adding one to the row before it.
+ABLATION = (("static, best K", None), ("+ adaptive K per step", "adaptive-drafter"),
+            ("+ per-request draft trimming", "adaptive-verifier"),
+            ("+ TPOT SLO in the policy", "adaptive"))
+STATIC_KS = ("K=1", "K=2", "K=3", "K=5")
+REFERENCE = "adaptive"
+HIGHLIGHTED = "dynamic-sd"
+
+
+def best_static(results: Mapping[str, Sequence[SloGoodput]],
+                names: Sequence[str] = STATIC_KS) -> str | None:
+    """The static K with the highest mean SLO goodput over its rounds (the first on a tie)."""
+    present = [n for n in names if results.get(n)]
+    return max(present, key=lambda n: mean_rate(results[n])) if present else None
+
+
+def _interval(r: Ratio) -> str:
+    if r.value is None:
+        return "- | -"
+    if r.interval is None:
+        return f"{r.value:.3f} | -"
+    star = " *" if r.significant else ""
+    return f"{r.value:.3f} | {r.interval.lo:.3f}..{r.interval.hi:.3f}{star}"
+
+
+def slo_text(target: SloTarget) -> str:
+    return f"TPOT <= {target.tpot_s * 1000:g} ms" + (
         f", TTFT <= {target.ttft_s * 1000:g} ms" if target.ttft_s is not None else "")
-    head = (f"SLO goodput: the highest request rate at which >= {target.attainment:.0%} of "
-            f"requests meet {slo}.\n\n| config | SLO goodput req/s (median) | bounds | "
-            f"searches | probes | / {baseline or '-'} | range |\n|---|---|---|---|---|---|---|\n")
-    rows = []
-    base = results.get(baseline) if baseline else None
+
+
+def markdown(results: Mapping[str, Sequence[SloGoodput]], target: SloTarget, *,
+             title: str, replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> str:
+    """One (workload, arrivals, SLO) cell of the matrix: a row per configuration (the mean SLO
+    goodput over rounds, min..max, the brackets' extent, adaptive / config with the bootstrap
+    interval), the headline ratios (adaptive / best static K, adaptive / dynamic-sd), and the
+    ablation table when its rows are there. Replicates are seeded by `seed` and the
+    configuration's name, so one configuration's replicates are the same in every ratio."""
+    results = {name: list(s) for name, s in results.items() if s}
+    reps = {name: capacity_replicates(s, replicates, seed=f"{seed}:{name}")
+            for name, s in results.items()}
+    ref = results.get(REFERENCE)
+
+    def vs(a: str, b: str) -> Ratio:
+        return _ratio(results[a], results[b], reps[a], reps[b])
+
+    text = [f"### {title}\n",
+            f"SLO goodput: the highest request rate at which >= {target.attainment:.0%} of "
+            f"requests meet {slo_text(target)}; mean over rounds.\n",
+            f"| config | SLO goodput req/s | min..max over rounds | brackets | rounds | probes "
+            f"| {REFERENCE} / config | 95% interval |", "|---|---|---|---|---|---|---|---|"]
     for name, searches in results.items():
-        if not searches:
-            continue
         lo, hi = bounds(searches)
-        median = _median([s.rate for s in searches])
-        cells = [name, f"{median:.3g}", f"{lo:.3g}..{hi:.3g}", str(len(searches)),
+        censored = " (never failed)" if any(s.upper is None for s in searches) else ""
+        cells = [f"**{name}**" if name == REFERENCE else name, f"{mean_rate(searches):.3g}",
+                 f"{min(s.rate for s in searches):.3g}..{max(s.rate for s in searches):.3g}",
+                 f"{lo:.3g}..{hi:.3g}{censored}", str(len(searches)),
                  str(sum(len(s.probes) for s in searches))]
-        rb = ratio_bounds(searches, base) if base else None
-        base_median = _median([s.rate for s in base]) if base else 0.0
-        if rb is not None and base_median > 0:
-            star = " *" if rb[0] > 1 or rb[1] < 1 else ""
-            cells += [f"{median / base_median:.3f}", f"{rb[0]:.3f}..{rb[1]:.3f}{star}"]
-        else:
-            cells += ["-", "-"]
-        rows.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(rows) + "\n"
+        text.append("| " + " | ".join(cells) + " | "
+                    + (_interval(vs(REFERENCE, name)) if ref and name != REFERENCE else "- | -")
+                    + " |")
+    best = best_static(results)
+    if ref:
+        heads = [f"**{REFERENCE} / {label}: {_headline(vs(REFERENCE, name))}**"
+                 + (" *" if vs(REFERENCE, name).significant else "")
+                 for label, name in ((f"best static K ({best})", best),
+                                     (HIGHLIGHTED, HIGHLIGHTED))
+                 if name in results]
+        if heads:
+            text += ["", " · ".join(heads)]
+    rows = [(step, best if name is None else name) for step, name in ABLATION]
+    rows = [(step, name) for step, name in rows if name is not None and name in results]
+    if len(rows) >= 2 and any(name != REFERENCE and name != best for _, name in rows):
+        text += ["", "Ablation: each row adds one SpecServe component to the row above.", "",
+                 "| step | config | SLO goodput req/s | gain over the row above | 95% interval |",
+                 "|---|---|---|---|---|"]
+        previous = None
+        for step, name in rows:
+            gain = _interval(vs(name, previous)) if previous else "- | -"
+            text.append(f"| {step} | {name} | {mean_rate(results[name]):.3g} | {gain} |")
+            previous = name
+    return "\n".join(text) + "\n"
+
+
+def _headline(r: Ratio) -> str:
+    if r.value is None:
+        return "-"
+    if r.interval is None:
+        return f"{r.value:.3f}"
+    return f"{r.value:.3f} [{r.interval.lo:.3f}, {r.interval.hi:.3f}]"
+
+
+def search_json(s: SloGoodput) -> dict:
+    return {**asdict(s), "converged": s.converged}
+
+
+def search_from_json(data: Mapping) -> SloGoodput:
+    return SloGoodput(float(data["rate"]), None if data["upper"] is None else float(data["upper"]),
+                      tuple(Probe(**p) for p in data["probes"]))
+
+
+# --- the matrix: which engines run which searches, and how long it takes -----------------------
+
+@dataclass(frozen=True)
+class SearchKey:
+    workload: str
+    arrivals: str
+    tpot_slo_ms: float
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """One engine start: a configuration in one round, and every search it runs."""
+
+    config: str
+    round: int
+    policy_slo_ms: float | None  # the TPOT SLO in its policy file (SLO-bound configs only)
+    searches: tuple[SearchKey, ...]
+
+
+def engine_runs(configs: Sequence[str], slo_bound: Collection[str], *,
+                workloads: Sequence[str], arrivals: Sequence[str], slos_ms: Sequence[float],
+                rounds: int) -> list[EngineRun]:
+    """The matrix as engine starts, one at a time: every configuration runs all its searches
+    (each workload x arrivals x SLO) on one engine per round, except that a configuration whose
+    policy carries the SLO (`slo_bound`, e.g. adaptive) needs an engine per SLO. Odd rounds run
+    the configurations in reverse order, so slow drift of the machine favours none."""
+    runs = []
+    for rnd in range(rounds):
+        for config in configs if rnd % 2 == 0 else list(configs)[::-1]:
+            slos: list[float | None] = list(slos_ms) if config in slo_bound else [None]
+            for policy_slo in slos:
+                keys = tuple(SearchKey(w, a, slo) for w in workloads for a in arrivals
+                             for slo in slos_ms if policy_slo in (None, slo))
+                runs.append(EngineRun(config, rnd, policy_slo, keys))
+    return runs
+
+
+EXPONENTIAL_PROBES = 3  # typical: the first rate passes, the next passes, the one after fails
+
+
+def expected_probes(*, growth: float, rel_tol: float, max_probes: int) -> int:
+    """Probes a search typically runs: the exponential phase (EXPONENTIAL_PROBES, an assumption:
+    more when the start rate is far from the answer) then the bisection, which narrows a
+    `growth`-wide bracket to rel_tol in ceil(log2(ln growth / ln(1 + rel_tol))) probes."""
+    bisect = math.ceil(math.log2(math.log(growth) / math.log1p(rel_tol))) \
+        if growth > 1 + rel_tol else 0
+    return min(max_probes, EXPONENTIAL_PROBES + bisect)
+
+
+def estimate_s(runs: Sequence[EngineRun], *, probes_per_search: float, probe_s: float,
+               engine_start_s: float) -> float:
+    """Seconds the matrix takes: engine starts plus searches x probes x probe duration."""
+    searches = sum(len(r.searches) for r in runs)
+    return len(runs) * engine_start_s + searches * probes_per_search * probe_s
+
+
+@dataclass(frozen=True)
+class Found:
+    """One search's result in the matrix."""
+
+    key: SearchKey
+    config: str
+    round: int
+    search: SloGoodput
+
+
+def found_json(f: Found) -> dict:
+    return {**asdict(f.key), "config": f.config, "round": f.round, **search_json(f.search)}
+
+
+def found_from_json(data: Mapping) -> Found:
+    return Found(SearchKey(data["workload"], data["arrivals"], float(data["tpot_slo_ms"])),
+                 data["config"], int(data["round"]), search_from_json(data))
+
+
+def matrix_markdown(found: Sequence[Found], *, describe: str, ttft_s: float | None = None,
+                    attainment: float = 0.9, replicates: int = DEFAULT_REPLICATES,
+                    seed: int = 0) -> str:
+    """A `markdown` table per (workload, arrivals, SLO), in the order the searches ran, each
+    titled with `describe` (CPU, dtype, mode); configurations in the order they first ran,
+    rounds in round order."""
+    groups: dict[SearchKey, dict[str, list[tuple[int, SloGoodput]]]] = {}
+    for f in found:
+        groups.setdefault(f.key, {}).setdefault(f.config, []).append((f.round, f.search))
+    parts = []
+    for key, by_config in groups.items():
+        target = SloTarget(key.tpot_slo_ms / 1000, ttft_s, attainment)
+        results = {name: [s for _, s in sorted(runs, key=lambda r: r[0])]
+                   for name, runs in by_config.items()}
+        parts.append(markdown(results, target, replicates=replicates, seed=seed,
+                              title=f"{key.workload}, {key.arrivals} arrivals, "
+                                    f"{slo_text(target)} ({describe})"))
+    return "\n".join(parts)
+
+
+def read_results(data: Mapping) -> tuple[dict, list[Found]]:
+    """bench/slo_goodput.py's JSON back: its meta and every search. Files written before the
+    matrix existed (one SLO, the conversation shape, Poisson arrivals; `results` by
+    configuration, a list of rounds) read as that one cell."""
+    meta = dict(data["meta"])
+    if "searches" in data:
+        return meta, [found_from_json(f) for f in data["searches"]]
+    slo = meta.get("slo", {})
+    meta.setdefault("ttft_slo_s", slo.get("ttft_s"))
+    meta.setdefault("attainment", slo.get("attainment", 0.9))
+    key = SearchKey("conversation", "poisson", float(slo["tpot_s"]) * 1000)
+    return meta, [Found(key, name, rnd, search_from_json(s))
+                  for name, searches in data["results"].items()
+                  for rnd, s in enumerate(searches)]
