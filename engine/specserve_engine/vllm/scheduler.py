@@ -5,10 +5,12 @@ seams vLLM already has (see docs/vllm-seams.md):
 
 - K per step: vLLM reads ``self.dynamic_sd_lookup[batch_size]`` inside ``schedule()`` (its
   Dynamic-SD table) into ``SchedulerOutput.num_spec_tokens_to_schedule``, the K drafted at the
-  end of this step (and verified in the next). We install an object that only notes the lookup
-  ran; once ``schedule()`` returns, the step's scheduled tokens are known, and the
-  EfficiencyModel's goodput-maximising K, priced with the step's prefill tokens, replaces the
-  output's K (vLLM's synchronous scheduler reads that field nowhere else in ``schedule()``).
+  end of this step (and verified in the next). We install an object whose ``[batch_size]`` asks
+  the EfficiencyModel for the goodput-maximising K of the step as scheduled: vLLM hands the
+  step's per-request token counts to ``_make_cached_request_data`` just before the lookup, and
+  we keep them, so K is priced with the step's prefill tokens. (Deciding inside the lookup,
+  not by overwriting the output afterwards, stays correct where vLLM's async scheduler reads
+  the K inside ``schedule()``.)
 - Adaptive drafter: a stop threshold rides on ``SchedulerOutput`` to the worker, which stops
   drafting once the batch's expected gain from one more draft token no longer pays for it.
 - Confidence prior verifier: drafts arrive with the draft model's confidences
@@ -134,16 +136,13 @@ def check_dynamic_sd_lookup(lookup: object, version: str) -> None:
 
 
 class _KLookup:
-    """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` notes that this step
-    schedules requests (and so gets a K); `AdaptiveScheduler.schedule` decides it afterwards,
-    when the step's token counts are known."""
+    """Stands in for vLLM's Dynamic-SD table: ``lookup[batch_size]`` -> K for this step."""
 
-    def __init__(self) -> None:
-        self.asked = False
+    def __init__(self, scheduler: AdaptiveScheduler) -> None:
+        self.scheduler = scheduler
 
     def __getitem__(self, batch_size: int) -> int:
-        self.asked = True
-        return 0
+        return self.scheduler.decide_k(batch_size)
 
 
 class AdaptiveScheduler(Scheduler):
@@ -160,6 +159,8 @@ class AdaptiveScheduler(Scheduler):
         self.metrics = SpecServeMetrics()
         self._set_policy_metrics(policy)
         self._step_started: float | None = None
+        # This step's (tokens per request, drafts per request), from vLLM inside schedule().
+        self._scheduled_now: tuple[dict[str, int], dict[str, list[int]]] | None = None
         self._work_left = False  # unfinished requests after the last step: no idle gap follows
         # Requests past their first token -> predicted seconds of the cycles since then.
         self._decoding: dict[str, float] = {}
@@ -186,8 +187,7 @@ class AdaptiveScheduler(Scheduler):
         if self.engine_k_max:
             check_dynamic_sd_lookup(getattr(self, "dynamic_sd_lookup", None), vllm.__version__)
             # A non-None lookup also stops vLLM padding new requests with placeholder drafts.
-            self._k_lookup = _KLookup()
-            self.dynamic_sd_lookup = self._k_lookup
+            self.dynamic_sd_lookup = _KLookup(self)
 
     @property
     def model(self) -> EfficiencyModel:
@@ -218,12 +218,8 @@ class AdaptiveScheduler(Scheduler):
         if driver.sync(self.store.policy):
             self._set_policy_metrics(driver.policy)
         driver.begin_step()
-        lookup = getattr(self, "_k_lookup", None)
-        if lookup is not None:
-            lookup.asked = False
-        output = super().schedule(*args, **kwargs)
-        if lookup is not None and lookup.asked:
-            output.num_spec_tokens_to_schedule = self.decide_k(output)
+        self._scheduled_now = None
+        output = super().schedule(*args, **kwargs)  # calls decide_k through the K lookup
         if driver.prediction is not None:
             setattr(output, STOP_RULE_ATTR, driver.stop_rule())
         self._step_started = time.perf_counter()
@@ -259,27 +255,42 @@ class AdaptiveScheduler(Scheduler):
                 {"predicted_tpot_seconds": tpot, "output_tokens": output_tokens}) + "\n")
             self._request_file.flush()
 
-    def decide_k(self, output: SchedulerOutput) -> int:
-        """K for the step vLLM just scheduled (`output`, after its request states advanced):
-        for the requests that emit a token this step (decodes and last prefill chunks), priced
+    def _make_cached_request_data(self, running_reqs: Any, resumed_reqs: Any,
+                                  num_scheduled_tokens: dict[str, int],
+                                  spec_decode_tokens: dict[str, list[int]],
+                                  *args: Any, **kwargs: Any) -> Any:
+        # vLLM calls this once per schedule(), with the step's token counts, just before it
+        # looks K up: keep them for decide_k.
+        self._scheduled_now = (num_scheduled_tokens, spec_decode_tokens)
+        return super()._make_cached_request_data(running_reqs, resumed_reqs,
+                                                 num_scheduled_tokens, spec_decode_tokens,
+                                                 *args, **kwargs)
+
+    def decide_k(self, batch_size: int) -> int:
+        """Called by vLLM inside ``schedule()`` with the number of scheduled requests: K for
+        the requests that emit a token this step (decodes and last prefill chunks), priced
         with the step's other tokens as prefill."""
-        scheduled = output.num_scheduled_tokens
-        spec = output.scheduled_spec_decode_tokens
-        requests = self.requests
         ids: list[str] = []
         computed = 0
         spec_counts: list[int] = []
-        for rid, n in scheduled.items():
-            request = requests.get(rid)
-            # Caught up with its tokens once this step's are computed: it samples a token.
-            if request is None or request.num_computed_tokens < request.num_tokens:
-                continue
-            ids.append(rid)
-            computed += request.num_computed_tokens - n  # as before the step, like profiles
-            spec_counts.append(len(spec.get(rid, ())))
+        total = 0
+        if self._scheduled_now is not None:
+            scheduled, spec = self._scheduled_now
+            requests = self.requests
+            for rid, n in scheduled.items():
+                total += n
+                request = requests.get(rid)
+                # Caught up with its tokens once this step's are computed: it samples a token.
+                if request is None or request.num_computed_tokens + n < request.num_tokens:
+                    continue
+                ids.append(rid)
+                computed += request.num_computed_tokens
+                spec_counts.append(len(spec.get(rid, ())))
+        else:  # not seen (another vLLM): every running request decodes, no prefill priced
+            ids = [r.request_id for r in self.running]
+            computed = sum(r.num_computed_tokens for r in self.running)
         context_len = computed / len(ids) if ids else 0.0
-        extra = prefill_tokens(output.total_num_scheduled_tokens, spec_counts)
-        batch_size = len(scheduled)
+        extra = prefill_tokens(total, spec_counts)
         k = self.driver.decide(ids, context_len, extra)
         prediction = self.driver.prediction
         assert prediction is not None
