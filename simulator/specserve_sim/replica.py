@@ -73,6 +73,9 @@ class ReplicaConfig:
     max_num_seqs: int = CPU_MAX_NUM_SEQS
     max_num_batched_tokens: int = CPU_MAX_NUM_BATCHED_TOKENS
     long_prefill_token_threshold: int = 0  # vLLM's default: off
+    # SpecServe's worker runs no draft forward at K = 0 and catches the draft's KV up when
+    # drafting resumes; vLLM's own speculation (specserve False) runs one.
+    skips_draft_when_off: bool = False
 
     def with_gpu_defaults(self) -> ReplicaConfig:
         """vLLM's defaults on an H100-class GPU (>= 70 GiB, not A100)."""
@@ -96,8 +99,8 @@ class ReplicaConfig:
 class _Req:
     """A request inside a replica (vLLM's `Request`, reduced to what the simulation needs)."""
 
-    __slots__ = ("computed", "first_token", "generated", "lease", "output", "prompt",
-                 "request", "spec", "stream")
+    __slots__ = ("computed", "draft_lag", "first_token", "generated", "lease", "output",
+                 "prompt", "request", "spec", "stream")
 
     def __init__(self, request: SimRequest, stream: VerificationStream,
                  lease: object | None) -> None:
@@ -105,6 +108,7 @@ class _Req:
         self.prompt = request.prompt_tokens
         self.output = request.output_tokens
         self.computed = 0  # tokens whose KV exists (vLLM's num_computed_tokens)
+        self.draft_lag = 0  # of those, the ones the draft's KV lacks (skipped K = 0 steps)
         self.generated = 0  # output tokens emitted
         self.first_token: float | None = None
         self.spec: Verification | None = None  # drafts to verify next step (with their outcome)
@@ -153,7 +157,8 @@ class Replica:
                                                              config.engine_k_max)})
             if config.profile is not None:
                 start = fold_profile(start, config.profile, "profile")
-            self.driver = StepDriver(start, config.engine_k_max)
+            self.driver = StepDriver(start, config.engine_k_max,
+                                     skips_draft_when_off=config.skips_draft_when_off)
             self.store = PolicyStore(start, config.engine_k_max, _TOKEN)
         self._pending: _Pending | None = None
         self._work_left = False  # work remained after the last step: its cycle closes
@@ -290,8 +295,19 @@ class Replica:
 
     def _draft(self, step: _Pending, b: int) -> None:
         """Draw this step's drafts (for requests that will still decode) and cost the drafter:
-        K positions (fewer on an early stop), and one forward at K = 0."""
+        K positions (fewer on an early stop); at K = 0 one forward, or none on an engine that
+        skips it (its draft then catches up on the next drafting step: the first forward runs
+        over the tokens it skipped too)."""
         k = step.k
+        if not k and self.config.skips_draft_when_off:
+            for r, n in zip(step.reqs, step.counts, strict=True):
+                r.draft_lag += n
+            step.draft_s = 0.0
+            return
+        caught_up = 0
+        for r in step.reqs:
+            caught_up += r.draft_lag
+            r.draft_lag = 0
         positions = k
         drafters = [r for r, n, e in zip(step.reqs, step.counts, step.emitted, strict=True)
                     if e and r.generated + e < r.output] if k else []
@@ -308,9 +324,11 @@ class Replica:
                 drafts = [cut(d, positions) for d in drafts]
             self._new_drafts = list(zip(drafters, drafts, strict=True))
         truth, forwards, ctx = self.truth.steps, max(positions, 1), step.context_len
-        if step.extra_tokens:
-            # The first draft forward also runs over the step's prefill (the draft's KV cache).
-            step.draft_s = truth.step_seconds("draft", b, b + step.extra_tokens, ctx)
+        if step.extra_tokens or caught_up:
+            # The first draft forward also runs over the step's prefill and the skipped tokens
+            # (the draft's KV cache).
+            step.draft_s = truth.step_seconds("draft", b, b + step.extra_tokens + caught_up,
+                                              ctx)
             if forwards > 1:
                 step.draft_s += (forwards - 1) * truth.step_seconds("draft", b, b, ctx)
         else:

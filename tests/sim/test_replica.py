@@ -6,7 +6,7 @@ import pytest
 from specserve_engine.policy import LogisticCalibration, Policy, SloTargets
 from specserve_engine.policy.driver import EARLY_REFITS
 from specserve_sim.cluster import Cluster
-from specserve_sim.replica import ReplicaConfig
+from specserve_sim.replica import Replica, ReplicaConfig
 from tests.sim.helpers import requests, truth
 
 
@@ -140,3 +140,31 @@ def test_the_policy_sees_forwards_and_host_time_as_the_engine_measures_them() ->
     assert host and all(o.seconds == pytest.approx(0.001) for o in host)
     assert target and all(o.seconds == pytest.approx(0.010 + 1e-4 * o.num_tokens)
                           for o in target)
+
+
+def test_an_engine_that_skips_the_k0_draft_forward_catches_the_draft_up_when_it_drafts() -> None:
+    """SpecServe's worker (vllm/draft_catchup.py): K = 0 steps run no draft forward; the first
+    drafting step after them runs the draft over every token it skipped."""
+    off = Policy(mode="off")
+    kept = ReplicaConfig("adaptive", off, engine_k_max=2)
+    skipping = ReplicaConfig("adaptive", off, engine_k_max=2, skips_draft_when_off=True)
+    _, kept_run, kept_steps = _run(kept, requests(3, gap=0.0, prompt=20, output=12))
+    _, skip_run, skip_steps = _run(skipping, requests(3, gap=0.0, prompt=20, output=12))
+    assert sum(q[0] == "draft" for q in kept_steps.queries) == len(kept_run.steps)
+    assert not any(q[0] == "draft" for q in skip_steps.queries)
+    assert skip_run.end_time < kept_run.end_time
+    # Speculation resumes after K = 0 steps: the first drafting forward runs over the lag.
+    gt, steps = truth(False)
+    replica = Replica("r", skipping, gt, 0)
+    for r in requests(2, gap=0.0, prompt=20, output=30):
+        replica.add(r)
+    now = 0.0
+    for _ in range(4):  # the prefill step and three decodes, all at K = 0
+        now += replica.start_step(now)
+        replica.finish_step(now)
+    assert not any(q[0] == "draft" for q in steps.queries)
+    assert replica.push(Policy(version=1, mode="static", k_max=2, static_k=2))
+    now += replica.start_step(now)
+    replica.finish_step(now)
+    first = next(q for q in steps.queries if q[0] == "draft")
+    assert first[2] == 2 + (2 * 20 + 2 * 3)  # 1 per request + the prompts and 3 decodes each

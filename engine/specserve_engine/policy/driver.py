@@ -154,11 +154,15 @@ class StepRecorded:
 class StepDriver:
     """The policy's side of one engine, step by step (see the module docstring)."""
 
-    def __init__(self, policy: Policy, engine_k_max: int) -> None:
+    def __init__(self, policy: Policy, engine_k_max: int, *,
+                 skips_draft_when_off: bool = False) -> None:
         self.engine_k_max = engine_k_max
-        # An engine with a draft model drafts once even at K = 0 (vLLM 0.32's proposer keeps
-        # the draft's KV cache current), and K = 0 is priced so.
-        self.model = EfficiencyModel(policy, draft_steps_when_off=1 if engine_k_max else 0)
+        # vLLM 0.32's proposer runs one draft forward even at K = 0 (to keep the draft's KV
+        # cache current); SpecServe's worker skips it and catches the cache up when drafting
+        # resumes (vllm/draft_catchup.py). K = 0 is priced at what the engine runs.
+        self.skips_draft_when_off = skips_draft_when_off
+        self.model = EfficiencyModel(
+            policy, draft_steps_when_off=0 if skips_draft_when_off or not engine_k_max else 1)
         self.observations: deque[StepObservation] = deque(maxlen=OBSERVATION_HISTORY)
         self.steps = 0  # steps recorded (the refit schedule counts these)
         self.refit_failures = 0
