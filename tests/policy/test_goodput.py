@@ -79,26 +79,31 @@ def test_tpot_slo_binds_when_one_request_gains_nothing() -> None:
     bound = make_model(slo={"tpot_seconds": 0.020}, tpot_headroom=1.0).choose_k(rows, 100.0)
     assert bound.k == 2
     assert bound.tpot_seconds <= 0.020
-    # Allow 11 ms: every K misses it; K=0's 12 ms is the least TPOT, so K=0.
-    assert make_model(slo={"tpot_seconds": 0.011}, tpot_headroom=1.0).choose_k(rows, 100.0).k == 0
+    # Allow 11 ms: every K misses it; the batch drains soonest at the highest goodput, K=3 (the
+    # worst TPOT alone would say K=0, which starves the confident request and the queue).
+    assert make_model(slo={"tpot_seconds": 0.011}, tpot_headroom=1.0).choose_k(rows, 100.0).k == 3
 
 
-def test_when_no_k_meets_the_slo_the_lowest_predicted_tpot_wins() -> None:
+def test_when_no_k_meets_the_slo_the_highest_goodput_wins() -> None:
     rows = [[0.95, 0.9, 0.85]]
     # One confident request: TPOT = T(K) / tokens(K) = 11/1, 14/1.95, 17/2.85, 20/3.7 ms
     # = 11.0, 7.18, 5.96, 5.41 ms; G rises with K too, so unconstrained K=3 anyway.
     model = make_model(slo={"tpot_seconds": 0.004}, tpot_headroom=1.0)  # nothing meets 4 ms
     decision = model.choose_k(rows, 100.0)
     assert decision.k == 3 and decision.tpot_seconds == pytest.approx(0.020 / 3.7)
-    # A confident request next to one that gains nothing: worst TPOT = T(K) / 1.01 grows with K.
+    # A confident request next to one that gains nothing: the worst TPOT T(K) / 1.01 grows
+    # with K, but it misses at every K; the highest goodput serves the other one best.
     mixed = [[0.95, 0.9, 0.85], [0.01, 0.0, 0.0]]
-    assert model.choose_k(mixed, 100.0).k == 0
+    assert model.choose_k(mixed, 100.0).k == make_model().choose_k(mixed, 100.0).k == 3
     # Where G and TPOT disagree: G = 2/12, 3.3/16, 4.2/20, 4.9/24 ms peaks at K=2 (210/s), the
-    # worst TPOT = T(K) / (1 + c_2) = 12/1, 16/1.4, 20/1.5, 24/1.5 ms is least at K=1 (11.4 ms).
+    # worst TPOT = T(K) / (1 + c_2) = 12/1, 16/1.4, 20/1.5, 24/1.5 ms is least at K=1 (11.4 ms):
+    # infeasible everywhere, so the peak of G.
     rows = [[0.9, 0.8, 0.7], [0.4, 0.1, 0.0]]
     assert make_model().choose_k(rows, 100.0).k == 2
-    decision = model.choose_k(rows, 100.0)
-    assert decision.k == 1 and decision.tpot_seconds == pytest.approx(0.016 / 1.4)
+    assert model.choose_k(rows, 100.0).k == 2
+    # Feasible for some K: the constraint still binds (11.5 ms allows only K=1).
+    bound = make_model(slo={"tpot_seconds": 0.0115}, tpot_headroom=1.0).choose_k(rows, 100.0)
+    assert bound.k == 1 and bound.tpot_seconds == pytest.approx(0.016 / 1.4)
 
 
 def test_headroom_tightens_the_slo() -> None:
@@ -243,7 +248,7 @@ def test_choose_k_is_the_best_feasible_k(
     limit = model.policy.tpot_limit_seconds
     predictions = model.predict_all(rows, ctx)
     if limit is not None and all(p.tpot_seconds > limit for p in predictions):
-        assert decision.tpot_seconds == min(p.tpot_seconds for p in predictions)
+        assert decision.goodput == max(p.goodput for p in predictions)
     else:
         assert limit is None or decision.tpot_seconds <= limit
     # Same numbers through the per-request path (every request drafts K, rows padded with 0).

@@ -71,6 +71,7 @@ from specserve_engine.vllm.exported_metrics import SpecServeMetrics, batch_range
 from specserve_engine.vllm.worker import (
     CONFIDENCES_ATTR,
     DRAFT_SECONDS_ATTR,
+    SKIPS_DRAFT_WHEN_OFF,
     STOP_RULE_ATTR,
     STOPPED_EARLY_ATTR,
 )
@@ -152,7 +153,9 @@ class AdaptiveScheduler(Scheduler):
         env = dict(os.environ)
         policy = with_profile(initial_policy(self.engine_k_max, env), env)
         # The per-step policy glue, shared with the simulator (policy/driver.py).
-        self.driver = StepDriver(policy, self.engine_k_max)
+        # SpecServe's worker runs no draft forward at K=0 (vllm/draft_catchup.py).
+        self.driver = StepDriver(policy, self.engine_k_max,
+                                 skips_draft_when_off=SKIPS_DRAFT_WHEN_OFF)
         self.store = PolicyStore(policy, self.engine_k_max, control_token(env))
         self.store.fitted = self.model.fitted_params()
         self.store.engine_info = engine_description(self.vllm_config.model_config.dtype)
