@@ -20,8 +20,9 @@ Speculation: the engine's own `StepDriver` (policy/driver.py), called in the ord
 3. feedback: `forwards_done`, `verified(...)` per verified request, `finished` per finished
    one; `record_step` (the step's observations, refits on the engine's schedule);
 4. the new drafts are cut per request by `trim`.
-An engine with a draft model runs one draft forward even at K = 0 (vLLM 0.32's proposer keeps
-the draft's KV cache current), and its policy prices K = 0 so (`draft_steps_when_off`).
+vLLM's own speculation runs one draft forward even at K = 0 (vLLM 0.32's proposer keeps the
+draft's KV cache current); SpecServe's worker skips it and catches the draft up when drafting
+resumes (vllm/draft_catchup.py), and its policy prices K = 0 so (`draft_steps_when_off`).
 vLLM's own speculation (`specserve=False`, the static-K and Dynamic-SD baselines) drafts K =
 `engine_k_max` or the Dynamic-SD table's K, for every request, and verifies them all.
 
@@ -74,8 +75,14 @@ class ReplicaConfig:
     max_num_batched_tokens: int = CPU_MAX_NUM_BATCHED_TOKENS
     long_prefill_token_threshold: int = 0  # vLLM's default: off
     # SpecServe's worker runs no draft forward at K = 0 and catches the draft's KV up when
-    # drafting resumes; vLLM's own speculation (specserve False) runs one.
-    skips_draft_when_off: bool = False
+    # drafting resumes; vLLM's own speculation (specserve False) runs one. None: as the engine.
+    skips_draft_when_off: bool | None = None
+
+    @property
+    def skips_k0_draft(self) -> bool:
+        if self.skips_draft_when_off is None:
+            return self.specserve and self.engine_k_max > 0
+        return self.skips_draft_when_off
 
     def with_gpu_defaults(self) -> ReplicaConfig:
         """vLLM's defaults on an H100-class GPU (>= 70 GiB, not A100)."""
@@ -158,7 +165,7 @@ class Replica:
             if config.profile is not None:
                 start = fold_profile(start, config.profile, "profile")
             self.driver = StepDriver(start, config.engine_k_max,
-                                     skips_draft_when_off=config.skips_draft_when_off)
+                                     skips_draft_when_off=config.skips_k0_draft)
             self.store = PolicyStore(start, config.engine_k_max, _TOKEN)
         self._pending: _Pending | None = None
         self._work_left = False  # work remained after the last step: its cycle closes
@@ -299,7 +306,7 @@ class Replica:
         skips it (its draft then catches up on the next drafting step: the first forward runs
         over the tokens it skipped too)."""
         k = step.k
-        if not k and self.config.skips_draft_when_off:
+        if not k and self.config.skips_k0_draft:
             for r, n in zip(step.reqs, step.counts, strict=True):
                 r.draft_lag += n
             step.draft_s = 0.0

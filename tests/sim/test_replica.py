@@ -146,7 +146,7 @@ def test_an_engine_that_skips_the_k0_draft_forward_catches_the_draft_up_when_it_
     """SpecServe's worker (vllm/draft_catchup.py): K = 0 steps run no draft forward; the first
     drafting step after them runs the draft over every token it skipped."""
     off = Policy(mode="off")
-    kept = ReplicaConfig("adaptive", off, engine_k_max=2)
+    kept = ReplicaConfig("adaptive", off, engine_k_max=2, skips_draft_when_off=False)
     skipping = ReplicaConfig("adaptive", off, engine_k_max=2, skips_draft_when_off=True)
     _, kept_run, kept_steps = _run(kept, requests(3, gap=0.0, prompt=20, output=12))
     _, skip_run, skip_steps = _run(skipping, requests(3, gap=0.0, prompt=20, output=12))
