@@ -16,7 +16,6 @@ forces K per step from a pattern. The worker's ``DraftCatchup`` has two knobs th
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ K_MAX = 3
 MAX_TOKENS = 40
 # Small enough that a batch's prompts are prefilled in chunks and a long catch-up is split.
 MAX_BATCHED_TOKENS = 256
-RUNS = 5  # per mode, for the printed K=0 step times
 
 
 @dataclass
@@ -241,38 +239,6 @@ def test_acceptance_after_resume_is_as_good_as_never_skipping(engine: Engine,
     print(f"\nacceptance per drafted token: {rates}")
     assert abs(rates["catch-up"] - rates["kept"]) <= 0.02
     assert rates["no catch-up"] < rates["kept"] - 0.1
-
-
-def _k0_step_seconds(engine: Engine, prompts: list[str], skip: bool) -> tuple[float, float]:
-    """Medians over a run's all-decode steps: the whole step, and its drafting call."""
-    _, log = engine.run(prompts, [0], skip=skip)
-    n = len(prompts)
-    decode = [i for i, (batch, tokens, _) in enumerate(log.seconds) if batch == n and tokens == n]
-    drafting = [c[3] for c in engine.forwards.calls]
-    assert len(drafting) == len(log.seconds)
-    return (statistics.median(log.seconds[i][2] for i in decode),
-            statistics.median(drafting[i] for i in decode))
-
-
-@pytest.mark.parametrize("batch", [8, 32])
-def test_k0_step_time_with_and_without_the_skip(engine: Engine, tiny_models: tiny.TinyModels,
-                                                batch: int) -> None:
-    prompts = tiny.heldout_prompts(tiny_models, batch, seed=3)
-    engine.run(prompts, [0])  # warm up
-    kept: list[tuple[float, float]] = []
-    skipped: list[tuple[float, float]] = []
-    for _ in range(RUNS):  # interleaved, so drifts of the machine hit both alike
-        kept.append(_k0_step_seconds(engine, prompts, False))
-        skipped.append(_k0_step_seconds(engine, prompts, True))
-    k_step, k_draft = (statistics.median(x) for x in zip(*kept, strict=True))
-    s_step, s_draft = (statistics.median(x) for x in zip(*skipped, strict=True))
-    print(f"\nbatch {batch}, K=0 decode step, median over {RUNS} runs of each run's median: "
-          f"draft forward kept (vLLM) {k_step * 1e3:.2f} ms (drafting {k_draft * 1e3:.2f} ms), "
-          f"skipped {s_step * 1e3:.2f} ms (drafting {s_draft * 1e3:.2f} ms): "
-          f"{1 - s_step / k_step:.1%} less per step; steps kept "
-          f"{[round(x[0] * 1e3, 1) for x in kept]}, skipped "
-          f"{[round(x[0] * 1e3, 1) for x in skipped]}")
-    assert s_draft < k_draft  # the whole step is too noisy here to assert on
 
 
 def _zero_draft_kv(engine: Engine) -> None:
