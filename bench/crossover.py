@@ -11,10 +11,12 @@ profile measured with the same engine flags), and each row also shows goodput an
     python bench/crossover.py                 # K=3, batch sizes 1 and 32
     python bench/crossover.py --k 3 --batch-sizes 1 4 16 32 --rounds 3
     python bench/crossover.py --adaptive --adaptive-profile eager.json --eager
+    python bench/crossover.py --adaptive --adaptive-profile eager.json --eager --draft mismatched
 
 ``--tpot-slo-ms X`` gives the adaptive engine a TPOT SLO of X ms (headroom 1). Set below what any
-K reaches, it shows the fallback: the K with the lowest predicted TPOT where, before it, every step
-ran K = 0 (as "off" does, plus the draft forward vLLM still runs on such steps).
+K reaches, it shows the fallback: the highest-goodput K (`_best` in policy/goodput.py; an
+earlier fallback ran K = 0, then the K with the lowest predicted TPOT, which under load is often
+K = 0 again, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -68,15 +70,19 @@ def main() -> int:
     ap.add_argument("--adaptive-profile", help="step-time profile for the adaptive engine")
     ap.add_argument("--tpot-slo-ms", type=float,
                     help="TPOT SLO of the adaptive engine (implies --adaptive)")
+    ap.add_argument("--draft", choices=("tiny", "mismatched"), default="tiny",
+                    help="the tiny pair's draft, or `tiny.mismatched_draft`: as fast, as "
+                         "confident, almost never accepted (where speculation never pays)")
     args = ap.parse_args()
     args.adaptive = args.adaptive or args.tpot_slo_ms is not None
 
     models = tiny.build()
+    draft = tiny.mismatched_draft(models) if args.draft == "mismatched" else models.draft
     spec_name = f"K={args.k}"
     configs = {
         "off": ["--draft", "none"],
         # vLLM's own fixed-K speculation (no SpecServe scheduler): the static-K baseline.
-        spec_name: ["--draft", str(models.draft), "--k-max", str(args.k), "--no-specserve"],
+        spec_name: ["--draft", str(draft), "--k-max", str(args.k), "--no-specserve"],
     }
     if args.adaptive:
         profile = ["--profile", args.adaptive_profile] if args.adaptive_profile else []
@@ -86,7 +92,7 @@ def main() -> int:
             path.write_text(json.dumps({"k_max": 5, "tpot_headroom": 1.0,
                                         "slo": {"tpot_seconds": args.tpot_slo_ms / 1e3}}))
             policy = ["--policy-file", str(path)]
-        configs["adaptive"] = ["--draft", str(models.draft), "--k-max", "5", *profile, *policy]
+        configs["adaptive"] = ["--draft", str(draft), "--k-max", "5", *profile, *policy]
     times: dict[tuple[str, int], list[float]] = {}
     k_verified: dict[tuple[str, int], list[float]] = {}
     acceptance: dict[str, float] = {}
@@ -119,6 +125,7 @@ def main() -> int:
     dtype = engine_dtype(models.target, args.serve_arg)
     mode = "eager" if args.eager else "compiled"
     slo = f"; adaptive TPOT SLO {args.tpot_slo_ms:g} ms" if args.tpot_slo_ms is not None else ""
+    slo += "; mismatched draft" if args.draft == "mismatched" else ""
     print(f"\n{this_machine().describe()}, dtype {dtype}, {mode}{slo}; median of {args.rounds} "
           f"rounds; {args.max_tokens} tokens per request; goodput = output tokens / wall time "
           "of the batch; ratio = time / off's time")
@@ -138,7 +145,8 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"k": args.k, "machine": this_machine().describe(), "dtype": dtype,
-                       "mode": mode, "tpot_slo_ms": args.tpot_slo_ms, "rows": rows,
+                       "mode": mode, "tpot_slo_ms": args.tpot_slo_ms, "draft": args.draft,
+                       "rows": rows,
                        "acceptance": acceptance}, f, indent=2)
     return 0
 

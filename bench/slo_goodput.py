@@ -15,7 +15,10 @@ round) and runs all its searches, except `adaptive`, whose policy file carries t
 starts once per SLO. Probes an engine has run are reused by its later searches of another SLO
 (same workload, arrivals and rate: the same requests). vLLM's prefix cache is off
 (--prefix-caching turns it on): probes replay the same prompts, which would otherwise be cached
-after the first probe. --dry-run prints the engines and a time estimate, starting nothing.
+after the first probe. A probe is a bounded burst: vLLM runs at most --max-num-seqs requests
+(32) and queues the rest, so overload shows in TTFT; give a TTFT SLO (--ttft-slo-ms) to count it.
+Without both, an engine that admits a whole probe and meets the TPOT SLO at that batch passes at
+any rate. --dry-run prints the engines and a time estimate, starting nothing.
 
     python bench/slo_goodput.py --eager --profile eager-profile.json -o slo-goodput
     python bench/slo_goodput.py --configs off K=2 adaptive --rounds 2 --tpot-slo-ms 100
@@ -39,13 +42,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx
 
 from specserve_contract.metrics import VLLM_RUNNING, VLLM_WAITING
 from specserve_engine import tiny
+from specserve_engine.launcher import ServerProcess
 from specserve_engine.machine import this_machine
 from specserve_engine.policy import Policy, SloTargets
 from specserve_engine.serving import engine_dtype
@@ -59,6 +63,7 @@ from specserve_engine.trace_replay.runner import (
     Progress,
     ablation_configs,
     engine_name,
+    predicted_tpots,
     standard_configs,
     start_engine,
     warm_up,
@@ -73,6 +78,7 @@ from specserve_engine.trace_replay.slo_goodput import (
     expected_probes,
     found_json,
     matrix_markdown,
+    quantile,
     read_results,
     slo_goodput,
 )
@@ -118,16 +124,19 @@ def wait_idle(url: str, timeout_s: float = 120.0) -> None:
 class Probes:
     """run(rate) for one engine and one (workload, arrivals): a bounded probe at `rate`, kept so
     a later search of another SLO on the same engine reuses it (the same requests at the same
-    rate), and timed for the progress estimate."""
+    rate), and timed for the progress estimate. A SpecServe engine's predicted TPOTs for the
+    probe's requests are kept beside it (`predicted_p50`)."""
 
-    def __init__(self, url: str, rows: Sequence[TraceRow], token_ids: Sequence[int],
-                 label: str, args: argparse.Namespace, shape: Shape, arrivals: str,
-                 seed: int, clock: Clock) -> None:
-        self.url, self.rows, self.label, self.args = url, rows, label, args
+    def __init__(self, engine: ServerProcess, rows: Sequence[TraceRow],
+                 token_ids: Sequence[int], label: str, args: argparse.Namespace, shape: Shape,
+                 arrivals: str, seed: int, clock: Clock) -> None:
+        self.engine, self.url, self.rows, self.label = engine, engine.url, rows, label
+        self.args = args
         self.shape, self.arrivals, self.seed, self.clock = shape, arrivals, seed, clock
         lengths = shaped_plan(rows, shape, rate=1.0, count=args.requests, start=args.trace_start)
         self.prompts = token_prompts(token_ids, [p.prompt_tokens for p in lengths], seed)
         self.ran: dict[float, list[RequestRecord]] = {}
+        self.predicted_p50: dict[float, float | None] = {}
 
     def __call__(self, rate: float) -> list[RequestRecord]:
         if rate not in self.ran:
@@ -142,10 +151,12 @@ class Probes:
         progress = Progress(f"{self.label:>17} {self.shape.name} {self.arrivals} @ {rate:.3g}/s",
                             len(plan))
         started = time.monotonic()
+        predicted_before = len(predicted_tpots(self.engine))
         records = asyncio.run(replay(self.url, MODEL_NAME, plan, self.prompts,
                                      deadline_s=plan[-1].send_at_s + self.args.drain_s,
                                      on_done=progress.update))
         wait_idle(self.url)
+        self.predicted_p50[rate] = quantile(predicted_tpots(self.engine)[predicted_before:], 0.5)
         self.clock.probe(time.monotonic() - started)
         return records
 
@@ -224,6 +235,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", default=None, help="step-time profile for the adaptive policies")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra `specserve serve` argument for every engine (repeatable)")
+    ap.add_argument("--max-num-seqs", type=int, default=32,
+                    help="vLLM's cap on running requests (default 32, the largest batch the "
+                         "profile measures): past it requests queue and show in TTFT. Without "
+                         "a cap a probe of N requests is a burst the engine admits whole, and "
+                         "a decode-heavy burst meets the TPOT SLO at any rate, so the search "
+                         "never fails; 0 leaves vLLM's default")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the engines to start and the time estimate, run nothing")
     ap.add_argument("--from-results", metavar="JSON", default=None,
@@ -319,14 +336,15 @@ def run_matrix(args: argparse.Namespace, out: Path, runs: Sequence[EngineRun],
 
     mode = "eager" if args.eager or "--enforce-eager" in args.serve_arg else "compiled"
     vllm_args = [*(["--enforce-eager"] if args.eager else []),
-                 *([] if args.prefix_caching else ["--no-enable-prefix-caching"])]
+                 *([] if args.prefix_caching else ["--no-enable-prefix-caching"]),
+                 *(["--max-num-seqs", str(args.max_num_seqs)] if args.max_num_seqs else [])]
     extra = [*args.serve_arg, *(["--", *vllm_args] if vllm_args else [])]
     meta = {"command": " ".join(sys.argv), "machine": this_machine().describe(),
             "dtype": engine_dtype(models.target, args.serve_arg), "mode": mode,
             "ttft_slo_s": None if args.ttft_slo_ms is None else args.ttft_slo_ms / 1000,
             "attainment": args.attainment, "requests_per_probe": args.requests,
             "bootstrap": args.bootstrap, "seed": args.seed, "burst_cv": args.burst_cv,
-            "prefix_caching": args.prefix_caching,
+            "prefix_caching": args.prefix_caching, "max_num_seqs": args.max_num_seqs or None,
             "workloads": {w: asdict(s) for w, s in shapes.items()},
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     found: list[Found] = []
@@ -345,7 +363,7 @@ def run_matrix(args: argparse.Namespace, out: Path, runs: Sequence[EngineRun],
             for key in run.searches:
                 if (key.workload, key.arrivals) not in probes:
                     probes[key.workload, key.arrivals] = Probes(
-                        engine.url, rows, token_ids, config.name, args, shapes[key.workload],
+                        engine, rows, token_ids, config.name, args, shapes[key.workload],
                         key.arrivals, args.seed + run.round, clock)
                 probe = probes[key.workload, key.arrivals]
                 ran_before = len(clock.probes)
@@ -353,6 +371,9 @@ def run_matrix(args: argparse.Namespace, out: Path, runs: Sequence[EngineRun],
                 result = slo_goodput(probe, target, start_rate=args.start_rate,
                                      min_rate=args.min_rate, max_rate=args.max_rate,
                                      rel_tol=args.rel_tol, max_probes=args.max_probes)
+                result = replace(result, probes=tuple(
+                    replace(p, predicted_tpot_p50_s=probe.predicted_p50.get(p.rate))
+                    for p in result.probes))
                 found.append(Found(key, config.name, run.round, result))
                 clock.searches += 1
                 clock.search_probes += len(clock.probes) - ran_before
@@ -379,7 +400,10 @@ def write(out: Path, meta: dict, found: Sequence[Found]) -> None:
     (out / "slo-goodput.md").write_text(
         f"# SLO goodput\n\n`{meta['command']}`\n\nMachine: {meta['machine']}; dtype "
         f"{meta['dtype']}; mode {meta['mode']}; {meta['requests_per_probe']} requests per "
-        f"probe; bursty arrivals: gamma gaps, CV {meta.get('burst_cv', BURSTY_CV):g}; "
+        f"probe; "
+        + (f"at most {meta['max_num_seqs']} running requests (vLLM --max-num-seqs); "
+           if meta.get("max_num_seqs") else "")
+        + f"bursty arrivals: gamma gaps, CV {meta.get('burst_cv', BURSTY_CV):g}; "
         f"{meta.get('bootstrap', DEFAULT_REPLICATES)} bootstrap replicates\n\n"
         + matrix_markdown(found, describe=describe, ttft_s=meta.get("ttft_slo_s"),
                           attainment=meta.get("attainment", 0.9),

@@ -439,6 +439,27 @@ def build(
     return _models_at(root)
 
 
+def mismatched_draft(models: TinyModels) -> Path:
+    """The draft with its output rows rotated by one token (built once, next to the pair): as
+    fast and as confident as the real draft, and almost never right, so speculation never pays.
+    Benchmarks use it for the regime where the best K is 0 whatever the batch: the confidences
+    still say "accept", and only the calibration against observed acceptance can say otherwise."""
+    out = models.root / "draft-mismatched"
+    if (out / "config.json").exists():
+        return out
+    from safetensors.torch import load_file, save_file
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(models.draft, tmp)
+    weights = load_file(str(tmp / "model.safetensors"))
+    weights["lm_head.weight"] = weights["lm_head.weight"].roll(1, dims=0).contiguous()
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def _models_at(root: Path) -> TinyModels:
     info = json.loads((root / "info.json").read_text())
     return TinyModels(root, root / "target", root / "draft", root / "heldout.txt", info)

@@ -57,3 +57,20 @@ def test_target_keeps_the_trained_core_function(tiny_models: tiny.TinyModels) ->
     with torch.no_grad():
         loss = target(ids, labels=ids).loss.item()
     assert loss < 5.0, f"held-out cross-entropy {loss:.2f} nats/token"
+
+
+def test_the_mismatched_draft_is_the_draft_with_its_outputs_rotated(
+    tiny_models: tiny.TinyModels,
+) -> None:
+    """Same weights, same confidence, next token id: a draft whose proposals the target almost
+    never accepts (bench/crossover.py --draft mismatched)."""
+    from safetensors.torch import load_file
+
+    path = tiny.mismatched_draft(tiny_models)
+    assert tiny.mismatched_draft(tiny_models) == path  # built once
+    real = load_file(str(tiny_models.draft / "model.safetensors"))
+    wrong = load_file(str(path / "model.safetensors"))
+    assert real.keys() == wrong.keys()
+    assert all((real[k] == wrong[k]).all() for k in real if k != "lm_head.weight")
+    assert (wrong["lm_head.weight"] == real["lm_head.weight"].roll(1, dims=0)).all()
+    assert (path / "config.json").read_bytes() == (tiny_models.draft / "config.json").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -13,7 +14,9 @@ from specserve_engine.trace_replay.slo_goodput import (
     SloGoodput,
     SloTarget,
     best_static,
+    bound_mark,
     bounds,
+    capacity,
     capacity_ratio,
     capacity_replicates,
     engine_runs,
@@ -23,8 +26,14 @@ from specserve_engine.trace_replay.slo_goodput import (
     found_json,
     markdown,
     matrix_markdown,
+    mean_capacity,
     mean_rate,
+    probe_of,
+    quantile,
+    search_from_json,
+    search_json,
 )
+from specserve_engine.trace_replay.slo_goodput import RequestLatency as Req
 
 
 def search(rate: float, upper: float | None, probes: int = 5) -> SloGoodput:
@@ -47,6 +56,29 @@ def test_replicates_stay_in_the_brackets_and_are_seeded() -> None:
     assert capacity_replicates([], 50, seed="x") == []
 
 
+def test_the_point_is_the_brackets_middle_where_the_replicates_centre() -> None:
+    one = rounds((8.0, 9.5))
+    assert capacity(one[0]) == pytest.approx(8.75) and mean_rate(one) == 8.0
+    reps = capacity_replicates(one, 2000, seed="x")
+    assert sum(reps) / len(reps) == pytest.approx(8.75, abs=0.05)
+    # A search that never failed is a lower bound: its rate, marked in every ratio it enters.
+    never = rounds((16.0, None))
+    assert mean_capacity(never) == 16.0
+    r = capacity_ratio(never, one, replicates=2000, seed="s")
+    assert r.interval is not None and r.interval.lo <= r.value <= r.interval.hi
+    assert bound_mark(never, one) == ">= " and bound_mark(one, never) == "<= "
+    assert bound_mark(never, never) == "? " and bound_mark(one, one) == ""
+
+
+def test_a_ratio_with_a_censored_side_is_printed_as_a_bound() -> None:
+    results = {"K=2": rounds((8.0, 9.5)), "adaptive": rounds((16.0, None))}
+    text = markdown(results, SloTarget(0.15), title="t", replicates=200)
+    rows = table_rows(text)
+    assert "| >= 16 |" in rows["adaptive"] and "(never failed)" in rows["adaptive"]
+    assert "| >= 1.829 |" in rows["K=2"]
+    assert "**adaptive / best static K (K=2): >= 1.829" in text
+
+
 def test_identical_configurations_give_an_interval_around_one() -> None:
     a = rounds((10.0, 11.0), (10.5, 11.5), (9.5, 10.5))
     r = capacity_ratio(a, list(a), replicates=2000, seed="s")
@@ -60,7 +92,7 @@ def test_clearly_separated_configurations_exclude_one() -> None:
     fast = rounds((20.0, 22.0), (21.0, 23.0), (19.5, 21.5))
     slow = rounds((10.0, 11.0), (10.5, 11.5), (9.5, 10.5))
     r = capacity_ratio(fast, slow, replicates=2000, seed="s")
-    assert r.value == pytest.approx(mean_rate(fast) / mean_rate(slow))
+    assert r.value == pytest.approx(mean_capacity(fast) / mean_capacity(slow))
     assert r.significant and r.interval is not None and 1.6 < r.interval.lo < r.interval.hi < 2.4
 
 
@@ -108,7 +140,7 @@ def test_the_table_has_ratios_intervals_headlines_and_the_ablation() -> None:
     rows = table_rows(text.split("Ablation")[0])
     assert "none" not in rows
     assert rows["off"].endswith("* |") and "| 3 | 15 |" in rows["off"]
-    assert "10.2 | 10..10.5 | 10..11.5" in rows["off"]
+    assert "10.2 | 10.7 | 10..10.5 | 10..11.5" in rows["off"]  # capacity: brackets' middles
     assert rows["adaptive"].endswith("| - | - |")
     assert "**adaptive / best static K (K=2):" in text and "**adaptive / dynamic-sd:" in text
     ablation = text.split("Ablation")[1]
@@ -176,7 +208,7 @@ def test_results_read_back_and_render_one_table_per_cell() -> None:
     assert "### conversation, poisson arrivals, TPOT <= 60 ms (AMD EPYC; dtype bfloat16; " \
            "mode eager)" in text
     first = table_rows(text.split("### ")[1])
-    assert "| 9.5 | 9..10 |" in first["off"]  # rounds in round order, mean of both
+    assert "| 9.5 | 10 | 9..10 |" in first["off"]  # rounds in round order, mean of both
     assert "(never failed)" in text.split("### ")[2]
 
 
@@ -195,3 +227,31 @@ def test_results_written_before_the_matrix_read_as_one_cell() -> None:
     assert (meta["ttft_slo_s"], meta["attainment"], meta["mode"]) == (None, 0.9, "eager")
     new = {"meta": {"mode": "eager"}, "searches": [found_json(f) for f in found]}
     assert read_results(new)[1] == found
+
+
+def test_a_probe_keeps_the_clients_latency_quantiles() -> None:
+    assert quantile([], 0.5) is None and quantile([3.0], 0.9) == 3.0
+    assert quantile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5 and quantile([1.0, 2.0], 0.9) == 1.9
+    got = [Req(0.10, 0.5), Req(0.12, 1.0), Req(0.30, 4.0), Req(None, 0.2),
+           Req(0.05, None, ok=False)]
+    p = probe_of(8.0, got, SloTarget(0.15, ttft_s=3.0, attainment=0.6))
+    # Met: 0.10/0.5, 0.12/1.0 and the one-token answer; 0.30/4.0 and the failed one missed.
+    assert (p.rate, p.requests, p.attainment, p.meets) == (8.0, 5, 0.6, True)
+    assert p.tpot_p50_s == 0.12 and p.tpot_p90_s == pytest.approx(0.264)
+    assert p.ttft_p50_s == pytest.approx(0.75) and p.predicted_tpot_p50_s is None
+
+
+def test_the_table_shows_the_tpot_at_the_answer_measured_and_predicted() -> None:
+    at = Probe(8.0, 40, 0.95, True, tpot_p50_s=0.101, ttft_p50_s=0.4,
+               predicted_tpot_p50_s=0.097)
+    fail = Probe(9.5, 40, 0.5, False, tpot_p50_s=0.2)
+    results = {"K=2": [SloGoodput(8.0, 9.5, (at, fail))],
+               "adaptive": [SloGoodput(8.0, 9.5, (replace(at, predicted_tpot_p50_s=None), fail))]}
+    rows = table_rows(markdown(results, SloTarget(0.15), title="t", replicates=50))
+    assert "| 101 (97) |" in rows["K=2"] and "| 101 |" in rows["adaptive"]
+    # Probes written before these fields existed read back with them empty.
+    old = {"rate": 8.0, "upper": 9.5, "probes": [
+        {"rate": 8.0, "requests": 40, "attainment": 0.95, "meets": True}]}
+    back = search_from_json(old)
+    assert back.probes[0].tpot_p50_s is None
+    assert search_from_json(search_json(results["K=2"][0])) == results["K=2"][0]

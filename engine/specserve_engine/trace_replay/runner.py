@@ -207,7 +207,7 @@ class Workload:
         return cls(tuple(rates), plans, prompts)
 
 
-def _predicted_tpots(engine: ServerProcess) -> list[float]:
+def predicted_tpots(engine: ServerProcess) -> list[float]:
     """Every predicted TPOT the engine has recorded so far (`ENV_RECORD_REQUESTS`)."""
     path = engine.env.get(ENV_RECORD_REQUESTS)
     if not path or not Path(path).is_file():
@@ -221,7 +221,7 @@ def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, ra
     plan = workload.plans[rate]
     progress = Progress(f"{config.name:>13} @ {rate:g} req/s", len(plan))
     before = _read_counters(engine.url)
-    predicted_before = len(_predicted_tpots(engine))
+    predicted_before = len(predicted_tpots(engine))
     sampler = _Sampler(engine.url)
     sampler.start()
     try:
@@ -231,7 +231,7 @@ def run_level(engine: ServerProcess, config: BenchConfig, workload: Workload, ra
         timeline = sampler.stop()
     after = _read_counters(engine.url)
     delta = tuple(a - b for a, b in zip(after, before, strict=True))
-    predicted = _predicted_tpots(engine)[predicted_before:]
+    predicted = predicted_tpots(engine)[predicted_before:]
     return LevelResult(config.name, rate, rnd, records, delta, timeline,  # type: ignore[arg-type]
                        predicted)
 

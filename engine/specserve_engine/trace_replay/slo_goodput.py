@@ -18,14 +18,17 @@ plus rel_tol. Probes at different rates should reuse one arrival pattern scaled 
 (`trace.timed_plan` does) so that the noise is common to all of them.
 
 Intervals. A configuration is searched in R rounds (a fresh engine and arrival seed each). Its
-SLO goodput is the mean of the rounds' answers; a bootstrap replicate draws R rounds with
-replacement and, for each drawn search, a capacity uniform in its bracket [highest passing rate,
-lowest failing rate]: the capacity lies somewhere in there, so the replicates carry both the
-spread over rounds and the search's resolution. A / B's replicate b is A's replicate b over B's
-(drawn independently: different engines); the 95% interval is the 2.5th..97.5th percentile of
-2000 replicates by default, seeded by strings (the same on every machine). With R = 1 only the
-resolution shows; with R = 3 the round draws have 10 distinct multisets, so the interval is
-coarse. A ratio is marked * where its interval excludes 1.
+SLO goodput is the mean of the rounds' answers. Ratios compare the capacity estimate: the mean
+of the brackets' middles [highest passing rate, lowest failing rate], where a bootstrap
+replicate centres: it draws R rounds with replacement and, for each drawn search, a capacity
+uniform in its bracket: the capacity lies somewhere in there, so the replicates carry both the
+spread over rounds and the search's resolution. (A point at the brackets' lower ends would sit
+at the edge of its own interval.) A search that never failed is censored at its highest passing
+rate; a ratio with such a side is a bound, printed ">=" or "<=". A / B's replicate b is A's
+replicate b over B's (drawn independently: different engines); the 95% interval is the
+2.5th..97.5th percentile of 2000 replicates by default, seeded by strings (the same on every
+machine). With R = 1 only the resolution shows; with R = 3 the round draws have 10 distinct
+multisets, so the interval is coarse. A ratio is marked * where its interval excludes 1.
 """
 
 from __future__ import annotations
@@ -90,6 +93,33 @@ class Probe:
     requests: int
     attainment: float
     meets: bool
+    # What the clients saw over the probe's completed requests (None: none had the value),
+    # and, for an engine that predicts it, the median TPOT it predicted for the same requests:
+    # read side by side they say whether the model knew the load it decided K for.
+    tpot_p50_s: float | None = None
+    tpot_p90_s: float | None = None
+    ttft_p50_s: float | None = None
+    predicted_tpot_p50_s: float | None = None
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile by linear interpolation between order statistics; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = q * (len(ordered) - 1)
+    lo = math.floor(at)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (at - lo)
+
+
+def probe_of(rate: float, got: Sequence[Latency], target: SloTarget) -> Probe:
+    """One probe's verdict and the clients' latency quantiles."""
+    a = attainment(got, target)
+    tpots = [r.tpot_s for r in got if r.ok and r.tpot_s is not None]
+    ttfts = [r.ttft_s for r in got if r.ok and r.ttft_s is not None]
+    return Probe(rate, len(got), a, a >= target.attainment, quantile(tpots, 0.5),
+                 quantile(tpots, 0.9), quantile(ttfts, 0.5))
 
 
 @dataclass(frozen=True)
@@ -129,9 +159,7 @@ def slo_goodput(
     probes: list[Probe] = []
 
     def probe(rate: float) -> bool:
-        got = run(rate)
-        a = attainment(got, target)
-        probes.append(Probe(rate, len(got), a, a >= target.attainment))
+        probes.append(probe_of(rate, run(rate), target))
         return probes[-1].meets
 
     lo: float | None = None  # highest passing rate so far
@@ -172,10 +200,29 @@ def mean_rate(searches: Sequence[SloGoodput]) -> float:
     return sum(s.rate for s in searches) / len(searches)
 
 
+def capacity(search: SloGoodput) -> float:
+    """One search's capacity estimate: the middle of its bracket, where the uniform draws of the
+    bootstrap centre, so a ratio's point and its interval agree; a search that never failed is
+    censored at its highest passing rate (a lower bound), and one that never passed has none."""
+    if search.upper is None or search.rate <= 0:
+        return search.rate
+    return (search.rate + search.upper) / 2
+
+
+def mean_capacity(searches: Sequence[SloGoodput]) -> float:
+    """The capacity estimate of a configuration, averaged over rounds: what ratios compare."""
+    return sum(capacity(s) for s in searches) / len(searches)
+
+
+def censored(searches: Sequence[SloGoodput]) -> bool:
+    """Some round never failed: the configuration's capacity is only bounded below."""
+    return any(s.upper is None for s in searches)
+
+
 def capacity_replicates(searches: Sequence[SloGoodput], replicates: int = DEFAULT_REPLICATES,
                         *, seed: str) -> list[float]:
-    """Bootstrap replicates of `mean_rate` (module docstring, "Intervals"): the rounds drawn with
-    replacement, each drawn search's capacity uniform in its bracket [rate, upper] (just `rate`
+    """Bootstrap replicates of `mean_capacity` (module docstring, "Intervals"): the rounds drawn
+    with replacement, each drawn search's capacity uniform in its bracket [rate, upper] (just `rate`
     when it never failed: a censored search adds no resolution spread)."""
     if not searches:
         return []
@@ -198,7 +245,14 @@ def capacity_ratio(a: Sequence[SloGoodput], b: Sequence[SloGoodput], *,
 
 def _ratio(a: Sequence[SloGoodput], b: Sequence[SloGoodput], reps_a: Sequence[float],
            reps_b: Sequence[float]) -> Ratio:
-    return ratio(mean_rate(a), mean_rate(b), reps_a, reps_b)
+    return ratio(mean_capacity(a), mean_capacity(b), reps_a, reps_b)
+
+
+def bound_mark(a: Sequence[SloGoodput], b: Sequence[SloGoodput]) -> str:
+    """How to read A / B when a side never failed: ">=" (A is a lower bound), "<=" (B is), "?"
+    (both: no bound either way), "" (both bracketed)."""
+    return {(False, False): "", (True, False): ">= ", (False, True): "<= ",
+            (True, True): "? "}[censored(a), censored(b)]
 
 
 # The ablation of SpecServe's components, each row adding one to the row before it.
@@ -212,18 +266,18 @@ HIGHLIGHTED = "dynamic-sd"
 
 def best_static(results: Mapping[str, Sequence[SloGoodput]],
                 names: Sequence[str] = STATIC_KS) -> str | None:
-    """The static K with the highest mean SLO goodput over its rounds (the first on a tie)."""
+    """The static K with the highest mean capacity over its rounds (the first on a tie)."""
     present = [n for n in names if results.get(n)]
-    return max(present, key=lambda n: mean_rate(results[n])) if present else None
+    return max(present, key=lambda n: mean_capacity(results[n])) if present else None
 
 
-def _interval(r: Ratio) -> str:
+def _interval(r: Ratio, mark: str = "") -> str:
     if r.value is None:
         return "- | -"
     if r.interval is None:
-        return f"{r.value:.3f} | -"
+        return f"{mark}{r.value:.3f} | -"
     star = " *" if r.significant else ""
-    return f"{r.value:.3f} | {r.interval.lo:.3f}..{r.interval.hi:.3f}{star}"
+    return f"{mark}{r.value:.3f} | {r.interval.lo:.3f}..{r.interval.hi:.3f}{star}"
 
 
 def slo_text(target: SloTarget) -> str:
@@ -234,8 +288,9 @@ def slo_text(target: SloTarget) -> str:
 def markdown(results: Mapping[str, Sequence[SloGoodput]], target: SloTarget, *,
              title: str, replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> str:
     """One (workload, arrivals, SLO) cell of the matrix: a row per configuration (the mean SLO
-    goodput over rounds, min..max, the brackets' extent, adaptive / config with the bootstrap
-    interval), the headline ratios (adaptive / best static K, adaptive / dynamic-sd), and the
+    goodput over rounds, the capacity estimate the ratios compare, min..max, the brackets'
+    extent, adaptive / config with the bootstrap interval, ">=" / "<=" where a side never
+    failed), the headline ratios (adaptive / best static K, adaptive / dynamic-sd), and the
     ablation table when its rows are there. Replicates are seeded by `seed` and the
     configuration's name, so one configuration's replicates are the same in every ratio."""
     results = {name: list(s) for name, s in results.items() if s}
@@ -248,22 +303,28 @@ def markdown(results: Mapping[str, Sequence[SloGoodput]], target: SloTarget, *,
 
     text = [f"### {title}\n",
             f"SLO goodput: the highest request rate at which >= {target.attainment:.0%} of "
-            f"requests meet {slo_text(target)}; mean over rounds.\n",
-            f"| config | SLO goodput req/s | min..max over rounds | brackets | rounds | probes "
-            f"| {REFERENCE} / config | 95% interval |", "|---|---|---|---|---|---|---|---|"]
+            f"requests meet {slo_text(target)}; mean over rounds. Capacity: the middle of each "
+            f"round's bracket (passing .. failing rate), averaged; ratios compare it.\n",
+            f"| config | SLO goodput req/s | capacity req/s | min..max over rounds | brackets "
+            f"| rounds | probes | TPOT p50 ms at the answer (predicted) "
+            f"| {REFERENCE} / config | 95% interval |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name, searches in results.items():
         lo, hi = bounds(searches)
-        censored = " (never failed)" if any(s.upper is None for s in searches) else ""
+        never_failed = " (never failed)" if censored(searches) else ""
         cells = [f"**{name}**" if name == REFERENCE else name, f"{mean_rate(searches):.3g}",
+                 (">= " if never_failed else "") + f"{mean_capacity(searches):.3g}",
                  f"{min(s.rate for s in searches):.3g}..{max(s.rate for s in searches):.3g}",
-                 f"{lo:.3g}..{hi:.3g}{censored}", str(len(searches)),
-                 str(sum(len(s.probes) for s in searches))]
+                 f"{lo:.3g}..{hi:.3g}{never_failed}", str(len(searches)),
+                 str(sum(len(s.probes) for s in searches)), _tpot_at_answer(searches)]
         text.append("| " + " | ".join(cells) + " | "
-                    + (_interval(vs(REFERENCE, name)) if ref and name != REFERENCE else "- | -")
+                    + (_interval(vs(REFERENCE, name), bound_mark(ref, searches))
+                       if ref and name != REFERENCE else "- | -")
                     + " |")
     best = best_static(results)
     if ref:
-        heads = [f"**{REFERENCE} / {label}: {_headline(vs(REFERENCE, name))}**"
+        heads = [f"**{REFERENCE} / {label}: "
+                 f"{bound_mark(ref, results[name])}{_headline(vs(REFERENCE, name))}**"
                  + (" *" if vs(REFERENCE, name).significant else "")
                  for label, name in ((f"best static K ({best})", best),
                                      (HIGHLIGHTED, HIGHLIGHTED))
@@ -274,14 +335,29 @@ def markdown(results: Mapping[str, Sequence[SloGoodput]], target: SloTarget, *,
     rows = [(step, name) for step, name in rows if name is not None and name in results]
     if len(rows) >= 2 and any(name != REFERENCE and name != best for _, name in rows):
         text += ["", "Ablation: each row adds one SpecServe component to the row above.", "",
-                 "| step | config | SLO goodput req/s | gain over the row above | 95% interval |",
+                 "| step | config | capacity req/s | gain over the row above | 95% interval |",
                  "|---|---|---|---|---|"]
         previous = None
         for step, name in rows:
-            gain = _interval(vs(name, previous)) if previous else "- | -"
-            text.append(f"| {step} | {name} | {mean_rate(results[name]):.3g} | {gain} |")
+            gain = (_interval(vs(name, previous), bound_mark(results[name], results[previous]))
+                    if previous else "- | -")
+            text.append(f"| {step} | {name} | {mean_capacity(results[name]):.3g} | {gain} |")
             previous = name
     return "\n".join(text) + "\n"
+
+
+def _tpot_at_answer(searches: Sequence[SloGoodput]) -> str:
+    """The clients' median TPOT in the probe at each round's answer, and the engine's own
+    prediction for the same requests where it made one (rounds separated by commas)."""
+    cells = []
+    for s in searches:
+        at = [p for p in s.probes if p.rate == s.rate and p.meets]
+        if not at or at[0].tpot_p50_s is None:
+            continue
+        predicted = at[0].predicted_tpot_p50_s
+        cells.append(f"{at[0].tpot_p50_s * 1000:.0f}"
+                     + (f" ({predicted * 1000:.0f})" if predicted is not None else ""))
+    return ", ".join(cells) or "-"
 
 
 def _headline(r: Ratio) -> str:
